@@ -1,0 +1,45 @@
+"""Frame weights from well-tempered metadynamics and unbiased free-energy differences from weighted frames."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cvlearn.units import kt_kjmol
+
+
+def well_tempered_rct(bias_grid_kjmol: np.ndarray, bias_factor: float, temperature_k: float) -> float:
+    """c(t) of Tiwary & Parrinello (2015) from the bias on a uniform grid of the CV space (kJ/mol).
+
+    c(t) = kT ln[ ∫ exp(γ/(γ-1) V/kT) ds / ∫ exp(V/((γ-1) kT)) ds ]; frames are then weighted by exp((V - c)/kT).
+    """
+    kt = kt_kjmol(temperature_k)
+    v = np.asarray(bias_grid_kjmol, dtype=np.float64).ravel() / kt
+    g = float(bias_factor)
+    a, b = g / (g - 1.0) * v, v / (g - 1.0)
+    return kt * (np.log(np.sum(np.exp(a - a.max()))) + a.max() - np.log(np.sum(np.exp(b - b.max()))) - b.max())
+
+
+def metad_weights(bias_kjmol: np.ndarray, rct_kjmol: np.ndarray, temperature_k: float) -> np.ndarray:
+    """Normalised weights exp((V(s_t, t) - c(t)) / kT) for frames of a well-tempered metadynamics run."""
+    log_w = (np.asarray(bias_kjmol, dtype=np.float64) - np.asarray(rct_kjmol, dtype=np.float64)) / kt_kjmol(temperature_k)
+    w = np.exp(log_w - log_w.max())
+    return w / w.sum()
+
+
+def delta_f_kjmol(in_a: np.ndarray, in_b: np.ndarray, weights: np.ndarray, temperature_k: float) -> float:
+    """F(A) - F(B) = -kT ln(P_A / P_B) from boolean state masks and frame weights."""
+    weights = np.asarray(weights, dtype=np.float64)
+    p_a, p_b = weights[np.asarray(in_a)].sum(), weights[np.asarray(in_b)].sum()
+    if p_a <= 0 or p_b <= 0:
+        return float("nan")
+    return float(-kt_kjmol(temperature_k) * np.log(p_a / p_b))
+
+
+def free_energy_surface(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, temperature_k: float,
+                        bins: int = 60, range_xy=((-np.pi, np.pi), (-np.pi, np.pi))):
+    """Weighted 2-D histogram → F(x, y) in kJ/mol (minimum 0, NaN where unvisited), with bin edges."""
+    hist, xe, ye = np.histogram2d(x, y, bins=bins, range=range_xy, weights=weights, density=True)
+    with np.errstate(divide="ignore"):
+        fes = -kt_kjmol(temperature_k) * np.log(hist)
+    fes[~np.isfinite(fes)] = np.nan
+    return fes - np.nanmin(fes), xe, ye

@@ -1,0 +1,61 @@
+"""Count slow φ transitions of alanine dipeptide, the event a good CV must capture.
+
+A frame is assigned to a core only when it is well inside a basin; frames between the cores keep the
+last core (hysteresis), so thermal jitter around a barrier top or around the ±180° wrap does not
+count as a transition.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+EQ_CORE_DEG = (-180.0, -30.0)  # C7eq / β / PII basin, φ < 0
+AX_CORE_DEG = (30.0, 100.0)  # C7ax / αL basin, 0 < φ < 120°
+
+
+def _check_core(name: str, core) -> tuple[float, float]:
+    lo, hi = (float(v) for v in core)
+    if not -180.0 <= lo < hi <= 180.0:
+        raise ValueError(f"{name}: expected (lo, hi) in degrees with -180 <= lo < hi <= 180, found {core!r}")
+    return lo, hi
+
+
+def _count_one(phi_rad, eq: tuple[float, float], ax: tuple[float, float]) -> int:
+    phi = np.asarray(phi_rad, dtype=np.float64)
+    if phi.ndim == 2 and phi.shape[1] == 1:  # mdtraj.compute_phi gives [n_frames, n_dihedrals]
+        phi = phi[:, 0]
+    if phi.ndim != 1:
+        raise ValueError(f"phi_rad: expected shape [n_frames] or [n_frames, 1], found {phi.shape}")
+    if not np.all(np.isfinite(phi)):
+        raise ValueError("phi_rad: expected finite angles in radians, found NaN or inf")
+    deg = (np.degrees(phi) + 180.0) % 360.0 - 180.0  # wrap to [-180, 180)
+    state = np.full(deg.shape, -1, dtype=np.int8)
+    state[(deg > eq[0]) & (deg < eq[1])] = 0
+    state[(deg > ax[0]) & (deg < ax[1])] = 1
+    visited = state[state >= 0]  # the sequence of cores, frames between cores dropped
+    return int(np.count_nonzero(visited[1:] != visited[:-1]))
+
+
+def count_phi_transitions(
+    phi_rad: np.ndarray | Sequence[np.ndarray],
+    *,
+    eq_core_deg: tuple[float, float] = EQ_CORE_DEG,
+    ax_core_deg: tuple[float, float] = AX_CORE_DEG,
+) -> int:
+    """Number of transitions between the C7eq/β core and the C7ax/αL core of the backbone angle φ.
+
+    Cores (open intervals, degrees, after wrapping φ to [-180, 180)):
+    eq = (-180, -30) and ax = (30, 100). A transition is counted each time the trajectory, having last
+    been in one core, enters the other; frames outside both cores (-30..30, 100..180) never count.
+    ``phi_rad`` is in radians, shape [n_frames] or [n_frames, 1] (as ``mdtraj.compute_phi`` returns),
+    or a list of such arrays (one per independent trajectory), whose counts are summed.
+    """
+    eq = _check_core("eq_core_deg", eq_core_deg)
+    ax = _check_core("ax_core_deg", ax_core_deg)
+    if max(eq[0], ax[0]) < min(eq[1], ax[1]):
+        raise ValueError(f"eq_core_deg {eq_core_deg!r} and ax_core_deg {ax_core_deg!r}: expected disjoint cores")
+    if isinstance(phi_rad, (list, tuple)):
+        return sum(_count_one(p, eq, ax) for p in phi_rad)
+    return _count_one(phi_rad, eq, ax)

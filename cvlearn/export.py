@@ -1,0 +1,93 @@
+"""Export a trained CV chain as one self-contained TorchScript module (the contract with the MD engine).
+
+``forward(positions [n_particles, 3] in nm, float32 or float64) -> CVs [n_cvs]`` in the positions' dtype.
+The module carries its atom indices, so the engine passes all particles and nobody slices by hand; its
+neighbour search is plain torch, so it loads in a process that never imported torchmd-net. Metadata
+(atom selection, atomic numbers, residue map, units, versions) travels inside the file as ``cvlearn.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from cvlearn.io import atomic_path
+
+METADATA_FILE = "cvlearn.json"
+
+
+def _checked_indices(atom_indices: Sequence[int], n_particles: int) -> torch.Tensor:
+    indices = torch.as_tensor(list(atom_indices), dtype=torch.long)
+    if indices.numel() == 0 or int(indices.min()) < 0 or int(indices.max()) >= n_particles:
+        raise ValueError(f"atom_indices must lie in [0, {n_particles}), got {indices.tolist()}")
+    return indices
+
+
+class ExportedCV(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, atom_indices: Sequence[int], n_particles: int, n_cvs: int):
+        super().__init__()
+        indices = _checked_indices(atom_indices, n_particles)
+        self.model = model
+        self.n_particles = int(n_particles)
+        self.n_cvs = int(n_cvs)
+        self.register_buffer("atom_indices", indices)
+        # Zero-size tensor whose dtype is the model's: inputs are cast to it, outputs back to the input's.
+        self.register_buffer("model_dtype", torch.zeros(0, dtype=next(model.parameters()).dtype))
+
+    def forward(self, positions: Tensor) -> Tensor:
+        if positions.dim() != 2 or positions.shape[0] != self.n_particles or positions.shape[1] != 3:
+            raise RuntimeError(
+                f"expected positions of shape [{self.n_particles}, 3] (all particles, nm), got {list(positions.shape)}"
+            )
+        return self.selected(positions.index_select(0, self.atom_indices))
+
+    @torch.jit.export
+    def selected(self, positions: Tensor) -> Tensor:
+        """CVs from the positions of the selected atoms only ``[n_selected, 3]`` (nm)."""
+        cvs = self.model(positions.to(self.model_dtype.dtype).unsqueeze(0)).squeeze(0)
+        return cvs.to(positions.dtype)
+
+
+def export_cv(model: torch.nn.Module, path: str | Path, *, atom_indices: Sequence[int], n_particles: int,
+              dtype: torch.dtype = torch.float32, metadata: dict | None = None) -> torch.jit.ScriptModule:
+    """Script ``model`` (selected positions ``[B, n, 3]`` nm → ``[B, n_cvs]``) into an :class:`ExportedCV` file."""
+    _checked_indices(atom_indices, n_particles)
+    model = copy.deepcopy(model).to(dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        probe = model(torch.randn(1, len(atom_indices), 3, dtype=dtype))
+    n_cvs = int(probe.shape[-1])
+    scripted = torch.jit.script(ExportedCV(model, atom_indices, n_particles, n_cvs))
+    meta = {
+        "n_cvs": n_cvs,
+        "n_particles": int(n_particles),
+        "atom_indices": [int(i) for i in atom_indices],
+        "dtype": str(dtype).replace("torch.", ""),
+        "units": {"positions": "nm", "cvs": "dimensionless"},
+        "versions": {"torch": str(torch.__version__)},
+        **(metadata or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
+    return scripted
+
+
+def load_cv(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
+    """Load an exported CV and its metadata; works without importing torchmd-net."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported CV {path} does not exist")
+    extra = {METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except RuntimeError as err:
+        raise ValueError(f"{path} is not a TorchScript file written by cvlearn.export: {err}") from err
+    if not extra[METADATA_FILE]:
+        raise ValueError(f"{path} has no {METADATA_FILE} metadata; was it written by cvlearn.export.export_cv?")
+    return module, json.loads(extra[METADATA_FILE])

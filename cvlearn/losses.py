@@ -1,0 +1,138 @@
+"""VAMP scores in torch (differentiable, for training) that agree with deeptime (the reference).
+
+Conventions matched to deeptime 0.4.5 (``deeptime.decomposition.VAMP`` + ``CovarianceKoopmanModel.score``):
+
+* covariances as ``VAMP.covariance_estimator``: ``Covariance(remove_data_mean=True, bessels_correction=False)``,
+  i.e. x_0 and x_t are each centred on their own (weighted) mean and sums are divided by N (sum of weights),
+  not N - 1;
+* ``numeric.spd_eig`` truncation: eigenvalues of C00 and Ctt with ``|lambda| < epsilon`` are dropped, and if
+  the smallest eigenvalue is negative the cutoff is raised to ``max(epsilon, -lambda_min + 1e-16)``;
+* the score is ``1 + sum_i s_i**r`` over the min(rank0, rankt) singular values of
+  K = C00^{-1/2} C0t Ctt^{-1/2}; the +1 is the constant singular function that mean removal takes out.
+
+One deliberate difference: where deeptime raises ``ZeroRankError`` (all eigenvalues truncated, e.g. a
+collapsed network output) we return 1, the score of the constant function, so a training step never crashes.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def _check_pairs(x0: torch.Tensor, xt: torch.Tensor, weights: torch.Tensor | None) -> None:
+    if x0.ndim != 2 or x0.shape != xt.shape:
+        raise ValueError(f"x0, xt: expected two [N, d] tensors of the same shape, found {tuple(x0.shape)} and {tuple(xt.shape)}")
+    if weights is not None and tuple(weights.shape) != (x0.shape[0],):
+        raise ValueError(f"weights: expected shape ({x0.shape[0]},) (one per pair), found {tuple(weights.shape)}")
+
+
+def covariances(
+    x0: torch.Tensor, xt: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean-free C00, C0t, Ctt of time-lagged pairs, normalised by the total weight (no Bessel correction).
+
+    ``weights`` (one per pair, e.g. reweighting factors of a biased run) weight both the means and the
+    sums, as deeptime's ``Covariance.fit(..., weights=w)`` does.
+    """
+    _check_pairs(x0, xt, weights)
+    if weights is None:
+        x0c = x0 - x0.mean(dim=0, keepdim=True)
+        xtc = xt - xt.mean(dim=0, keepdim=True)
+        n = x0.shape[0]
+        return x0c.T @ x0c / n, x0c.T @ xtc / n, xtc.T @ xtc / n
+    w = weights.to(x0.dtype)
+    w = (w / w.sum()).unsqueeze(1)
+    x0c = x0 - (w * x0).sum(dim=0, keepdim=True)
+    xtc = xt - (w * xt).sum(dim=0, keepdim=True)
+    return x0c.T @ (w * x0c), x0c.T @ (w * xtc), xtc.T @ (w * xtc)
+
+
+def inv_sqrt_split(c: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """L = V diag(lambda^{-1/2}) over the kept eigenpairs, so L L^T is the truncated pseudo-inverse of c.
+
+    L is [d, rank]; V L^T is the symmetric C^{-1/2}. Truncation as ``deeptime.numeric.spd_eig``.
+    """
+    evals, evecs = torch.linalg.eigh(0.5 * (c + c.T))
+    with torch.no_grad():
+        cutoff = float(epsilon)
+        evmin = float(evals.min()) if evals.numel() else 0.0
+        if evmin < 0:
+            cutoff = max(cutoff, -evmin + 1e-16)
+        keep = evals.abs() >= cutoff
+    return evecs[:, keep] * evals[keep].rsqrt().unsqueeze(0)
+
+
+def koopman_svd(
+    c00: torch.Tensor, c0t: torch.Tensor, ctt: torch.Tensor, epsilon: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(singular values, U, V) of the half-weighted Koopman matrix, slowest first.
+
+    U = C00^{-1/2} U' and V = Ctt^{-1/2} V' ([d, m], m = min(rank0, rankt)) map mean-free features to
+    the left/right singular functions, like deeptime's ``instantaneous_coefficients`` (up to sign).
+    """
+    l0 = inv_sqrt_split(c00, epsilon)
+    lt = inv_sqrt_split(ctt, epsilon)
+    k = l0.T @ c0t @ lt
+    u, s, vh = torch.linalg.svd(k, full_matrices=False)
+    m = min(l0.shape[1], lt.shape[1])
+    return s[:m], l0 @ u[:, :m], lt @ vh[:m].T
+
+
+def vamp_score(
+    x0: torch.Tensor,
+    xt: torch.Tensor,
+    r: float = 2,
+    epsilon: float = 1e-6,
+    dim: int | None = None,
+    *,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """VAMP-r score of the features (x_t, x_{t+lag}): 1 + sum of the ``dim`` largest singular values ** r.
+
+    Computed in float64 (covariances of float32 network outputs lose digits in the inverse square
+    roots); differentiable, so ``-vamp_score`` is the training loss. The singular values are those of
+    C00^{-1/2} C0t Ctt^{-1/2}, evaluated in the eigenbases of C00 and Ctt (same singular values, smaller
+    matrix when truncation drops dimensions).
+    """
+    if isinstance(r, bool) or not isinstance(r, numbers.Real) or r < 1:
+        raise ValueError(f"r: expected a number >= 1 (VAMP-r), found {r!r}")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+        raise ValueError(f"dim: expected None or an integer >= 1, found {dim!r}")
+    x0 = torch.as_tensor(x0).to(torch.float64)
+    xt = torch.as_tensor(xt).to(torch.float64)
+    if weights is not None:
+        weights = torch.as_tensor(weights).to(device=x0.device, dtype=torch.float64)
+    c00, c0t, ctt = covariances(x0, xt, weights)
+    k = inv_sqrt_split(c00, epsilon).T @ c0t @ inv_sqrt_split(ctt, epsilon)
+    if r == 2 and dim is None:
+        return 1.0 + (k * k).sum()  # = sum s_i**2; avoids the SVD and its gradient
+    s = torch.linalg.svdvals(k)
+    if dim is not None:
+        s = s[:dim]
+    return 1.0 + (s**r).sum()
+
+
+def vamp2_loss(x0: torch.Tensor, xt: torch.Tensor, epsilon: float = 1e-6, **kwargs) -> torch.Tensor:
+    """Training loss: minus the VAMP-2 score."""
+    return -vamp_score(x0, xt, r=2, epsilon=epsilon, **kwargs)
+
+
+def deeptime_vamp_score(
+    list_of_arrays: Sequence[np.ndarray | torch.Tensor], lag: int, r: float = 2, epsilon: float = 1e-6
+) -> float:
+    """Independent reference: deeptime's VAMP fitted on per-trajectory CV outputs, scored with VAMP-r."""
+    from deeptime.decomposition import VAMP
+
+    arrays = []
+    for a in list_of_arrays:
+        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        arrays.append(a.astype(np.float64).reshape(len(a), -1))
+    arrays = [a for a in arrays if len(a) > lag]  # deeptime would skip these too, with a warning
+    if not arrays:
+        raise ValueError(f"lag {lag} frames ≥ length of every trajectory (lengths {[len(a) for a in list_of_arrays]})")
+    model = VAMP(lagtime=lag, epsilon=epsilon).fit(arrays).fetch_model()
+    return float(model.score(r, epsilon=epsilon))

@@ -1,0 +1,176 @@
+"""A small, generic MD runner for unbiased and biased runs.
+
+It writes ``<out_prefix>.dcd`` (one frame every ``report_interval_steps``) and ``<out_prefix>.pdb``
+(topology + starting positions) atomically, and skips the run when both already exist, so a stage
+can be killed and rerun. A biased run plugs in through ``advance`` (e.g. ``meta.step``) and a CV
+reporter through ``on_report``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+from tqdm.auto import tqdm
+
+from cvlearn.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+_SECONDS_PER_DAY = 86400.0
+_NS_PER_PS = 1e-3
+
+
+@dataclass
+class MDResult:
+    """What a run produced and how fast it went (timings cover ``advance`` calls only)."""
+
+    trajectory_path: Path
+    topology_path: Path
+    n_steps: int
+    n_frames: int
+    seconds: float
+    ms_per_step: float
+    ns_per_day: float
+    skipped: bool
+
+
+def output_paths(out_prefix: str | Path) -> tuple[Path, Path]:
+    """``(<out_prefix>.dcd, <out_prefix>.pdb)``; the prefix may itself contain dots."""
+    prefix = str(out_prefix)
+    return Path(prefix + ".dcd"), Path(prefix + ".pdb")
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name}: expected a positive integer, found {value!r}")
+    return int(value)
+
+
+def run_md(
+    topology: app.Topology | None,
+    system: openmm.System | None,
+    positions_nm: np.ndarray | None,
+    integrator: openmm.Integrator | None,
+    *,
+    out_prefix: str | Path,
+    n_steps: int,
+    report_interval_steps: int,
+    platform: str = "Reference",
+    seed: int = 0,
+    temperature_k: float | None = None,
+    minimize: bool = False,
+    advance: Callable[[app.Simulation, int], None] | None = None,
+    on_report: Callable[[app.Simulation, int], None] | None = None,
+    simulation: app.Simulation | None = None,
+    progress: bool = True,
+    desc: str = "MD",
+    timestep_ps: float | None = None,
+) -> MDResult:
+    """Run ``n_steps`` of MD and write a DCD frame every ``report_interval_steps`` steps.
+
+    With ``simulation`` given, its context is used as is (``topology``, ``system`` and
+    ``integrator`` may then be None); ``positions_nm`` (if given) replaces its positions.
+    Velocities are drawn at ``temperature_k`` (default: the integrator's temperature) with ``seed``.
+    ``advance(simulation, n)`` defaults to ``simulation.step(n)``; ``on_report(simulation, i)`` is
+    called after frame ``i`` (0-based) is written. ``timestep_ps`` (default: the integrator's step
+    size, the outer step for multiple-time-step integrators) is only used for ns/day and the DCD header.
+    """
+    n_steps = _check_positive_int("n_steps", n_steps)
+    report_interval_steps = _check_positive_int("report_interval_steps", report_interval_steps)
+    if report_interval_steps > n_steps:
+        raise ValueError(
+            f"report_interval_steps: expected at most n_steps={n_steps} (else no frame is written), "
+            f"found {report_interval_steps}"
+        )
+    trajectory_path, topology_path = output_paths(out_prefix)
+
+    if trajectory_path.exists() and topology_path.exists():
+        import mdtraj
+
+        n_frames = mdtraj.load(str(trajectory_path), top=str(topology_path)).n_frames
+        logger.info("%s: %s and %s exist (%d frames), skipping", desc, trajectory_path, topology_path, n_frames)
+        return MDResult(trajectory_path, topology_path, n_steps, n_frames, 0.0, math.nan, math.nan, True)
+
+    if simulation is None:
+        if topology is None or system is None or integrator is None or positions_nm is None:
+            raise ValueError("run_md: without `simulation`, topology, system, positions_nm and integrator are required")
+        simulation = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName(platform))
+    elif integrator is not None and integrator is not simulation.integrator:
+        raise ValueError("integrator: expected None or the integrator of `simulation`, found another integrator")
+    topology, system, integrator = simulation.topology, simulation.system, simulation.integrator
+    context = simulation.context
+
+    if positions_nm is not None:
+        positions_nm = np.asarray(positions_nm, dtype=np.float64)
+        if positions_nm.shape != (system.getNumParticles(), 3):
+            raise ValueError(
+                f"positions_nm: expected shape ({system.getNumParticles()}, 3), found {positions_nm.shape}"
+            )
+        context.setPositions(positions_nm * u.nanometer)
+    if minimize:
+        simulation.minimizeEnergy()
+    if temperature_k is None:
+        if not hasattr(integrator, "getTemperature"):
+            raise ValueError(
+                f"temperature_k: required because {type(integrator).__name__} has no getTemperature()"
+            )
+        temperature_k = integrator.getTemperature().value_in_unit(u.kelvin)
+    if hasattr(integrator, "getRandomNumberSeed") and integrator.getRandomNumberSeed() == 0:
+        logger.warning("%s: integrator random seed is 0, so OpenMM picks one per Context: not reproducible", desc)
+    context.setVelocitiesToTemperature(temperature_k * u.kelvin, int(seed))
+    if timestep_ps is None:
+        timestep_ps = integrator.getStepSize().value_in_unit(u.picosecond)
+    advance = advance if advance is not None else (lambda sim, n: sim.step(n))
+
+    start_positions = context.getState(getPositions=True).getPositions()
+    periodic = topology.getPeriodicBoxVectors() is not None
+    n_frames = n_steps // report_interval_steps
+    remainder = n_steps - n_frames * report_interval_steps
+    logger.info(
+        "%s: %d steps (%.3f ns) at %.1f K on %s, %d frames -> %s",
+        desc, n_steps, n_steps * timestep_ps * _NS_PER_PS, temperature_k,
+        context.getPlatform().getName(), n_frames, trajectory_path,
+    )
+
+    seconds = 0.0
+    with atomic_path(trajectory_path) as tmp_dcd:
+        with open(tmp_dcd, "wb") as handle:
+            dcd = app.DCDFile(handle, topology, timestep_ps * u.picosecond, 0, report_interval_steps)
+            bar = tqdm(total=n_steps, desc=desc, unit="step", disable=not progress, leave=False)
+            try:
+                for frame in range(n_frames):
+                    t0 = time.perf_counter()
+                    advance(simulation, report_interval_steps)
+                    seconds += time.perf_counter() - t0
+                    state = context.getState(getPositions=True, enforcePeriodicBox=False)
+                    box = state.getPeriodicBoxVectors() if periodic else None
+                    dcd.writeModel(state.getPositions(), periodicBoxVectors=box)
+                    if on_report is not None:
+                        on_report(simulation, frame)
+                    bar.update(report_interval_steps)
+                    done = (frame + 1) * report_interval_steps
+                    bar.set_postfix(ns_per_day=f"{done * timestep_ps * _NS_PER_PS / seconds * _SECONDS_PER_DAY:.1f}")
+                if remainder:
+                    t0 = time.perf_counter()
+                    advance(simulation, remainder)
+                    seconds += time.perf_counter() - t0
+                    bar.update(remainder)
+            finally:
+                bar.close()
+    with atomic_path(topology_path) as tmp_pdb:
+        with open(tmp_pdb, "w") as handle:
+            app.PDBFile.writeFile(topology, start_positions, handle)
+
+    ms_per_step = seconds * 1000.0 / n_steps
+    ns_per_day = n_steps * timestep_ps * _NS_PER_PS / seconds * _SECONDS_PER_DAY if seconds > 0 else math.inf
+    logger.info("%s: done in %.1f s stepping (%.3f ms/step, %.1f ns/day)", desc, seconds, ms_per_step, ns_per_day)
+    return MDResult(trajectory_path, topology_path, n_steps, n_frames, seconds, ms_per_step, ns_per_day, False)

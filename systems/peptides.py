@@ -1,0 +1,127 @@
+"""Capped peptides from a one-letter sequence, built offline.
+
+PeptideBuilder lays out the backbone; we build one extra glycine on each side and trim them into the
+ACE and NME caps, so no template structure has to be downloaded. OpenMM's Modeller adds hydrogens
+from the force field's own templates.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+
+# PeptideBuilder silently turns unknown letters into glycine: check them ourselves.
+_ONE_LETTER = set("ACDEFGHIKLMNPQRSTVWY")
+
+
+@dataclass(frozen=True)
+class MolecularSystem:
+    """Everything an MD run needs: topology, OpenMM System and starting positions (nm)."""
+
+    topology: app.Topology
+    system: openmm.System
+    positions_nm: np.ndarray  # [n_atoms, 3] float64, nm
+    name: str
+
+
+def _pdb_line(serial: int, atom_name: str, res_name: str, res_seq: int, xyz_angstrom, element: str) -> str:
+    # 4-character atom names start in column 13, shorter ones in column 14 (PDB convention).
+    name = atom_name if len(atom_name) == 4 else f" {atom_name:<3}"
+    x, y, z = xyz_angstrom
+    return (
+        f"ATOM  {serial:5d} {name:4s} {res_name:3s} A{res_seq:4d}    "
+        f"{x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00          {element:>2s}"
+    )
+
+
+def _capped_pdb_text(sequence: str) -> str:
+    """Heavy-atom PDB text of ACE-<sequence>-NME (Å), made from G-<sequence>-G."""
+    from PeptideBuilder import PeptideBuilder
+
+    structure = PeptideBuilder.make_extended_structure("G" + sequence + "G")
+    residues = list(structure.get_residues())
+    n_res = len(residues)
+    lines, serial = [], 1
+    for i, residue in enumerate(residues):
+        if i == 0:  # ACE: methyl carbon (the former CA), C, O
+            res_name, keep = "ACE", {"CA": "CH3", "C": "C", "O": "O"}
+        elif i == n_res - 1:  # NME: N and the methyl carbon (the former CA; OpenMM calls it C)
+            res_name, keep = "NME", {"N": "N", "CA": "C"}
+        else:
+            res_name, keep = residue.get_resname(), None
+        for atom in residue:
+            old = atom.get_id()
+            if keep is not None and old not in keep:
+                continue
+            new = keep[old] if keep is not None else old
+            lines.append(_pdb_line(serial, new, res_name, i + 1, atom.get_coord(), atom.element))
+            serial += 1
+    lines += ["TER", "END"]
+    return "\n".join(lines) + "\n"
+
+
+def build_capped_peptide(sequence: str, forcefield: app.ForceField) -> tuple[app.Topology, np.ndarray]:
+    """Build ACE-<sequence>-NME in an extended conformation, with hydrogens from ``forcefield``.
+
+    Returns the topology and positions in nm as float64 ``[n_atoms, 3]``.
+    """
+    if not isinstance(sequence, str) or not sequence:
+        raise ValueError(f"sequence: expected a non-empty one-letter amino-acid string, found {sequence!r}")
+    sequence = sequence.upper()
+    bad = sorted(set(sequence) - _ONE_LETTER)
+    if bad:
+        raise ValueError(f"sequence {sequence!r}: expected letters from {''.join(sorted(_ONE_LETTER))}, found {bad}")
+    pdb = app.PDBFile(io.StringIO(_capped_pdb_text(sequence)))
+    modeller = app.Modeller(pdb.topology, pdb.positions)
+    modeller.addHydrogens(forcefield, pH=7.0)
+    positions_nm = np.asarray(modeller.positions.value_in_unit(u.nanometer), dtype=np.float64).reshape(-1, 3)
+    return modeller.topology, positions_nm
+
+
+def omega_indices(topology: app.Topology) -> list[list[int]]:
+    """Atom indices CA(i)-C(i)-N(i+1)-CA(i+1) of every peptide bond (CH3 of ACE, C of NME at the caps)."""
+    out = []
+    for chain in topology.chains():
+        residues = list(chain.residues())
+        for left, right in zip(residues[:-1], residues[1:]):
+            names_l = {a.name: a.index for a in left.atoms()}
+            names_r = {a.name: a.index for a in right.atoms()}
+            ca_l = names_l.get("CH3" if left.name == "ACE" else "CA")
+            ca_r = names_r.get("C" if right.name == "NME" else "CA")
+            quad = [ca_l, names_l.get("C"), names_r.get("N"), ca_r]
+            if None in quad:
+                raise ValueError(
+                    f"topology: expected backbone atoms for the peptide bond {left.name}{left.id}-{right.name}{right.id}, "
+                    f"found {quad}"
+                )
+            out.append(quad)
+    return out
+
+
+def add_trans_omega_restraint(
+    system: openmm.System,
+    topology: app.Topology,
+    *,
+    min_abs_omega_deg: float = 120.0,
+    force_constant_kjmol: float = 1000.0,
+) -> int:
+    """Keep every peptide bond trans: a flat-bottom torsion wall, zero while |ω| > ``min_abs_omega_deg``.
+
+    High-temperature runs (700-800 K), used to sample φ transitions quickly, also flip peptide bonds
+    to cis, a slower artefact a learned CV would otherwise latch onto. Energy
+    ``k * max(0, cos ω - cos ω_min)^2``. Returns the index of the added force.
+    """
+    if not 90.0 <= min_abs_omega_deg < 180.0:
+        raise ValueError(f"min_abs_omega_deg: expected a value in [90, 180), found {min_abs_omega_deg!r}")
+    force = openmm.CustomTorsionForce("k_omega * max(0, cos(theta) - cos_min)^2")
+    force.addGlobalParameter("k_omega", force_constant_kjmol)
+    force.addGlobalParameter("cos_min", float(np.cos(np.radians(min_abs_omega_deg))))
+    for quad in omega_indices(topology):
+        force.addTorsion(*quad, [])
+    force.setName("TransOmegaRestraint")
+    return system.addForce(force)

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from cvlearn.analysis.colvar import read_colvar, write_colvar
+from cvlearn.analysis.reweighting import delta_f_kjmol, free_energy_surface, metad_weights, well_tempered_rct
+
+
+def test_colvar_roundtrip_and_plumed_header(tmp_path):
+    path = tmp_path / "COLVAR"
+    rows = np.array([[0.0, 0.1, 1.5, 0.2], [1.0, -0.3, 2.5, 0.4]])
+    write_colvar(path, ["time", "cv1", "metad.bias", "metad.rct"], rows)
+    assert path.read_text().startswith("#! FIELDS time cv1 metad.bias metad.rct\n")
+    back = read_colvar(path)
+    assert np.allclose(back["metad.bias"], [1.5, 2.5]) and np.allclose(back["time"], [0, 1])
+
+
+def test_colvar_reads_plumed_file_with_set_lines(tmp_path):
+    path = tmp_path / "COLVAR"
+    path.write_text("#! FIELDS time phi opes.bias\n#! SET min_phi -pi\n 0.0 1.0 2.0\n 2.0 1.5 3.0\n")
+    assert np.allclose(read_colvar(path)["opes.bias"], [2.0, 3.0])
+
+
+def test_colvar_errors(tmp_path):
+    path = tmp_path / "COLVAR"
+    path.write_text("#! FIELDS time phi\n0.0 1.0 2.0\n")
+    with pytest.raises(ValueError, match="line 2: expected 2 values"):
+        read_colvar(path)
+    path.write_text("0.0 1.0\n")
+    with pytest.raises(ValueError, match="before any"):
+        read_colvar(path)
+
+
+def test_rct_of_flat_bias_is_the_bias():
+    # A flat bias V = v everywhere: c(t) = v (the bias only shifts the energy).
+    assert well_tempered_rct(np.full(50, 3.0), 8.0, 300.0) == pytest.approx(3.0)
+
+
+def test_reweighting_recovers_unbiased_populations():
+    """Two states, the biased run spends equal time in both; weights restore the Boltzmann ratio."""
+    temperature = 300.0
+    df_true = 4.0  # F(A) - F(B), kJ/mol
+    in_a = np.r_[np.ones(500, bool), np.zeros(500, bool)]
+    # Metadynamics adds +V to the energy; a flat biased histogram needs V_B - V_A = F_A - F_B.
+    bias = np.where(in_a, 0.0, df_true)
+    w = metad_weights(bias, np.zeros_like(bias), temperature)
+    assert delta_f_kjmol(in_a, ~in_a, w, temperature) == pytest.approx(df_true, rel=1e-9)
+    assert w.sum() == pytest.approx(1.0)
+
+
+def test_fes_minimum_is_zero():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0, 0.5, 5000), rng.normal(1, 0.3, 5000)
+    fes, xe, ye = free_energy_surface(x, y, None, 300.0, bins=30)
+    assert np.nanmin(fes) == 0.0 and fes.shape == (30, 30) and len(xe) == 31

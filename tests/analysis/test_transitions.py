@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from cvlearn.analysis.transitions import count_phi_transitions
+
+
+def rad(*deg):
+    return np.radians(np.array(deg, dtype=np.float64))
+
+
+def test_simple_round_trip():
+    assert count_phi_transitions(rad(-150, -70, 0, 60, 70, 0, -60)) == 2
+
+
+def test_jitter_between_cores_not_counted():
+    # around the φ = 0 barrier and around the ±180° wrap, never reaching the other core
+    assert count_phi_transitions(rad(-60, -20, 20, -20, 25, -50, 179, -179, 170, -170, 110, -100)) == 0
+
+
+def test_path_through_wrap_counts():
+    # C7eq -> across ±180° -> down to the αL core
+    assert count_phi_transitions(rad(-150, -175, 175, 140, 110, 80)) == 1
+
+
+def test_hysteresis_needs_core_entry():
+    assert count_phi_transitions(rad(60, 25, -25, 28, 65)) == 0
+    assert count_phi_transitions(rad(60, 25, -25, -31, 28, 65)) == 2
+
+
+def test_mdtraj_shape_and_list_sum():
+    one = rad(-100, 60, -100)[:, None]  # [n_frames, 1] as mdtraj.compute_phi returns
+    assert count_phi_transitions(one) == 2
+    assert count_phi_transitions([one, one[:, 0], rad(60, 60)]) == 4
+
+
+def test_angles_outside_pi_are_wrapped():
+    assert count_phi_transitions(rad(-100 + 360, 60 - 720)) == 1
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="phi_rad"):
+        count_phi_transitions(np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="phi_rad"):
+        count_phi_transitions(rad(0, np.nan))
+    with pytest.raises(ValueError, match="disjoint"):
+        count_phi_transitions(rad(0), eq_core_deg=(-180, 40))
+    with pytest.raises(ValueError, match="ax_core_deg"):
+        count_phi_transitions(rad(0), ax_core_deg=(100, 30))

@@ -1,0 +1,81 @@
+import math
+
+import mdtraj
+import numpy as np
+import openmm
+import openmm.app as app
+import pytest
+
+import systems.alanine_dipeptide as ad
+from systems.peptides import MolecularSystem, build_capped_peptide
+
+
+@pytest.fixture(scope="module")
+def ala2() -> MolecularSystem:
+    return ad.build()
+
+
+def test_atom_counts(ala2):
+    assert ala2.topology.getNumAtoms() == ad.N_ATOMS == 22
+    assert ala2.system.getNumParticles() == 22
+    assert ala2.positions_nm.shape == (22, 3) and ala2.positions_nm.dtype == np.float64
+    assert len(ad.heavy_atom_indices(ala2.topology)) == 10
+    assert [r.name for r in ala2.topology.residues()] == ["ACE", "ALA", "NME"]
+
+
+def test_phi_psi_match_mdtraj(ala2):
+    traj = mdtraj.Trajectory(ala2.positions_nm[None], mdtraj.Topology.from_openmm(ala2.topology))
+    phi, psi = ad.phi_psi_indices(ala2.topology)
+    assert [phi] == mdtraj.compute_phi(traj)[0].tolist()
+    assert [psi] == mdtraj.compute_psi(traj)[0].tolist()
+    assert mdtraj.compute_phi(traj)[1][0, 0] < 0  # minimised into the φ < 0 (C7eq/β) basin
+
+
+def test_phi_psi_missing_residue_raises():
+    top = app.Topology()
+    res = top.addResidue("GLY", top.addChain())
+    top.addAtom("N", app.element.nitrogen, res)
+    with pytest.raises(ValueError, match="ACE"):
+        ad.phi_psi_indices(top)
+
+
+def test_forces_constraints_energy(ala2):
+    forces = [type(f).__name__ for f in ala2.system.getForces()]
+    assert "GBSAOBCForce" in forces
+    assert ala2.system.getNumConstraints() > 0
+    context = openmm.Context(ala2.system, ad.make_integrator(), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(ala2.positions_nm)
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
+    assert math.isfinite(energy)
+
+
+def test_make_integrator():
+    integ = ad.make_integrator(temperature_k=600.0, seed=3)
+    assert integ.getTemperature().value_in_unit(openmm.unit.kelvin) == pytest.approx(600.0)
+    assert integ.getStepSize().value_in_unit(openmm.unit.picosecond) == pytest.approx(ad.TIMESTEP_PS)
+    assert integ.getRandomNumberSeed() != 0  # 0 would mean "random per Context" in OpenMM
+    with pytest.raises(ValueError, match="seed"):
+        ad.make_integrator(seed=-1)
+
+
+def test_build_returns_independent_copies():
+    a, b = ad.build(), ad.build()
+    a.positions_nm[0] += 1.0
+    assert not np.allclose(a.positions_nm[0], b.positions_nm[0])
+
+
+def test_other_sequence_builds():
+    ff = app.ForceField(*ad.FORCEFIELD_FILES)
+    topology, positions_nm = build_capped_peptide("WLALL", ff)
+    assert [r.name for r in topology.residues()] == ["ACE", "TRP", "LEU", "ALA", "LEU", "LEU", "NME"]
+    assert positions_nm.shape == (topology.getNumAtoms(), 3)
+    system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
+    assert system.getNumParticles() == topology.getNumAtoms()
+
+
+def test_bad_sequence_raises():
+    ff = app.ForceField(*ad.FORCEFIELD_FILES)
+    with pytest.raises(ValueError, match="sequence"):
+        build_capped_peptide("AXB", ff)
+    with pytest.raises(ValueError, match="sequence"):
+        build_capped_peptide("", ff)
