@@ -11,13 +11,30 @@ from torch import Tensor
 
 
 class GraphCV(torch.nn.Module):
+    """``featurizer_lr_scale`` sets the featurizer's learning rate relative to the rest (0 freezes it):
+    a pre-trained featurizer is fine-tuned gently, while the mixer and head learn at full speed."""
+
     def __init__(self, featurizer: torch.nn.Module, tokens: torch.nn.Module, mixer: torch.nn.Module,
-                 head: torch.nn.Module):
+                 head: torch.nn.Module, featurizer_lr_scale: float = 1.0):
         super().__init__()
+        if featurizer_lr_scale < 0:
+            raise ValueError(f"featurizer_lr_scale must be >= 0, got {featurizer_lr_scale}")
         self.featurizer = featurizer
         self.tokens = tokens
         self.mixer = mixer
         self.head = head
+        self.featurizer_lr_scale = float(featurizer_lr_scale)
+        if featurizer_lr_scale == 0:
+            featurizer.requires_grad_(False)
+
+    def param_groups(self, learning_rate: float) -> list[dict]:
+        """Optimizer parameter groups (used by :class:`cvlearn.estimators.VAMPNet`)."""
+        own = [p for name, p in self.named_parameters() if not name.startswith("featurizer.") and p.requires_grad]
+        groups = [{"params": own, "lr": learning_rate}]
+        if self.featurizer_lr_scale > 0:
+            groups.append({"params": list(self.featurizer.parameters()),
+                           "lr": learning_rate * self.featurizer_lr_scale})
+        return groups
 
     def embed(self, pos_nm: Tensor) -> Tensor:
         """The head's input: the pooled embedding of each frame."""

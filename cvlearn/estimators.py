@@ -137,7 +137,10 @@ class VAMPNet:
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
         self.lobe.to(self.device)
-        optimizer = torch.optim.Adam(self.lobe.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        # A lobe may ask for per-part learning rates (e.g. a gently fine-tuned pre-trained featurizer).
+        params = (self.lobe.param_groups(self.learning_rate) if hasattr(self.lobe, "param_groups")
+                  else [p for p in self.lobe.parameters() if p.requires_grad])
+        optimizer = torch.optim.Adam(params, lr=self.learning_rate, weight_decay=self.weight_decay)
         self.history, self.best_epoch, self.best_val_vamp2 = [], -1, float("-inf")
         best_state, stale = copy.deepcopy(self.lobe.state_dict()), 0
         logger.info("VAMPNet: %d train pairs in %d batches, %d validation pairs, lag %d frames",

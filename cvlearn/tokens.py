@@ -46,3 +46,30 @@ class ResidueTokens(torch.nn.Module):
         tokens = torch.zeros(shape, dtype=atom_features.dtype, device=atom_features.device)
         tokens = tokens.index_add(1, self.index, atom_features)
         return tokens * self.scale.to(atom_features.dtype).view(1, -1, 1)
+
+
+class MoleculeTokens(torch.nn.Module):
+    """Whole molecule as one graph: featurize the selected atoms, pool per residue (scalars and vectors).
+
+    ``forward(pos_nm [B, n_atoms, 3]) -> [B, n_tokens, F]``; ``forward_with_vectors`` adds ``[B, n_tokens, 3, F]``.
+    """
+
+    def __init__(self, featurizer: torch.nn.Module, residue_of_atom: Sequence[int], reduce: str = "sum"):
+        super().__init__()
+        if len(residue_of_atom) != featurizer.n_atoms:
+            raise ValueError(f"residue_of_atom: expected {featurizer.n_atoms} entries (one per featurized atom), "
+                             f"found {len(residue_of_atom)}")
+        self.featurizer = featurizer
+        self.pool = ResidueTokens(residue_of_atom, reduce)
+        self.n_tokens = self.pool.n_tokens
+        self.n_atoms = featurizer.n_atoms
+        self.hidden_channels = featurizer.hidden_channels
+
+    def forward_with_vectors(self, pos_nm: Tensor):
+        x, vec = self.featurizer.forward_with_vectors(pos_nm)
+        b, n, _, f = vec.shape
+        vec = self.pool(vec.reshape(b, n, 3 * f)).reshape(b, self.n_tokens, 3, f)
+        return self.pool(x), vec
+
+    def forward(self, pos_nm: Tensor) -> Tensor:
+        return self.pool(self.featurizer(pos_nm))

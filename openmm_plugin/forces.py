@@ -61,7 +61,7 @@ class CVCallback:
         pos.requires_grad_(True)
         value = self.cv.selected(pos)[self.component]
         (grad,) = torch.autograd.grad(value, pos)
-        return float(value), -grad.numpy()
+        return float(value.detach()), -grad.numpy()
 
     def __getstate__(self):
         buffer = io.BytesIO()

@@ -145,7 +145,7 @@ def run_md(
     with atomic_path(trajectory_path) as tmp_dcd:
         with open(tmp_dcd, "wb") as handle:
             dcd = app.DCDFile(handle, topology, timestep_ps * u.picosecond, 0, report_interval_steps)
-            bar = tqdm(total=n_steps, desc=desc, unit="step", disable=not progress, leave=False)
+            bar = tqdm(total=n_steps, desc=desc, unit="step", disable=not progress, leave=False, mininterval=2.0)
             try:
                 for frame in range(n_frames):
                     t0 = time.perf_counter()

@@ -39,11 +39,20 @@ def _pdb_line(serial: int, atom_name: str, res_name: str, res_seq: int, xyz_angs
     )
 
 
-def _capped_pdb_text(sequence: str) -> str:
+# Backbone (phi, psi) in degrees for PeptideBuilder; "extended" uses its own make_extended_structure.
+BACKBONES = {"extended": None, "helix": (-57.0, -47.0)}
+
+
+def _capped_pdb_text(sequence: str, backbone: str = "extended") -> str:
     """Heavy-atom PDB text of ACE-<sequence>-NME (Å), made from G-<sequence>-G."""
     from PeptideBuilder import PeptideBuilder
 
-    structure = PeptideBuilder.make_extended_structure("G" + sequence + "G")
+    chain = "G" + sequence + "G"
+    if BACKBONES[backbone] is None:
+        structure = PeptideBuilder.make_extended_structure(chain)
+    else:
+        phi, psi = BACKBONES[backbone]
+        structure = PeptideBuilder.make_structure(chain, [phi] * (len(chain) - 1), [psi] * (len(chain) - 1))
     residues = list(structure.get_residues())
     n_res = len(residues)
     lines, serial = [], 1
@@ -65,8 +74,9 @@ def _capped_pdb_text(sequence: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_capped_peptide(sequence: str, forcefield: app.ForceField) -> tuple[app.Topology, np.ndarray]:
-    """Build ACE-<sequence>-NME in an extended conformation, with hydrogens from ``forcefield``.
+def build_capped_peptide(sequence: str, forcefield: app.ForceField,
+                         backbone: str = "extended") -> tuple[app.Topology, np.ndarray]:
+    """Build ACE-<sequence>-NME in an extended (or ideal α-helical) conformation, with hydrogens from ``forcefield``.
 
     Returns the topology and positions in nm as float64 ``[n_atoms, 3]``.
     """
@@ -76,7 +86,9 @@ def build_capped_peptide(sequence: str, forcefield: app.ForceField) -> tuple[app
     bad = sorted(set(sequence) - _ONE_LETTER)
     if bad:
         raise ValueError(f"sequence {sequence!r}: expected letters from {''.join(sorted(_ONE_LETTER))}, found {bad}")
-    pdb = app.PDBFile(io.StringIO(_capped_pdb_text(sequence)))
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone: expected one of {sorted(BACKBONES)}, found {backbone!r}")
+    pdb = app.PDBFile(io.StringIO(_capped_pdb_text(sequence, backbone)))
     modeller = app.Modeller(pdb.topology, pdb.positions)
     modeller.addHydrogens(forcefield, pH=7.0)
     positions_nm = np.asarray(modeller.positions.value_in_unit(u.nanometer), dtype=np.float64).reshape(-1, 3)
@@ -125,3 +137,29 @@ def add_trans_omega_restraint(
         force.addTorsion(*quad, [])
     force.setName("TransOmegaRestraint")
     return system.addForce(force)
+
+
+def build_peptide_system(
+    sequence: str,
+    name: str,
+    forcefield_files: tuple[str, ...],
+    *,
+    backbone: str = "extended",
+    minimize: bool = True,
+    max_iterations: int = 0,
+) -> MolecularSystem:
+    """Capped peptide from sequence in implicit solvent (no cutoff, HBond constraints), optionally minimised.
+
+    Minimisation runs on the Reference platform so MD starts from a relaxed structure, not ideal geometry.
+    """
+    forcefield = app.ForceField(*forcefield_files)
+    topology, positions_nm = build_capped_peptide(sequence, forcefield, backbone=backbone)
+    system = forcefield.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
+    if minimize:
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(positions_nm * u.nanometer)
+        openmm.LocalEnergyMinimizer.minimize(context, 10.0, max_iterations)
+        positions_nm = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        del context
+    return MolecularSystem(topology=topology, system=system, positions_nm=np.asarray(positions_nm, dtype=np.float64),
+                           name=name)

@@ -43,3 +43,20 @@ def free_energy_surface(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None
         fes = -kt_kjmol(temperature_k) * np.log(hist)
     fes[~np.isfinite(fes)] = np.nan
     return fes - np.nanmin(fes), xe, ye
+
+
+def opes_weights(bias_kjmol: np.ndarray, temperature_k: float) -> np.ndarray:
+    """Normalised weights exp(V(s_t) / kT) for frames of an OPES run (quasi-static bias: no c(t) needed)."""
+    log_w = np.asarray(bias_kjmol, dtype=np.float64) / kt_kjmol(temperature_k)
+    w = np.exp(log_w - log_w.max())
+    return w / w.sum()
+
+
+def free_energy_profile(x: np.ndarray, weights: np.ndarray | None, temperature_k: float, bins: int = 50,
+                        range_x: tuple[float, float] | None = None):
+    """Weighted 1-D histogram → F(x) in kJ/mol (minimum 0, NaN where unvisited) and bin centres."""
+    hist, edges = np.histogram(x, bins=bins, range=range_x, weights=weights, density=True)
+    with np.errstate(divide="ignore"):
+        fes = -kt_kjmol(temperature_k) * np.log(hist)
+    fes[~np.isfinite(fes)] = np.nan
+    return fes - np.nanmin(fes), 0.5 * (edges[1:] + edges[:-1])

@@ -1,7 +1,22 @@
 """Pre-trained geometric GNN featurizers: positions in nm → per-atom embeddings computed on Å geometry."""
 
-from cvlearn.featurizers.checkpoints import load_featurizer_weights
+from cvlearn.featurizers.checkpoints import CheckpointMismatchError, load_featurizer_weights, save_featurizer_checkpoint
 from cvlearn.featurizers.equivariant_transformer import GEOM2VEC_ET, ETConfig, ETFeaturizer
 from cvlearn.featurizers.neighbors import FixedTopologyNeighbors
+from cvlearn.featurizers.registry import (
+    FEATURIZERS,
+    GEOM2VEC_CONFIGS,
+    featurizer_from_checkpoint,
+    kind_of,
+    load_geom2vec,
+    make_featurizer,
+)
+from cvlearn.featurizers.tensornet import GEOM2VEC_TENSORNET, TensorNetConfig, TensorNetFeaturizer
+from cvlearn.featurizers.visnet import GEOM2VEC_VISNET, ViSNetConfig, ViSNetFeaturizer
 
-__all__ = ["ETConfig", "ETFeaturizer", "FixedTopologyNeighbors", "GEOM2VEC_ET", "load_featurizer_weights"]
+__all__ = [
+    "CheckpointMismatchError", "ETConfig", "ETFeaturizer", "FEATURIZERS", "FixedTopologyNeighbors", "GEOM2VEC_CONFIGS",
+    "GEOM2VEC_ET", "GEOM2VEC_TENSORNET", "GEOM2VEC_VISNET", "TensorNetConfig", "TensorNetFeaturizer", "ViSNetConfig",
+    "ViSNetFeaturizer", "featurizer_from_checkpoint", "kind_of", "load_featurizer_weights", "load_geom2vec",
+    "make_featurizer", "save_featurizer_checkpoint",
+]

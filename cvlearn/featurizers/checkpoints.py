@@ -74,7 +74,11 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source:
 
 
 def load_featurizer_weights(featurizer: torch.nn.Module, path: str | Path) -> None:
-    """Load backbone weights into ``featurizer`` (an ``ETFeaturizer``) from any supported checkpoint format."""
+    """Load backbone weights into ``featurizer`` (ET, ViSNet or TensorNet) from any supported checkpoint format.
+
+Supported: geom2vec / torchmd-net state dicts (``representation_model.*``, optionally Lightning-nested) and
+cvlearn's own checkpoints (architecture compared field by field first).
+"""
     path = Path(path)
     obj = _read(path)
     if obj.get("format") == CVLEARN_FORMAT:

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 from torchmdnet.models.torchmd_et import TorchMD_ET
 
+from cvlearn.featurizers.base import FeaturizerBase, seeded
 from cvlearn.featurizers.neighbors import FixedTopologyNeighbors
-from cvlearn.units import ANGSTROM_PER_NM
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class ETConfig:
 GEOM2VEC_ET = ETConfig(hidden_channels=64, num_layers=6, num_rbf=64, cutoff_angstrom=7.5)
 
 
-class ETFeaturizer(torch.nn.Module):
+class ETFeaturizer(FeaturizerBase):
     """Per-atom scalar (and vector) embeddings of a fixed set of atoms.
 
     ``forward(pos_nm [n_frames, n_atoms, 3]) -> [n_frames, n_atoms, F]``. Positions are converted to Å here and
@@ -42,38 +42,22 @@ class ETFeaturizer(torch.nn.Module):
 
     def __init__(self, atomic_numbers: Sequence[int], config: ETConfig = ETConfig(), seed: int | None = 0):
         super().__init__()
-        z = torch.as_tensor(list(atomic_numbers), dtype=torch.long)
-        if z.ndim != 1 or z.numel() == 0:
-            raise ValueError(f"atomic_numbers must be a non-empty 1-D sequence, got shape {tuple(z.shape)}")
-        if int(z.min()) < 1 or int(z.max()) >= config.max_z:
-            raise ValueError(f"atomic_numbers must lie in [1, {config.max_z}), got {z.tolist()}")
-        self.config = config
-        self.n_atoms = int(z.numel())
-        self.hidden_channels = config.hidden_channels
-        self.angstrom_per_nm = ANGSTROM_PER_NM  # an attribute, so TorchScript carries the constant
-        self.register_buffer("atomic_numbers", z)
-        with torch.random.fork_rng(enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            self.gnn = TorchMD_ET(
-                hidden_channels=config.hidden_channels,
-                num_layers=config.num_layers,
-                num_rbf=config.num_rbf,
-                num_heads=config.num_heads,
-                cutoff_upper=config.cutoff_angstrom,
-                neighbor_embedding=config.neighbor_embedding,
-                max_z=config.max_z,
-            )
+        self._init_common(atomic_numbers, config, config.max_z, config.hidden_channels)
+        self.gnn = seeded(seed, lambda: TorchMD_ET(
+            hidden_channels=config.hidden_channels,
+            num_layers=config.num_layers,
+            num_rbf=config.num_rbf,
+            num_heads=config.num_heads,
+            cutoff_upper=config.cutoff_angstrom,
+            neighbor_embedding=config.neighbor_embedding,
+            max_z=config.max_z,
+        ))
         self.gnn.distance = FixedTopologyNeighbors(self.n_atoms, 0.0, config.cutoff_angstrom)
 
-    def forward_with_vectors(self, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
-        """Scalars ``[n_frames, n_atoms, F]`` and equivariant vectors ``[n_frames, n_atoms, 3, F]``."""
+    def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        """``G`` graphs of ``n_atoms`` atoms (elements ``z [G, n]``, positions nm) → scalars, vectors."""
         n_frames = pos_nm.shape[0]
         pos = (pos_nm * self.angstrom_per_nm).reshape(n_frames * self.n_atoms, 3)
-        z = self.atomic_numbers.repeat(n_frames)
         batch = torch.arange(n_frames, device=pos.device).repeat_interleave(self.n_atoms)
-        x, vec, _, _, _ = self.gnn(z, pos, batch)
+        x, vec, _, _, _ = self.gnn(z.reshape(-1), pos, batch)
         return x.reshape(n_frames, self.n_atoms, -1), vec.reshape(n_frames, self.n_atoms, 3, -1)
-
-    def forward(self, pos_nm: Tensor) -> Tensor:
-        return self.forward_with_vectors(pos_nm)[0]

@@ -7,7 +7,7 @@ import openmm.app as app
 import pytest
 
 import systems.alanine_dipeptide as ad
-from systems.peptides import MolecularSystem, build_capped_peptide
+from systems.peptides import MolecularSystem, add_trans_omega_restraint, build_capped_peptide, omega_indices
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,7 @@ def test_other_sequence_builds():
     assert positions_nm.shape == (topology.getNumAtoms(), 3)
     system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
     assert system.getNumParticles() == topology.getNumAtoms()
+    assert len(omega_indices(topology)) == 6
 
 
 def test_bad_sequence_raises():
@@ -79,3 +80,29 @@ def test_bad_sequence_raises():
         build_capped_peptide("AXB", ff)
     with pytest.raises(ValueError, match="sequence"):
         build_capped_peptide("", ff)
+
+
+def test_trans_omega_restraint():
+    ala2 = ad.build()
+    quads = omega_indices(ala2.topology)
+    names = [[a.name for a in ala2.topology.atoms()][i] for i in quads[0]]
+    assert len(quads) == 2 and names == ["CH3", "C", "N", "CA"]
+    index = add_trans_omega_restraint(ala2.system, ala2.topology)
+    ala2.system.getForce(index).setForceGroup(31)
+    context = openmm.Context(ala2.system, ad.make_integrator(), openmm.Platform.getPlatformByName("Reference"))
+
+    def wall_energy(positions_nm):
+        context.setPositions(positions_nm)
+        state = context.getState(getEnergy=True, groups={31})
+        return state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
+
+    assert wall_energy(ala2.positions_nm) == 0.0  # trans peptide bonds: inside the flat bottom
+    # rotate the NME methyl carbon about the C-N bond by 180 degrees: second peptide bond becomes cis
+    x = ala2.positions_nm.copy()
+    ca, c, n, cm = quads[1]
+    axis = (x[n] - x[c]) / np.linalg.norm(x[n] - x[c])
+    v = x[cm] - x[n]
+    x[cm] = x[n] + 2 * np.dot(v, axis) * axis - v
+    assert wall_energy(x) > 100.0
+    with pytest.raises(ValueError, match="min_abs_omega_deg"):
+        add_trans_omega_restraint(ala2.system, ala2.topology, min_abs_omega_deg=45.0)

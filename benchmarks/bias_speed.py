@@ -1,0 +1,266 @@
+"""What biasing a learned CV costs on alanine dipeptide, every route side by side in one run (issue 6).
+
+Rows: unbiased MD; WT-metad on φ (CustomTorsionForce, app.Metadynamics); the naive route for learned
+CVs (app.Metadynamics with one PythonForce BiasVariable per CV dimension, so a 2-D CV costs two model
+calls); cvlearn's PythonForce route (one model call per step for any dimension; metad and OPES; bias
+every step and every 4th step with MTS) and TorchForce route (CV + OPES in TorchScript, refreshed at
+each deposition). Also: the cost of one TorchForce refresh and of the CV-gradient strategies outside
+OpenMM. Models are untrained with the stated architectures (cost does not depend on the weights):
+the demo's 2-layer ET and the naive geom2vec-sized 6-layer ET.
+
+    python benchmarks/bias_speed.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cvlearn.cv_model import GraphCV  # noqa: E402
+from cvlearn.export import export_cv  # noqa: E402
+from cvlearn.featurizers import GEOM2VEC_ET, ETConfig, ETFeaturizer  # noqa: E402
+from cvlearn.heads import MLPHead  # noqa: E402
+from cvlearn.io import write_json_atomic, write_text_atomic  # noqa: E402
+from cvlearn.mixers import SumPool  # noqa: E402
+from cvlearn.tokens import ResidueTokens, residue_index_of_atoms  # noqa: E402
+from openmm_plugin.bias import BiasRunner, CVEvaluator, Metadynamics, OPESMetad, TorchBiasForce, python_bias_force  # noqa: E402
+from openmm_plugin.metadynamics import MetadSettings, cv_metadynamics, torsion_metadynamics  # noqa: E402
+from systems import alanine_dipeptide as ala2  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEMO_ET = ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom=5.0)
+BIAS_GROUP = 1
+
+
+def exported_cv(molecule, config: ETConfig, n_cvs: int, directory: Path):
+    heavy = ala2.heavy_atom_indices(molecule.topology)
+    z = [a.element.atomic_number for a in molecule.topology.atoms()]
+    lobe = GraphCV(ETFeaturizer([z[i] for i in heavy], config), ResidueTokens(residue_index_of_atoms(molecule.topology, heavy)),
+                   SumPool(), MLPHead(config.hidden_channels, n_cvs))
+    n_params = sum(p.numel() for p in lobe.parameters())
+    cv = export_cv(lobe, directory / f"cv_{config.num_layers}l_{n_cvs}d.pt", atom_indices=heavy,
+                   n_particles=molecule.topology.getNumAtoms())
+    return cv, n_params
+
+
+def _simulation(molecule, system, integrator):
+    simulation = app.Simulation(molecule.topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions(molecule.positions_nm)
+    simulation.context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    return simulation
+
+
+def time_steps(simulation, n_steps: int, advance=None, inner_per_step: int = 1) -> dict:
+    """ms per 2-fs step of simulated time (MTS: outer step / inner_per_step), after a warm-up."""
+    step = advance or (lambda sim, n: sim.step(n))
+    step(simulation, max(10, n_steps // 10))  # warm-up: TorchScript profiling runs, first allocations
+    start = time.perf_counter()
+    step(simulation, n_steps)
+    seconds = time.perf_counter() - start
+    ms = seconds / (n_steps * inner_per_step) * 1e3
+    return {"ms_per_step": ms, "ns_per_day": ala2.TIMESTEP_PS * 1e-3 / (ms * 1e-3) * 86400,
+            "steps_timed": n_steps * inner_per_step}
+
+
+def _mts(k: int):
+    integrator = openmm.MTSLangevinIntegrator(300.0, ala2.FRICTION_PER_PS, k * ala2.TIMESTEP_PS, [(0, k), (BIAS_GROUP, 1)])
+    integrator.setRandomNumberSeed(1)
+    return integrator
+
+
+def _make_bias(method: str, n_cvs: int, pace: int):
+    if method == "opes":
+        return OPESMetad(sigma=[0.1] * n_cvs, barrier_kjmol=30.0, pace_steps=pace, temperature_k=300.0)
+    return Metadynamics(sigma=[0.1] * n_cvs, height_kjmol=1.2, bias_factor=8.0, pace_steps=pace, temperature_k=300.0,
+                        lower=[-5.0] * n_cvs, upper=[5.0] * n_cvs, use_grid=True)
+
+
+def gradient_strategies(molecule, cv, n_calls: int) -> list[dict]:
+    """ms per call outside OpenMM: forward; bias force (one backward of dV/ds·s); full Jacobian (batched / loop)."""
+    evaluator = CVEvaluator(cv)
+    pos = molecule.positions_nm[evaluator.atom_indices]
+    bias = _make_bias("opes", evaluator.n_cvs, 10)
+    cases = {
+        "forward only": lambda: evaluator.values(pos),
+        "bias force: forward + 1 backward (dV/ds . s)": lambda: evaluator.bias_energy_forces(pos, bias),
+        "Jacobian: forward + batched VJP (is_grads_batched)": lambda: evaluator.jacobian(pos, batched=True),
+        "Jacobian: forward + n_cvs backward (retain_graph)": lambda: evaluator.jacobian(pos, batched=False),
+    }
+    rows = []
+    for name, fn in cases.items():
+        for _ in range(5):
+            fn()
+        start = time.perf_counter()
+        for _ in range(n_calls):
+            fn()
+        rows.append({"case": name, "ms_per_call": (time.perf_counter() - start) / n_calls * 1e3})
+    return rows
+
+
+def run(quick: bool) -> dict:
+    n_md = 2000 if quick else 20000
+    n_model = 200 if quick else 2000
+    pace = 100 if quick else 500
+    torch.set_num_threads(1)
+    molecule = ala2.build()
+    settings = MetadSettings(temperature_k=300.0, frequency_steps=pace)
+    rows, models = [], {}
+
+    def add(name, route, model, n_cvs, result, calls_per_step=None):
+        rows.append({"name": name, "route": route, "model": model, "n_cvs": n_cvs, "torch_threads": torch.get_num_threads(),
+                     "model_calls_per_step": calls_per_step, **result})
+        print(f"{name:72s} {result['ms_per_step']:8.3f} ms/step {result['ns_per_day']:9.1f} ns/day", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cvs = {}
+        for label, config in (("demo", DEMO_ET), ("naive", GEOM2VEC_ET)):
+            for d in (1, 2):
+                cvs[label, d], n_params = exported_cv(molecule, config, d, tmp)
+            models[label] = {"architecture": config.as_dict(), "parameters": n_params, "dtype": "float32",
+                             "atoms": len(ala2.heavy_atom_indices(molecule.topology))}
+        add("unbiased", "-", "-", 0, time_steps(_simulation(molecule, copy.deepcopy(molecule.system), ala2.make_integrator()), n_md))
+        system = copy.deepcopy(molecule.system)
+        meta = torsion_metadynamics(system, ala2.phi_psi_indices(molecule.topology)[:1], 0.35, settings)
+        add("WT-metad on phi (CustomTorsionForce)", "app.Metadynamics", "-", 1,
+            time_steps(_simulation(molecule, system, ala2.make_integrator()), n_md, meta.step))
+
+        for label in ("naive", "demo"):
+            for d in (1, 2):
+                system = copy.deepcopy(molecule.system)
+                meta = cv_metadynamics(system, cvs[label, d], [(-5.0, 5.0)] * d, [0.1] * d, settings)
+                add(f"naive route: WT-metad, {label} ET, {d}-D (one BiasVariable per dim)",
+                    "PythonForce BiasVariables in app.Metadynamics", label, d,
+                    time_steps(_simulation(molecule, system, ala2.make_integrator()), n_model, meta.step), d)
+
+        def cvlearn_python(label, d, method, k=1):
+            system = copy.deepcopy(molecule.system)
+            bias = _make_bias(method, d, pace // k)
+            force = python_bias_force(cvs[label, d], bias, force_group=BIAS_GROUP)
+            system.addForce(force)
+            simulation = _simulation(molecule, system, ala2.make_integrator() if k == 1 else _mts(k))
+            runner = BiasRunner(bias, callback=force.callback)
+            calls0 = force.callback.evaluator.calls
+            result = time_steps(simulation, max(1, n_model // k), runner.step, inner_per_step=k)
+            steps = simulation.currentStep * k
+            mts = f", MTS {k}" if k > 1 else ""
+            add(f"cvlearn PythonForce: {method}, {label} ET, {d}-D{mts}", "PythonForce (cvlearn.bias)", label, d, result,
+                (force.callback.evaluator.calls - calls0) / steps)
+
+        for method in ("metad", "opes"):
+            for d in (1, 2):
+                cvlearn_python("demo", d, method)
+        for d in (1, 2):
+            cvlearn_python("demo", d, "opes", k=4)
+        cvlearn_python("naive", 2, "opes")
+
+        refresh_ms = {}
+        for d in (1, 2):
+            for k in (1, 4):
+                system = copy.deepcopy(molecule.system)
+                bias = _make_bias("opes", d, pace // k)
+                torch_force = TorchBiasForce(system, cvs["demo", d], bias, force_group=BIAS_GROUP)
+                simulation = _simulation(molecule, system, ala2.make_integrator() if k == 1 else _mts(k))
+                runner = BiasRunner(bias, cv=cvs["demo", d], on_update=torch_force.refresh)
+                mts = f", MTS {k}" if k > 1 else ""
+                add(f"cvlearn TorchForce: opes, demo ET, {d}-D{mts} (refresh at deposition)",
+                    "TorchForce (CV + bias in TorchScript)", "demo", d,
+                    time_steps(simulation, max(1, n_model // k), runner.step, inner_per_step=k), 1)
+            start = time.perf_counter()
+            for _ in range(5):
+                torch_force.refresh(simulation)
+            refresh_ms[f"{d}-D"] = (time.perf_counter() - start) / 5 * 1e3
+        print(f"TorchForce refresh (rebuild + reinitialize): {refresh_ms} ms", flush=True)
+
+        strategies = []
+        for label in ("demo", "naive"):
+            for row in gradient_strategies(molecule, cvs[label, 2], 20 if quick else 200):
+                strategies.append({"model": label, "n_cvs": 2, **row})
+                print(f"  {label} 2-D {row['case']:55s} {row['ms_per_call']:.3f} ms", flush=True)
+
+    by = {r["name"]: r for r in rows}
+    ms = lambda name: by[name]["ms_per_step"]  # noqa: E731
+    best = min((r for r in rows if r["route"].startswith("PythonForce (cvlearn") and r["model"] == "demo"),
+               key=lambda r: r["ms_per_step"])
+    naive = ms("naive route: WT-metad, naive ET, 1-D (one BiasVariable per dim)")
+    ratio_2d = ms("cvlearn PythonForce: opes, demo ET, 2-D") / ms("cvlearn PythonForce: opes, demo ET, 1-D")
+    ratio_2d_naive = (ms("naive route: WT-metad, demo ET, 2-D (one BiasVariable per dim)")
+                      / ms("naive route: WT-metad, demo ET, 1-D (one BiasVariable per dim)"))
+    targets = [
+        {"name": f"learned CV + bias, best cvlearn route ({best['name']})", "value": best["ms_per_step"],
+         "target": 1.0, "unit": "ms/step", "met": best["ms_per_step"] <= 1.0},
+        {"name": "speed-up of that route over the naive 6-layer ET CV (app.Metadynamics, 1-D)",
+         "value": naive / best["ms_per_step"], "target": 6.0, "unit": "x", "met": naive / best["ms_per_step"] >= 6.0},
+        {"name": "2-D / 1-D cost, cvlearn PythonForce OPES (demo ET, every step)", "value": ratio_2d,
+         "target": 1.2, "unit": "x", "met": ratio_2d <= 1.2},
+        {"name": "2-D / 1-D cost, naive app.Metadynamics route (demo ET), for comparison", "value": ratio_2d_naive,
+         "target": None, "unit": "x", "met": None},
+    ]
+    return {
+        "benchmark": "bias_speed",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                    "torch": str(torch.__version__), "openmm": openmm.__version__},
+        "settings": {"quick": quick, "openmm_platform": "Reference", "system": "alanine dipeptide, amber99sbildn + OBC, 22 atoms",
+                     "timestep_fs": 2.0, "deposit_every_steps": pace, "steps_timed_md": n_md,
+                     "steps_timed_with_model": n_model, "torch_threads": 1,
+                     "note": "ms_per_step is per 2-fs step of simulated time (MTS rows: outer step / 4); "
+                             "CV models float32, untrained; OPES barrier 30 kJ/mol, sigma 0.1; metad grid-accumulated"},
+        "models": models,
+        "rows": rows,
+        "torch_refresh_ms": refresh_ms,
+        "gradient_strategies": strategies,
+        "targets": targets,
+    }
+
+
+def _calls(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# bias_speed ({result['date']}, {result['machine']['cpu_count']} CPUs, quick={result['settings']['quick']})", "",
+             "Models: " + "; ".join(f"{k}: {v['architecture']['num_layers']}-layer ET, {v['architecture']['hidden_channels']} wide, "
+                                    f"{v['parameters']} parameters" for k, v in result["models"].items()), "",
+             "| run | route | model calls/step | ms/step | ns/day |", "|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['route']} | {_calls(r['model_calls_per_step'])} | "
+              f"{r['ms_per_step']:.3f} | {r['ns_per_day']:.1f} |" for r in result["rows"]]
+    lines += ["", "TorchForce refresh (new TorchForce + Context.reinitialize(preserveState=True)): "
+              + ", ".join(f"{k} {v:.1f} ms" for k, v in result["torch_refresh_ms"].items()), "",
+              "| CV gradient strategy (2-D CV, outside OpenMM) | model | ms/call |", "|---|---|---|"]
+    lines += [f"| {s['case']} | {s['model']} | {s['ms_per_call']:.3f} |" for s in result["gradient_strategies"]]
+    lines += ["", "| target | value | target | met |", "|---|---|---|---|"]
+    lines += [f"| {t['name']} | {t['value']:.3g} {t['unit']} | {t['target']} | {t['met']} |" for t in result["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    result = run(args.quick)
+    name = "bias_speed_quick" if args.quick else "bias_speed"
+    write_json_atomic(RESULTS / f"{name}.json", result)
+    write_text_atomic(RESULTS / f"{name}.md", markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""What a learned CV costs inside OpenMM on alanine dipeptide: ms/step and ns/day, in one run.
+
+Rows: unbiased MD; well-tempered metadynamics on φ (CustomTorsionForce); learned CVs as a standalone
+TorchForce (6-layer ET = the naive geom2vec-sized CV, and the demo's 2-layer ET); learned-CV metadynamics
+through the PythonForce route (bias force every step, and every 4th step with an MTS Langevin integrator).
+Models are untrained with the stated architecture: cost does not depend on the weights.
+
+    python benchmarks/md_overhead.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cvlearn.cv_model import GraphCV  # noqa: E402
+from cvlearn.export import export_cv  # noqa: E402
+from cvlearn.featurizers import GEOM2VEC_ET, ETConfig, ETFeaturizer  # noqa: E402
+from cvlearn.heads import MLPHead  # noqa: E402
+from cvlearn.io import write_json_atomic, write_text_atomic  # noqa: E402
+from cvlearn.mixers import SumPool  # noqa: E402
+from cvlearn.tokens import ResidueTokens, residue_index_of_atoms  # noqa: E402
+from openmm_plugin.forces import torch_force_for_cv  # noqa: E402
+from openmm_plugin.metadynamics import MetadSettings, cv_metadynamics, torsion_metadynamics  # noqa: E402
+from systems import alanine_dipeptide as ala2  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEMO_ET = ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom=5.0)
+
+
+def exported_cv(molecule, config: ETConfig, n_cvs: int, directory: Path):
+    heavy = ala2.heavy_atom_indices(molecule.topology)
+    z = [a.element.atomic_number for a in molecule.topology.atoms()]
+    lobe = GraphCV(ETFeaturizer([z[i] for i in heavy], config), ResidueTokens(residue_index_of_atoms(molecule.topology, heavy)),
+                   SumPool(), MLPHead(config.hidden_channels, n_cvs))
+    return export_cv(lobe, directory / f"cv_{config.num_layers}l.pt", atom_indices=heavy,
+                     n_particles=molecule.topology.getNumAtoms())
+
+
+def time_steps(molecule, system, integrator, n_steps: int, advance=None, inner_per_step: int = 1) -> dict:
+    simulation = app.Simulation(molecule.topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions(molecule.positions_nm)
+    simulation.context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    step = advance or simulation.step
+    step(simulation, 50) if advance else step(50)  # warm-up (TorchScript profiling runs, first allocations)
+    start = time.perf_counter()
+    step(simulation, n_steps) if advance else step(n_steps)
+    seconds = time.perf_counter() - start
+    ms_per_fs2_step = seconds / (n_steps * inner_per_step) * 1e3
+    return {"ms_per_step": ms_per_fs2_step, "ns_per_day": ala2.TIMESTEP_PS * 1e-3 / (ms_per_fs2_step * 1e-3) * 86400,
+            "steps_timed": n_steps * inner_per_step}
+
+
+def run(quick: bool) -> dict:
+    n = 2000 if quick else 20000
+    n_model = 200 if quick else 2000
+    molecule = ala2.build()
+    settings = MetadSettings(temperature_k=300.0, frequency_steps=250)
+    rows = []
+
+    def add(name, route, model, result, threads):
+        rows.append({"name": name, "route": route, "model": model, "torch_threads": threads, **result})
+        print(f"{name:55s} {result['ms_per_step']:8.3f} ms/step {result['ns_per_day']:9.1f} ns/day", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        add("unbiased", "-", "-", time_steps(molecule, copy.deepcopy(molecule.system), ala2.make_integrator(), n), "-")
+        system = copy.deepcopy(molecule.system)
+        meta = torsion_metadynamics(system, ala2.phi_psi_indices(molecule.topology)[:1], 0.35, settings)
+        add("WT-metad on phi (CustomTorsionForce)", "app.Metadynamics", "-",
+            time_steps(molecule, system, ala2.make_integrator(), n, meta.step), "-")
+        naive, demo = exported_cv(molecule, GEOM2VEC_ET, 1, tmp), exported_cv(molecule, DEMO_ET, 1, tmp)
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            for label, cv, config in (("6-layer ET, 64 wide (naive)", naive, GEOM2VEC_ET), ("2-layer ET, 64 wide (demo)", demo, DEMO_ET)):
+                system = copy.deepcopy(molecule.system)
+                system.addForce(torch_force_for_cv(cv, 0))
+                add(f"learned CV as TorchForce: {label}", "TorchForce", str(config.as_dict()),
+                    time_steps(molecule, system, ala2.make_integrator(), n_model), threads)
+        torch.set_num_threads(1)
+        bounds, sigma = [(-5.0, 5.0)], [0.15]
+        system = copy.deepcopy(molecule.system)
+        meta = cv_metadynamics(system, demo, bounds, sigma, settings)
+        add("WT-metad on learned CV, bias every step", "PythonForce in app.Metadynamics", str(DEMO_ET.as_dict()),
+            time_steps(molecule, system, ala2.make_integrator(), n_model, meta.step), 1)
+        system = copy.deepcopy(molecule.system)
+        meta = cv_metadynamics(system, demo, bounds, sigma, settings)
+        group = meta._force.getForceGroup()
+        mts = openmm.MTSLangevinIntegrator(300.0, 1.0, 4 * ala2.TIMESTEP_PS, [(0, 4), (group, 1)])
+        add("WT-metad on learned CV, bias every 4th step (MTS)", "PythonForce in app.Metadynamics", str(DEMO_ET.as_dict()),
+            time_steps(molecule, system, mts, n_model // 4, meta.step, inner_per_step=4), 1)
+
+    by = {r["name"]: r for r in rows}
+    unbiased = by["unbiased"]["ms_per_step"]
+    demo_mts = by["WT-metad on learned CV, bias every 4th step (MTS)"]["ms_per_step"]
+    naive_torch = by["learned CV as TorchForce: 6-layer ET, 64 wide (naive)"]["ms_per_step"]
+    targets = [
+        {"name": "demo biased route (2-layer ET, MTS 4) vs 1 ms/step (issue 6 target)", "value": demo_mts,
+         "target": 1.0, "unit": "ms/step", "met": demo_mts <= 1.0},
+        {"name": "speed-up of the demo biased route over the naive 6-layer TorchForce CV", "value": naive_torch / demo_mts,
+         "target": 6.0, "unit": "x", "met": naive_torch / demo_mts >= 6.0},
+        {"name": "overhead of the demo biased route over unbiased MD", "value": demo_mts / unbiased,
+         "target": None, "unit": "x", "met": None},
+    ]
+    return {
+        "benchmark": "md_overhead",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                    "torch": str(torch.__version__), "openmm": openmm.__version__},
+        "settings": {"quick": quick, "openmm_platform": "Reference", "system": "alanine dipeptide, amber99sbildn + OBC, 22 atoms",
+                     "timestep_fs": 2.0, "metad_deposit_every_steps": settings.frequency_steps,
+                     "steps_timed_md": n, "steps_timed_with_model": n_model,
+                     "note": "ms_per_step is per 2-fs step of simulated time (MTS rows: outer step / 4)"},
+        "rows": rows,
+        "targets": targets,
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# md_overhead ({result['date']}, {result['machine']['cpu_count']} CPUs, quick={result['settings']['quick']})", "",
+             "| run | route | torch threads | ms/step | ns/day |", "|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['route']} | {r['torch_threads']} | {r['ms_per_step']:.3f} | {r['ns_per_day']:.1f} |"
+              for r in result["rows"]]
+    lines += ["", "| target | value | target | met |", "|---|---|---|---|"]
+    lines += [f"| {t['name']} | {t['value']:.3g} {t['unit']} | {t['target']} | {t['met']} |" for t in result["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    result = run(args.quick)
+    name = "md_overhead_quick" if args.quick else "md_overhead"
+    write_json_atomic(RESULTS / f"{name}.json", result)
+    write_text_atomic(RESULTS / f"{name}.md", markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Does biasing the learned CV sample alanine dipeptide as well as biasing φ/ψ? (issue 6)
+
+Per seed (≥ 3 independent walkers), OPES-metad at 300 K on (a) the learned CV (an exported ``cv.pt``,
+component 0 by default) and (b) the reference CVs φ/ψ, both through cvlearn's PythonForce route (the
+torsions are a TorchScript CV too, so the runs differ only in the CV). Reported: φ transitions per ns
+(C7eq core φ ∈ (-180°, -30°) ↔ C7ax core φ ∈ (30°, 100°), with hysteresis) and the reweighted
+ΔF(C7ax − C7eq) (C7ax: 0 < φ < 120°, C7eq: φ < 0; weights exp(βV)), as mean ± std over seeds.
+Targets: learned-CV transition rate ≥ 80 % of the φ/ψ rate; |ΔF_learned − ΔF_φψ| ≤ 1.25 kJ/mol.
+
+    python benchmarks/sampling.py --cv runs/demo/cv.pt [--quick] [--ns 5] [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cvlearn.analysis.colvar import read_colvar  # noqa: E402
+from cvlearn.analysis.reweighting import delta_f_kjmol, opes_weights  # noqa: E402
+from cvlearn.analysis.transitions import count_phi_transitions  # noqa: E402
+from cvlearn.export import load_cv  # noqa: E402
+from cvlearn.io import write_json_atomic, write_text_atomic  # noqa: E402
+from openmm_plugin.bias import BiasReporter, BiasRunner, OPESMetad, python_bias_force  # noqa: E402
+from openmm_plugin.bias.base import OnComponents  # noqa: E402
+from openmm_plugin.bias.torsions import export_torsion_cv  # noqa: E402
+from systems import alanine_dipeptide as ala2  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BIAS_GROUP = 1
+
+
+def _phi_function(phi_atoms):
+    a = list(phi_atoms)
+
+    def phi(positions: np.ndarray) -> float:
+        p0, p1, p2, p3 = (positions[i] for i in a)
+        b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
+        n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
+        return float(np.arctan2(np.linalg.norm(b2) * np.dot(b1, n2), np.dot(n1, n2)))
+
+    return phi
+
+
+def biased_run(cv, bias, *, seed: int, n_steps: int, mts: int, report_steps: int, colvar: Path, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    molecule = ala2.build()
+    system = molecule.system
+    force = python_bias_force(cv, bias, force_group=BIAS_GROUP)
+    system.addForce(force)
+    if mts == 1:
+        integrator = ala2.make_integrator(300.0, seed)
+    else:
+        integrator = openmm.MTSLangevinIntegrator(300.0, ala2.FRICTION_PER_PS, mts * ala2.TIMESTEP_PS,
+                                                  [(0, mts), (BIAS_GROUP, 1)])
+        integrator.setRandomNumberSeed(seed + 1)
+    simulation = app.Simulation(molecule.topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions(molecule.positions_nm)
+    simulation.context.setVelocitiesToTemperature(300.0 * unit.kelvin, seed + 1)
+    runner = BiasRunner(bias, callback=force.callback)
+    phi_atoms = ala2.phi_psi_indices(molecule.topology)[0]
+    reporter = BiasReporter(colvar, bias, force.callback.evaluator, report_steps // mts, resume=False, flush_every=10_000,
+                            extra={"phi": _phi_function(phi_atoms)})
+    simulation.reporters.append(reporter)
+    start = time.perf_counter()
+    runner.step(simulation, n_steps // mts)
+    seconds = time.perf_counter() - start
+    reporter.close()
+    data = read_colvar(colvar)
+    phi = data["phi"]
+    keep = slice(len(phi) // 10, None)  # drop the first 10 % (bias still building)
+    weights = opes_weights(data["bias"][keep], 300.0)
+    deg = np.degrees(phi[keep])
+    ns = n_steps * ala2.TIMESTEP_PS * 1e-3
+    return {"seed": seed, "ns": ns, "transitions": count_phi_transitions(phi),
+            "transitions_per_ns": count_phi_transitions(phi) / ns,
+            "deltaF_C7ax_C7eq_kjmol": delta_f_kjmol((deg > 0) & (deg < 120), deg < 0, weights, 300.0),
+            "ms_per_step": seconds * 1e3 / n_steps}
+
+
+def _summary(runs: list[dict], key: str) -> tuple[float, float]:
+    values = np.array([r[key] for r in runs], dtype=float)
+    return float(np.nanmean(values)), float(np.nanstd(values))
+
+
+def unbiased_cv_std(cv, molecule, component: int, n_steps: int = 2000) -> float:
+    """σ for OPES as PLUMED's adaptive recipe, estimated once: the CV's std over 4 ps of unbiased MD."""
+    simulation = app.Simulation(molecule.topology, molecule.system, ala2.make_integrator(300.0, 12345),
+                                openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions(molecule.positions_nm)
+    simulation.context.setVelocitiesToTemperature(300.0 * unit.kelvin, 12345)
+    values = []
+    for _ in range(n_steps // 20):
+        simulation.step(20)
+        pos = simulation.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        with torch.no_grad():
+            values.append(float(cv(torch.as_tensor(np.asarray(pos)))[component]))
+    return float(np.std(values))
+
+
+def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, sigma: float | None,
+        barrier_kjmol: float, mts: int, threads: int) -> dict:
+    n_steps = int(round(ns * 1e3 / ala2.TIMESTEP_PS)) // (4 * mts) * (4 * mts)
+    pace = 500
+    report = 500 if not quick else 100
+    cv, meta = load_cv(cv_path)
+    molecule = ala2.build()
+    sigma_cv = sigma if sigma is not None else unbiased_cv_std(cv, molecule, component)
+    rows = {"learned": [], "phi_psi": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torsion_cv = export_torsion_cv(tmp / "phi_psi.pt", ala2.phi_psi_indices(molecule.topology),
+                                       molecule.topology.getNumAtoms())
+        for seed in range(seeds):
+            learned_bias = OnComponents(OPESMetad(sigma=[sigma_cv], barrier_kjmol=barrier_kjmol, pace_steps=pace // mts,
+                                                  temperature_k=300.0), [component], int(cv.n_cvs))
+            rows["learned"].append(biased_run(cv, learned_bias, seed=seed, n_steps=n_steps, mts=mts, report_steps=report,
+                                              colvar=tmp / f"learned_{seed}.colvar", threads=threads))
+            reference_bias = OPESMetad(sigma=[0.35, 0.35], barrier_kjmol=barrier_kjmol, pace_steps=pace,
+                                       temperature_k=300.0, periods=[2 * np.pi, 2 * np.pi])
+            rows["phi_psi"].append(biased_run(torsion_cv, reference_bias, seed=seed, n_steps=n_steps, mts=1,
+                                              report_steps=report, colvar=tmp / f"phi_psi_{seed}.colvar", threads=threads))
+            for name in rows:
+                r = rows[name][-1]
+                print(f"seed {seed} {name:8s}: {r['transitions']:4d} transitions ({r['transitions_per_ns']:.1f}/ns), "
+                      f"dF = {r['deltaF_C7ax_C7eq_kjmol']:.2f} kJ/mol, {r['ms_per_step']:.3f} ms/step", flush=True)
+    rate_l, rate_l_sd = _summary(rows["learned"], "transitions_per_ns")
+    rate_r, rate_r_sd = _summary(rows["phi_psi"], "transitions_per_ns")
+    df_l, df_l_sd = _summary(rows["learned"], "deltaF_C7ax_C7eq_kjmol")
+    df_r, df_r_sd = _summary(rows["phi_psi"], "deltaF_C7ax_C7eq_kjmol")
+    rate_ratio = rate_l / rate_r if rate_r > 0 else float("nan")
+    targets = [
+        {"name": "learned-CV phi transition rate / phi-psi rate", "value": rate_ratio, "target": 0.8, "unit": "x",
+         "met": bool(rate_ratio >= 0.8)},
+        {"name": "|dF(C7ax-C7eq) learned - phi/psi|", "value": abs(df_l - df_r), "target": 1.25, "unit": "kJ/mol",
+         "met": bool(abs(df_l - df_r) <= 1.25)},
+    ]
+    return {
+        "benchmark": "sampling",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                    "torch": str(torch.__version__), "openmm": openmm.__version__},
+        "settings": {"quick": quick, "cv": str(cv_path), "cv_component": component, "sigma_cv": sigma_cv,
+                     "sigma_phi_psi_rad": 0.35, "method": "OPES-metad (cvlearn PythonForce route)",
+                     "barrier_kjmol": barrier_kjmol, "pace_steps": pace, "ns_per_run": n_steps * ala2.TIMESTEP_PS * 1e-3,
+                     "seeds": seeds, "learned_cv_mts_substeps": mts, "temperature_k": 300.0, "torch_threads": threads,
+                     "cv_metadata": {k: v for k, v in meta.items() if k not in ("atom_indices", "atomic_numbers", "residue_of_atom")}},
+        "summary": {"learned": {"transitions_per_ns": [rate_l, rate_l_sd], "deltaF_C7ax_C7eq_kjmol": [df_l, df_l_sd]},
+                    "phi_psi": {"transitions_per_ns": [rate_r, rate_r_sd], "deltaF_C7ax_C7eq_kjmol": [df_r, df_r_sd]}},
+        "rows": [{"cv": name, **r} for name, runs in rows.items() for r in runs],
+        "targets": targets,
+    }
+
+
+def markdown(result: dict) -> str:
+    s = result["summary"]
+    lines = [f"# sampling ({result['date']}, quick={result['settings']['quick']}, {result['settings']['seeds']} seeds × "
+             f"{result['settings']['ns_per_run']:.3g} ns, cv={result['settings']['cv']})", "",
+             "| CV | φ transitions / ns | ΔF(C7ax − C7eq) kJ/mol | ms/step |", "|---|---|---|---|"]
+    for name in ("learned", "phi_psi"):
+        ms = np.mean([r["ms_per_step"] for r in result["rows"] if r["cv"] == name])
+        lines.append(f"| {name} | {s[name]['transitions_per_ns'][0]:.2f} ± {s[name]['transitions_per_ns'][1]:.2f} | "
+                     f"{s[name]['deltaF_C7ax_C7eq_kjmol'][0]:.2f} ± {s[name]['deltaF_C7ax_C7eq_kjmol'][1]:.2f} | {ms:.3f} |")
+    lines += ["", "| target | value | target | met |", "|---|---|---|---|"]
+    lines += [f"| {t['name']} | {t['value']:.3g} {t['unit']} | {t['target']} | {t['met']} |" for t in result["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cv", required=True, help="exported learned CV (e.g. runs/demo/cv.pt)")
+    parser.add_argument("--quick", action="store_true", help="0.04 ns per run: checks that it works, not a result")
+    parser.add_argument("--ns", type=float, default=5.0, help="ns per run (default 5)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--component", type=int, default=0, help="learned-CV component to bias (default 0)")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="OPES sigma on the learned CV (default: its std over 4 ps of unbiased MD)")
+    parser.add_argument("--barrier-kjmol", type=float, default=30.0)
+    parser.add_argument("--mts", type=int, default=4, help="bias force every k-th step for the learned CV (default 4)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: fastest here)")
+    args = parser.parse_args()
+    result = run(Path(args.cv), quick=args.quick, ns=0.04 if args.quick else args.ns, seeds=args.seeds,
+                 component=args.component, sigma=args.sigma, barrier_kjmol=args.barrier_kjmol,
+                 mts=args.mts, threads=args.threads)
+    name = "sampling_quick" if args.quick else "sampling"
+    write_json_atomic(RESULTS / f"{name}.json", result)
+    write_text_atomic(RESULTS / f"{name}.md", markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""What every featurizer shares: atomic numbers from the topology, the nm → Å edge, and the batched entry point.
+
+A featurizer holds ``n_atoms`` atomic numbers and a GNN (``.gnn``). ``forward_graphs(z [G, n], pos_nm [G, n, 3])``
+runs G graphs of ``n`` atoms each (their own elements) in one GNN call; ``forward`` / ``forward_with_vectors``
+are that call with the featurizer's own elements. Windowed tokens use ``forward_graphs`` with padded windows.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from cvlearn.units import ANGSTROM_PER_NM
+
+
+def checked_atomic_numbers(atomic_numbers: Sequence[int], max_z: int) -> Tensor:
+    """Atomic numbers as a long tensor, checked against the embedding table size ``max_z``."""
+    z = torch.as_tensor(list(atomic_numbers), dtype=torch.long)
+    if z.ndim != 1 or z.numel() == 0:
+        raise ValueError(f"atomic_numbers must be a non-empty 1-D sequence, got shape {tuple(z.shape)}")
+    if int(z.min()) < 1 or int(z.max()) >= max_z:
+        raise ValueError(f"atomic_numbers must lie in [1, {max_z}), got {z.tolist()}")
+    return z
+
+
+def seeded(seed: int | None, build):
+    """Build a module with a fixed seed without disturbing the caller's random stream."""
+    with torch.random.fork_rng(enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return build()
+
+
+class FeaturizerBase(torch.nn.Module):
+    """Common attributes: ``atomic_numbers`` buffer, ``n_atoms``, ``hidden_channels``, ``config``."""
+
+    def _init_common(self, atomic_numbers: Sequence[int], config, max_z: int, hidden_channels: int) -> None:
+        z = checked_atomic_numbers(atomic_numbers, max_z)
+        self.config = config
+        self.n_atoms = int(z.numel())
+        self.hidden_channels = int(hidden_channels)
+        self.angstrom_per_nm = ANGSTROM_PER_NM  # an attribute, so TorchScript carries the constant
+        self.register_buffer("atomic_numbers", z)
+
+    def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward_with_vectors(self, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        """Scalars ``[n_frames, n_atoms, F]`` and equivariant vectors ``[n_frames, n_atoms, 3, F]``."""
+        z = self.atomic_numbers.unsqueeze(0).expand(pos_nm.shape[0], self.n_atoms)
+        return self.forward_graphs(z, pos_nm)
+
+    def forward(self, pos_nm: Tensor) -> Tensor:
+        return self.forward_with_vectors(pos_nm)[0]
+
+    def resized(self, atomic_numbers: Sequence[int]):
+        """The same architecture and weights for another atom list (e.g. padded sliding windows)."""
+        other = type(self)(atomic_numbers, self.config, seed=None)
+        other.gnn.load_state_dict(self.gnn.state_dict(), strict=True)
+        return other.to(self.atomic_numbers.device).to(next(self.gnn.parameters()).dtype)

@@ -1,0 +1,248 @@
+"""Embedding store: featurize trajectories once with a frozen featurizer, train many heads on the stored tokens.
+
+Layout of a store directory::
+
+    manifest.json                      settings (featurizer, weights hash, selection, context) + per-trajectory chunks
+    t0000/c00000.tokens.npy            [n_frames_in_chunk, n_tokens, F] float32   (written last: marks the chunk done)
+    t0000/c00000.vectors.npy           [n, n_tokens, 3, F]  (only with vectors=True)
+    t0000/c00000.time_ps.npy           [n] frame times in ps
+
+Every file is written atomically, so after a kill a chunk is either complete or absent; a rerun with the same
+settings skips finished chunks (it still reads their frames, which is cheap next to the GNN). A rerun with other
+settings into the same directory raises instead of mixing embeddings. Readers memory-map chunks, so training
+holds at most a chunk or two in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import mdtraj
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cvlearn.io import atomic_path, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT = "cvlearn-embedding-store-v1"
+MANIFEST = "manifest.json"
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """Hash of a module's state (names, shapes, values): identifies the featurizer weights, whatever file they came from."""
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(str(tuple(value.shape)).encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+
+def _chunks_of(source, top, atom_indices, chunk_frames: int, stride: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(positions nm [n, n_sel, 3] float32, times ps [n]) per chunk of a file, Trajectory or array."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"trajectory file {str(path)!r} does not exist")
+        if top is None:
+            raise ValueError(f"top: a topology file is required to read {str(path)!r}")
+        for chunk in mdtraj.iterload(str(path), top=str(top), chunk=chunk_frames, stride=stride,
+                                     atom_indices=atom_indices):
+            yield chunk.xyz, np.asarray(chunk.time, dtype=np.float64)
+        return
+    if isinstance(source, mdtraj.Trajectory):
+        xyz, time = source.xyz, np.asarray(source.time, dtype=np.float64)
+        if atom_indices is not None:
+            xyz = xyz[:, atom_indices]
+    else:
+        xyz = np.asarray(source, dtype=np.float32)
+        if xyz.ndim != 3 or xyz.shape[2] != 3:
+            raise ValueError(f"source array: expected positions [n_frames, n_atoms, 3] in nm, found {xyz.shape}")
+        time = np.arange(xyz.shape[0], dtype=np.float64)  # frame index when the source carries no times
+    xyz, time = xyz[::stride], time[::stride]
+    for start in range(0, xyz.shape[0], chunk_frames):
+        yield xyz[start:start + chunk_frames], time[start:start + chunk_frames]
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, Path)):
+        return str(Path(source).resolve())
+    if isinstance(source, mdtraj.Trajectory):
+        return f"mdtraj.Trajectory({source.n_frames} frames, {source.n_atoms} atoms)"
+    return f"array{tuple(np.shape(source))}"
+
+
+@torch.no_grad()
+def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: str | Path, *, top=None,
+                       atom_indices: Sequence[int] | None = None, chunk_frames: int = 1000, batch_frames: int = 64,
+                       stride: int = 1, vectors: bool = False, metadata: dict | None = None,
+                       progress: bool = True, max_chunks: int | None = None) -> Path:
+    """Featurize every source into ``out_dir``; resumable. Returns the manifest path.
+
+    ``embedder``: selected-atom positions nm ``[B, n_sel, 3]`` → tokens ``[B, T, F]`` (``MoleculeTokens`` /
+    ``WindowTokens``; with ``vectors=True`` its ``forward_with_vectors`` is used). ``sources``: trajectory files
+    (streamed with ``mdtraj.iterload``; need ``top``), ``mdtraj.Trajectory`` objects, or position arrays
+    ``[T, n_sel, 3]`` (nm). ``atom_indices`` selects atoms of files/Trajectories. ``metadata`` (featurizer kind,
+    config, checkpoint hash, selection string, ...) is stored and must match on resume. ``max_chunks`` stops after
+    that many newly computed chunks (for tests of resumption).
+    """
+    if isinstance(sources, (str, Path, np.ndarray, mdtraj.Trajectory)):
+        raise TypeError("sources: expected a sequence of trajectories, found a single one (wrap it in a list)")
+    for name, value in (("chunk_frames", chunk_frames), ("batch_frames", batch_frames), ("stride", stride)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, found {value!r}")
+    out_dir = Path(out_dir)
+    indices = None if atom_indices is None else np.asarray(atom_indices, dtype=np.int64)
+    settings = {
+        "format": STORE_FORMAT,
+        "embedder": type(embedder).__name__,
+        "weights_sha256": weights_sha256(embedder),
+        "n_tokens": int(embedder.n_tokens),
+        "hidden_channels": int(embedder.hidden_channels),
+        "atom_indices": None if indices is None else indices.tolist(),
+        "chunk_frames": int(chunk_frames),
+        "stride": int(stride),
+        "vectors": bool(vectors),
+        "units": {"positions_in": "nm", "time": "ps"},
+        "metadata": metadata or {},
+    }
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        differ = sorted(k for k in settings if old.get("settings", {}).get(k) != json.loads(json.dumps(settings[k])))
+        if differ:
+            raise ValueError(f"store {out_dir}: exists with other settings ({differ}); use a new directory or "
+                             "delete it (embeddings of different featurizers must not be mixed)")
+    manifest = {"settings": settings, "trajectories": []}
+    module = embedder.eval()
+    computed = 0
+    for ti, source in enumerate(sources):
+        traj_dir = out_dir / f"t{ti:04d}"
+        entry = {"id": traj_dir.name, "source": _describe(source), "chunks": [], "n_frames": 0}
+        manifest["trajectories"].append(entry)
+        chunks = _chunks_of(source, top, indices, chunk_frames, stride)
+        bar = tqdm(desc=f"embed {traj_dir.name}", unit="frame", disable=not progress, leave=False)
+        for ci, (xyz, time) in enumerate(chunks):
+            tokens_path = traj_dir / f"c{ci:05d}.tokens.npy"
+            if not tokens_path.exists():
+                if max_chunks is not None and computed >= max_chunks:
+                    bar.close()
+                    write_json_atomic(manifest_path, manifest)
+                    return manifest_path
+                outs, vecs = [], []
+                pos = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32))
+                for start in range(0, pos.shape[0], batch_frames):
+                    batch = pos[start:start + batch_frames]
+                    if vectors:
+                        x, v = module.forward_with_vectors(batch)
+                        vecs.append(v.float().numpy())
+                    else:
+                        x = module(batch)
+                    outs.append(x.float().numpy())
+                if vectors:
+                    _save_npy(traj_dir / f"c{ci:05d}.vectors.npy", np.concatenate(vecs))
+                _save_npy(traj_dir / f"c{ci:05d}.time_ps.npy", time)
+                _save_npy(tokens_path, np.concatenate(outs))  # last: its presence marks the chunk complete
+                computed += 1
+            entry["chunks"].append({"file": f"{traj_dir.name}/{tokens_path.name}", "n_frames": int(len(time)),
+                                    "time_ps": [float(time[0]), float(time[-1])]})
+            entry["n_frames"] += int(len(time))
+            bar.update(len(time))
+            write_json_atomic(manifest_path, manifest)
+        bar.close()
+    manifest["complete"] = True
+    write_json_atomic(manifest_path, manifest)
+    return manifest_path
+
+
+class EmbeddingStore:
+    """Read a store lazily: per-trajectory arrays (memory-mapped chunks) and frame-level access."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"embedding store {self.path}: no {MANIFEST}")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("settings", {}).get("format") != STORE_FORMAT:
+            raise ValueError(f"embedding store {self.path}: expected format {STORE_FORMAT!r}, "
+                             f"found {self.manifest.get('settings', {}).get('format')!r}")
+        if not self.manifest.get("complete"):
+            raise ValueError(f"embedding store {self.path}: incomplete (a run was interrupted); rerun "
+                             "embed_trajectories with the same settings to finish it")
+        self.settings = self.manifest["settings"]
+        self._cache: OrderedDict = OrderedDict()
+
+    @property
+    def n_trajectories(self) -> int:
+        return len(self.manifest["trajectories"])
+
+    def n_frames(self, traj: int) -> int:
+        return int(self.manifest["trajectories"][traj]["n_frames"])
+
+    def chunks(self, traj: int, kind: str = "tokens") -> list[np.ndarray]:
+        """Memory-mapped chunk arrays of trajectory ``traj`` (``kind``: tokens, vectors or time_ps)."""
+        out = []
+        for chunk in self.manifest["trajectories"][traj]["chunks"]:
+            out.append(np.load(self.path / chunk["file"].replace(".tokens.npy", f".{kind}.npy"), mmap_mode="r"))
+        return out
+
+    def trajectory(self, traj: int, kind: str = "tokens") -> np.ndarray:
+        """The whole trajectory's array (loads it into memory)."""
+        return np.concatenate([np.asarray(c) for c in self.chunks(traj, kind)])
+
+    def times_ps(self, traj: int) -> np.ndarray:
+        return self.trajectory(traj, "time_ps")
+
+    def frame(self, traj: int, index: int, kind: str = "tokens") -> np.ndarray:
+        """One frame, touching only its chunk (kept in a 4-chunk LRU cache of memory maps)."""
+        size = self.settings["chunk_frames"]
+        ci, offset = divmod(int(index), size)
+        key = (traj, ci, kind)
+        if key not in self._cache:
+            name = self.manifest["trajectories"][traj]["chunks"][ci]["file"].replace(".tokens.npy", f".{kind}.npy")
+            self._cache[key] = np.load(self.path / name, mmap_mode="r")
+            if len(self._cache) > 4:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return np.array(self._cache[key][offset])  # a copy: writable, and the memory map can close
+
+
+class LaggedTokenPairs(torch.utils.data.Dataset):
+    """Time-lagged pairs ``(x_t, x_{t+lag})`` of stored tokens, never crossing a trajectory; read lazily."""
+
+    def __init__(self, store: EmbeddingStore, lagtime: int, trajectories: Sequence[int] | None = None):
+        if isinstance(lagtime, bool) or int(lagtime) != lagtime or lagtime < 1:
+            raise ValueError(f"lagtime: expected an integer >= 1 (frames), found {lagtime!r}")
+        self.store = store
+        self.lagtime = int(lagtime)
+        trajs = range(store.n_trajectories) if trajectories is None else trajectories
+        self.index = [(t, i) for t in trajs for i in range(max(0, store.n_frames(t) - self.lagtime))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int):
+        t, i = self.index[k]
+        return (torch.from_numpy(self.store.frame(t, i)), torch.from_numpy(self.store.frame(t, i + self.lagtime)))

@@ -1,0 +1,260 @@
+"""What every bias on CV space is: V(s) in kJ/mol and dV/ds, plus (for adaptive ones) a state that grows.
+
+Biases are plain objects holding float64 numpy state, independent of OpenMM and torch, so the same
+object serves the PythonForce route (live state), the TorchScript route (a frozen snapshot through
+``to_torch``), the reporter and the checkpoint. Several biases on the same CV add up in :class:`BiasSum`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def as_cv_vector(name: str, values, n_cvs: int | None = None) -> np.ndarray:
+    """A float64 vector of per-CV parameters; a scalar is broadcast to ``n_cvs`` entries."""
+    array = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    if n_cvs is not None and array.size == 1 and n_cvs > 1:
+        array = np.full(n_cvs, float(array[0]))
+    if array.ndim != 1 or (n_cvs is not None and array.size != n_cvs):
+        raise ValueError(f"{name}: expected {n_cvs if n_cvs is not None else 'a vector of'} values, found {values!r}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name}: expected finite values, found {values!r}")
+    return array
+
+
+def periods_vector(periods, n_cvs: int) -> np.ndarray:
+    """Per-CV period (0 = not periodic) from None, a scalar or a sequence with None entries."""
+    if periods is None:
+        return np.zeros(n_cvs)
+    if np.isscalar(periods):
+        periods = [periods] * n_cvs
+    periods = [0.0 if p is None else float(p) for p in periods]
+    if len(periods) != n_cvs or any(p < 0 for p in periods):
+        raise ValueError(f"periods: expected {n_cvs} non-negative periods (None or 0 = not periodic), found {periods}")
+    return np.asarray(periods, dtype=np.float64)
+
+
+def wrap_difference(d: np.ndarray, periods: np.ndarray) -> np.ndarray:
+    """Minimum-image difference along periodic CVs (periods > 0), unchanged along the others."""
+    if not np.any(periods > 0):
+        return d
+    safe = np.where(periods > 0, periods, 1.0)
+    return np.where(periods > 0, d - safe * np.round(d / safe), d)
+
+
+class Bias:
+    """A bias potential on an ``n_cvs``-dimensional CV. Static biases only implement ``energy_and_gradient``."""
+
+    adaptive = False
+
+    def __init__(self, n_cvs: int, label: str):
+        if int(n_cvs) < 1:
+            raise ValueError(f"n_cvs: expected >= 1, found {n_cvs}")
+        self.n_cvs = int(n_cvs)
+        self.label = str(label)
+
+    def check_cv(self, s) -> np.ndarray:
+        s = np.asarray(s, dtype=np.float64).reshape(-1)
+        if s.size != self.n_cvs:
+            raise ValueError(f"{self.label}: expected a CV vector of {self.n_cvs} values, found {s.size}")
+        return s
+
+    def energy_and_gradient(self, s: np.ndarray) -> tuple[float, np.ndarray]:
+        """V(s) in kJ/mol and dV/ds ``[n_cvs]``."""
+        raise NotImplementedError
+
+    def update(self, s: np.ndarray, step: int) -> bool:
+        """Deposit at ``step`` if it is due; returns whether the bias changed. Static biases never change."""
+        return False
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        pass
+
+    def colvar_values(self) -> dict[str, float]:
+        """Extra COLVAR components (e.g. ``rct``, ``zed``, ``neff``), unprefixed."""
+        return {}
+
+    def to_torch(self) -> torch.nn.Module:
+        """A scriptable module ``s [n_cvs] -> V`` equal to this bias *now* (a frozen snapshot)."""
+        raise NotImplementedError(f"{type(self).__name__} has no TorchScript form")
+
+    def leaves(self) -> list["Bias"]:
+        return [self]
+
+
+class AdaptiveBias(Bias):
+    """A bias that deposits kernels every ``pace_steps`` and can share them with other walkers.
+
+    Each deposition is one row of ``records`` (bias-specific columns); other walkers' rows are replayed
+    with :meth:`apply_records`, which is how multiple walkers share one bias through files.
+    """
+
+    adaptive = True
+
+    def __init__(self, n_cvs: int, label: str, pace_steps: int):
+        super().__init__(n_cvs, label)
+        if isinstance(pace_steps, bool) or int(pace_steps) != pace_steps or pace_steps < 1:
+            raise ValueError(f"{label}: pace_steps: expected a positive integer, found {pace_steps!r}")
+        self.pace_steps = int(pace_steps)
+        self.records = np.zeros((0, self.record_width()), dtype=np.float64)
+
+    def record_width(self) -> int:
+        raise NotImplementedError
+
+    def new_record(self, s: np.ndarray) -> np.ndarray:
+        """The row this walker deposits at CV value ``s`` (computed from the current bias)."""
+        raise NotImplementedError
+
+    def apply_record(self, row: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def update(self, s: np.ndarray, step: int) -> bool:
+        if step <= 0 or step % self.pace_steps:
+            return False
+        row = self.new_record(self.check_cv(s))
+        self.records = np.vstack([self.records, row[None, :]])
+        self.apply_record(row)
+        self.after_records()
+        return True
+
+    def apply_records(self, rows: np.ndarray) -> None:
+        """Replay other walkers' depositions."""
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, self.record_width())
+        for row in rows:
+            self.apply_record(row)
+        if len(rows):
+            self.after_records()
+
+    def after_records(self) -> None:
+        """Hook after a batch of rows (e.g. OPES recomputes its normalisation Z)."""
+
+
+class BiasSum(Bias):
+    """Several biases on the same CV vector (e.g. OPES + walls); energies and gradients add."""
+
+    def __init__(self, biases: Sequence[Bias], label: str = "bias"):
+        biases = list(biases)
+        if not biases:
+            raise ValueError("BiasSum: expected at least one bias, found none")
+        n_cvs = {b.n_cvs for b in biases}
+        if len(n_cvs) != 1:
+            raise ValueError(f"BiasSum: all biases must act on the same number of CVs, found {sorted(n_cvs)}")
+        labels = [b.label for b in self._flatten(biases)]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"BiasSum: bias labels must be unique (they name COLVAR fields and files), found {labels}")
+        super().__init__(n_cvs.pop(), label)
+        self.biases = biases
+        self.adaptive = any(b.adaptive for b in biases)
+
+    @staticmethod
+    def _flatten(biases):
+        return [leaf for b in biases for leaf in b.leaves()]
+
+    def leaves(self) -> list[Bias]:
+        return self._flatten(self.biases)
+
+    def energy_and_gradient(self, s):
+        s = self.check_cv(s)
+        total, grad = 0.0, np.zeros(self.n_cvs)
+        for b in self.biases:
+            v, g = b.energy_and_gradient(s)
+            total += v
+            grad += g
+        return total, grad
+
+    def update(self, s, step):
+        changed = False
+        for b in self.biases:
+            changed |= b.update(s, step)
+        return changed
+
+    def state_dict(self):
+        return {f"{b.label}/{k}": v for b in self.leaves() for k, v in b.state_dict().items()}
+
+    def load_state_dict(self, state):
+        for b in self.leaves():
+            prefix = b.label + "/"
+            b.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def to_torch(self):
+        return TorchBiasSum([b.to_torch() for b in self.biases])
+
+
+class TorchBiasSum(torch.nn.Module):
+    def __init__(self, modules: Sequence[torch.nn.Module]):
+        super().__init__()
+        self.terms = torch.nn.ModuleList(modules)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros((), dtype=s.dtype, device=s.device)
+        for term in self.terms:
+            total = total + term(s)
+        return total
+
+
+def torch_wrap_difference(d: torch.Tensor, periods: torch.Tensor) -> torch.Tensor:
+    """Minimum image along CVs with ``periods > 0`` (TorchScript counterpart of :func:`wrap_difference`)."""
+    safe = torch.where(periods > 0, periods, torch.ones_like(periods))
+    return torch.where(periods > 0, d - safe * torch.round(d / safe), d)
+
+
+class OnComponents(Bias):
+    """A bias on some components of a larger CV vector (e.g. OPES on component 0 of a 2-D learned CV)."""
+
+    def __init__(self, bias: Bias, components, n_cvs: int):
+        components = [int(c) for c in components]
+        if len(components) != bias.n_cvs or len(set(components)) != len(components) or \
+                any(not 0 <= c < n_cvs for c in components):
+            raise ValueError(f"components: expected {bias.n_cvs} distinct indices in [0, {n_cvs}) for {bias.label!r}, "
+                             f"found {components}")
+        super().__init__(n_cvs, bias.label)
+        self.inner = bias
+        self.components = components
+        self.adaptive = bias.adaptive
+        self.pace_steps = getattr(bias, "pace_steps", None)
+
+    def energy_and_gradient(self, s):
+        s = self.check_cv(s)
+        v, g = self.inner.energy_and_gradient(s[self.components])
+        full = np.zeros(self.n_cvs)
+        full[self.components] = g
+        return v, full
+
+    def update(self, s, step):
+        return self.inner.update(self.check_cv(s)[self.components], step)
+
+    def leaves(self):
+        return [self]
+
+    def __getattr__(self, name):  # records, apply_records, colvar_values, ... of the inner bias
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+    def colvar_values(self):
+        return self.inner.colvar_values()
+
+    def to_torch(self):
+        return _TorchOnComponents(self.inner.to_torch(), self.components)
+
+
+class _TorchOnComponents(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, components):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("components", torch.as_tensor(list(components), dtype=torch.long))
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.inner(s.index_select(0, self.components))

@@ -1,0 +1,65 @@
+"""One model call per step for any CV dimension: values, Jacobian, and the bias force through one backward.
+
+The cheap way to bias a d-dimensional learned CV is the chain rule in the right order: evaluate s(x)
+once, get dV/ds from the (cheap, numpy) bias, then back-propagate the scalar (dV/ds · s) once:
+∂V/∂x = Σ_i dV/ds_i ∂s_i/∂x. That costs one forward + one backward whatever d is, where a
+BiasVariable per component (``app.Metadynamics``) costs d forwards and d backwards. The full Jacobian
+(for analysis) uses batched vector-Jacobian products (``is_grads_batched``) or d backward passes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class CVEvaluator:
+    """Runs an exported CV (``selected`` on the CV atoms' positions, nm) and counts its model calls."""
+
+    def __init__(self, cv: torch.jit.ScriptModule):
+        for attribute in ("selected", "atom_indices", "n_cvs"):
+            if not hasattr(cv, attribute):
+                raise ValueError(f"cv: expected an exported CV (cvlearn.export.export_cv) with `{attribute}`, "
+                                 f"found {type(cv).__name__} without it")
+        self.cv = cv
+        self.n_cvs = int(cv.n_cvs)
+        self.atom_indices = [int(i) for i in cv.atom_indices.tolist()]
+        self.calls = 0
+
+    def _positions(self, positions_nm: np.ndarray, grad: bool) -> torch.Tensor:
+        pos = torch.from_numpy(np.ascontiguousarray(positions_nm, dtype=np.float64))
+        if pos.shape != (len(self.atom_indices), 3):
+            raise ValueError(f"positions_nm: expected the {len(self.atom_indices)} CV atoms, shape "
+                             f"({len(self.atom_indices)}, 3), found {tuple(pos.shape)}")
+        return pos.requires_grad_(grad)
+
+    def values(self, positions_nm: np.ndarray) -> np.ndarray:
+        """CV values ``[n_cvs]`` (no gradient)."""
+        self.calls += 1
+        with torch.no_grad():
+            return self.cv.selected(self._positions(positions_nm, False)).numpy().astype(np.float64)
+
+    def bias_energy_forces(self, positions_nm: np.ndarray, bias) -> tuple[np.ndarray, float, np.ndarray]:
+        """``(s [n_cvs], V kJ/mol, forces [n_sel, 3] kJ/mol/nm)`` with one forward and one backward."""
+        self.calls += 1
+        pos = self._positions(positions_nm, True)
+        s = self.cv.selected(pos)
+        s_np = s.detach().numpy().astype(np.float64)
+        energy, dv_ds = bias.energy_and_gradient(s_np)
+        if not np.any(dv_ds):
+            return s_np, float(energy), np.zeros(pos.shape)
+        (grad,) = torch.autograd.grad(s, pos, grad_outputs=torch.from_numpy(np.asarray(dv_ds)).to(s.dtype))
+        return s_np, float(energy), -grad.numpy()
+
+    def jacobian(self, positions_nm: np.ndarray, batched: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(s [n_cvs], ds/dx [n_cvs, n_sel, 3])`` from one forward; batched VJPs or one backward per CV."""
+        self.calls += 1
+        pos = self._positions(positions_nm, True)
+        s = self.cv.selected(pos)
+        eye = torch.eye(self.n_cvs, dtype=s.dtype)
+        if batched:
+            (jac,) = torch.autograd.grad(s, pos, grad_outputs=eye, is_grads_batched=True)
+        else:
+            jac = torch.stack([torch.autograd.grad(s, pos, grad_outputs=eye[i], retain_graph=i < self.n_cvs - 1)[0]
+                               for i in range(self.n_cvs)])
+        return s.detach().numpy().astype(np.float64), jac.numpy()

@@ -1,0 +1,240 @@
+"""``cvlearn bias``: bias an exported learned CV on alanine dipeptide with one config file.
+
+Methods: ``metad``, ``opes-metad``, ``opes-explore``, ``restraint`` (umbrella window) and ``walls`` (walls
+only); walls from ``walls`` are added to any method. Routes: ``python`` (PythonForce, adaptive, one
+model call per step) or ``torch`` (TorchForce; adaptive biases are refreshed at each deposition).
+``mts_substeps`` k > 1 evaluates the bias force every k-th step (MTSLangevinIntegrator); step counts in
+the config are always in MD steps of ``timestep_ps`` and must then be multiples of k. Outputs in
+``out``: COLVAR, bias_state.npz (bias + OpenMM checkpoint, saved every ``save_every_steps``; a rerun
+resumes from it), final.pdb and summary.json, all written atomically; a finished run is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+import torch
+
+from cvlearn.export import load_cv
+from cvlearn.io import atomic_path, write_json_atomic
+from openmm_plugin.bias.base import BiasSum, OnComponents
+from openmm_plugin.bias.metad import Metadynamics
+from openmm_plugin.bias.opes import OPES
+from openmm_plugin.bias.python_route import python_bias_force
+from openmm_plugin.bias.reporter import BiasReporter
+from openmm_plugin.bias.restraints import HarmonicRestraint, Wall
+from openmm_plugin.bias.runner import BiasRunner
+from openmm_plugin.bias.torch_route import TorchBiasForce
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("metad", "opes-metad", "opes-explore", "restraint", "walls")
+BIAS_GROUP = 1
+
+
+@dataclass(frozen=True)
+class MetadParams:
+    sigma: tuple = (0.1,)
+    height_kjmol: float = 1.2
+    bias_factor: Optional[float] = 8.0
+    pace_steps: int = 500
+    lower: tuple = (-5.0,)
+    upper: tuple = (5.0,)
+    grid_bins: Optional[tuple] = None
+    use_grid: bool = True
+
+
+@dataclass(frozen=True)
+class OPESParams:
+    sigma: tuple = (0.1,)
+    barrier_kjmol: float = 30.0
+    bias_factor: Optional[float] = None
+    pace_steps: int = 500
+    compression_threshold: float = 1.0
+    fixed_sigma: bool = False
+
+
+@dataclass(frozen=True)
+class RestraintParams:
+    center: tuple = (0.0,)
+    kappa_kjmol: tuple = (100.0,)
+
+
+@dataclass(frozen=True)
+class WallParams:
+    upper_at: Optional[tuple] = None
+    upper_kappa_kjmol: float = 0.0
+    lower_at: Optional[tuple] = None
+    lower_kappa_kjmol: float = 0.0
+    exp: float = 2.0
+
+
+@dataclass(frozen=True)
+class BiasConfig:
+    cv: str = "runs/demo/cv.pt"
+    out: str = "runs/bias"
+    method: str = "opes-metad"
+    route: str = "python"
+    components: Optional[tuple] = None  # CV components the bias (and walls) act on (default: all)
+    periods: Optional[tuple] = None  # per biased component; None = not periodic
+    temperature_k: float = 300.0
+    n_steps: int = 500_000
+    report_interval_steps: int = 500
+    save_every_steps: int = 50_000
+    seed: int = 0
+    mts_substeps: int = 1
+    torch_threads: int = 1
+    platform: str = "Reference"
+    walkers_dir: Optional[str] = None
+    walker_id: int = 0
+    metad: MetadParams = field(default_factory=MetadParams)
+    opes: OPESParams = field(default_factory=OPESParams)
+    restraint: RestraintParams = field(default_factory=RestraintParams)
+    walls: WallParams = field(default_factory=WallParams)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, found {self.method!r}")
+        if self.route not in ("python", "torch"):
+            raise ValueError(f"route: expected 'python' or 'torch', found {self.route!r}")
+        k = int(self.mts_substeps)
+        if k < 1:
+            raise ValueError(f"mts_substeps: expected >= 1, found {self.mts_substeps}")
+        for name in ("n_steps", "report_interval_steps", "save_every_steps"):
+            if int(getattr(self, name)) % k:
+                raise ValueError(f"{name}: expected a multiple of mts_substeps={k}, found {getattr(self, name)}")
+
+
+def build_bias(config: BiasConfig, n_cvs: int, pace_divisor: int = 1):
+    """The bias of ``config`` on an ``n_cvs``-dimensional CV (paces divided by ``pace_divisor`` for MTS)."""
+    components = list(range(n_cvs)) if config.components is None else [int(c) for c in config.components]
+    d = len(components)
+    periods = config.periods
+    terms = []
+    if config.method == "metad":
+        p = config.metad
+        if p.pace_steps % pace_divisor:
+            raise ValueError(f"metad.pace_steps: expected a multiple of mts_substeps={pace_divisor}, found {p.pace_steps}")
+        terms.append(Metadynamics(sigma=p.sigma, height_kjmol=p.height_kjmol, pace_steps=p.pace_steps // pace_divisor,
+                                  temperature_k=config.temperature_k, bias_factor=p.bias_factor,
+                                  lower=_per_cv(p.lower, d), upper=_per_cv(p.upper, d), periods=periods,
+                                  grid_bins=p.grid_bins, use_grid=p.use_grid))
+    elif config.method in ("opes-metad", "opes-explore"):
+        p = config.opes
+        if p.pace_steps % pace_divisor:
+            raise ValueError(f"opes.pace_steps: expected a multiple of mts_substeps={pace_divisor}, found {p.pace_steps}")
+        terms.append(OPES(sigma=_per_cv(p.sigma, d), barrier_kjmol=p.barrier_kjmol, pace_steps=p.pace_steps // pace_divisor,
+                          temperature_k=config.temperature_k, bias_factor=p.bias_factor,
+                          explore=config.method == "opes-explore", periods=periods,
+                          compression_threshold=p.compression_threshold, fixed_sigma=p.fixed_sigma))
+    elif config.method == "restraint":
+        terms.append(HarmonicRestraint(config.restraint.center, _per_cv(config.restraint.kappa_kjmol, d), periods=periods))
+    w = config.walls
+    if w.upper_at is not None and w.upper_kappa_kjmol > 0:
+        terms.append(Wall(w.upper_at, w.upper_kappa_kjmol, side="upper", exp=w.exp))
+    if w.lower_at is not None and w.lower_kappa_kjmol > 0:
+        terms.append(Wall(w.lower_at, w.lower_kappa_kjmol, side="lower", exp=w.exp))
+    if not terms:
+        raise ValueError(f"method {config.method!r}: nothing to bias (for 'walls' give walls.upper_at/lower_at and kappas)")
+    if components != list(range(n_cvs)):
+        terms = [OnComponents(t, components, n_cvs) for t in terms]
+    return terms[0] if len(terms) == 1 else BiasSum(terms)
+
+
+def _per_cv(values, d: int) -> list:
+    values = list(np.atleast_1d(values))
+    return values * d if len(values) == 1 and d > 1 else values
+
+
+def run_bias(config: BiasConfig) -> dict:
+    """Run (or resume, or skip) one biased ala2 run; returns the summary."""
+    from systems import alanine_dipeptide as ala2
+
+    out = Path(config.out)
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        logger.info("%s exists: run finished, skipping", summary_path)
+        return json.loads(summary_path.read_text())
+    torch.set_num_threads(int(config.torch_threads))
+    cv, meta = load_cv(config.cv)
+    molecule = ala2.build()
+    if int(cv.n_particles) != molecule.topology.getNumAtoms():
+        raise ValueError(f"{config.cv}: CV expects {int(cv.n_particles)} particles, alanine dipeptide has "
+                         f"{molecule.topology.getNumAtoms()}")
+    k = int(config.mts_substeps)
+    bias = build_bias(config, int(cv.n_cvs), pace_divisor=k)
+    system = molecule.system
+    callback, on_update = None, None
+    if config.route == "python":
+        force = python_bias_force(cv, bias, force_group=BIAS_GROUP)
+        system.addForce(force)
+        callback = force.callback
+    else:
+        torch_force = TorchBiasForce(system, cv, bias, force_group=BIAS_GROUP)
+        on_update = torch_force.refresh if bias.adaptive else None
+    if k == 1:
+        integrator = ala2.make_integrator(config.temperature_k, config.seed)
+    else:
+        integrator = openmm.MTSLangevinIntegrator(config.temperature_k * unit.kelvin, ala2.FRICTION_PER_PS / unit.picosecond,
+                                                  k * ala2.TIMESTEP_PS * unit.picosecond, [(0, k), (BIAS_GROUP, 1)])
+        integrator.setRandomNumberSeed(config.seed + 1)
+    simulation = app.Simulation(molecule.topology, system, integrator, openmm.Platform.getPlatformByName(config.platform))
+    runner = BiasRunner(bias, cv=cv, callback=callback, save_path=out / "bias_state.npz",
+                        save_every_steps=config.save_every_steps // k, walkers_dir=config.walkers_dir,
+                        walker_id=config.walker_id, on_update=on_update)
+    if not runner.restore(simulation):
+        simulation.context.setPositions(molecule.positions_nm)
+        simulation.context.setVelocitiesToTemperature(config.temperature_k * unit.kelvin, config.seed + 1)
+    else:
+        logger.info("resumed at step %d (outer steps)", simulation.currentStep)
+    names = meta.get("cv_names") or [f"cv{i}" for i in range(int(cv.n_cvs))]
+    reporter = BiasReporter(out / "COLVAR", bias, runner.evaluator, config.report_interval_steps // k, cv_names=names)
+    simulation.reporters.append(reporter)
+    total_outer = config.n_steps // k
+    start_step = simulation.currentStep
+    t0 = time.perf_counter()
+    runner.step(simulation, max(0, total_outer - start_step))
+    seconds = time.perf_counter() - t0
+    reporter.close()
+    runner.save(simulation)
+    md_steps = (total_outer - start_step) * k
+    ms_per_step = seconds * 1e3 / md_steps if md_steps else float("nan")
+    with atomic_path(out / "final.pdb") as tmp:
+        with open(tmp, "w") as handle:
+            app.PDBFile.writeFile(molecule.topology, simulation.context.getState(getPositions=True).getPositions(), handle)
+    summary = {"config": dataclasses.asdict(config), "md_steps_run": md_steps, "seconds": seconds,
+               "ms_per_step": ms_per_step, "ns_per_day": ala2.TIMESTEP_PS * 1e-3 / (ms_per_step * 1e-3) * 86400
+               if md_steps else float("nan"), "bias": {leaf.label: leaf.colvar_values() for leaf in bias.leaves()},
+               "model_calls": runner.evaluator.calls}
+    write_json_atomic(summary_path, summary)
+    return summary
+
+
+def _bias_command(args) -> int:
+    from cvlearn.config import load_config
+
+    config = load_config(BiasConfig, args.config)
+    overrides = {k: v for k, v in (("cv", args.cv), ("out", args.out)) if v is not None}
+    summary = run_bias(dataclasses.replace(config, **overrides))
+    print(f"{summary['md_steps_run']} steps, {summary['ms_per_step']:.3f} ms/step, {summary['ns_per_day']:.1f} ns/day; "
+          f"outputs in {(overrides.get('out') or config.out)}")
+    return 0
+
+
+def add_bias_parser(commands) -> None:
+    """Register ``cvlearn bias --config FILE`` on the CLI's subparsers."""
+    parser = commands.add_parser("bias", help="bias a learned CV on alanine dipeptide: metad, OPES, restraints, walls")
+    parser.add_argument("--config", required=True, help="YAML/TOML file with BiasConfig fields (unknown keys are rejected)")
+    parser.add_argument("--cv", help="exported CV file (overrides the config's `cv`)")
+    parser.add_argument("--out", help="output directory (overrides the config's `out`)")
+    parser.set_defaults(func=_bias_command)

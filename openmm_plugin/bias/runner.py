@@ -1,0 +1,171 @@
+"""The driver: step a Simulation, deposit every pace, checkpoint the bias, share it between walkers.
+
+``BiasRunner.step(simulation, n)`` plays the role of ``app.Metadynamics.step``: it advances in chunks
+up to the next deposition, takes the CV value (cached by the PythonForce from its last evaluation, else
+one evaluation at the current positions), updates the bias, and, every ``save_every_steps``, writes
+the whole bias state plus the OpenMM checkpoint (positions, velocities, RNG, step) atomically to one
+``.npz``; :meth:`BiasRunner.restore` resumes from it exactly. With ``walkers_dir``, each walker writes
+its own deposition records to ``<walkers_dir>/<label>.walker<id>.npz`` (atomically) and replays the
+new rows of the others' files, as ``app.Metadynamics``'s ``biasDir`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import openmm.unit as unit
+
+from cvlearn.io import atomic_path
+from openmm_plugin.bias.cv_evaluation import CVEvaluator
+
+logger = logging.getLogger(__name__)
+
+_FORMAT = 1
+
+
+class BiasRunner:
+    """Deposition, checkpoint and multiple-walker bookkeeping for one bias (possibly a :class:`BiasSum`)."""
+
+    def __init__(self, bias, *, cv=None, callback=None, save_path: str | Path | None = None,
+                 save_every_steps: int | None = None, walkers_dir: str | Path | None = None, walker_id: int = 0,
+                 sync_every_steps: int | None = None, on_update: Callable | None = None):
+        if callback is None and cv is None:
+            raise ValueError("BiasRunner: give the PythonForce `callback` (cached CV values) or the `cv` module")
+        self.bias = bias
+        self.callback = callback
+        self.evaluator = callback.evaluator if callback is not None else CVEvaluator(cv)
+        self.save_path = None if save_path is None else Path(save_path)
+        if save_every_steps is not None and self.save_path is None:
+            raise ValueError("BiasRunner: save_every_steps needs save_path")
+        self.save_every_steps = save_every_steps
+        self.walkers_dir = None if walkers_dir is None else Path(walkers_dir)
+        self.walker_id = int(walker_id)
+        self.adaptive = [b for b in bias.leaves() if b.adaptive]
+        paces = [b.pace_steps for b in self.adaptive]
+        self.sync_every_steps = sync_every_steps or (min(paces) if paces else None)
+        self.applied: dict[str, int] = {}  # "<label>.walker<id>" -> rows of that file already replayed
+        self.on_update = on_update
+        self._last_callback_evaluations = -1
+        if self.walkers_dir is not None:
+            self.walkers_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- stepping ------------------------------------------------------------------------------------
+    def _events(self) -> list[int]:
+        periods = [b.pace_steps for b in self.adaptive]
+        if self.save_every_steps:
+            periods.append(self.save_every_steps)
+        if self.walkers_dir is not None and self.sync_every_steps:
+            periods.append(self.sync_every_steps)
+        return periods
+
+    def current_cv(self, simulation) -> np.ndarray:
+        """CV at the last force evaluation if the PythonForce ran since the last call, else evaluated once now."""
+        cb = self.callback
+        if cb is not None and cb.last_cv is not None and cb.evaluations != self._last_callback_evaluations:
+            self._last_callback_evaluations = cb.evaluations
+            return cb.last_cv
+        state = simulation.context.getState(getPositions=True)
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        return self.evaluator.values(np.asarray(positions)[self.evaluator.atom_indices])
+
+    def step(self, simulation, n_steps: int) -> None:
+        n_steps = int(n_steps)
+        if n_steps < 0:
+            raise ValueError(f"n_steps: expected >= 0, found {n_steps}")
+        periods = self._events()
+        end = simulation.currentStep + n_steps
+        while simulation.currentStep < end:
+            now = simulation.currentStep
+            next_event = min([(now // p + 1) * p for p in periods] + [end])
+            simulation.step(next_event - now)
+            now = simulation.currentStep
+            if any(now % b.pace_steps == 0 for b in self.adaptive):
+                changed = self.bias.update(self.current_cv(simulation), now)
+                if changed and self.walkers_dir is not None:
+                    self.write_walker_files()
+                if changed and self.on_update is not None:
+                    self.on_update(simulation)
+            if self.walkers_dir is not None and self.sync_every_steps and now % self.sync_every_steps == 0:
+                if self.sync_walkers() and self.on_update is not None:
+                    self.on_update(simulation)
+            if self.save_every_steps and now % self.save_every_steps == 0:
+                self.save(simulation)
+
+    # --- multiple walkers ----------------------------------------------------------------------------
+    def _walker_file(self, label: str, walker: int) -> Path:
+        return self.walkers_dir / f"{label}.walker{walker}.npz"
+
+    def write_walker_files(self) -> None:
+        for b in self.adaptive:
+            with atomic_path(self._walker_file(b.label, self.walker_id)) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.savez(handle, records=b.records)
+
+    def sync_walkers(self) -> bool:
+        """Replay rows that other walkers deposited since the last sync; returns whether anything was new."""
+        changed = False
+        for b in self.adaptive:
+            pattern = re.compile(rf"^{re.escape(b.label)}\.walker(\d+)\.npz$")
+            for path in sorted(self.walkers_dir.glob(f"{b.label}.walker*.npz")):
+                match = pattern.match(path.name)
+                if match is None or int(match.group(1)) == self.walker_id:
+                    continue
+                with np.load(path) as data:
+                    rows = data["records"]
+                key = path.stem
+                done = self.applied.get(key, 0)
+                if rows.shape[0] > done:
+                    b.apply_records(rows[done:])
+                    self.applied[key] = rows.shape[0]
+                    changed = True
+        return changed
+
+    # --- checkpoint ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {f"bias/{k}": np.asarray(v) for k, v in self.bias.state_dict().items()}
+        state["runner/format"] = np.array(_FORMAT)
+        state["runner/applied_keys"] = np.array(sorted(self.applied), dtype=str)
+        state["runner/applied_rows"] = np.array([self.applied[k] for k in sorted(self.applied)], dtype=np.int64)
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray], source: str = "state") -> None:
+        if int(state.get("runner/format", -1)) != _FORMAT:
+            raise ValueError(f"{source}: expected a BiasRunner checkpoint of format {_FORMAT}, "
+                             f"found {state.get('runner/format')}")
+        self.bias.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bias/")})
+        self.applied = {str(k): int(n) for k, n in zip(state["runner/applied_keys"], state["runner/applied_rows"])}
+        self._last_callback_evaluations = -1
+
+    def save(self, simulation=None, path: str | Path | None = None) -> Path:
+        """Bias state (+ the OpenMM checkpoint of ``simulation``) to one ``.npz``, atomically."""
+        path = Path(path) if path is not None else self.save_path
+        if path is None:
+            raise ValueError("BiasRunner.save: no path given and no save_path configured")
+        state = self.state_dict()
+        if simulation is not None:
+            state["openmm/checkpoint"] = np.frombuffer(simulation.context.createCheckpoint(), dtype=np.uint8)
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **state)
+        return path
+
+    def restore(self, simulation=None, path: str | Path | None = None) -> bool:
+        """Load a checkpoint written by :meth:`save`; False (nothing changed) when the file does not exist."""
+        path = Path(path) if path is not None else self.save_path
+        if path is None or not path.is_file():
+            return False
+        with np.load(path) as data:
+            state = {k: data[k] for k in data.files}
+        self.load_state_dict(state, str(path))
+        if simulation is not None:
+            if "openmm/checkpoint" not in state:
+                raise ValueError(f"{path}: has no OpenMM checkpoint; it was saved without a simulation")
+            simulation.context.loadCheckpoint(state["openmm/checkpoint"].tobytes())
+        if self.on_update is not None and simulation is not None:
+            self.on_update(simulation)
+        logger.info("restored bias state from %s", path)
+        return True

@@ -1,0 +1,29 @@
+"""λ-repressor N-terminal domain, residues 6-85 with D14A/Y22W/Q33Y/G46A/G48A (the fast-folding λ6-85 variant).
+
+Built from its sequence as an ideal α-helix (φ = -57°, ψ = -47°) with ACE/NME caps: this is **not** the native
+fold (five helices packed into a bundle); it is a well-defined starting structure for implicit-solvent runs and for
+featurizer benchmarks. Amber ff99SB-ILDN + OBC, as for the peptides.
+
+Atom count: the literature 1258 atoms is the uncapped chain with charged termini (N-terminal Pro NH2+ and a
+C-terminal OXT). Capping removes those 3 atoms and adds ACE (6) and NME (6): 1258 - 3 + 12 = 1267.
+"""
+
+from __future__ import annotations
+
+from systems.alanine_dipeptide import FORCEFIELD_FILES, TEMPERATURE_K, TIMESTEP_PS, heavy_atom_indices, make_integrator
+from systems.peptides import MolecularSystem, build_peptide_system
+
+__all__ = ["SEQUENCE", "N_ATOMS", "N_ATOMS_UNCAPPED", "N_HEAVY_ATOMS", "N_RESIDUES", "TEMPERATURE_K", "TIMESTEP_PS",
+           "FORCEFIELD_FILES", "build", "make_integrator", "heavy_atom_indices"]
+
+SEQUENCE = "PLTQEQLEAARRLKAIWEKKKNELGLSYESVADKMGMGQSAVAALFNGINALNAYNAALLAKILKVSVEEFSPSIAREIY"
+N_ATOMS = 1267  # capped (ACE/NME), with hydrogens
+N_ATOMS_UNCAPPED = 1258  # zwitterionic termini, the usual reference count
+N_HEAVY_ATOMS = 622
+N_RESIDUES = 82  # ACE + 80 + NME
+
+
+def build(minimize: bool = True, max_iterations: int = 100) -> MolecularSystem:
+    """Capped λ6-85 as an ideal helix, amber99sb-ildn + OBC, no cutoff, HBond constraints, briefly minimised."""
+    return build_peptide_system(SEQUENCE, "lambda6_85", FORCEFIELD_FILES, backbone="helix", minimize=minimize,
+                                max_iterations=max_iterations)

@@ -1,0 +1,36 @@
+"""WLALL and λ6-85 build from sequence with the documented atom counts; `cvlearn simulate` writes a trajectory."""
+
+import mdtraj
+import pytest
+
+from openmm_plugin.cli import main
+
+
+def test_wlall_builds():
+    from systems import pentapeptide_wlall as wlall
+
+    s = wlall.build(minimize=False)
+    assert s.topology.getNumAtoms() == wlall.N_ATOMS == 103 == s.system.getNumParticles()
+    assert len(wlall.heavy_atom_indices(s.topology)) == wlall.N_HEAVY_ATOMS
+    assert [r.name for r in s.topology.residues()] == ["ACE", "TRP", "LEU", "ALA", "LEU", "LEU", "NME"]
+
+
+def test_lambda6_85_builds_with_documented_count():
+    from systems import lambda6_85
+
+    s = lambda6_85.build(minimize=False)
+    residues = list(s.topology.residues())
+    assert len(lambda6_85.SEQUENCE) == 80 and len(residues) == lambda6_85.N_RESIDUES
+    assert s.topology.getNumAtoms() == lambda6_85.N_ATOMS == lambda6_85.N_ATOMS_UNCAPPED - 3 + 12
+    assert len(lambda6_85.heavy_atom_indices(s.topology)) == lambda6_85.N_HEAVY_ATOMS
+    mutated = {6 + i: r.name for i, r in enumerate(residues[1:-1])}
+    assert (mutated[14], mutated[22], mutated[33], mutated[46], mutated[48]) == ("ALA", "TRP", "TYR", "ALA", "ALA")
+
+
+def test_simulate_cli(tmp_path, capsys):
+    assert main(["simulate", "--system", "pentapeptide_wlall", "--ns", "0.0004", "--report-interval-ps", "0.1",
+                 "--out", str(tmp_path)]) == 0
+    traj = mdtraj.load(str(tmp_path / "pentapeptide_wlall_T300_s0.dcd"), top=str(tmp_path / "pentapeptide_wlall_T300_s0.pdb"))
+    assert traj.n_frames == 4 and traj.n_atoms == 103  # 0.4 ps, a frame every 0.1 ps
+    with pytest.raises(SystemExit):
+        main(["simulate", "--system", "ubiquitin", "--ns", "1"])

@@ -1,0 +1,50 @@
+"""The main job end to end with --quick settings: real MD, a real GNN VAMPNet, real metadynamics."""
+
+import json
+import math
+
+import pytest
+
+from openmm_plugin.cli import main
+
+REQUIRED_KEYS = ["vamp2_val", "vamp2_val_deeptime", "vamp2_val_baseline_distances", "n_cvs", "lagtime_ps",
+                 "training_phi_transitions", "biased_ns", "biased_phi_transitions", "deltaF_C7ax_C7eq_kjmol",
+                 "deltaF_reference_kjmol", "ms_per_step_unbiased", "ms_per_step_biased"]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_outputs_exist(demo_dir):
+    for name in ("report.md", "metrics.json", "cv.pt", "cv_on_phi_psi.png", "fes_phi_psi.png", "training_curve.png",
+                 "biased_learned_cv.colvar", "biased_reference_phi_psi.colvar"):
+        assert (demo_dir / name).stat().st_size > 0, name
+    assert not list(demo_dir.rglob(".*.tmp*")) and not list(demo_dir.glob(".*"))  # no half-written leftovers
+
+
+def test_metrics(demo_dir):
+    metrics = json.loads((demo_dir / "metrics.json").read_text())
+    for key in REQUIRED_KEYS:
+        assert key in metrics, key
+    assert metrics["vamp2_val"] == pytest.approx(metrics["vamp2_val_deeptime"], abs=1e-5)
+    assert 1.0 <= metrics["vamp2_val"] <= 1.0 + metrics["n_cvs"]
+    assert metrics["ms_per_step_unbiased"] > 0 and metrics["ms_per_step_biased"] > 0
+    assert math.isfinite(metrics["deltaF_C7ax_C7eq_kjmol"]) or metrics["biased_phi_transitions"] == 0
+
+
+def test_rerun_skips_finished_stages(demo_dir, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in demo_dir.rglob("*.dcd")}
+    assert main(["demo", "--quick", "--out", str(demo_dir)]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in demo_dir.rglob("*.dcd") if p.parent.name != "timing"}
+    assert all(before[name] == mtime for name, mtime in after.items())
+
+
+def test_config_file_rejects_unknown_keys(tmp_path):
+    config = tmp_path / "demo.yaml"
+    config.write_text("seed: 1\nnot_a_setting: 3\n")
+    with pytest.raises(ValueError, match="not_a_setting"):
+        main(["demo", "--config", str(config), "--out", str(tmp_path / "out")])
