@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cvlearn.analysis.colvar import read_colvar  # noqa: E402
 from cvlearn.analysis.reweighting import delta_f_kjmol, opes_weights  # noqa: E402
 from cvlearn.analysis.transitions import count_phi_transitions  # noqa: E402
+from openmm_plugin.bias.sigma import unbiased_cv_std  # noqa: E402
 from cvlearn.export import load_cv  # noqa: E402
 from cvlearn.io import write_json_atomic, write_text_atomic  # noqa: E402
 from openmm_plugin.bias import BiasReporter, BiasRunner, OPESMetad, python_bias_force  # noqa: E402
@@ -97,21 +98,6 @@ def _summary(runs: list[dict], key: str) -> tuple[float, float]:
     return float(np.nanmean(values)), float(np.nanstd(values))
 
 
-def unbiased_cv_std(cv, molecule, component: int, n_steps: int = 2000) -> float:
-    """σ for OPES as PLUMED's adaptive recipe, estimated once: the CV's std over 4 ps of unbiased MD."""
-    simulation = app.Simulation(molecule.topology, molecule.system, ala2.make_integrator(300.0, 12345),
-                                openmm.Platform.getPlatformByName("Reference"))
-    simulation.context.setPositions(molecule.positions_nm)
-    simulation.context.setVelocitiesToTemperature(300.0 * unit.kelvin, 12345)
-    values = []
-    for _ in range(n_steps // 20):
-        simulation.step(20)
-        pos = simulation.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        with torch.no_grad():
-            values.append(float(cv(torch.as_tensor(np.asarray(pos)))[component]))
-    return float(np.std(values))
-
-
 def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, sigma: float | None,
         barrier_kjmol: float, mts: int, threads: int) -> dict:
     n_steps = int(round(ns * 1e3 / ala2.TIMESTEP_PS)) // (4 * mts) * (4 * mts)
@@ -119,7 +105,8 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
     report = 500 if not quick else 100
     cv, meta = load_cv(cv_path)
     molecule = ala2.build()
-    sigma_cv = sigma if sigma is not None else unbiased_cv_std(cv, molecule, component)
+    sigma_cv = sigma if sigma is not None else float(unbiased_cv_std(
+        cv, molecule.topology, molecule.system, molecule.positions_nm, ala2.make_integrator(300.0, 12345), 300.0)[component])
     rows = {"learned": [], "phi_psi": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -89,3 +89,32 @@ class MLPHead(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.scaler(x))
+
+
+class SoftmaxHead(MLPHead):
+    """``[n, in_features] -> [n, n_states]`` soft state assignments (rows sum to 1): the original VAMPNet
+    output (Mardt et al. 2018), for a fuzzy MSM read straight off the CV. The outputs are linearly dependent
+    (they sum to 1), so after mean removal one covariance eigenvalue is zero: the VAMP scores' epsilon
+    truncation drops it, and ``n_states`` states give at most ``n_states - 1`` non-trivial singular functions.
+    """
+
+    def __init__(self, in_features: int, n_states: int, hidden: int = 64, n_hidden_layers: int = 2,
+                 input_norm: str = "batchnorm"):
+        if n_states < 2:
+            raise ValueError(f"n_states: expected at least 2 states, found {n_states}")
+        super().__init__(in_features, n_states, hidden=hidden, n_hidden_layers=n_hidden_layers, input_norm=input_norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.net(self.scaler(x)), dim=-1)
+
+
+HEADS = ("mlp", "softmax")
+
+
+def make_head(kind: str, in_features: int, n_outputs: int, **kwargs) -> torch.nn.Module:
+    """One switch for the VAMP head: ``"mlp"`` (linear outputs) or ``"softmax"`` (state assignments)."""
+    if kind == "mlp":
+        return MLPHead(in_features, n_outputs, **kwargs)
+    if kind == "softmax":
+        return SoftmaxHead(in_features, n_outputs, **kwargs)
+    raise ValueError(f"kind: expected one of {list(HEADS)}, found {kind!r}")

@@ -41,6 +41,7 @@ from cvlearn.io import write_json_atomic, write_text_atomic
 from cvlearn.losses import deeptime_vamp_score, vamp_score
 from cvlearn.mixers import SumPool
 from cvlearn.tokens import ResidueTokens, residue_index_of_atoms
+from openmm_plugin.bias.sigma import unbiased_cv_std
 from openmm_plugin.metadynamics import MetadLog, MetadSettings, cv_metadynamics, torsion_metadynamics
 from openmm_plugin.simulate import run_md
 from systems import alanine_dipeptide as ala2
@@ -78,7 +79,7 @@ class DemoConfig:
     bias_factor: float = 8.0
     height_kjmol: float = 1.2
     deposit_interval_ps: float = 1.0
-    sigma_cv: float = 0.15
+    sigma_cv: float | None = None  # None: the CV's std over a short unbiased 300 K run (openmm_plugin.bias.sigma)
     sigma_torsion_rad: float = 0.35
     cv_margin_fraction: float = 0.3
     reweight_skip_fraction: float = 0.1
@@ -200,11 +201,16 @@ def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None) -> d
     molecule = ala2.build()
     system = copy.deepcopy(molecule.system)
     settings_kw = dict(temperature_k=cfg.temperature_k, bias_factor=cfg.bias_factor, height_kjmol=cfg.height_kjmol)
+    sigma = cfg.sigma_torsion_rad
     if cv_path is not None:
         cv, meta_data = load_cv(cv_path)
+        sigma = cfg.sigma_cv if cfg.sigma_cv is not None else float(unbiased_cv_std(
+            cv, molecule.topology, molecule.system, molecule.positions_nm,
+            ala2.make_integrator(cfg.temperature_k, seed=cfg.seed), cfg.temperature_k)[0])
+        log.info("metadynamics on the learned CV: sigma %.3f (CV units)", sigma)
         outer_ps = ala2.TIMESTEP_PS * cfg.bias_every_steps
         settings = MetadSettings(**settings_kw, frequency_steps=_steps(cfg.deposit_interval_ps, outer_ps))
-        meta = cv_metadynamics(system, cv, [_cv_bounds(meta_data, cfg.cv_margin_fraction)], [cfg.sigma_cv], settings)
+        meta = cv_metadynamics(system, cv, [_cv_bounds(meta_data, cfg.cv_margin_fraction)], [sigma], settings)
         bias_group = meta._force.getForceGroup()
         integrator = openmm.MTSLangevinIntegrator(cfg.temperature_k, ala2.FRICTION_PER_PS, outer_ps,
                                                   [(0, cfg.bias_every_steps), (bias_group, 1)])
@@ -224,7 +230,7 @@ def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None) -> d
                     platform=cfg.platform, seed=seed, temperature_k=cfg.temperature_k, advance=meta.step,
                     on_report=metad_log, timestep_ps=outer_ps, desc=f"metadynamics: {name}")
     metad_log.write(colvar)
-    summary = {"ns": ns, "ms_per_step": result.ms_per_step * ala2.TIMESTEP_PS / outer_ps,
+    summary = {"ns": ns, "ms_per_step": result.ms_per_step * ala2.TIMESTEP_PS / outer_ps, "sigma": sigma,
                "trajectory": str(result.trajectory_path), "topology": str(result.topology_path), "colvar": str(colvar)}
     write_json_atomic(marker, summary)
     return summary

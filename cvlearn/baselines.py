@@ -1,0 +1,152 @@
+"""Learned CVs and the classic baselines through one switch, scored side by side on held-out trajectories.
+
+Kinds: ``tica_torsions`` (deeptime TICA on sin/cos of backbone φ/ψ), ``vampnet_distances`` (VAMPNet on
+pairwise distances of the distance atoms: heavy atoms, or Cα for big proteins — the classic VAMPNets
+input), and GNN lobes ``gnn_sum`` / ``gnn_mlp_mixer`` / ``gnn_attention`` (Equivariant Transformer →
+residue tokens → mixer → head). Every network gets the same head (MLP, ``head_hidden``) and optimizer
+budget (learning rate, batch, epochs, patience); every model is scored by the VAMP-2 of its first ``dim``
+outputs on the same test trajectories at the same lag.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from cvlearn.cv_model import DistanceCV, GraphCV, fit_head_scaler
+from cvlearn.data import lagged_pairs
+from cvlearn.heads import MLPHead
+from cvlearn.losses import vamp_score
+from cvlearn.mixers import make_mixer
+from cvlearn.multiseed import fit_seeds, model_outputs
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("tica_torsions", "vampnet_distances", "gnn_sum", "gnn_mlp_mixer", "gnn_attention")
+_MIXER_OF = {"gnn_sum": "sum", "gnn_mlp_mixer": "mlp_mixer", "gnn_attention": "attention"}
+
+
+def backbone_torsion_features(traj) -> np.ndarray:
+    """[T, 4 n] sin/cos of every backbone φ and ψ (mdtraj): the periodic-safe TICA input."""
+    import mdtraj
+
+    angles = np.concatenate([mdtraj.compute_phi(traj)[1], mdtraj.compute_psi(traj)[1]], axis=1)
+    if angles.shape[1] == 0:
+        raise ValueError(f"traj: expected backbone φ/ψ torsions, found none in {traj.topology}")
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+@dataclass
+class CompareData:
+    """Per-trajectory inputs split by whole trajectories. ``positions``: GNN atoms [T, n, 3] nm;
+    ``distance_positions``: atoms for the distance baseline (default: the same); ``torsions``: [T, 4 n]."""
+
+    train: dict
+    validation: dict
+    test: dict
+    atomic_numbers: list[int]
+    residue_of_atom: list[int]
+    lag: int
+    dim: int
+    dt_ps: float = 1.0
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, split: str, key: str):
+        part = getattr(self, split)
+        if key == "distance_positions" and key not in part:
+            key = "positions"
+        if key not in part:
+            raise ValueError(f"CompareData.{split}: expected inputs {key!r}, found {sorted(part)}")
+        return part[key]
+
+
+def build_lobe(kind: str, data: CompareData, *, featurizer_config=None, head_hidden: int = 64,
+               seed: int = 0, mixer_kwargs: dict | None = None) -> torch.nn.Module:
+    """The network for ``kind`` with ``data.dim`` outputs (seed the call for a reproducible init)."""
+    if kind == "vampnet_distances":
+        n_atoms = data.get("train", "distance_positions")[0].shape[1]
+        return DistanceCV(n_atoms, MLPHead(n_atoms * (n_atoms - 1) // 2, data.dim, hidden=head_hidden))
+    if kind not in _MIXER_OF:
+        raise ValueError(f"kind: expected one of {list(KINDS)}, found {kind!r}")
+    from cvlearn.featurizers import ETConfig, ETFeaturizer
+    from cvlearn.tokens import ResidueTokens
+
+    cfg = featurizer_config or ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom=5.0)
+    tokens = ResidueTokens(data.residue_of_atom)
+    kwargs = dict(mixer_kwargs or {})
+    if kind == "gnn_attention":
+        kwargs.setdefault("n_heads", 4)
+    mixer = make_mixer(_MIXER_OF[kind], cfg.hidden_channels, n_tokens=tokens.n_tokens, **kwargs)
+    return GraphCV(ETFeaturizer(data.atomic_numbers, cfg, seed=seed), tokens, mixer,
+                   MLPHead(cfg.hidden_channels, data.dim, hidden=head_hidden))
+
+
+def tica_scores(data: CompareData) -> tuple[float, float, list[np.ndarray]]:
+    """deeptime TICA on torsion features: (test VAMP-2 of the first ``dim`` ICs, seconds, test outputs)."""
+    from deeptime.decomposition import TICA
+
+    started = time.perf_counter()
+    train = [np.asarray(x, dtype=np.float64) for x in data.get("train", "torsions")]
+    model = TICA(lagtime=data.lag, dim=data.dim).fit(train).fetch_model()
+    out = [model.transform(np.asarray(x, dtype=np.float64))[:, :data.dim] for x in data.get("test", "torsions")]
+    score = float(vamp_score(*lagged_pairs([torch.from_numpy(o) for o in out], data.lag)))
+    return score, time.perf_counter() - started, out
+
+
+def compare_models(data: CompareData, kinds: Sequence[str] = KINDS, seeds: Sequence[int] = (0, 1, 2), *,
+                   featurizer_config=None, head_hidden: int = 64, learning_rate: float = 2e-3, batch_size: int = 512,
+                   max_epochs: int = 30, patience: int = 8, score: str = "vamp2", device: str = "cpu",
+                   progress: bool = False, mixer_kwargs: dict | None = None) -> list[dict]:
+    """One row per model: test VAMP-2 mean ± std over seeds (TICA is deterministic: one value), seconds per
+    seed, parameter count. Rows also carry the models (``_models``) and test outputs of the first seed."""
+    rows = []
+    for kind in kinds:
+        if kind not in KINDS:
+            raise ValueError(f"kinds: expected names from {list(KINDS)}, found {kind!r}")
+        logger.info("compare_models: %s", kind)
+        if kind == "tica_torsions":
+            value, seconds, out = tica_scores(data)
+            rows.append({"name": kind, "vamp2_mean": value, "vamp2_std": 0.0, "values": [value], "seeds": [],
+                         "seconds_per_seed": seconds, "n_params": 0, "_outputs": out, "_models": []})
+            continue
+        key = "distance_positions" if kind == "vampnet_distances" else "positions"
+        train, val, test = (data.get(s, key) for s in ("train", "validation", "test"))
+        frames = torch.cat(train)
+
+        def prepare(lobe, frames=frames):
+            sample = frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(0))[:4096]]
+            fit_head_scaler(lobe, sample)
+
+        result = fit_seeds(lambda seed, kind=kind: build_lobe(kind, data, featurizer_config=featurizer_config,
+                                                              head_hidden=head_hidden, seed=seed,
+                                                              mixer_kwargs=mixer_kwargs),
+                           train, val, seeds, test=test, dim=data.dim, prepare=prepare, lagtime=data.lag,
+                           learning_rate=learning_rate, batch_size=batch_size, max_epochs=max_epochs,
+                           patience=patience, score=score, device=device, progress=progress)
+        n_params = sum(p.numel() for p in result.models[0].parameters())
+        rows.append({"name": kind, "vamp2_mean": result.mean, "vamp2_std": result.std, "values": result.values,
+                     "seeds": result.seeds, "val_vamp2": result.validation,
+                     "seconds_per_seed": float(np.mean(result.seconds)), "n_params": int(n_params),
+                     "_outputs": [o.numpy()[:, :data.dim] for o in model_outputs(result.models[0], test)],
+                     "_models": result.models, "_histories": result.histories})
+    return rows
+
+
+def public_rows(rows: Sequence[dict]) -> list[dict]:
+    """Rows without the private (model/array) entries, for JSON."""
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+
+
+def markdown_table(rows: Sequence[dict], title: str = "") -> str:
+    lines = ([f"**{title}**", ""] if title else []) + [
+        "| model | test VAMP-2 (mean ± std) | seeds | s/seed | parameters |", "|---|---|---|---|---|"]
+    for r in rows:
+        n = len(r["values"])
+        lines.append(f"| {r['name']} | {r['vamp2_mean']:.4f} ± {r['vamp2_std']:.4f} | {n if r['seeds'] else 'deterministic'} "
+                     f"| {r['seconds_per_seed']:.1f} | {r['n_params']} |")
+    return "\n".join(lines) + "\n"
