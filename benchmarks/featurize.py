@@ -12,9 +12,7 @@ timed on N-terminal fragments of 20/40/80 residues to check that time per frame 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import threading
 import time
@@ -26,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
+
 from cvlearn.featurizers import GEOM2VEC_VISNET, make_featurizer  # noqa: E402
-from cvlearn.io import write_json_atomic, write_text_atomic  # noqa: E402
 from cvlearn.selection import atomic_numbers, select_atoms  # noqa: E402
 from cvlearn.windows import make_token_embedder  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 HALF_WIDTH = 2
 
 
@@ -145,10 +143,8 @@ def run(quick: bool) -> dict:
                     "target": "0.75-1.33", "unit": "x", "met": bool(0.75 <= ratio <= 1.33)})
     return {
         "benchmark": "featurize",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": str(torch.__version__),
-                    "load_average_at_end": os.getloadavg()},
+        "date": now_utc(),
+        "machine": {**machine(), "load_average_at_end": os.getloadavg()},
         "settings": {"quick": quick, "model": f"ViSNet {GEOM2VEC_VISNET.as_dict()} (untrained)", "torch_threads": 1,
                      "atoms": "heavy atoms", "window_half_width_residues": HALF_WIDTH,
                      "structures": "built structures + 0.01 nm Gaussian noise per frame (not MD)",
@@ -170,8 +166,7 @@ def markdown(result: dict) -> str:
               "|---|---|---|---|---|"]
     lines += [f"| {s['residues']} | {s['tokens']} | {s['atoms']} | {s['ms_per_frame']:.1f} | "
               f"{s['ms_per_frame'] / s['residues']:.2f} |" for s in result["window_scaling"]]
-    lines += ["", "| target | value | target | met |", "|---|---|---|---|"]
-    lines += [f"| {t['name']} | {t['value']:.3g} {t['unit']} | {t['target']} | {t['met']} |" for t in result["targets"]]
+    lines += targets_table(result["targets"])
     return "\n".join(lines) + "\n"
 
 
@@ -180,10 +175,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     result = run(args.quick)
-    name = "featurize_quick" if args.quick else "featurize"
-    write_json_atomic(RESULTS / f"{name}.json", result)
-    write_text_atomic(RESULTS / f"{name}.md", markdown(result))
-    print(markdown(result))
+    save("featurize", args.quick, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import openmm
@@ -30,18 +25,18 @@ import openmm.unit as unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
+
 from cvlearn.cv_model import GraphCV  # noqa: E402
 from cvlearn.export import export_cv  # noqa: E402
 from cvlearn.featurizers import GEOM2VEC_ET, ETConfig, ETFeaturizer  # noqa: E402
 from cvlearn.heads import MLPHead  # noqa: E402
-from cvlearn.io import write_json_atomic, write_text_atomic  # noqa: E402
 from cvlearn.mixers import SumPool  # noqa: E402
 from cvlearn.tokens import ResidueTokens, residue_index_of_atoms  # noqa: E402
 from openmm_plugin.forces import torch_force_for_cv  # noqa: E402
 from openmm_plugin.metadynamics import MetadSettings, cv_metadynamics, torsion_metadynamics  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DEMO_ET = ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom=5.0)
 
 
@@ -121,10 +116,8 @@ def run(quick: bool) -> dict:
     ]
     return {
         "benchmark": "md_overhead",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                    "torch": str(torch.__version__), "openmm": openmm.__version__},
+        "date": now_utc(),
+        "machine": machine(),
         "settings": {"quick": quick, "openmm_platform": "Reference", "system": "alanine dipeptide, amber99sbildn + OBC, 22 atoms",
                      "timestep_fs": 2.0, "metad_deposit_every_steps": settings.frequency_steps,
                      "steps_timed_md": n, "steps_timed_with_model": n_model,
@@ -139,8 +132,7 @@ def markdown(result: dict) -> str:
              "| run | route | torch threads | ms/step | ns/day |", "|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['route']} | {r['torch_threads']} | {r['ms_per_step']:.3f} | {r['ns_per_day']:.1f} |"
               for r in result["rows"]]
-    lines += ["", "| target | value | target | met |", "|---|---|---|---|"]
-    lines += [f"| {t['name']} | {t['value']:.3g} {t['unit']} | {t['target']} | {t['met']} |" for t in result["targets"]]
+    lines += targets_table(result["targets"])
     return "\n".join(lines) + "\n"
 
 
@@ -149,10 +141,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     result = run(args.quick)
-    name = "md_overhead_quick" if args.quick else "md_overhead"
-    write_json_atomic(RESULTS / f"{name}.json", result)
-    write_text_atomic(RESULTS / f"{name}.md", markdown(result))
-    print(markdown(result))
+    save("md_overhead", args.quick, result, markdown(result))
 
 
 if __name__ == "__main__":

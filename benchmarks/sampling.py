@@ -13,9 +13,6 @@ Targets: learned-CV transition rate ≥ 80 % of the φ/ψ rate; |ΔF_learned −
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,18 +27,18 @@ import openmm.unit as unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
+
 from cvlearn.analysis.colvar import read_colvar  # noqa: E402
 from cvlearn.analysis.reweighting import delta_f_kjmol, opes_weights  # noqa: E402
 from cvlearn.analysis.transitions import count_phi_transitions  # noqa: E402
 from openmm_plugin.bias.sigma import unbiased_cv_std  # noqa: E402
 from cvlearn.export import load_cv  # noqa: E402
-from cvlearn.io import write_json_atomic, write_text_atomic  # noqa: E402
 from openmm_plugin.bias import BiasReporter, BiasRunner, OPESMetad, python_bias_force  # noqa: E402
 from openmm_plugin.bias.base import OnComponents  # noqa: E402
 from openmm_plugin.bias.torsions import export_torsion_cv  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BIAS_GROUP = 1
 
 
@@ -138,10 +135,8 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
     ]
     return {
         "benchmark": "sampling",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                    "torch": str(torch.__version__), "openmm": openmm.__version__},
+        "date": now_utc(),
+        "machine": machine(),
         "settings": {"quick": quick, "cv": str(cv_path), "cv_component": component, "sigma_cv": sigma_cv,
                      "sigma_phi_psi_rad": 0.35, "method": "OPES-metad (cvlearn PythonForce route)",
                      "barrier_kjmol": barrier_kjmol, "pace_steps": pace, "ns_per_run": n_steps * ala2.TIMESTEP_PS * 1e-3,
@@ -163,8 +158,7 @@ def markdown(result: dict) -> str:
         ms = np.mean([r["ms_per_step"] for r in result["rows"] if r["cv"] == name])
         lines.append(f"| {name} | {s[name]['transitions_per_ns'][0]:.2f} ± {s[name]['transitions_per_ns'][1]:.2f} | "
                      f"{s[name]['deltaF_C7ax_C7eq_kjmol'][0]:.2f} ± {s[name]['deltaF_C7ax_C7eq_kjmol'][1]:.2f} | {ms:.3f} |")
-    lines += ["", "| target | value | target | met |", "|---|---|---|---|"]
-    lines += [f"| {t['name']} | {t['value']:.3g} {t['unit']} | {t['target']} | {t['met']} |" for t in result["targets"]]
+    lines += targets_table(result["targets"])
     return "\n".join(lines) + "\n"
 
 
@@ -184,10 +178,7 @@ def main() -> None:
     result = run(Path(args.cv), quick=args.quick, ns=0.04 if args.quick else args.ns, seeds=args.seeds,
                  component=args.component, sigma=args.sigma, barrier_kjmol=args.barrier_kjmol,
                  mts=args.mts, threads=args.threads)
-    name = "sampling_quick" if args.quick else "sampling"
-    write_json_atomic(RESULTS / f"{name}.json", result)
-    write_text_atomic(RESULTS / f"{name}.md", markdown(result))
-    print(markdown(result))
+    save("sampling", args.quick, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -23,13 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
+
 from cvlearn.baselines import CompareData, backbone_torsion_features, compare_models, markdown_table, public_rows  # noqa: E402
 from cvlearn.data import load_trajectories  # noqa: E402
 from cvlearn.featurizers import ETConfig  # noqa: E402
-from cvlearn.io import write_json_atomic, write_text_atomic  # noqa: E402
 from cvlearn.tokens import residue_index_of_atoms  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_ET = ETConfig(hidden_channels=32, num_layers=1, num_rbf=16, num_heads=4, cutoff_angstrom=5.0)
 FULL_ET = ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom=5.0)
 
@@ -129,9 +127,8 @@ def run(quick: bool, args) -> dict:
                 "value": best_gnn["vamp2_mean"] - ala["vampnet_distances"]["vamp2_mean"], "target": 0.0,
                 "unit": "ΔVAMP-2", "met": bool(best_gnn["vamp2_mean"] >= ala["vampnet_distances"]["vamp2_mean"])}]
     return {"benchmark": "vamp_quality",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": str(torch.__version__)},
+            "date": now_utc(),
+            "machine": machine(),
             "settings": {"quick": quick, "systems": systems, "score": "VAMP-2 of the first dim outputs on held-out "
                          "test trajectories (re-estimated on them), mean ± sample std over seeds",
                          "notes": notes}, "rows": rows, "targets": targets}
@@ -144,8 +141,7 @@ def markdown(result: dict) -> str:
         lines.append(markdown_table([r for r in result["rows"] if r["system"] == system],
                                     f"{system}: lag {cfg['lag_frames']} frames, dim {cfg['dim']}"))
     lines += [f"- {n}" for n in result["settings"]["notes"]]
-    lines += ["", "| target | value | target | met |", "|---|---|---|---|"]
-    lines += [f"| {t['name']} | {t['value']:.3g} {t['unit']} | {t['target']} | {t['met']} |" for t in result["targets"]]
+    lines += targets_table(result["targets"])
     return "\n".join(lines) + "\n"
 
 
@@ -161,10 +157,7 @@ def main() -> None:
     parser.add_argument("--other-dt-ps", type=float, default=1.0)
     args = parser.parse_args()
     result = run(args.quick, args)
-    name = "vamp_quality_quick" if args.quick else "vamp_quality"
-    write_json_atomic(RESULTS / f"{name}.json", result)
-    write_text_atomic(RESULTS / f"{name}.md", markdown(result))
-    print(markdown(result))
+    save("vamp_quality", args.quick, result, markdown(result))
 
 
 if __name__ == "__main__":

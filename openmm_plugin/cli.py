@@ -9,6 +9,9 @@ import argparse
 import logging
 import sys
 
+from openmm_plugin.bias.run import add_bias_parser
+from openmm_plugin.simulate_systems import add_simulate_parser
+
 
 def _demo(args: argparse.Namespace) -> int:
     from cvlearn.config import load_config
@@ -34,11 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (< 3 minutes)")
     demo.add_argument("--config", help="YAML/TOML file with DemoConfig fields (unknown keys are rejected)")
     demo.set_defaults(func=_demo)
-    from openmm_plugin.simulate_systems import add_simulate_parser
-
     add_simulate_parser(commands)
-    from openmm_plugin.bias.run import add_bias_parser
-
     add_bias_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

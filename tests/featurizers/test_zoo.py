@@ -10,8 +10,6 @@ from cvlearn.featurizers import (
     GEOM2VEC_CONFIGS,
     CheckpointMismatchError,
     FixedTopologyNeighbors,
-    TensorNetConfig,
-    ViSNetConfig,
     featurizer_from_checkpoint,
     load_featurizer_weights,
     load_geom2vec,

@@ -1,0 +1,42 @@
+"""What every benchmark writes: when and where it ran, its targets as a table, and its result files."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def machine() -> dict:
+    import openmm
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": str(torch.__version__), "openmm": openmm.__version__}
+
+
+def targets_table(targets: list[dict]) -> list[str]:
+    """Markdown rows for ``[{name, value, target, unit, met}]``, the unmet ones included."""
+    def value(t):
+        return "n/a" if t["value"] is None else f"{t['value']:.3g} {t['unit']}"
+
+    return ["", "| target | value | target | met |", "|---|---|---|---|",
+            *[f"| {t['name']} | {value(t)} | {t['target']} | {t['met']} |" for t in targets]]
+
+
+def save(name: str, quick: bool, result: dict, markdown: str) -> None:
+    """Write ``results/<name>[_quick].json`` and ``.md`` atomically and print the table."""
+    from cvlearn.io import write_json_atomic, write_text_atomic
+
+    stem = f"{name}_quick" if quick else name
+    write_json_atomic(RESULTS / f"{stem}.json", result)
+    write_text_atomic(RESULTS / f"{stem}.md", markdown)
+    print(markdown)
