@@ -2,7 +2,8 @@
 
 Rows: unbiased MD; well-tempered metadynamics on φ (CustomTorsionForce); learned CVs as a standalone
 TorchForce (6-layer ET = the naive geom2vec-sized CV, and the demo's 2-layer ET); learned-CV metadynamics
-through the PythonForce route (bias force every step, and every 4th step with an MTS Langevin integrator).
+through the PythonForce route (bias force every step, every 2nd (the demo) and every 4th step with an MTS
+Langevin integrator).
 Models are untrained with the stated architecture: cost does not depend on the weights.
 
     python benchmarks/md_overhead.py [--quick]
@@ -95,19 +96,20 @@ def run(quick: bool) -> dict:
         meta = cv_metadynamics(system, demo, bounds, sigma, settings)
         add("WT-metad on learned CV, bias every step", "PythonForce in app.Metadynamics", str(DEMO_ET.as_dict()),
             time_steps(molecule, system, ala2.make_integrator(), n_model, meta.step), 1)
-        system = copy.deepcopy(molecule.system)
-        meta = cv_metadynamics(system, demo, bounds, sigma, settings)
-        group = meta._force.getForceGroup()
-        mts = openmm.MTSLangevinIntegrator(300.0, 1.0, 4 * ala2.TIMESTEP_PS, [(0, 4), (group, 1)])
-        add("WT-metad on learned CV, bias every 4th step (MTS)", "PythonForce in app.Metadynamics", str(DEMO_ET.as_dict()),
-            time_steps(molecule, system, mts, n_model // 4, meta.step, inner_per_step=4), 1)
+        for k, note in ((2, "(demo setting)"), (4, "(resonates with bond stretches: NaN within 70 ps on ala2)")):
+            system = copy.deepcopy(molecule.system)
+            meta = cv_metadynamics(system, demo, bounds, sigma, settings)
+            group = meta._force.getForceGroup()
+            mts = openmm.MTSLangevinIntegrator(300.0, 1.0, k * ala2.TIMESTEP_PS, [(0, k), (group, 1)])
+            add(f"WT-metad on learned CV, bias every {k} steps (MTS) {note}", "PythonForce in app.Metadynamics",
+                str(DEMO_ET.as_dict()), time_steps(molecule, system, mts, n_model // k, meta.step, inner_per_step=k), 1)
 
     by = {r["name"]: r for r in rows}
     unbiased = by["unbiased"]["ms_per_step"]
-    demo_mts = by["WT-metad on learned CV, bias every 4th step (MTS)"]["ms_per_step"]
+    demo_mts = by["WT-metad on learned CV, bias every 2 steps (MTS) (demo setting)"]["ms_per_step"]
     naive_torch = by["learned CV as TorchForce: 6-layer ET, 64 wide (naive)"]["ms_per_step"]
     targets = [
-        {"name": "demo biased route (2-layer ET, MTS 4) vs 1 ms/step (issue 6 target)", "value": demo_mts,
+        {"name": "demo biased route (2-layer ET, bias every 2 steps) vs 1 ms/step (issue 6 target)", "value": demo_mts,
          "target": 1.0, "unit": "ms/step", "met": demo_mts <= 1.0},
         {"name": "speed-up of the demo biased route over the naive 6-layer TorchForce CV", "value": naive_torch / demo_mts,
          "target": 6.0, "unit": "x", "met": naive_torch / demo_mts >= 6.0},

@@ -32,3 +32,16 @@ def unbiased_cv_std(cv: torch.jit.ScriptModule, topology: app.Topology, system: 
             pos = simulation.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
             values.append(cv(torch.as_tensor(np.asarray(pos))).double().numpy())
     return np.std(np.asarray(values), axis=0)
+
+
+def learned_cv_sigma(cv: torch.jit.ScriptModule, cv_range: tuple[float, float], topology: app.Topology,
+                     system: openmm.System, positions_nm: np.ndarray, integrator: openmm.Integrator,
+                     temperature_k: float, *, component: int = 0, min_fraction: float = 0.05) -> tuple[float, float]:
+    """Kernel width for one CV component: ``max(unbiased std, min_fraction * range)``; also returns the std.
+
+    A VAMP CV is nearly flat inside a basin (measured on ala2 at 300 K: std 0.04 for a CV spanning 5.5 units),
+    so the in-basin spread alone gives hills so narrow that the bias forces blow the simulation up.
+    """
+    fluctuation = float(unbiased_cv_std(cv, topology, system, positions_nm, integrator, temperature_k)[component])
+    lo, hi = cv_range
+    return max(fluctuation, min_fraction * (hi - lo)), fluctuation
