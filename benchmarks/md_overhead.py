@@ -123,7 +123,7 @@ def run(quick: bool) -> dict:
         "settings": {"quick": quick, "openmm_platform": "Reference", "system": "alanine dipeptide, amber99sbildn + OBC, 22 atoms",
                      "timestep_fs": 2.0, "metad_deposit_every_steps": settings.frequency_steps,
                      "steps_timed_md": n, "steps_timed_with_model": n_model,
-                     "note": "ms_per_step is per 2-fs step of simulated time (MTS rows: outer step / 4)"},
+                     "note": "ms_per_step is per 2-fs step of simulated time (MTS rows: outer step / k)"},
         "rows": rows,
         "targets": targets,
     }

@@ -16,7 +16,7 @@ from cvlearn.io import atomic_path  # noqa: E402
 
 def _save(fig, path: str | Path) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -36,7 +36,7 @@ def plot_training_curves(histories: Mapping[str, Sequence[dict]], path: str | Pa
 def plot_cvs_on_phi_psi(phi: np.ndarray, psi: np.ndarray, cvs: np.ndarray, path: str | Path) -> None:
     """Each CV component as colour over the Ramachandran plane (degrees)."""
     n = cvs.shape[1]
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.8), squeeze=False, constrained_layout=True)
     for k, ax in enumerate(axes[0]):
         sc = ax.scatter(np.degrees(phi), np.degrees(psi), c=cvs[:, k], s=2, cmap="coolwarm", rasterized=True)
         fig.colorbar(sc, ax=ax, label=f"CV {k + 1}")
@@ -47,7 +47,7 @@ def plot_cvs_on_phi_psi(phi: np.ndarray, psi: np.ndarray, cvs: np.ndarray, path:
 def plot_fes_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str | Path,
                     vmax_kjmol: float = 40.0) -> None:
     """Free-energy surfaces over φ/ψ: ``panels`` holds (title, fes [kJ/mol], x edges, y edges) in radians."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False, constrained_layout=True)
     for ax, (title, fes, xe, ye) in zip(axes[0], panels):
         mesh = ax.pcolormesh(np.degrees(xe), np.degrees(ye), fes.T, vmin=0, vmax=vmax_kjmol, cmap="viridis")
         fig.colorbar(mesh, ax=ax, label="F (kJ/mol)")

@@ -36,7 +36,7 @@ def delta_f_kjmol(in_a: np.ndarray, in_b: np.ndarray, weights: np.ndarray, tempe
 
 
 def free_energy_surface(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, temperature_k: float,
-                        bins: int = 60, range_xy=((-np.pi, np.pi), (-np.pi, np.pi))):
+                        bins: int = 36, range_xy=((-np.pi, np.pi), (-np.pi, np.pi))):
     """Weighted 2-D histogram → F(x, y) in kJ/mol (minimum 0, NaN where unvisited), with bin edges."""
     hist, xe, ye = np.histogram2d(x, y, bins=bins, range=range_xy, weights=weights, density=True)
     with np.errstate(divide="ignore"):
