@@ -73,7 +73,7 @@ class DemoConfig:
     validation_fraction: float = 0.25
     # biasing at the target temperature
     temperature_k: float = 300.0
-    biased_ns: float = 1.0
+    biased_ns: float = 0.75
     reference_ns: float = 1.0
     bias_every_steps: int = 2  # 4 (8 fs outer step) resonated with bond stretches: NaN after 35-70 ps (measured)
     bias_factor: float = 8.0
