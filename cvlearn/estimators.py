@@ -156,9 +156,9 @@ class VAMPNet:
     def __init__(self, lobe: torch.nn.Module, *, lagtime: int, learning_rate: float = 1e-3, batch_size: int = 1024,
                  max_epochs: int = 50, patience: int = 10, epsilon: float = 1e-6, seed: int = 0, device: str = "cpu",
                  weight_decay: float = 0.0, progress: bool = True, score: str = "vamp2", mode: str = "trunc",
-                 lr_schedule: str | Callable | None = None):
+                 lr_schedule: str | Callable | None = None, min_epochs: int = 0):
         for name, value, low in (("lagtime", lagtime, 1), ("batch_size", batch_size, 2),
-                                 ("max_epochs", max_epochs, 1), ("patience", patience, 1)):
+                                 ("max_epochs", max_epochs, 1), ("patience", patience, 1), ("min_epochs", min_epochs, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: expected an integer >= {low}, found {value!r}")
         if not learning_rate > 0:
@@ -177,6 +177,9 @@ class VAMPNet:
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.patience = patience
+        # End-to-end GNN training can sit near VAMP-2 = 1 for several epochs before it finds the slow process;
+        # early stopping only starts counting once min_epochs have run.
+        self.min_epochs = min_epochs
         self.epsilon = epsilon
         self.seed = seed
         self.device = torch.device(device)
@@ -322,7 +325,7 @@ class VAMPNet:
                     best_state = copy.deepcopy(self.lobe.state_dict())
                 else:
                     stale += 1
-                stop = stale >= self.patience
+                stop = stale >= self.patience and epoch + 1 >= self.min_epochs
                 if checkpoint_path is not None:
                     self._save_checkpoint(Path(checkpoint_path), config, epoch, optimizer, scheduler, generator,
                                           best_state, stale, stop)
