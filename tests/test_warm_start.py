@@ -36,7 +36,7 @@ def test_warm_start_gives_the_linear_optimum_it_reports():
     after = float(vamp_score(x0, xt))
     predicted = 1 + sum(s * s for s in singular_values)  # exact for reversible statistics; close otherwise
     assert abs(after - predicted) < 0.05 * predicted
-    assert after > before and singular_values[0] > 0.8  # the slow jump process is found at once
+    assert after > before and singular_values[0] > 0.6  # the slow jump process (autocorrelation ~0.8 at lag 5) is found at once
 
 
 def test_min_epochs_keeps_training_through_a_plateau():
