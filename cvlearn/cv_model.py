@@ -27,6 +27,10 @@ class GraphCV(torch.nn.Module):
         if featurizer_lr_scale == 0:
             featurizer.requires_grad_(False)
 
+    def recalibrate(self, frames: Tensor) -> None:
+        """Refit the head's input normalisation on ``frames`` (called by VAMPNet before each validation)."""
+        fit_head_scaler(self, frames)
+
     def param_groups(self, learning_rate: float) -> list[dict]:
         """Optimizer parameter groups (used by :class:`cvlearn.estimators.VAMPNet`)."""
         own = [p for name, p in self.named_parameters() if not name.startswith("featurizer.") and p.requires_grad]

@@ -293,6 +293,7 @@ class VAMPNet:
         name = self.score_name
         epochs = tqdm(range(first_epoch, self.max_epochs), desc="VAMPNet", disable=not self.progress or done)
         with no_tf32(self.device):
+            recalibration_frames = torch.randperm(len(train_frames), generator=torch.Generator().manual_seed(self.seed))[:4096]
             for epoch in ([] if done else epochs):
                 self.lobe.train()
                 total = 0.0
@@ -309,6 +310,10 @@ class VAMPNet:
                     optimizer.step()
                     total += float(score.detach()) * len(batch)
                 train_score = total / n_pairs
+                if hasattr(self.lobe, "recalibrate"):
+                    # Normalisation statistics that lag a moving featurizer make eval-mode scores noisy;
+                    # a lobe may refresh them on training frames before it is evaluated.
+                    self.lobe.recalibrate(train_frames[recalibration_frames].to(self.device))
                 y_val = self._outputs(val_frames, max(self.batch_size, 1024))
                 val_score = self._eval(y_val, val_pairs, name)
                 val_vamp2 = val_score if name == "vamp2" else self._eval(y_val, val_pairs, 2)

@@ -31,7 +31,7 @@ from cvlearn.analysis.colvar import read_colvar
 from cvlearn.analysis.plots import plot_cvs_on_phi_psi, plot_fes_panels, plot_time_series, plot_training_curves
 from cvlearn.analysis.reweighting import delta_f_kjmol, free_energy_surface, metad_weights
 from cvlearn.analysis.transitions import count_phi_transitions
-from cvlearn.cv_model import DistanceCV, GraphCV, fit_head_scaler, vamp_warm_start
+from cvlearn.cv_model import DistanceCV, GraphCV, fit_head_scaler
 from cvlearn.data import lagged_pairs, load_trajectories, split_by_trajectory, take_segments
 from cvlearn.estimators import VAMPNet
 from cvlearn.export import export_cv, load_cv
@@ -128,8 +128,6 @@ def _fit(lobe, train, val, lag, cfg: DemoConfig, name: str):
     log.info("training %s (lag %d frames)", name, lag)
     frames = torch.cat(train)
     fit_head_scaler(lobe, frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(cfg.seed))[:4096]])
-    start = vamp_warm_start(lobe, train, lag)
-    log.info("%s: warm start from the linear VAMP readout, singular values %s", name, [round(v, 3) for v in start])
     estimator = VAMPNet(lobe, lagtime=lag, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
                         max_epochs=cfg.max_epochs, patience=cfg.patience, min_epochs=min(cfg.min_epochs, cfg.max_epochs),
                         seed=cfg.seed).fit(train, val)
