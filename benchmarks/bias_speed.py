@@ -14,7 +14,6 @@ the demo's 2-layer ET and the naive geom2vec-sized 6-layer ET.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import openmm.unit as unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
+from benchmarks.common import machine, now_utc, quick_main, targets_table  # noqa: E402
 
 from cvlearn.cv_model import GraphCV  # noqa: E402
 from cvlearn.export import export_cv  # noqa: E402
@@ -248,13 +247,5 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    result = run(args.quick)
-    save("bias_speed", args.quick, result, markdown(result))
-
-
 if __name__ == "__main__":
-    main()
+    quick_main("bias_speed", __doc__, run, markdown)

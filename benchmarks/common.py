@@ -40,3 +40,14 @@ def save(name: str, quick: bool, result: dict, markdown: str) -> None:
     write_json_atomic(RESULTS / f"{stem}.json", result)
     write_text_atomic(RESULTS / f"{stem}.md", markdown)
     print(markdown)
+
+
+def quick_main(name: str, doc: str, run, markdown) -> None:
+    """The command line of a benchmark whose only option is ``--quick``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    result = run(args.quick)
+    save(name, args.quick, result, markdown(result))

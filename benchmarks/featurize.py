@@ -11,7 +11,6 @@ timed on N-terminal fragments of 20/40/80 residues to check that time per frame 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
+from benchmarks.common import machine, now_utc, quick_main, targets_table  # noqa: E402
 
 from cvlearn.featurizers import GEOM2VEC_VISNET, make_featurizer  # noqa: E402
 from cvlearn.selection import atomic_numbers, select_atoms  # noqa: E402
@@ -170,13 +169,5 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    result = run(args.quick)
-    save("featurize", args.quick, result, markdown(result))
-
-
 if __name__ == "__main__":
-    main()
+    quick_main("featurize", __doc__, run, markdown)

@@ -11,7 +11,6 @@ Models are untrained with the stated architecture: cost does not depend on the w
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import openmm.unit as unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
+from benchmarks.common import machine, now_utc, quick_main, targets_table  # noqa: E402
 
 from cvlearn.cv_model import GraphCV  # noqa: E402
 from cvlearn.export import export_cv  # noqa: E402
@@ -138,13 +137,5 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    result = run(args.quick)
-    save("md_overhead", args.quick, result, markdown(result))
-
-
 if __name__ == "__main__":
-    main()
+    quick_main("md_overhead", __doc__, run, markdown)

@@ -47,3 +47,19 @@ def test_min_epochs_keeps_training_through_a_plateau():
     estimator = VAMPNet(lobe, lagtime=5, max_epochs=6, patience=1, min_epochs=5, progress=False,
                         learning_rate=1e-6).fit(train, val)  # a tiny LR: no improvement, stale every epoch
     assert len(estimator.history) >= 5
+
+
+def test_vampnet_recalibrates_a_lobe_before_each_validation():
+    class CountingLobe(DistanceCV):
+        calls = 0
+
+        def recalibrate(self, frames):
+            type(self).calls += 1
+            fit_head_scaler(self, frames)
+
+    torch.manual_seed(2)
+    train, val = _toy_positions(2, seed=3), _toy_positions(1, seed=4)
+    lobe = CountingLobe(4, MLPHead(6, 1, hidden=8))
+    fit_head_scaler(lobe, torch.cat(train))
+    estimator = VAMPNet(lobe, lagtime=5, max_epochs=3, patience=5, progress=False).fit(train, val)
+    assert CountingLobe.calls == len(estimator.history) == 3
