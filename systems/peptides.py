@@ -8,6 +8,7 @@ from the force field's own templates.
 from __future__ import annotations
 
 import io
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +91,14 @@ def build_capped_peptide(sequence: str, forcefield: app.ForceField,
         raise ValueError(f"backbone: expected one of {sorted(BACKBONES)}, found {backbone!r}")
     pdb = app.PDBFile(io.StringIO(_capped_pdb_text(sequence, backbone)))
     modeller = app.Modeller(pdb.topology, pdb.positions)
-    modeller.addHydrogens(forcefield, pH=7.0)
+    # addHydrogens starts hydrogens at positions drawn from Python's global `random` (unseeded): without a fixed
+    # seed every process builds a slightly different molecule and no trajectory is reproducible (measured).
+    state = random.getstate()
+    random.seed(0)
+    try:
+        modeller.addHydrogens(forcefield, pH=7.0, platform=openmm.Platform.getPlatformByName("Reference"))
+    finally:
+        random.setstate(state)
     positions_nm = np.asarray(modeller.positions.value_in_unit(u.nanometer), dtype=np.float64).reshape(-1, 3)
     return modeller.topology, positions_nm
 

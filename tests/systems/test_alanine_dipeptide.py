@@ -106,3 +106,16 @@ def test_trans_omega_restraint():
     assert wall_energy(x) > 100.0
     with pytest.raises(ValueError, match="min_abs_omega_deg"):
         add_trans_omega_restraint(ala2.system, ala2.topology, min_abs_omega_deg=45.0)
+
+
+def test_build_is_reproducible_across_processes():
+    """Modeller.addHydrogens draws from Python's global random; build() must not depend on it."""
+    import subprocess
+    import sys
+
+    code = ("import random; random.seed(%d)\n"
+            "from systems import alanine_dipeptide as a\n"
+            "print(repr(float(abs(a.build().positions_nm).sum())))")
+    runs = {subprocess.run([sys.executable, "-c", code % seed], capture_output=True, text=True, check=True).stdout.split()[-1]
+            for seed in (1, 2)}
+    assert len(runs) == 1
