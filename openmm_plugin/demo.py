@@ -100,12 +100,11 @@ def _steps(ns_or_ps: float, step_ps: float) -> int:
     return max(1, int(round(ns_or_ps / step_ps)))
 
 
-def simulate_training_data(cfg: DemoConfig, out: Path) -> tuple[list[Path], Path, list[float]]:
+def simulate_training_data(cfg: DemoConfig, out: Path, molecule) -> tuple[list[Path], Path, list[float]]:
     """Unbiased runs at ``train_temperature_k``. At 700-800 K peptide bonds flip to cis (measured), a process
     slower than the φ flip that a VAMPNet would learn instead; a flat-bottom restraint keeps |ω| > 120° (it is
     zero at 600 K in practice, a safeguard for hotter settings). 600 K gives ~5 φ flips per ns and, at lag
     5 ps, a clearer slow signal than 800 K (torsion VAMP-2 1.62 vs 1.35, measured)."""
-    molecule = ala2.build()
     system = copy.deepcopy(molecule.system)
     add_trans_omega_restraint(system, molecule.topology)
     paths, ms_per_step = [], []
@@ -139,9 +138,9 @@ def _outputs(model, trajs: list[torch.Tensor]) -> list[np.ndarray]:
         return [torch.cat([model(t[i:i + 2048]) for i in range(0, len(t), 2048)]).double().numpy() for t in trajs]
 
 
-def learn_cv(cfg: DemoConfig, out: Path, traj_paths: list[Path], top_path: Path) -> dict:
+def learn_cv(cfg: DemoConfig, out: Path, traj_paths: list[Path], top_path: Path, molecule) -> dict:
     """Train the GNN CV and the distance baseline; export the CV; return the numbers and plot data."""
-    topology = ala2.build().topology  # OpenMM topology: the index helpers of systems/ speak OpenMM
+    topology = molecule.topology  # OpenMM topology: the index helpers of systems/ speak OpenMM
     heavy = ala2.heavy_atom_indices(topology)
     trajs = load_trajectories(traj_paths, top_path)
     positions = [torch.from_numpy(t.xyz[:, heavy].astype(np.float32)) for t in trajs]
@@ -200,7 +199,7 @@ def _learned_cv_sigma(cfg: DemoConfig, cv, meta_data: dict, molecule) -> float:
     return sigma
 
 
-def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None) -> dict:
+def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None, molecule) -> dict:
     """Well-tempered metadynamics at ``cfg.temperature_k`` on the learned CV (``cv_path``) or on φ/ψ (None).
 
     ``<name>.json`` is written last and marks the stage complete; without it, partial outputs are redone.
@@ -210,8 +209,7 @@ def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None) -> d
         return json.loads(marker.read_text())
     for suffix in (".dcd", ".pdb"):
         prefix.with_suffix(suffix).unlink(missing_ok=True)
-    molecule = ala2.build()
-    system = copy.deepcopy(molecule.system)
+    system = copy.deepcopy(molecule.system)  # metadynamics adds its force to the System
     settings_kw = dict(temperature_k=cfg.temperature_k, bias_factor=cfg.bias_factor, height_kjmol=cfg.height_kjmol)
     sigma = cfg.sigma_torsion_rad
     if cv_path is not None:
@@ -261,10 +259,9 @@ def analyse_biased(cfg: DemoConfig, run: dict) -> dict:
             "delta_f": delta_f_kjmol(in_ax, phi < 0, w / w.sum(), cfg.temperature_k)}
 
 
-def measure_unbiased_speed(cfg: DemoConfig, out: Path) -> float:
+def measure_unbiased_speed(cfg: DemoConfig, out: Path, molecule) -> float:
     """Always measured afresh: a timing is only meaningful for the run that reports it."""
     shutil.rmtree(out / "timing", ignore_errors=True)
-    molecule = ala2.build()
     result = run_md(molecule.topology, molecule.system, molecule.positions_nm,
                     ala2.make_integrator(cfg.temperature_k, seed=cfg.seed), out_prefix=out / "timing" / "unbiased",
                     n_steps=cfg.timing_steps, report_interval_steps=cfg.timing_steps, platform=cfg.platform,
@@ -280,14 +277,15 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
     torch.set_num_threads(1)  # tiny per-step graphs: thread sync costs more than it saves (measured 15x)
     started = time.perf_counter()
     metrics_path = out / "learning.json"
-    traj_paths, top_path, _ = simulate_training_data(cfg, out)
+    molecule = ala2.build()  # built once: every stage starts from the same minimised structure
+    traj_paths, top_path, _ = simulate_training_data(cfg, out, molecule)
     if (out / "cv.pt").exists() and metrics_path.exists():
         learned = json.loads(metrics_path.read_text())
     else:
-        learned = learn_cv(cfg, out, traj_paths, top_path)
+        learned = learn_cv(cfg, out, traj_paths, top_path, molecule)
         write_json_atomic(metrics_path, learned)
-    reference = biased_run(cfg, out, "biased_reference_phi_psi", None)
-    learned_run = biased_run(cfg, out, "biased_learned_cv", out / "cv.pt")
+    reference = biased_run(cfg, out, "biased_reference_phi_psi", None, molecule)
+    learned_run = biased_run(cfg, out, "biased_learned_cv", out / "cv.pt", molecule)
     ref_an, cv_an = analyse_biased(cfg, reference), analyse_biased(cfg, learned_run)
     plot_fes_panels([("metadynamics on learned CV (reweighted)", *cv_an["fes"]),
                      ("reference: metadynamics on φ/ψ (reweighted)", *ref_an["fes"])], out / "fes_phi_psi.png")
@@ -309,7 +307,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
         "reference_phi_transitions": int(ref_an["transitions"]),
         "deltaF_C7ax_C7eq_kjmol": cv_an["delta_f"],
         "deltaF_reference_kjmol": ref_an["delta_f"],
-        "ms_per_step_unbiased": measure_unbiased_speed(cfg, out),
+        "ms_per_step_unbiased": measure_unbiased_speed(cfg, out, molecule),
         "ms_per_step_biased": learned_run["ms_per_step"],
         "ms_per_step_reference": reference["ms_per_step"],
         "bias_every_steps": cfg.bias_every_steps,
