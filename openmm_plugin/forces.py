@@ -17,6 +17,8 @@ import torch
 
 import openmm
 
+from openmm_plugin.bias.cv_evaluation import CVEvaluator
+
 
 def _component_module(cv: torch.jit.ScriptModule, component: int, scale: float) -> torch.jit.ScriptModule:
     class CVComponent(torch.nn.Module):
@@ -48,29 +50,31 @@ def torch_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0, scale: fl
 class CVCallback:
     """The PythonForce computation: one CV component and its gradient, on the CV's particles only.
 
-    Picklable (OpenMM serialises PythonForces with pickle): the TorchScript module travels as bytes.
+    It is the bias engine's :class:`~openmm_plugin.bias.cv_evaluation.CVEvaluator` applied to the linear "bias"
+    V(s) = s_k, so dV/ds is one-hot and one backward pass gives -ds_k/dx. Picklable (OpenMM serialises
+    PythonForces with pickle): the TorchScript module travels as bytes.
     """
 
     def __init__(self, cv: torch.jit.ScriptModule, component: int):
         _check_component(cv, component)
-        self.cv = cv
+        self.evaluator = CVEvaluator(cv)
         self.component = component
+        self._unit_gradient = np.eye(self.evaluator.n_cvs)[component]
+
+    def energy_and_gradient(self, s: np.ndarray) -> tuple[float, np.ndarray]:
+        return float(s[self.component]), self._unit_gradient
 
     def __call__(self, state: openmm.State):
-        pos = torch.from_numpy(np.asarray(state.getPositions(asNumpy=True)._value, dtype=np.float64))
-        pos.requires_grad_(True)
-        value = self.cv.selected(pos)[self.component]
-        (grad,) = torch.autograd.grad(value, pos)
-        return float(value.detach()), -grad.numpy()
+        _, value, forces = self.evaluator.bias_energy_forces(state.getPositions(asNumpy=True)._value, self)
+        return value, forces
 
     def __getstate__(self):
         buffer = io.BytesIO()
-        torch.jit.save(self.cv, buffer)
+        torch.jit.save(self.evaluator.cv, buffer)
         return {"cv": buffer.getvalue(), "component": self.component}
 
     def __setstate__(self, state):
-        self.cv = torch.jit.load(io.BytesIO(state["cv"]), map_location="cpu")
-        self.component = state["component"]
+        self.__init__(torch.jit.load(io.BytesIO(state["cv"]), map_location="cpu"), state["component"])
 
 
 def python_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0) -> openmm.PythonForce:
