@@ -19,6 +19,25 @@ from torch import Tensor
 from cvlearn.io import atomic_path
 
 METADATA_FILE = "cvlearn.json"
+DENSE_MAX_ATOMS = 64  # dense pair tensors cost n^2 memory; above this the edge-list ET is the better trade
+
+
+def swap_in_dense_et(model: torch.nn.Module, max_atoms: int = DENSE_MAX_ATOMS) -> list[str]:
+    """Replace every small ``ETFeaturizer`` inside ``model`` by its ``DenseETFeaturizer`` (same function, fewer ops).
+
+    Returns the names of the replaced submodules. Why at export: training batches many frames, where the
+    edge-list ET is efficient; MD evaluates one frame per step, where op count is the cost.
+    """
+    from cvlearn.featurizers.dense_et import DenseETFeaturizer
+    from cvlearn.featurizers.equivariant_transformer import ETFeaturizer
+
+    swapped = []
+    for name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, ETFeaturizer) and child.n_atoms <= max_atoms and child.gnn.neighbor_embedding is None:
+                setattr(parent, child_name, DenseETFeaturizer(child))
+                swapped.append(f"{name}.{child_name}" if name else child_name)
+    return swapped
 
 
 def _checked_indices(atom_indices: Sequence[int], n_particles: int) -> torch.Tensor:
@@ -54,10 +73,17 @@ class ExportedCV(torch.nn.Module):
 
 
 def export_cv(model: torch.nn.Module, path: str | Path, *, atom_indices: Sequence[int], n_particles: int,
-              dtype: torch.dtype = torch.float32, metadata: dict | None = None) -> torch.jit.ScriptModule:
-    """Script ``model`` (selected positions ``[B, n, 3]`` nm → ``[B, n_cvs]``) into an :class:`ExportedCV` file."""
+              dtype: torch.dtype = torch.float32, metadata: dict | None = None,
+              dense_et: bool = True) -> torch.jit.ScriptModule:
+    """Script ``model`` (selected positions ``[B, n, 3]`` nm → ``[B, n_cvs]``) into an :class:`ExportedCV` file.
+
+    ``dense_et`` swaps small Equivariant Transformer featurizers for the dense form (identical numbers,
+    cheaper per MD step; see :mod:`cvlearn.featurizers.dense_et`).
+    """
     _checked_indices(atom_indices, n_particles)
-    model = copy.deepcopy(model).to(dtype).eval()
+    model = copy.deepcopy(model).eval()
+    swapped = swap_in_dense_et(model) if dense_et else []
+    model = model.to(dtype).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
@@ -71,6 +97,7 @@ def export_cv(model: torch.nn.Module, path: str | Path, *, atom_indices: Sequenc
         "dtype": str(dtype).replace("torch.", ""),
         "units": {"positions": "nm", "cvs": "dimensionless"},
         "versions": {"torch": str(torch.__version__)},
+        "dense_et": swapped,
         **(metadata or {}),
     }
     with atomic_path(path) as tmp:
