@@ -7,7 +7,8 @@ every step, every 2nd and every 4th step with MTS; MTS 4 is shown but not counte
 8 fs outer step resonated with bond stretches and blew a 1-ns ala2 run up) and TorchForce route (CV + OPES in TorchScript, refreshed at
 each deposition). Also: the cost of one TorchForce refresh and of the CV-gradient strategies outside
 OpenMM. Models are untrained with the stated architectures (cost does not depend on the weights):
-the demo's 2-layer ET and the naive geom2vec-sized 6-layer ET.
+the demo's 2-layer ET as cvlearn exports it (dense ET) and on torchmd-net's edge list, and the naive
+geom2vec-sized 6-layer ET (edge list).
 
     python benchmarks/bias_speed.py [--quick]
 """
@@ -44,13 +45,13 @@ DEMO_ET = ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom
 BIAS_GROUP = 1
 
 
-def exported_cv(molecule, config: ETConfig, n_cvs: int, directory: Path):
+def exported_cv(molecule, config: ETConfig, n_cvs: int, directory: Path, dense_et: bool):
     heavy = ala2.heavy_atom_indices(molecule.topology)
     z = [a.element.atomic_number for a in molecule.topology.atoms()]
     lobe = GraphCV(ETFeaturizer([z[i] for i in heavy], config), ResidueTokens(residue_index_of_atoms(molecule.topology, heavy)),
                    SumPool(), MLPHead(config.hidden_channels, n_cvs))
     n_params = sum(p.numel() for p in lobe.parameters())
-    cv = export_cv(lobe, directory / f"cv_{config.num_layers}l_{n_cvs}d.pt", atom_indices=heavy,
+    cv = export_cv(lobe, directory / f"cv_{config.num_layers}l_{n_cvs}d_{int(dense_et)}.pt", atom_indices=heavy, dense_et=dense_et,
                    n_particles=molecule.topology.getNumAtoms())
     return cv, n_params
 
@@ -126,10 +127,13 @@ def run(quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cvs = {}
-        for label, config in (("demo", DEMO_ET), ("naive", GEOM2VEC_ET)):
+        # "demo": the demo's 2-layer ET as cvlearn exports it (dense ET); "demo-edge": the same weights on
+        # torchmd-net's edge-list ET; "naive": the geom2vec-sized 6-layer ET, edge list, as torchmd-net gives it.
+        for label, config, dense in (("demo", DEMO_ET, True), ("demo-edge", DEMO_ET, False), ("naive", GEOM2VEC_ET, False)):
             for d in (1, 2):
-                cvs[label, d], n_params = exported_cv(molecule, config, d, tmp)
+                cvs[label, d], n_params = exported_cv(molecule, config, d, tmp, dense)
             models[label] = {"architecture": config.as_dict(), "parameters": n_params, "dtype": "float32",
+                             "implementation": "dense ET (cvlearn.featurizers.dense_et)" if dense else "torchmd-net ET, edge list",
                              "atoms": len(ala2.heavy_atom_indices(molecule.topology))}
         add("unbiased", "-", "-", 0, time_steps(_simulation(molecule, copy.deepcopy(molecule.system), ala2.make_integrator()), n_md))
         system = copy.deepcopy(molecule.system)
@@ -165,6 +169,8 @@ def run(quick: bool) -> dict:
         for d in (1, 2):
             for k in (2, 4):
                 cvlearn_python("demo", d, "opes", k=k)
+        for k in (1, 2):
+            cvlearn_python("demo-edge", 1, "opes", k=k)
         cvlearn_python("naive", 2, "opes")
 
         refresh_ms = {}
@@ -186,7 +192,7 @@ def run(quick: bool) -> dict:
         print(f"TorchForce refresh (rebuild + reinitialize): {refresh_ms} ms", flush=True)
 
         strategies = []
-        for label in ("demo", "naive"):
+        for label in ("demo", "demo-edge", "naive"):
             for row in gradient_strategies(molecule, cvs[label, 2], 20 if quick else 200):
                 strategies.append({"model": label, "n_cvs": 2, **row})
                 print(f"  {label} 2-D {row['case']:55s} {row['ms_per_call']:.3f} ms", flush=True)
@@ -235,7 +241,7 @@ def _calls(value) -> str:
 def markdown(result: dict) -> str:
     lines = [f"# bias_speed ({result['date']}, {result['machine']['cpu_count']} CPUs, quick={result['settings']['quick']})", "",
              "Models: " + "; ".join(f"{k}: {v['architecture']['num_layers']}-layer ET, {v['architecture']['hidden_channels']} wide, "
-                                    f"{v['parameters']} parameters" for k, v in result["models"].items()), "",
+                                    f"{v['parameters']} parameters, {v.get('implementation', '')}" for k, v in result["models"].items()), "",
              "| run | route | model calls/step | ms/step | ns/day |", "|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['route']} | {_calls(r['model_calls_per_step'])} | "
               f"{r['ms_per_step']:.3f} | {r['ns_per_day']:.1f} |" for r in result["rows"]]

@@ -1,7 +1,8 @@
 """What a learned CV costs inside OpenMM on alanine dipeptide: ms/step and ns/day, in one run.
 
 Rows: unbiased MD; well-tempered metadynamics on φ (CustomTorsionForce); learned CVs as a standalone
-TorchForce (6-layer ET = the naive geom2vec-sized CV, and the demo's 2-layer ET); learned-CV metadynamics
+TorchForce (6-layer ET = the naive geom2vec-sized CV on torchmd-net's edge list, and the demo's 2-layer ET
+as cvlearn exports it, dense); learned-CV metadynamics
 through the PythonForce route (bias force every step, every 2nd (the demo) and every 4th step with an MTS
 Langevin integrator).
 Models are untrained with the stated architecture: cost does not depend on the weights.
@@ -27,26 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, now_utc, quick_main, targets_table  # noqa: E402
 
-from cvlearn.cv_model import GraphCV  # noqa: E402
-from cvlearn.export import export_cv  # noqa: E402
-from cvlearn.featurizers import GEOM2VEC_ET, ETConfig, ETFeaturizer  # noqa: E402
-from cvlearn.heads import MLPHead  # noqa: E402
-from cvlearn.mixers import SumPool  # noqa: E402
-from cvlearn.tokens import ResidueTokens, residue_index_of_atoms  # noqa: E402
+from benchmarks.bias_speed import DEMO_ET, exported_cv  # noqa: E402
+from cvlearn.featurizers import GEOM2VEC_ET  # noqa: E402
 from openmm_plugin.forces import torch_force_for_cv  # noqa: E402
 from openmm_plugin.metadynamics import MetadSettings, cv_metadynamics, torsion_metadynamics  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402
-
-DEMO_ET = ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom=5.0)
-
-
-def exported_cv(molecule, config: ETConfig, n_cvs: int, directory: Path):
-    heavy = ala2.heavy_atom_indices(molecule.topology)
-    z = [a.element.atomic_number for a in molecule.topology.atoms()]
-    lobe = GraphCV(ETFeaturizer([z[i] for i in heavy], config), ResidueTokens(residue_index_of_atoms(molecule.topology, heavy)),
-                   SumPool(), MLPHead(config.hidden_channels, n_cvs))
-    return export_cv(lobe, directory / f"cv_{config.num_layers}l.pt", atom_indices=heavy,
-                     n_particles=molecule.topology.getNumAtoms())
 
 
 def time_steps(molecule, system, integrator, n_steps: int, advance=None, inner_per_step: int = 1) -> dict:
@@ -81,7 +67,7 @@ def run(quick: bool) -> dict:
         meta = torsion_metadynamics(system, ala2.phi_psi_indices(molecule.topology)[:1], 0.35, settings)
         add("WT-metad on phi (CustomTorsionForce)", "app.Metadynamics", "-",
             time_steps(molecule, system, ala2.make_integrator(), n, meta.step), "-")
-        naive, demo = exported_cv(molecule, GEOM2VEC_ET, 1, tmp), exported_cv(molecule, DEMO_ET, 1, tmp)
+        naive, demo = exported_cv(molecule, GEOM2VEC_ET, 1, tmp, False)[0], exported_cv(molecule, DEMO_ET, 1, tmp, True)[0]
         for threads in (2, 1):
             torch.set_num_threads(threads)
             for label, cv, config in (("6-layer ET, 64 wide (naive)", naive, GEOM2VEC_ET), ("2-layer ET, 64 wide (demo)", demo, DEMO_ET)):

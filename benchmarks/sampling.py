@@ -1,8 +1,10 @@
 """Does biasing the learned CV sample alanine dipeptide as well as biasing φ/ψ? (issue 6)
 
-Per seed (≥ 3 independent walkers), OPES-metad at 300 K on (a) the learned CV (an exported ``cv.pt``,
-component 0 by default) and (b) the reference CVs φ/ψ, both through cvlearn's PythonForce route (the
-torsions are a TorchScript CV too, so the runs differ only in the CV). Reported: φ transitions per ns
+Per seed (≥ 3 independent walkers), OPES-metad (or well-tempered metadynamics, ``--method metad``) at 300 K
+on (a) the learned CV (an exported ``cv.pt``, component 0 by default) and (b) the reference CVs φ/ψ, both
+through cvlearn's PythonForce route (the torsions are a TorchScript CV too, so the runs differ only in the
+CV). The learned CV gets PLUMED-style walls at the edges of its training range (a learned CV is only
+trusted where it saw data; beyond it, its gradient is an extrapolation that can push the peptide apart). Reported: φ transitions per ns
 (C7eq core φ ∈ (-180°, -30°) ↔ C7ax core φ ∈ (30°, 100°), with hysteresis) and the reweighted
 ΔF(C7ax − C7eq) (C7ax: 0 < φ < 120°, C7eq: φ < 0; weights exp(βV)), as mean ± std over seeds.
 Targets: learned-CV transition rate ≥ 80 % of the φ/ψ rate; |ΔF_learned − ΔF_φψ| ≤ 1.25 kJ/mol.
@@ -34,8 +36,11 @@ from cvlearn.analysis.reweighting import delta_f_kjmol, opes_weights  # noqa: E4
 from cvlearn.analysis.transitions import count_phi_transitions  # noqa: E402
 from openmm_plugin.bias.sigma import learned_cv_sigma  # noqa: E402
 from cvlearn.export import load_cv  # noqa: E402
+from cvlearn.analysis.reweighting import metad_weights  # noqa: E402
 from openmm_plugin.bias import BiasReporter, BiasRunner, OPESMetad, python_bias_force  # noqa: E402
-from openmm_plugin.bias.base import OnComponents  # noqa: E402
+from openmm_plugin.bias.base import BiasSum, OnComponents  # noqa: E402
+from openmm_plugin.bias.metad import Metadynamics  # noqa: E402
+from openmm_plugin.bias.restraints import Wall  # noqa: E402
 from openmm_plugin.bias.torsions import export_torsion_cv  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402
 
@@ -81,7 +86,11 @@ def biased_run(cv, bias, *, seed: int, n_steps: int, mts: int, report_steps: int
     data = read_colvar(colvar)
     phi = data["phi"]
     keep = slice(len(phi) // 10, None)  # drop the first 10 % (bias still building)
-    weights = opes_weights(data["bias"][keep], 300.0)
+    rct = [k for k in data if k.endswith(".rct")]
+    if rct:  # metadynamics: exp(β(V − c(t))); walls are static and add to V
+        weights = metad_weights(data["bias"][keep], data[rct[0]][keep], 300.0)
+    else:  # OPES: quasi-static bias, exp(βV)
+        weights = opes_weights(data["bias"][keep], 300.0)
     deg = np.degrees(phi[keep])
     ns = n_steps * ala2.TIMESTEP_PS * 1e-3
     return {"seed": seed, "ns": ns, "transitions": count_phi_transitions(phi),
@@ -95,8 +104,16 @@ def _summary(runs: list[dict], key: str) -> tuple[float, float]:
     return float(np.nanmean(values)), float(np.nanstd(values))
 
 
+def _adaptive(method: str, sigma, lower, upper, barrier_kjmol: float, pace: int, periods=None):
+    """OPES-metad with ``barrier_kjmol``, or WT-metad with bias factor 8 and 1.2 kJ/mol hills (the demo's)."""
+    if method == "opes":
+        return OPESMetad(sigma=sigma, barrier_kjmol=barrier_kjmol, pace_steps=pace, temperature_k=300.0, periods=periods)
+    return Metadynamics(sigma=sigma, height_kjmol=1.2, bias_factor=8.0, pace_steps=pace, temperature_k=300.0,
+                        lower=lower, upper=upper, periods=periods, use_grid=True)
+
+
 def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, sigma: float | None,
-        barrier_kjmol: float, mts: int, threads: int) -> dict:
+        barrier_kjmol: float, mts: int, threads: int, method: str = "opes", wall_kappa: float = 100.0) -> dict:
     n_steps = int(round(ns * 1e3 / ala2.TIMESTEP_PS)) // (4 * mts) * (4 * mts)
     pace = 500
     report = 500 if not quick else 100
@@ -110,13 +127,19 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
         tmp = Path(tmp)
         torsion_cv = export_torsion_cv(tmp / "phi_psi.pt", ala2.phi_psi_indices(molecule.topology),
                                        molecule.topology.getNumAtoms())
+        lo, hi = meta["cv_range_training"][component]
+        margin = 0.1 * (hi - lo)
         for seed in range(seeds):
-            learned_bias = OnComponents(OPESMetad(sigma=[sigma_cv], barrier_kjmol=barrier_kjmol, pace_steps=pace // mts,
-                                                  temperature_k=300.0), [component], int(cv.n_cvs))
+            adaptive = _adaptive(method, [sigma_cv], [lo - 2 * margin], [hi + 2 * margin], barrier_kjmol, pace // mts)
+            # Walls one margin (10 % of the range) outside the training range: the learned CV at 300 K starts near
+            # an edge of its 600 K training range, and a stiff wall right at the edge blew the MTS run up (measured).
+            walls = ([Wall([lo - margin], [wall_kappa], side="lower"), Wall([hi + margin], [wall_kappa], side="upper")]
+                     if wall_kappa > 0 else [])
+            learned_bias = BiasSum([OnComponents(b, [component], int(cv.n_cvs)) for b in (adaptive, *walls)])
             rows["learned"].append(biased_run(cv, learned_bias, seed=seed, n_steps=n_steps, mts=mts, report_steps=report,
                                               colvar=tmp / f"learned_{seed}.colvar", threads=threads))
-            reference_bias = OPESMetad(sigma=[0.35, 0.35], barrier_kjmol=barrier_kjmol, pace_steps=pace,
-                                       temperature_k=300.0, periods=[2 * np.pi, 2 * np.pi])
+            reference_bias = _adaptive(method, [0.35, 0.35], [-np.pi, -np.pi], [np.pi, np.pi], barrier_kjmol, pace,
+                                       periods=[2 * np.pi, 2 * np.pi])
             rows["phi_psi"].append(biased_run(torsion_cv, reference_bias, seed=seed, n_steps=n_steps, mts=1,
                                               report_steps=report, colvar=tmp / f"phi_psi_{seed}.colvar", threads=threads))
             for name in rows:
@@ -139,7 +162,8 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
         "date": now_utc(),
         "machine": machine(),
         "settings": {"quick": quick, "cv": str(cv_path), "cv_component": component, "sigma_cv": sigma_cv,
-                     "sigma_phi_psi_rad": 0.35, "method": "OPES-metad (cvlearn PythonForce route)",
+                     "sigma_phi_psi_rad": 0.35, "method": f"{method} (cvlearn PythonForce route)",
+                     "learned_cv_walls": {"at": [lo - margin, hi + margin], "kappa_kjmol": wall_kappa, "exp": 2},
                      "barrier_kjmol": barrier_kjmol, "pace_steps": pace, "ns_per_run": n_steps * ala2.TIMESTEP_PS * 1e-3,
                      "seeds": seeds, "learned_cv_mts_substeps": mts, "temperature_k": 300.0, "torch_threads": threads,
                      "cv_metadata": {k: v for k, v in meta.items() if k not in ("atom_indices", "atomic_numbers", "residue_of_atom")}},
@@ -172,14 +196,17 @@ def main() -> None:
     parser.add_argument("--component", type=int, default=0, help="learned-CV component to bias (default 0)")
     parser.add_argument("--sigma", type=float, default=None,
                         help="OPES sigma on the learned CV (default: max(std over 4 ps of unbiased MD, 5%% of its range))")
-    parser.add_argument("--barrier-kjmol", type=float, default=30.0)
+    parser.add_argument("--barrier-kjmol", type=float, default=30.0, help="OPES barrier (default 30 kJ/mol)")
+    parser.add_argument("--method", choices=("opes", "metad"), default="opes")
+    parser.add_argument("--wall-kappa", type=float, default=100.0,
+                        help="walls 10%% outside the learned CV's training range, kJ/mol per CV unit squared (0: none)")
     parser.add_argument("--mts", type=int, default=2, help="bias force every k-th step for the learned CV (default 2: an 8 fs outer step "
                         "resonates with heavy-atom bond stretches and blew a 1 ns ala2 run up, measured)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: fastest here)")
     args = parser.parse_args()
     result = run(Path(args.cv), quick=args.quick, ns=0.04 if args.quick else args.ns, seeds=args.seeds,
                  component=args.component, sigma=args.sigma, barrier_kjmol=args.barrier_kjmol,
-                 mts=args.mts, threads=args.threads)
+                 mts=args.mts, threads=args.threads, method=args.method, wall_kappa=args.wall_kappa)
     save("sampling", args.quick, result, markdown(result))
 
 
