@@ -11,6 +11,9 @@ import sys
 
 from openmm_plugin.bias.run import add_bias_parser
 from openmm_plugin.simulate_systems import add_simulate_parser
+from openmm_plugin.label_cli import add_label_parser
+from openmm_plugin.pretrain_cli import add_pretrain_parser
+from openmm_plugin.finetune_cli import add_finetune_parser
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=_demo)
     add_simulate_parser(commands)
     add_bias_parser(commands)
+    add_label_parser(commands)
+    add_pretrain_parser(commands)
+    add_finetune_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

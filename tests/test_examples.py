@@ -15,3 +15,25 @@ def test_example_quick(script, tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "vamp2_val" in result.stdout
+
+
+def test_pretrain_example_quick(tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLES / "05_pretrain_small.py"), "--quick", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "final_val_loss" in result.stdout and "[1, 10, 32]" in result.stdout
+    assert (tmp_path / "pretrain" / "loss_curve.png").is_file()
+
+
+def test_finetune_example_quick(tmp_path):
+    from systems.malonaldehyde import dataset_path
+
+    try:
+        dataset_path()
+    except FileNotFoundError as err:
+        pytest.skip(f"shipped malonaldehyde data not generated: {err}")
+    result = subprocess.run([sys.executable, str(EXAMPLES / "06_finetune_malonaldehyde.py"), "--quick", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test_force_mae_mev_per_angstrom" in result.stdout
+    assert (tmp_path / "finetune" / "potential.pt").is_file()

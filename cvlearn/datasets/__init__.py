@@ -1,5 +1,11 @@
 """Structure datasets (Å, eV as stored): records, batching, and readers for the formats users hold."""
 
+from cvlearn.datasets.extxyz import ExtxyzFormatError, MissingLabelError, read_extxyz, write_extxyz
+from cvlearn.datasets.sdf import SDFFormatError, read_sdf
 from cvlearn.datasets.structures import GraphBatch, Structure, bounded_batches, collate
+from cvlearn.datasets.trajectory import trajectory_structures
+from cvlearn.datasets.xxmd import list_xxmd_splits, load_xxmd, random_split, temporal_split, write_xxmd
 
-__all__ = ["GraphBatch", "Structure", "bounded_batches", "collate"]
+__all__ = ["GraphBatch", "Structure", "bounded_batches", "collate", "ExtxyzFormatError", "MissingLabelError",
+           "read_extxyz", "write_extxyz", "SDFFormatError", "read_sdf", "trajectory_structures", "list_xxmd_splits",
+           "load_xxmd", "random_split", "temporal_split", "write_xxmd"]
