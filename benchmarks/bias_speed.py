@@ -39,6 +39,7 @@ from cvlearn.mixers import SumPool  # noqa: E402
 from cvlearn.tokens import ResidueTokens, residue_index_of_atoms  # noqa: E402
 from openmm_plugin.bias import BiasRunner, CVEvaluator, Metadynamics, OPESMetad, TorchBiasForce, python_bias_force  # noqa: E402
 from openmm_plugin.metadynamics import MetadSettings, cv_metadynamics, torsion_metadynamics  # noqa: E402
+from openmm_plugin.bias.restraints import HarmonicRestraint  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402
 
 DEMO_ET = ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom=5.0)
@@ -92,7 +93,9 @@ def gradient_strategies(molecule, cv, n_calls: int) -> list[dict]:
     """ms per call outside OpenMM: forward; bias force (one backward of dV/ds·s); full Jacobian (batched / loop)."""
     evaluator = CVEvaluator(cv)
     pos = molecule.positions_nm[evaluator.atom_indices]
-    bias = _make_bias("opes", evaluator.n_cvs, 10)
+    # A restraint away from the current value: dV/ds != 0, so the backward pass really runs (a fresh OPES
+    # or metad bias has no kernels yet, dV/ds = 0, and the evaluator rightly skips the backward).
+    bias = HarmonicRestraint(evaluator.values(pos) + 1.0, 10.0)
     cases = {
         "forward only": lambda: evaluator.values(pos),
         "bias force: forward + 1 backward (dV/ds . s)": lambda: evaluator.bias_energy_forces(pos, bias),
