@@ -81,9 +81,10 @@ def export_cv(model: torch.nn.Module, path: str | Path, *, atom_indices: Sequenc
     cheaper per MD step; see :mod:`cvlearn.featurizers.dense_et`).
     """
     _checked_indices(atom_indices, n_particles)
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).to(dtype).eval()
+    # Swapped after the cast: the dense ET precomputes element-only terms, which must be made in the export dtype.
     swapped = swap_in_dense_et(model) if dense_et else []
-    model = model.to(dtype).eval()
+    model = model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     with torch.no_grad():

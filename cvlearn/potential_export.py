@@ -17,7 +17,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from cvlearn.export import METADATA_FILE
+from cvlearn.export import DENSE_MAX_ATOMS, METADATA_FILE
+from cvlearn.featurizers.dense_et import DenseETFeaturizer
 from cvlearn.featurizers.registry import make_featurizer
 from cvlearn.io import atomic_path
 from cvlearn.potential import EnergyModel
@@ -46,14 +47,22 @@ class ExportedPotential(torch.nn.Module):
 
 
 def export_potential(model: EnergyModel, atomic_numbers: Sequence[int], path: str | Path, *,
-                     dtype: torch.dtype = torch.float32, metadata: dict | None = None) -> torch.jit.ScriptModule:
-    """Script ``model`` for the molecule with ``atomic_numbers`` (in the System's particle order) into ``path``."""
+                     dtype: torch.dtype = torch.float32, metadata: dict | None = None,
+                     dense_et: bool = True) -> torch.jit.ScriptModule:
+    """Script ``model`` for the molecule with ``atomic_numbers`` (in the System's particle order) into ``path``.
+
+    ``dense_et``: a small ET backbone runs as :class:`~cvlearn.featurizers.dense_et.DenseETFeaturizer` (the same
+    function with fewer ops per MD step), as exported CVs do.
+    """
     z = [int(a) for a in atomic_numbers]
     if not z:
         raise ValueError("atomic_numbers: expected the atomic numbers of the molecule's atoms, found none")
     backbone = model.backbone
     featurizer = make_featurizer(backbone.kind, z, backbone.config, seed=None)
     featurizer.gnn.load_state_dict(backbone.gnn.state_dict(), strict=True)
+    dense = dense_et and backbone.kind == "et" and len(z) <= DENSE_MAX_ATOMS
+    if dense:  # built in the export dtype: its precomputed element-only terms must not carry float32 rounding
+        featurizer = DenseETFeaturizer(featurizer.to(dtype))
     reference_ev = float(model.atom_reference_ev[torch.as_tensor(z)].sum())
     module = ExportedPotential(featurizer.to(dtype), copy.deepcopy(model.head).to(dtype), reference_ev,
                                float(model.energy_scale_ev)).eval()
@@ -61,7 +70,7 @@ def export_potential(model: EnergyModel, atomic_numbers: Sequence[int], path: st
         p.requires_grad_(False)
     scripted = torch.jit.script(module)
     meta = {"kind": "potential", "backbone": backbone.kind, "config": backbone.config.as_dict(),
-            "atomic_numbers": z, "n_particles": len(z), "dtype": str(dtype).replace("torch.", ""),
+            "atomic_numbers": z, "n_particles": len(z), "dtype": str(dtype).replace("torch.", ""), "dense_et": dense,
             "reference_energy_kjmol": reference_ev * KJMOL_PER_EV,
             "units": {"positions": "nm", "energy": "kJ/mol", "forces": "kJ/mol/nm"},
             "versions": {"torch": str(torch.__version__)}, **(metadata or {})}
