@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import lagged_pairs
-from .io import atomic_path
 from .losses import COVARIANCE_MODES, covariances, koopman_svd, score_function, vamp_score
+from .run_state import load_run_state, save_run_state
 
 logger = logging.getLogger(__name__)
 
@@ -351,22 +351,10 @@ class VAMPNet:
                  "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": self.history,
                  "best_state": best_state, "best_epoch": self.best_epoch, "best_val_score": self.best_val_score,
                  "best_val_vamp2": self.best_val_vamp2, "stale": stale, "stopped_early": stopped}
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        save_run_state(path, state)
 
     def _load_checkpoint(self, path: Path, config: dict) -> dict:
-        try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as err:
-            raise ValueError(f"checkpoint_path {str(path)!r}: not a readable VAMPNet checkpoint ({err})") from err
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise ValueError(f"checkpoint_path {str(path)!r}: expected format {CHECKPOINT_FORMAT!r}, found {found!r}")
-        diff = {k: (v, ckpt["config"].get(k)) for k, v in config.items() if ckpt["config"].get(k) != v}
-        if diff:
-            raise ValueError(f"checkpoint_path {str(path)!r} was written by a different run; "
-                             + "; ".join(f"{k}: expected {a!r}, found {b!r}" for k, (a, b) in diff.items()))
-        return ckpt
+        return load_run_state(path, fmt=CHECKPOINT_FORMAT, config=config, device=self.device, what="VAMPNet")
 
     def fetch_model(self) -> VAMPModel:
         """An independent copy of the lobe plus the VAMP projection fitted on the (weighted) training pairs."""

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from cvlearn.datasets.structures import Structure, bounded_batches, collate
 from cvlearn.featurizers.molecules import MoleculeBackbone
-from cvlearn.io import atomic_path
+from cvlearn.run_state import load_run_state, save_run_state
 
 logger = logging.getLogger(__name__)
 
@@ -217,22 +217,10 @@ class DenoisingPretrainer:
                  "backbone": self.backbone.state_dict(), "head": self.head.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "shuffle_rng": shuffle.get_state(), "noise_rng": noise.get_state(), "history": self.history}
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        save_run_state(path, state)
 
     def _load_checkpoint(self, path: Path, config: dict) -> dict:
-        try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as err:  # torch raises many types for unreadable files; keep the cause
-            raise ValueError(f"checkpoint_path {str(path)!r}: not a readable pre-training checkpoint ({err})") from err
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise ValueError(f"checkpoint_path {str(path)!r}: expected format {CHECKPOINT_FORMAT!r}, found {found!r}")
-        diff = {k: (v, ckpt["config"].get(k)) for k, v in config.items() if ckpt["config"].get(k) != v}
-        if diff:
-            raise ValueError(f"checkpoint_path {str(path)!r} was written by a different run; "
-                             + "; ".join(f"{k}: expected {a!r}, found {b!r}" for k, (a, b) in diff.items()))
-        return ckpt
+        return load_run_state(path, fmt=CHECKPOINT_FORMAT, config=config, device=self.device, what="pre-training")
 
     # -- results ----------------------------------------------------------------------------------------------
     def fetch_model(self) -> MoleculeBackbone:
