@@ -31,7 +31,7 @@ from benchmarks.common import machine, now_utc, quick_main, targets_table  # noq
 from benchmarks.bias_speed import DEMO_ET, exported_cv  # noqa: E402
 from cvlearn.featurizers import GEOM2VEC_ET  # noqa: E402
 from openmm_plugin.forces import torch_force_for_cv  # noqa: E402
-from openmm_plugin.metadynamics import MetadSettings, cv_metadynamics, torsion_metadynamics  # noqa: E402
+from openmm_plugin.metadynamics import MetadSettings, bias_force_group, cv_metadynamics, torsion_metadynamics  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402
 
 
@@ -84,7 +84,7 @@ def run(quick: bool) -> dict:
         for k, note in ((2, "(demo setting)"), (4, "(resonates with bond stretches: NaN within 70 ps on ala2)")):
             system = copy.deepcopy(molecule.system)
             meta = cv_metadynamics(system, demo, bounds, sigma, settings)
-            group = meta._force.getForceGroup()
+            group = bias_force_group(meta)
             mts = openmm.MTSLangevinIntegrator(300.0, 1.0, k * ala2.TIMESTEP_PS, [(0, k), (group, 1)])
             add(f"WT-metad on learned CV, bias every {k} steps (MTS) {note}", "PythonForce in app.Metadynamics",
                 str(DEMO_ET.as_dict()), time_steps(molecule, system, mts, n_model // k, meta.step, inner_per_step=k), 1)

@@ -42,7 +42,7 @@ from cvlearn.losses import deeptime_vamp_score, vamp_score
 from cvlearn.mixers import SumPool
 from cvlearn.tokens import ResidueTokens, residue_index_of_atoms
 from openmm_plugin.bias.sigma import learned_cv_sigma
-from openmm_plugin.metadynamics import MetadLog, MetadSettings, cv_metadynamics, torsion_metadynamics
+from openmm_plugin.metadynamics import MetadLog, MetadSettings, bias_force_group, cv_metadynamics, torsion_metadynamics
 from openmm_plugin.simulate import run_md
 from systems import alanine_dipeptide as ala2
 from systems.peptides import add_trans_omega_restraint
@@ -218,7 +218,7 @@ def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None, mole
         outer_ps = ala2.TIMESTEP_PS * cfg.bias_every_steps
         settings = MetadSettings(**settings_kw, frequency_steps=_steps(cfg.deposit_interval_ps, outer_ps))
         meta = cv_metadynamics(system, cv, [_cv_bounds(meta_data, cfg.cv_margin_fraction)], [sigma], settings)
-        bias_group = meta._force.getForceGroup()
+        bias_group = bias_force_group(meta)
         integrator = openmm.MTSLangevinIntegrator(cfg.temperature_k, ala2.FRICTION_PER_PS, outer_ps,
                                                   [(0, cfg.bias_every_steps), (bias_group, 1)])
         cv_names = ["cv1"]

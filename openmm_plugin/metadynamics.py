@@ -73,6 +73,15 @@ def bias_grid_kjmol(meta: app.Metadynamics) -> np.ndarray:
     return bias
 
 
+def bias_force_group(meta: app.Metadynamics) -> int:
+    """Force group of the bias force that ``app.Metadynamics`` added to the System (for MTS and energy reports).
+
+    OpenMM exposes no public accessor; it keeps the CustomCVForce in ``_force``, so this is the one place that
+    reads it.
+    """
+    return meta._force.getForceGroup()
+
+
 class MetadLog:
     """Collects time, CVs, bias V(s,t) and c(t) at each reported frame; writes a PLUMED-style COLVAR file."""
 
@@ -83,7 +92,7 @@ class MetadLog:
         self.rows: list[list[float]] = []
 
     def __call__(self, simulation: app.Simulation, frame: int) -> None:
-        group = self.meta._force.getForceGroup()
+        group = bias_force_group(self.meta)
         bias = simulation.context.getState(getEnergy=True, groups={group}).getPotentialEnergy()
         cvs = list(self.meta.getCollectiveVariables(simulation))
         rct = well_tempered_rct(bias_grid_kjmol(self.meta), self.meta.biasFactor,
