@@ -68,6 +68,9 @@ def test_shipped_dataset_loads():
         for s in structures:
             np.testing.assert_array_equal(s.numbers, generate.NUMBERS)
             assert np.isfinite(s.energy_ev) and np.all(np.isfinite(s.forces_ev_per_angstrom))
-            assert np.abs(s.forces_ev_per_angstrom.sum(0)).max() < 0.05  # isolated molecule: no net force
+            # Isolated molecule: no net force, up to the DFT integration grid, which breaks translational invariance
+            # (PySCF's default grid with M06; measured on this set: median 0.03, max 0.08 eV/Å, against a median
+            # largest force component of 2.9 eV/Å).
+            assert np.abs(s.forces_ev_per_angstrom.sum(0)).max() < 0.1
     assert sum(sizes.values()) >= 300 and sizes["train"] > 7 * sizes["test"]
     assert (root / "README.md").is_file()
