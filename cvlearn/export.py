@@ -101,21 +101,32 @@ def export_cv(model: torch.nn.Module, path: str | Path, *, atom_indices: Sequenc
         "dense_et": swapped,
         **(metadata or {}),
     }
-    with atomic_path(path) as tmp:
-        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
+    save_scripted(scripted, path, meta)
     return scripted
 
 
-def load_cv(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
-    """Load an exported CV and its metadata; works without importing torchmd-net."""
+def save_scripted(module: torch.jit.ScriptModule, path: str | Path, meta: dict) -> None:
+    """Write a TorchScript module with its cvlearn metadata (``cvlearn.json`` inside the file), atomically."""
+    with atomic_path(path) as tmp:
+        torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
+
+
+def load_scripted(path: str | Path, what: str) -> tuple[torch.jit.ScriptModule, dict]:
+    """A TorchScript file written by cvlearn and its metadata ({} if it has none); loads without torchmd-net."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"exported CV {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     extra = {METADATA_FILE: ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except RuntimeError as err:
-        raise ValueError(f"{path} is not a TorchScript file written by cvlearn.export: {err}") from err
-    if not extra[METADATA_FILE]:
+        raise ValueError(f"{path} is not a TorchScript file written by cvlearn: {err}") from err
+    return module, json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+
+
+def load_cv(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
+    """Load an exported CV and its metadata; works without importing torchmd-net."""
+    module, meta = load_scripted(path, "exported CV")
+    if not meta:
         raise ValueError(f"{path} has no {METADATA_FILE} metadata; was it written by cvlearn.export.export_cv?")
-    return module, json.loads(extra[METADATA_FILE])
+    return module, meta

@@ -10,17 +10,15 @@ imported torchmd-net, exactly as an exported CV (:mod:`cvlearn.export`) does; me
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from cvlearn.export import DENSE_MAX_ATOMS, METADATA_FILE
+from cvlearn.export import DENSE_MAX_ATOMS, load_scripted, save_scripted
 from cvlearn.featurizers.dense_et import DenseETFeaturizer
 from cvlearn.featurizers.registry import make_featurizer
-from cvlearn.io import atomic_path
 from cvlearn.potential import EnergyModel
 from cvlearn.units import KJMOL_PER_EV
 
@@ -74,22 +72,13 @@ def export_potential(model: EnergyModel, atomic_numbers: Sequence[int], path: st
             "reference_energy_kjmol": reference_ev * KJMOL_PER_EV,
             "units": {"positions": "nm", "energy": "kJ/mol", "forces": "kJ/mol/nm"},
             "versions": {"torch": str(torch.__version__)}, **(metadata or {})}
-    with atomic_path(path) as tmp:
-        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
+    save_scripted(scripted, path, meta)
     return scripted
 
 
 def load_potential(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
     """Load an exported potential and its metadata; works without importing torchmd-net."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"exported potential {path} does not exist")
-    extra = {METADATA_FILE: ""}
-    try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except RuntimeError as err:
-        raise ValueError(f"{path} is not a TorchScript file written by cvlearn: {err}") from err
-    meta = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+    module, meta = load_scripted(path, "exported potential")
     if meta.get("kind") != "potential":
         raise ValueError(f"{path}: expected an exported potential (cvlearn.potential_export.export_potential), "
                          f"found {meta.get('kind', 'no cvlearn metadata')!r}")
