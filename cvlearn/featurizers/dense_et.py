@@ -106,17 +106,16 @@ class DenseETFeaturizer(FeaturizerBase):
         self.out_norm = gnn.out_norm
         self.register_buffer("off_diagonal", 1.0 - torch.eye(self.n_atoms, dtype=x0.dtype), persistent=False)
 
-    def _run(self, z: Tensor, pos_nm: Tensor, need_vectors: bool) -> Tuple[Tensor, Tensor]:
-        if not bool(torch.equal(z[0], self.atomic_numbers)):
-            raise RuntimeError("DenseETFeaturizer computes its own molecule only (atomic numbers differ)")
+    def _run(self, pos_nm: Tensor, need_vectors: bool) -> Tuple[Tensor, Tensor]:
         pos = pos_nm * self.angstrom_per_nm  # [B, n, 3] Å
         b, n = pos.shape[0], pos.shape[1]
         diff = pos.unsqueeze(1) - pos.unsqueeze(2)  # [B, t, s, 3] = pos_s - pos_t, torchmd-net's edge vector
         off = self.off_diagonal.to(pos.dtype)
+        diagonal = 1.0 - off
         # sqrt(1) on the diagonal, then zeroed: self loops get r = 0 and a finite (zero) gradient.
-        r = torch.sqrt((diff * diff).sum(-1) + (1.0 - off)) * off
+        r = torch.sqrt((diff * diff).sum(-1) + diagonal) * off
         mask = (r < self.cutoff_angstrom).to(pos.dtype)
-        unit = diff / (r + (1.0 - off)).unsqueeze(-1)
+        unit = diff / (r + diagonal).unsqueeze(-1)
         rbf = self.distance_expansion(r)
         cut = 0.5 * (torch.cos(r * (torch.pi / self.cutoff_angstrom)) + 1.0) * mask
         x = self.x0.to(pos.dtype).expand(b, n, self.hidden_channels)
@@ -129,8 +128,10 @@ class DenseETFeaturizer(FeaturizerBase):
         return self.out_norm(x), vec
 
     def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
-        return self._run(z, pos_nm, True)
+        if not bool(torch.equal(z[0], self.atomic_numbers)):
+            raise RuntimeError("DenseETFeaturizer computes its own molecule only (atomic numbers differ)")
+        return self._run(pos_nm, True)
 
     def forward(self, pos_nm: Tensor) -> Tensor:
-        z = self.atomic_numbers.unsqueeze(0)
-        return self._run(z, pos_nm, False)[0]
+        """Scalars only: the MD path, with no element check (the molecule is its own by construction)."""
+        return self._run(pos_nm, False)[0]
