@@ -59,6 +59,33 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
             np.save(handle, array)
 
 
+def inference_forward(embedder: torch.nn.Module, vectors: bool = False, compile: bool = False):
+    """The embedder's batched call: tokens, or (tokens, vectors) with ``vectors=True``.
+
+    ``compile=True`` wraps it in ``torch.compile`` (dynamic shapes: edge counts change every frame). On CPU that
+    fuses the GNN's chains of element-wise edge operations, which dominate its time; it costs a one-off compile
+    of ~1 min, so it pays for long trajectories only. If compiling fails (e.g. no C++ compiler), the eager call
+    is used and a warning says why.
+    """
+    eager = embedder.forward_with_vectors if vectors else embedder.forward
+    if not compile:
+        return eager
+    compiled = torch.compile(eager, dynamic=True)
+    state = {"fn": compiled}
+
+    def call(pos):
+        try:
+            return state["fn"](pos)
+        except Exception as err:  # torch.compile raises backend errors at the first call only
+            if state["fn"] is eager:
+                raise
+            logger.warning("torch.compile failed (%s: %s); featurizing eagerly", type(err).__name__, err)
+            state["fn"] = eager
+            return eager(pos)
+
+    return call
+
+
 def _chunks_of(source, top, atom_indices, chunk_frames: int, stride: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(positions nm [n, n_sel, 3] float32, times ps [n]) per chunk of a file, Trajectory or array."""
     if isinstance(source, (str, Path)):
@@ -97,7 +124,7 @@ def _describe(source) -> str:
 def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: str | Path, *, top=None,
                        atom_indices: Sequence[int] | None = None, chunk_frames: int = 1000, batch_frames: int = 64,
                        stride: int = 1, vectors: bool = False, metadata: dict | None = None,
-                       progress: bool = True, max_chunks: int | None = None) -> Path:
+                       progress: bool = True, max_chunks: int | None = None, compile: bool = False) -> Path:
     """Featurize every source into ``out_dir``; resumable. Returns the manifest path.
 
     ``embedder``: selected-atom positions nm ``[B, n_sel, 3]`` → tokens ``[B, T, F]`` (``MoleculeTokens`` /
@@ -105,7 +132,7 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
     (streamed with ``mdtraj.iterload``; need ``top``), ``mdtraj.Trajectory`` objects, or position arrays
     ``[T, n_sel, 3]`` (nm). ``atom_indices`` selects atoms of files/Trajectories. ``metadata`` (featurizer kind,
     config, checkpoint hash, selection string, ...) is stored and must match on resume. ``max_chunks`` stops after
-    that many newly computed chunks (for tests of resumption).
+    that many newly computed chunks (for tests of resumption). ``compile``: see :func:`inference_forward`.
     """
     if isinstance(sources, (str, Path, np.ndarray, mdtraj.Trajectory)):
         raise TypeError("sources: expected a sequence of trajectories, found a single one (wrap it in a list)")
@@ -136,6 +163,7 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
                              "delete it (embeddings of different featurizers must not be mixed)")
     manifest = {"settings": settings, "trajectories": []}
     module = embedder.eval()
+    forward = inference_forward(module, vectors, compile)
     computed = 0
     for ti, source in enumerate(sources):
         traj_dir = out_dir / f"t{ti:04d}"
@@ -155,10 +183,10 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
                 for start in range(0, pos.shape[0], batch_frames):
                     batch = pos[start:start + batch_frames]
                     if vectors:
-                        x, v = module.forward_with_vectors(batch)
+                        x, v = forward(batch)
                         vecs.append(v.float().numpy())
                     else:
-                        x = module(batch)
+                        x = forward(batch)
                     outs.append(x.float().numpy())
                 if vectors:
                     _save_npy(traj_dir / f"c{ci:05d}.vectors.npy", np.concatenate(vecs))

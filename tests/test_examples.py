@@ -1,5 +1,6 @@
 """Numbered examples run in their --quick mode, as a user would run them."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,18 @@ def test_example_quick(script, tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "vamp2_val" in result.stdout
+
+
+def test_featurize_example_quick(tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLES / "02_featurize_pentapeptide.py"), "--quick", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])["tokens"]
+    assert summary["heavy_atoms"] == 48 and summary["frames"] == [20, 20]
+    for context in ("molecule", "window"):  # 7 tokens: ACE, W, L, A, L, L, NME
+        assert summary[context]["tokens_shape"] == [20, 7, 64]
+        assert summary[context]["n_lagged_pairs"] == 2 * (20 - 2)
+    assert summary["max_abs_molecule_minus_window"] > 0  # windows really cut the graph
 
 
 def test_pretrain_example_quick(tmp_path):

@@ -124,11 +124,6 @@ class EdgeEmbedding(torch.nn.Module):
         return (x.index_select(0, dst) + x.index_select(0, src)) * self.edge_proj(rbf)
 
 
-def _vector_rejection(vec: Tensor, d_ij: Tensor) -> Tensor:
-    vec_proj = (vec * d_ij.unsqueeze(2)).sum(dim=1, keepdim=True)
-    return vec - vec_proj * d_ij.unsqueeze(2)
-
-
 class ViSLayer(torch.nn.Module):
     """PyG's ``ViS_MP`` (no vertex features) with explicit gather/scatter: messages flow ``j = src → i = dst``."""
 
@@ -189,9 +184,17 @@ class ViSLayer(torch.nn.Module):
         dx = vec_dot * o2 + o3
         dvec = vec3 * o1.unsqueeze(1) + vec_agg
         if self.f_proj is not None and self.w_src_proj is not None and self.w_trg_proj is not None:
-            w1 = _vector_rejection(self.w_trg_proj(vec.index_select(0, dst)), d_ij)
-            w2 = _vector_rejection(self.w_src_proj(vec.index_select(0, src)), -d_ij)
-            return dx, dvec, self.act(self.f_proj(f_ij)) * (w1 * w2).sum(dim=1)
+            # PyG projects the gathered per-edge vectors; projecting per atom first is the same linear map on
+            # E/N times fewer rows. The rejections' dot product is expanded so no rejected vector is built:
+            # (a - (a·d)d)·(b - (b·d)d) = a·b - (a·d)(b·d)(2 - d·d)  (rejection along -d equals along d).
+            a = self.w_trg_proj(vec).index_select(0, dst)
+            b = self.w_src_proj(vec).index_select(0, src)
+            d = d_ij.unsqueeze(2)
+            ad = (a * d).sum(dim=1)
+            bd = (b * d).sum(dim=1)
+            dd = (d_ij * d_ij).sum(dim=1, keepdim=True)
+            w_dot = (a * b).sum(dim=1) - ad * bd * (2.0 - dd)
+            return dx, dvec, self.act(self.f_proj(f_ij)) * w_dot
         return dx, dvec, None
 
 
