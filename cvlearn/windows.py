@@ -4,7 +4,8 @@ For residue t the graph holds the selected atoms of residues ``t-k .. t+k`` (in 
 and only the atoms of residue t are pooled into its token. Cost grows linearly with the number of residues
 (a whole-molecule graph with a long cutoff grows faster and mixes far residues into every token).
 
-Batching: every (frame, window) pair is one small graph, and all of them go through the GNN in one call. Windows
+Batching: every (frame, window) pair is one small graph; they go through the GNN a few thousand atom pairs at a
+time (``FeaturizerBase.forward_graphs_bounded``), so time and memory stay linear in frames x residues. Windows
 have different atom counts, so each is padded to the largest with dummy atoms placed 100 Å apart and ≥ 10⁴ Å from
 the window: beyond any cutoff, they exchange no messages (every GNN here is local: messages only along edges
 within the cutoff, normalisations per atom), so real atoms get exactly the features of the unpadded window.
@@ -92,7 +93,7 @@ class WindowTokens(torch.nn.Module):
         dummies = anchor + self.dummy_offsets.to(pos.dtype).view(1, 1, w, 3)
         pos = torch.where(self.valid.view(1, t, w, 1), pos, dummies)
         z = self.window_z.unsqueeze(0).expand(b, t, w).reshape(b * t, w)
-        x, vec = self.featurizer.forward_graphs(z, pos.reshape(b * t, w, 3))
+        x, vec = self.featurizer.forward_graphs_bounded(z, pos.reshape(b * t, w, 3))
         f = x.shape[-1]
         weight = self.weight.to(x.dtype)
         tokens = torch.einsum("btwf,tw->btf", x.reshape(b, t, w, f), weight)

@@ -83,3 +83,17 @@ def test_load_cv_errors(tmp_path):
     bad.write_text("x")
     with pytest.raises(ValueError, match="bad.pt"):
         load_cv(bad)
+
+
+def test_eager_twin_gives_the_same_numbers(exported_cv64, ala2, tmp_path):
+    from cvlearn.export import METADATA_FILE, load_eager_cv
+
+    cv, path = exported_cv64
+    eager = load_eager_cv(path)
+    assert not isinstance(eager, torch.jit.ScriptModule)
+    pos = torch.tensor(ala2.positions_nm)
+    assert torch.equal(eager(pos), cv(pos)) and int(eager.n_cvs) == int(cv.n_cvs)
+    older = tmp_path / "old.pt"  # a CV file without the eager copy: a specific error, not a pickle traceback
+    torch.jit.save(cv, str(older), _extra_files={METADATA_FILE: json.dumps({"n_cvs": 2})})
+    with pytest.raises(ValueError, match="no eager copy"):
+        load_eager_cv(older)

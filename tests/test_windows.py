@@ -84,3 +84,21 @@ def test_molecule_context_and_script(wlall):
         make_token_embedder(featurizer, wlall.topology, heavy, context="chain")
     with pytest.raises(ValueError, match="half_width"):
         WindowTokens(featurizer, residue_index_of_atoms(wlall.topology, heavy), half_width=-1)
+
+
+@pytest.mark.parametrize("kind", ["visnet", "et"])
+def test_bounded_calls_equal_one_call(wlall, kind):
+    """Slicing a batch of graphs into bounded GNN calls changes no number, for windows and whole molecules."""
+    heavy = select_atoms(wlall.topology)
+    featurizer = make_featurizer(kind, atomic_numbers(wlall.topology, heavy), TINY, seed=0).double().eval()
+    pos = torch.tensor(wlall.positions_nm[heavy], dtype=torch.float64).unsqueeze(0).repeat(3, 1, 1)
+    pos = pos + 0.01 * torch.randn(pos.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for context in ("window", "molecule"):
+        tokens = make_token_embedder(featurizer, wlall.topology, heavy, context=context, half_width=1)
+        inner = tokens.featurizer
+        with torch.no_grad():
+            inner.max_pairs_per_call = 10**9  # everything in one call
+            x1, v1 = tokens.forward_with_vectors(pos)
+            inner.max_pairs_per_call = 1  # one graph per call
+            x2, v2 = tokens.forward_with_vectors(pos)
+        assert torch.allclose(x1, x2, atol=1e-12) and torch.allclose(v1, v2, atol=1e-12)

@@ -5,23 +5,59 @@ once, get dV/ds from the (cheap, numpy) bias, then back-propagate the scalar (dV
 ∂V/∂x = Σ_i dV/ds_i ∂s_i/∂x. That costs one forward + one backward whatever d is, where a
 BiasVariable per component (``app.Metadynamics``) costs d forwards and d backwards. The full Jacobian
 (for analysis) uses batched vector-Jacobian products (``is_grads_batched``) or d backward passes.
+
+``compile=True`` runs the CV's eager twin (``cvlearn.export.load_eager_cv``) through ``torch.compile``: inductor
+fuses the per-step forward and backward into a few C++ kernels, where TorchScript dispatches ~1,100 tiny ops
+(ala2, 2-layer dense ET: 0.66 vs 2.78 ms per forward + backward, measured). The first call compiles (~30 s on
+2 cores); if compiling fails, the evaluator says why and stays eager.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
+logger = logging.getLogger(__name__)
+
+
+class _Compiled:
+    """``torch.compile`` of an eager CV's ``selected``, falling back to the eager call if compiling fails."""
+
+    def __init__(self, cv: torch.nn.Module):
+        self.eager = cv.selected
+        self.fn = torch.compile(cv.selected, fullgraph=True, dynamic=False)
+
+    def __call__(self, pos: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.fn(pos)
+        except Exception as err:  # inductor raises backend errors (no compiler, ...) at the first call
+            if self.fn is self.eager:
+                raise
+            logger.warning("torch.compile of the CV failed (%s: %s); evaluating it eagerly", type(err).__name__, err)
+            self.fn = self.eager
+            return self.eager(pos)
+
 
 class CVEvaluator:
-    """Runs an exported CV (``selected`` on the CV atoms' positions, nm) and counts its model calls."""
+    """Runs an exported CV (``selected`` on the CV atoms' positions, nm) and counts its model calls.
 
-    def __init__(self, cv: torch.jit.ScriptModule):
+    ``cv``: the TorchScript module (``cvlearn.export.load_cv``) or its eager twin (``load_eager_cv``);
+    ``compile=True`` needs the eager twin.
+    """
+
+    def __init__(self, cv: torch.nn.Module, compile: bool = False):
         for attribute in ("selected", "atom_indices", "n_cvs"):
             if not hasattr(cv, attribute):
                 raise ValueError(f"cv: expected an exported CV (cvlearn.export.export_cv) with `{attribute}`, "
                                  f"found {type(cv).__name__} without it")
+        if compile and isinstance(cv, torch.jit.ScriptModule):
+            raise ValueError("compile=True: expected the eager CV (cvlearn.export.load_eager_cv(path)), found a "
+                             "TorchScript module, which torch.compile cannot compile")
         self.cv = cv
+        self.compiled = bool(compile)
+        self._selected = _Compiled(cv) if compile else cv.selected
         self.n_cvs = int(cv.n_cvs)
         self.atom_indices = [int(i) for i in cv.atom_indices.tolist()]
         self.calls = 0
@@ -37,13 +73,13 @@ class CVEvaluator:
         """CV values ``[n_cvs]`` (no gradient)."""
         self.calls += 1
         with torch.no_grad():
-            return self.cv.selected(self._positions(positions_nm, False)).numpy().astype(np.float64)
+            return self._selected(self._positions(positions_nm, False)).numpy().astype(np.float64)
 
     def bias_energy_forces(self, positions_nm: np.ndarray, bias) -> tuple[np.ndarray, float, np.ndarray]:
         """``(s [n_cvs], V kJ/mol, forces [n_sel, 3] kJ/mol/nm)`` with one forward and one backward."""
         self.calls += 1
         pos = self._positions(positions_nm, True)
-        s = self.cv.selected(pos)
+        s = self._selected(pos)
         s_np = s.detach().numpy().astype(np.float64)
         energy, dv_ds = bias.energy_and_gradient(s_np)
         if not np.any(dv_ds):
@@ -55,7 +91,7 @@ class CVEvaluator:
         """``(s [n_cvs], ds/dx [n_cvs, n_sel, 3])`` from one forward; batched VJPs or one backward per CV."""
         self.calls += 1
         pos = self._positions(positions_nm, True)
-        s = self.cv.selected(pos)
+        s = self._selected(pos)
         eye = torch.eye(self.n_cvs, dtype=s.dtype)
         if batched:
             (jac,) = torch.autograd.grad(s, pos, grad_outputs=eye, is_grads_batched=True)

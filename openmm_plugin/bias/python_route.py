@@ -19,10 +19,13 @@ from openmm_plugin.bias.cv_evaluation import CVEvaluator
 
 
 class BiasCallback:
-    """PythonForce computation ``state -> (V, -dV/dx)``; picklable (the TorchScript CV travels as bytes)."""
+    """PythonForce computation ``state -> (V, -dV/dx)``; picklable (the CV travels as bytes).
 
-    def __init__(self, cv: torch.jit.ScriptModule, bias):
-        self.evaluator = CVEvaluator(cv)
+    ``compile=True``: ``cv`` is the eager CV (``cvlearn.export.load_eager_cv``), run through ``torch.compile``.
+    """
+
+    def __init__(self, cv: torch.nn.Module, bias, compile: bool = False):
+        self.evaluator = CVEvaluator(cv, compile=compile)
         if bias.n_cvs != self.evaluator.n_cvs:
             raise ValueError(f"bias {bias.label!r} acts on {bias.n_cvs} CVs but the CV module has {self.evaluator.n_cvs}")
         self.bias = bias
@@ -39,16 +42,26 @@ class BiasCallback:
 
     def __getstate__(self):
         buffer = io.BytesIO()
-        torch.jit.save(self.evaluator.cv, buffer)
-        return {"cv": buffer.getvalue(), "bias": self.bias}
+        cv = self.evaluator.cv
+        scripted = isinstance(cv, torch.jit.ScriptModule)
+        torch.jit.save(cv, buffer) if scripted else torch.save(cv, buffer)
+        return {"cv": buffer.getvalue(), "scripted": scripted, "compile": self.evaluator.compiled, "bias": self.bias}
 
     def __setstate__(self, state):
-        self.__init__(torch.jit.load(io.BytesIO(state["cv"]), map_location="cpu"), state["bias"])
+        buffer = io.BytesIO(state["cv"])
+        cv = (torch.jit.load(buffer, map_location="cpu") if state.get("scripted", True)
+              else torch.load(buffer, map_location="cpu", weights_only=False))
+        self.__init__(cv, state["bias"], compile=state.get("compile", False))
 
 
-def python_bias_force(cv: torch.jit.ScriptModule, bias, force_group: int | None = None) -> openmm.PythonForce:
-    """A PythonForce restricted to the CV atoms applying ``bias`` to ``cv``; the callback is ``force.callback``."""
-    callback = BiasCallback(cv, bias)
+def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
+                      compile: bool = False) -> openmm.PythonForce:
+    """A PythonForce restricted to the CV atoms applying ``bias`` to ``cv``; the callback is ``force.callback``.
+
+    ``compile=True`` (pass the eager CV, ``cvlearn.export.load_eager_cv``) compiles the CV's forward and backward
+    with ``torch.compile``: about 4x cheaper per step than TorchScript on small molecules.
+    """
+    callback = BiasCallback(cv, bias, compile=compile)
     force = openmm.PythonForce(callback)
     force.setParticles(callback.evaluator.atom_indices)
     force.setName(f"cvlearn bias {bias.label}")

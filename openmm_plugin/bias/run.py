@@ -25,7 +25,7 @@ import openmm.app as app
 import openmm.unit as unit
 import torch
 
-from cvlearn.export import load_cv
+from cvlearn.export import load_cv, load_eager_cv
 from cvlearn.io import atomic_path, write_json_atomic
 from openmm_plugin.bias.base import BiasSum, OnComponents
 from openmm_plugin.bias.metad import Metadynamics
@@ -85,6 +85,7 @@ class BiasConfig:
     out: str = "runs/bias"
     method: str = "opes-metad"
     route: str = "python"
+    compile: bool = False  # python route: torch.compile the CV's eager twin (about 4x cheaper per step)
     components: Optional[tuple] = None  # CV components the bias (and walls) act on (default: all)
     periods: Optional[tuple] = None  # per biased component; None = not periodic
     temperature_k: float = 300.0
@@ -107,6 +108,9 @@ class BiasConfig:
             raise ValueError(f"method: expected one of {METHODS}, found {self.method!r}")
         if self.route not in ("python", "torch"):
             raise ValueError(f"route: expected 'python' or 'torch', found {self.route!r}")
+        if self.compile and self.route != "python":
+            raise ValueError("compile: true needs route 'python' (a TorchForce runs TorchScript, which torch.compile "
+                             "cannot compile)")
         k = int(self.mts_substeps)
         if k < 1:
             raise ValueError(f"mts_substeps: expected >= 1, found {self.mts_substeps}")
@@ -176,7 +180,8 @@ def run_bias(config: BiasConfig) -> dict:
     system = molecule.system
     callback, on_update = None, None
     if config.route == "python":
-        force = python_bias_force(cv, bias, force_group=BIAS_GROUP)
+        force = python_bias_force(load_eager_cv(config.cv) if config.compile else cv, bias, force_group=BIAS_GROUP,
+                                  compile=config.compile)
         system.addForce(force)
         callback = force.callback
     else:

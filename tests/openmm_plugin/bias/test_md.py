@@ -122,6 +122,36 @@ def test_python_and_torch_routes_agree_on_ala2_gnn_cv(exported_cv64, ala2):
     assert e_py == pytest.approx(v) and np.allclose(f_py, -grad.numpy(), atol=1e-8)
 
 
+def test_compiled_python_route_equals_torchscript(exported_cv64, ala2):
+    """torch.compile of the eager twin stored in the CV file: same energy and forces in a Context, no fallback."""
+    import pickle
+
+    from cvlearn.export import load_eager_cv
+    from openmm_plugin.bias import BiasCallback
+
+    cv, path = exported_cv64
+    eager = load_eager_cv(path)
+    with pytest.raises(ValueError, match="load_eager_cv"):
+        python_bias_force(cv, _deposited_bias_sum(), compile=True)
+    results = []
+    for module, compile in ((cv, False), (eager, True)):
+        system = openmm.System()
+        for _ in range(22):
+            system.addParticle(1.0)
+        force = python_bias_force(module, _deposited_bias_sum(), compile=compile)
+        system.addForce(force)
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(ala2.positions_nm)
+        state = context.getState(getEnergy=True, getForces=True)
+        results.append((state.getPotentialEnergy()._value, state.getForces(asNumpy=True)._value))
+    (e_ts, f_ts), (e_c, f_c) = results
+    assert force.callback.evaluator._selected.fn is not force.callback.evaluator._selected.eager  # really compiled
+    assert abs(e_ts) > 1e-3 and e_c == pytest.approx(e_ts, rel=1e-9, abs=1e-9)
+    assert np.allclose(f_c, f_ts, rtol=1e-7, atol=1e-8)
+    clone = pickle.loads(pickle.dumps(force.callback))  # OpenMM pickles PythonForces (checkpoints, XML)
+    assert isinstance(clone, BiasCallback) and clone.evaluator.compiled
+
+
 def test_adaptive_torch_route_refreshes_to_the_python_bias(tmp_path):
     cv = dw.coordinate_cv(tmp_path / "cv.pt")
     bias = OPESMetad(sigma=0.05, barrier_kjmol=15.0, pace_steps=50, temperature_k=dw.TEMPERATURE_K)
