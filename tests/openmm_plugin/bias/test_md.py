@@ -266,3 +266,11 @@ def test_colvar_resumes_and_parses(tmp_path):
     reporter_b.close()
     again = read_colvar(tmp_path / "COLVAR")
     assert np.allclose(again["time"], colvar["time"]) and np.array_equal(again["x"], colvar["x"])
+
+
+def test_compile_needs_the_python_route():
+    from openmm_plugin.bias.run import BiasConfig
+
+    with pytest.raises(ValueError, match="route 'python'"):
+        BiasConfig(route="torch", compile=True)
+    assert BiasConfig(route="python", compile=True).compile
