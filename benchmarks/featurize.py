@@ -6,7 +6,7 @@ Gaussian noise per frame, not MD. Heavy atoms only; 1 torch thread for every arm
 
 Arms, same weights and same edges (every heavy-atom pair within the cutoff):
 - reference per-frame loop: PyG's ``ViSNetBlock`` (the implementation geom2vec's ViSNet checkpoints come from)
-  called one frame at a time (for windows: one call per frame holding that frame's windows);
+  called one frame at a time (for windows: one GNN call per frame holding all of that frame's windows);
 - cvlearn per-frame loop: cvlearn's token embedder called one frame at a time;
 - cvlearn batched, eager and ``torch.compile``d (``embed_trajectories(compile=True)``), batch sizes 1…256.
 Rows: frames/s and peak extra heap in use (malloc, sampled every 2 ms). Windowed λ6-85 is also timed on N-terminal fragments
@@ -103,6 +103,7 @@ class PyGViSNet(FeaturizerBase):
         self.gnn = ViSNetBlock(hidden_channels=c.hidden_channels, num_layers=c.num_layers, num_rbf=c.num_rbf,
                                num_heads=c.num_heads, cutoff=c.cutoff_angstrom, lmax=c.lmax, max_z=c.max_z)
         self.gnn.distance = _AllPairsWithinCutoff(self.n_atoms, c.cutoff_angstrom)
+        self.max_pairs_per_call = 2**62  # one GNN call per frame, all its graphs at once (geom2vec's pattern)
 
     def forward_graphs(self, z, pos_nm):
         g, n = pos_nm.shape[:2]

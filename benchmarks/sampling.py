@@ -113,9 +113,33 @@ def _adaptive(method: str, sigma, lower, upper, barrier_kjmol: float, pace: int,
                         lower=lower, upper=upper, periods=periods, use_grid=True)
 
 
+def _walker(job: dict) -> dict:
+    """One biased run (a learned-CV or a φ/ψ walker) from plain settings, so it can run in a worker process."""
+    tmp, seed = Path(job["tmp"]), job["seed"]
+    if job["cv"] == "learned":
+        lo, hi = job["range"]
+        margin, c, d = job["margin"], job["component"], job["n_cvs"]
+        adaptive = _adaptive(job["method"], [job["sigma_cv"]], [lo - 2 * margin], [hi + 2 * margin],
+                             job["barrier_kjmol"], job["pace"] // job["mts"])
+        # Walls one margin (10 % of the range) outside the training range: the learned CV at 300 K starts near an
+        # edge of its 600 K training range, and a stiff wall right at the edge blew the MTS run up (measured).
+        walls = ([Wall([lo - margin], [job["wall_kappa"]], side="lower"),
+                  Wall([hi + margin], [job["wall_kappa"]], side="upper")] if job["wall_kappa"] > 0 else [])
+        bias = BiasSum([OnComponents(b, [c], d) for b in (adaptive, *walls)])
+        cv = load_eager_cv(job["cv_path"]) if job["compile"] else load_cv(job["cv_path"])[0]
+        mts, compile = job["mts"], job["compile"]
+    else:
+        bias = _adaptive(job["method"], [0.35, 0.35], [-np.pi, -np.pi], [np.pi, np.pi], job["barrier_kjmol"],
+                         job["pace"], periods=[2 * np.pi, 2 * np.pi])
+        cv, mts, compile = load_cv(tmp / "phi_psi.pt")[0], 1, False
+    result = biased_run(cv, bias, seed=seed, n_steps=job["n_steps"], mts=mts, report_steps=job["report"],
+                        colvar=tmp / f"{job['cv']}_{seed}.colvar", threads=job["threads"], compile=compile)
+    return {"cv": job["cv"], **result}
+
+
 def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, sigma: float | None,
         barrier_kjmol: float, mts: int, threads: int, method: str = "opes", wall_kappa: float = 100.0,
-        compile: bool = False) -> dict:
+        compile: bool = False, jobs: int = 1) -> dict:
     n_steps = int(round(ns * 1e3 / ala2.TIMESTEP_PS)) // (4 * mts) * (4 * mts)
     pace = 500
     report = 500 if not quick else 100
@@ -124,31 +148,32 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
     sigma_cv = sigma if sigma is not None else learned_cv_sigma(
         cv, meta["cv_range_training"][component], molecule.topology, molecule.system, molecule.positions_nm,
         ala2.make_integrator(300.0, 12345), 300.0, component=component)[0]
+    lo, hi = meta["cv_range_training"][component]
+    margin = 0.1 * (hi - lo)
+    common = {"cv_path": str(cv_path), "n_cvs": int(cv.n_cvs), "component": component, "sigma_cv": sigma_cv,
+              "range": (lo, hi), "margin": margin, "method": method, "barrier_kjmol": barrier_kjmol, "pace": pace,
+              "mts": mts, "report": report, "threads": threads, "wall_kappa": wall_kappa, "compile": compile,
+              "n_steps": n_steps}
     rows = {"learned": [], "phi_psi": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        torsion_cv = export_torsion_cv(tmp / "phi_psi.pt", ala2.phi_psi_indices(molecule.topology),
-                                       molecule.topology.getNumAtoms())
-        lo, hi = meta["cv_range_training"][component]
-        margin = 0.1 * (hi - lo)
-        for seed in range(seeds):
-            adaptive = _adaptive(method, [sigma_cv], [lo - 2 * margin], [hi + 2 * margin], barrier_kjmol, pace // mts)
-            # Walls one margin (10 % of the range) outside the training range: the learned CV at 300 K starts near
-            # an edge of its 600 K training range, and a stiff wall right at the edge blew the MTS run up (measured).
-            walls = ([Wall([lo - margin], [wall_kappa], side="lower"), Wall([hi + margin], [wall_kappa], side="upper")]
-                     if wall_kappa > 0 else [])
-            learned_bias = BiasSum([OnComponents(b, [component], int(cv.n_cvs)) for b in (adaptive, *walls)])
-            rows["learned"].append(biased_run(load_eager_cv(cv_path) if compile else cv, learned_bias, seed=seed,
-                                              n_steps=n_steps, mts=mts, report_steps=report,
-                                              colvar=tmp / f"learned_{seed}.colvar", threads=threads, compile=compile))
-            reference_bias = _adaptive(method, [0.35, 0.35], [-np.pi, -np.pi], [np.pi, np.pi], barrier_kjmol, pace,
-                                       periods=[2 * np.pi, 2 * np.pi])
-            rows["phi_psi"].append(biased_run(torsion_cv, reference_bias, seed=seed, n_steps=n_steps, mts=1,
-                                              report_steps=report, colvar=tmp / f"phi_psi_{seed}.colvar", threads=threads))
-            for name in rows:
-                r = rows[name][-1]
-                print(f"seed {seed} {name:8s}: {r['transitions']:4d} transitions ({r['transitions_per_ns']:.1f}/ns), "
-                      f"dF = {r['deltaF_C7ax_C7eq_kjmol']:.2f} kJ/mol, {r['ms_per_step']:.3f} ms/step", flush=True)
+        export_torsion_cv(tmp / "phi_psi.pt", ala2.phi_psi_indices(molecule.topology), molecule.topology.getNumAtoms())
+        runs = [{**common, "cv": name, "seed": seed, "tmp": str(tmp)} for seed in range(seeds)
+                for name in ("learned", "phi_psi")]
+        if jobs > 1:  # independent walkers: one process each (spawned: torch and OpenMM start clean)
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                results = list(pool.map(_walker, runs))
+        else:
+            results = [_walker(r) for r in runs]
+        for r in results:
+            name = r.pop("cv")
+            rows[name].append(r)
+            print(f"seed {r['seed']} {name:8s}: {r['transitions']:4d} "
+                  f"transitions ({r['transitions_per_ns']:.1f}/ns), dF = {r['deltaF_C7ax_C7eq_kjmol']:.2f} kJ/mol, "
+                  f"{r['ms_per_step']:.3f} ms/step", flush=True)
     rate_l, rate_l_sd = _summary(rows["learned"], "transitions_per_ns")
     rate_r, rate_r_sd = _summary(rows["phi_psi"], "transitions_per_ns")
     df_l, df_l_sd = _summary(rows["learned"], "deltaF_C7ax_C7eq_kjmol")
@@ -168,7 +193,7 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
                      "sigma_phi_psi_rad": 0.35, "method": f"{method} (cvlearn PythonForce route)", "learned_cv_torch_compile": compile,
                      "learned_cv_walls": {"at": [lo - margin, hi + margin], "kappa_kjmol": wall_kappa, "exp": 2},
                      "barrier_kjmol": barrier_kjmol, "pace_steps": pace, "ns_per_run": n_steps * ala2.TIMESTEP_PS * 1e-3,
-                     "seeds": seeds, "learned_cv_mts_substeps": mts, "temperature_k": 300.0, "torch_threads": threads,
+                     "seeds": seeds, "learned_cv_mts_substeps": mts, "parallel_walker_processes": jobs, "temperature_k": 300.0, "torch_threads": threads,
                      "cv_metadata": {k: v for k, v in meta.items() if k not in ("atom_indices", "atomic_numbers", "residue_of_atom")}},
         "summary": {"learned": {"transitions_per_ns": [rate_l, rate_l_sd], "deltaF_C7ax_C7eq_kjmol": [df_l, df_l_sd]},
                     "phi_psi": {"transitions_per_ns": [rate_r, rate_r_sd], "deltaF_C7ax_C7eq_kjmol": [df_r, df_r_sd]}},
@@ -207,12 +232,13 @@ def main() -> None:
                         "resonates with heavy-atom bond stretches and blew a 1 ns ala2 run up, measured)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the learned CV (its eager twin in the CV file; ~4x cheaper per step)")
+    parser.add_argument("--jobs", type=int, default=1, help="walkers run in this many processes at once")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: fastest here)")
     args = parser.parse_args()
     result = run(Path(args.cv), quick=args.quick, ns=0.04 if args.quick else args.ns, seeds=args.seeds,
                  component=args.component, sigma=args.sigma, barrier_kjmol=args.barrier_kjmol,
                  mts=args.mts, threads=args.threads, method=args.method, wall_kappa=args.wall_kappa,
-                 compile=args.compile)
+                 compile=args.compile, jobs=args.jobs)
     save("sampling", args.quick, result, markdown(result))
 
 

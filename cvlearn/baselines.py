@@ -6,6 +6,11 @@ input), and GNN lobes ``gnn_sum`` / ``gnn_mlp_mixer`` / ``gnn_attention`` (Equiv
 residue tokens → mixer → head). Every network gets the same head (MLP, ``head_hidden``) and optimizer
 budget (learning rate, batch, epochs, patience); every model is scored by the VAMP-2 of its first ``dim``
 outputs on the same test trajectories at the same lag.
+
+Two protocols for the GNN lobes: end to end (the featurizer trains with the head) or ``frozen_featurizer``
+(a pre-trained featurizer embeds every frame once; mixers and heads train on the stored tokens, as geom2vec
+does). The frozen protocol costs one GNN forward per frame in all instead of a forward + backward per frame
+per epoch, which is what makes 80-residue systems trainable on a CPU.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from cvlearn.cv_model import DistanceCV, GraphCV, fit_head_scaler
+from cvlearn.cv_model import DistanceCV, GraphCV, TokenCV, embed_frames, fit_head_scaler
 from cvlearn.data import lagged_pairs
 from cvlearn.heads import MLPHead
 from cvlearn.losses import vamp_score
 from cvlearn.mixers import make_mixer
+from cvlearn.tokens import ResidueTokens
 from cvlearn.multiseed import fit_seeds, model_outputs
 
 logger = logging.getLogger(__name__)
@@ -74,16 +80,23 @@ def build_lobe(kind: str, data: CompareData, *, featurizer_config=None, head_hid
     if kind not in _MIXER_OF:
         raise ValueError(f"kind: expected one of {list(KINDS)}, found {kind!r}")
     from cvlearn.featurizers import ETConfig, ETFeaturizer
-    from cvlearn.tokens import ResidueTokens
 
     cfg = featurizer_config or ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom=5.0)
-    tokens = ResidueTokens(data.residue_of_atom)
+    top = token_lobe(kind, data, cfg.hidden_channels, head_hidden, mixer_kwargs)
+    return GraphCV(ETFeaturizer(data.atomic_numbers, cfg, seed=seed), ResidueTokens(data.residue_of_atom), top.mixer,
+                   top.head)
+
+
+def token_lobe(kind: str, data: CompareData, width: int, head_hidden: int = 64,
+               mixer_kwargs: dict | None = None) -> TokenCV:
+    """Mixer + head of GNN ``kind`` on stored tokens of ``width`` channels (the frozen-featurizer protocol)."""
+    if kind not in _MIXER_OF:
+        raise ValueError(f"kind: expected one of {sorted(_MIXER_OF)}, found {kind!r}")
+    n_tokens = max(data.residue_of_atom) + 1
     kwargs = dict(mixer_kwargs or {})
     if kind == "gnn_attention":
         kwargs.setdefault("n_heads", 4)
-    mixer = make_mixer(_MIXER_OF[kind], cfg.hidden_channels, n_tokens=tokens.n_tokens, **kwargs)
-    return GraphCV(ETFeaturizer(data.atomic_numbers, cfg, seed=seed), tokens, mixer,
-                   MLPHead(cfg.hidden_channels, data.dim, hidden=head_hidden))
+    return TokenCV(make_mixer(_MIXER_OF[kind], width, n_tokens=n_tokens, **kwargs), MLPHead(width, data.dim, hidden=head_hidden))
 
 
 def tica_scores(data: CompareData) -> tuple[float, float, list[np.ndarray]]:
@@ -101,10 +114,13 @@ def tica_scores(data: CompareData) -> tuple[float, float, list[np.ndarray]]:
 def compare_models(data: CompareData, kinds: Sequence[str] = KINDS, seeds: Sequence[int] = (0, 1, 2), *,
                    featurizer_config=None, head_hidden: int = 64, learning_rate: float = 2e-3, batch_size: int = 512,
                    max_epochs: int = 30, patience: int = 8, score: str = "vamp2", device: str = "cpu",
-                   progress: bool = False, mixer_kwargs: dict | None = None) -> list[dict]:
+                   progress: bool = False, mixer_kwargs: dict | None = None,
+                   frozen_featurizer: torch.nn.Module | None = None) -> list[dict]:
     """One row per model: test VAMP-2 mean ± std over seeds (TICA is deterministic: one value), seconds per
-    seed, parameter count. Rows also carry the models (``_models``) and test outputs of the first seed."""
+    seed, parameter count. Rows also carry the models (``_models``) and test outputs of the first seed.
+    ``frozen_featurizer``: GNN lobes train on its tokens (embedded once, seconds in ``embed_seconds``)."""
     rows = []
+    frozen: dict = {}
     for kind in kinds:
         if kind not in KINDS:
             raise ValueError(f"kinds: expected names from {list(KINDS)}, found {kind!r}")
@@ -116,21 +132,36 @@ def compare_models(data: CompareData, kinds: Sequence[str] = KINDS, seeds: Seque
             continue
         key = "distance_positions" if kind == "vampnet_distances" else "positions"
         train, val, test = (data.get(s, key) for s in ("train", "validation", "test"))
+        if frozen_featurizer is not None and kind in _MIXER_OF:
+            if not frozen:
+                started = time.perf_counter()
+                tokens = ResidueTokens(data.residue_of_atom)
+                frozen["parts"] = [embed_frames(frozen_featurizer, tokens, part) for part in (train, val, test)]
+                frozen["seconds"] = time.perf_counter() - started
+                logger.info("compare_models: embedded all frames once in %.1f s", frozen["seconds"])
+            train, val, test = frozen["parts"]
+
+            def make_lobe(seed, kind=kind):
+                return token_lobe(kind, data, frozen_featurizer.hidden_channels, head_hidden, mixer_kwargs)
+        else:
+            def make_lobe(seed, kind=kind):
+                return build_lobe(kind, data, featurizer_config=featurizer_config, head_hidden=head_hidden, seed=seed,
+                                  mixer_kwargs=mixer_kwargs)
         frames = torch.cat(train)
 
         def prepare(lobe, frames=frames):
             sample = frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(0))[:4096]]
             fit_head_scaler(lobe, sample)
 
-        result = fit_seeds(lambda seed, kind=kind: build_lobe(kind, data, featurizer_config=featurizer_config,
-                                                              head_hidden=head_hidden, seed=seed,
-                                                              mixer_kwargs=mixer_kwargs),
-                           train, val, seeds, test=test, dim=data.dim, prepare=prepare, lagtime=data.lag,
+        result = fit_seeds(make_lobe, train, val, seeds, test=test, dim=data.dim, prepare=prepare, lagtime=data.lag,
                            learning_rate=learning_rate, batch_size=batch_size, max_epochs=max_epochs,
                            patience=patience, score=score, device=device, progress=progress)
         n_params = sum(p.numel() for p in result.models[0].parameters())
+        is_frozen = frozen_featurizer is not None and kind in _MIXER_OF
         rows.append({"name": kind, "vamp2_mean": result.mean, "vamp2_std": result.std, "values": result.values,
                      "seeds": result.seeds, "val_vamp2": result.validation,
+                     "protocol": "frozen featurizer" if is_frozen else "end to end",
+                     **({"embed_seconds": frozen["seconds"]} if is_frozen else {}),
                      "seconds_per_seed": float(np.mean(result.seconds)), "n_params": int(n_params),
                      "_outputs": [o.numpy()[:, :data.dim] for o in model_outputs(result.models[0], test)],
                      "_models": result.models, "_histories": result.histories})
@@ -144,9 +175,9 @@ def public_rows(rows: Sequence[dict]) -> list[dict]:
 
 def markdown_table(rows: Sequence[dict], title: str = "") -> str:
     lines = ([f"**{title}**", ""] if title else []) + [
-        "| model | test VAMP-2 (mean ± std) | seeds | s/seed | parameters |", "|---|---|---|---|---|"]
+        "| model | protocol | test VAMP-2 (mean ± std) | seeds | s/seed | parameters |", "|---|---|---|---|---|---|"]
     for r in rows:
         n = len(r["values"])
-        lines.append(f"| {r['name']} | {r['vamp2_mean']:.4f} ± {r['vamp2_std']:.4f} | {n if r['seeds'] else 'deterministic'} "
-                     f"| {r['seconds_per_seed']:.1f} | {r['n_params']} |")
+        lines.append(f"| {r['name']} | {r.get('protocol', '-')} | {r['vamp2_mean']:.4f} ± {r['vamp2_std']:.4f} | "
+                     f"{n if r['seeds'] else 'deterministic'} | {r['seconds_per_seed']:.1f} | {r['n_params']} |")
     return "\n".join(lines) + "\n"

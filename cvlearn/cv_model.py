@@ -48,6 +48,44 @@ class GraphCV(torch.nn.Module):
         return self.head(self.embed(pos_nm))
 
 
+class TokenCV(torch.nn.Module):
+    """Mixer → head on precomputed tokens ``[n_frames, n_tokens, F]``: the frozen-featurizer protocol.
+
+    A frozen featurizer gives the same tokens every epoch, so embed the trajectories once (:func:`embed_frames`,
+    or ``cvlearn.store`` on disk) and train heads on the tokens: no GNN forward per epoch. ``on_featurizer``
+    puts the trained mixer and head back behind the featurizer as a :class:`GraphCV` for export.
+    """
+
+    def __init__(self, mixer: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.mixer = mixer
+        self.head = head
+
+    def recalibrate(self, tokens: Tensor) -> None:
+        fit_head_scaler(self, tokens)
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        return self.mixer(tokens)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.head(self.mixer(tokens))
+
+    def on_featurizer(self, featurizer: torch.nn.Module, tokens: torch.nn.Module) -> "GraphCV":
+        """The full chain positions → CVs (featurizer frozen), sharing this mixer and head."""
+        return GraphCV(featurizer, tokens, self.mixer, self.head, featurizer_lr_scale=0.0)
+
+
+@torch.no_grad()
+def embed_frames(featurizer: torch.nn.Module, tokens: torch.nn.Module, trajectories: list[Tensor],
+                 chunk: int = 256) -> list[Tensor]:
+    """Per trajectory, tokens ``[T, n_tokens, F]`` of positions ``[T, n_atoms, 3]`` (nm), in eval mode and chunks."""
+    was_training = featurizer.training
+    featurizer.eval()
+    out = [torch.cat([tokens(featurizer(t[i:i + chunk])) for i in range(0, len(t), chunk)]) for t in trajectories]
+    featurizer.train(was_training)
+    return out
+
+
 class PairwiseDistances(torch.nn.Module):
     """``[n_frames, n_atoms, 3] -> [n_frames, n_atoms*(n_atoms-1)/2]`` distances (nm): the classic VAMPNet input."""
 

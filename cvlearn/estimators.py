@@ -51,6 +51,11 @@ class VAMPModel(torch.nn.Module):
         y = self.lobe(x)
         return ((y.to(self.mean.dtype) - self.mean) @ self.projection).to(y.dtype)
 
+    def with_lobe(self, lobe: torch.nn.Module) -> "VAMPModel":
+        """The same projection behind another lobe computing the same outputs, e.g. a head trained on stored
+        tokens put back behind its featurizer for export (``TokenCV.on_featurizer``)."""
+        return VAMPModel(lobe, self.mean, self.projection, self.singular_values, self.lagtime)
+
 
 def _as_trajectories(data: Sequence[torch.Tensor], name: str) -> list[torch.Tensor]:
     if isinstance(data, torch.Tensor) or len(data) == 0:

@@ -65,6 +65,7 @@ class MoleculeTokens(torch.nn.Module):
         self.n_atoms = featurizer.n_atoms
         self.hidden_channels = featurizer.hidden_channels
 
+    @torch.jit.export
     def forward_with_vectors(self, pos_nm: Tensor):
         x, vec = self.featurizer.forward_with_vectors(pos_nm)
         b, n, _, f = vec.shape

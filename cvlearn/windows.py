@@ -5,7 +5,7 @@ and only the atoms of residue t are pooled into its token. Cost grows linearly w
 (a whole-molecule graph with a long cutoff grows faster and mixes far residues into every token).
 
 Batching: every (frame, window) pair is one small graph; they go through the GNN a few thousand atom pairs at a
-time (``FeaturizerBase.forward_graphs_bounded``), so time and memory stay linear in frames x residues. Windows
+time (``FeaturizerBase.forward_graphs_bounded``; scalars only when no vectors are asked for), so time and memory stay linear in frames x residues. Windows
 have different atom counts, so each is padded to the largest with dummy atoms placed 100 Å apart and ≥ 10⁴ Å from
 the window: beyond any cutoff, they exchange no messages (every GNN here is local: messages only along edges
 within the cutoff, normalisations per atom), so real atoms get exactly the features of the unpadded window.
@@ -86,14 +86,20 @@ class WindowTokens(torch.nn.Module):
         self.n_padded = int((~valid).sum())
         self.featurizer = featurizer.resized(z[0].tolist())  # same weights, graphs of window_size atoms
 
-    def forward_with_vectors(self, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+    def _windows(self, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        """Elements ``[B*T, w]`` and padded window positions ``[B*T, w, 3]``."""
         b, t, w = pos_nm.shape[0], self.n_tokens, self.window_size
         pos = pos_nm.index_select(1, self.gather.reshape(-1)).reshape(b, t, w, 3)
         anchor = pos[:, :, :1, :]  # first atom of each window is always real
         dummies = anchor + self.dummy_offsets.to(pos.dtype).view(1, 1, w, 3)
         pos = torch.where(self.valid.view(1, t, w, 1), pos, dummies)
         z = self.window_z.unsqueeze(0).expand(b, t, w).reshape(b * t, w)
-        x, vec = self.featurizer.forward_graphs_bounded(z, pos.reshape(b * t, w, 3))
+        return z, pos.reshape(b * t, w, 3)
+
+    @torch.jit.export
+    def forward_with_vectors(self, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        b, t, w = pos_nm.shape[0], self.n_tokens, self.window_size
+        x, vec = self.featurizer.forward_graphs_bounded(*self._windows(pos_nm))
         f = x.shape[-1]
         weight = self.weight.to(x.dtype)
         tokens = torch.einsum("btwf,tw->btf", x.reshape(b, t, w, f), weight)
@@ -101,7 +107,9 @@ class WindowTokens(torch.nn.Module):
         return tokens, vectors
 
     def forward(self, pos_nm: Tensor) -> Tensor:
-        return self.forward_with_vectors(pos_nm)[0]
+        b, t, w = pos_nm.shape[0], self.n_tokens, self.window_size
+        x = self.featurizer.scalars_graphs_bounded(*self._windows(pos_nm))
+        return torch.einsum("btwf,tw->btf", x.reshape(b, t, w, x.shape[-1]), self.weight.to(x.dtype))
 
 
 def make_token_embedder(featurizer: torch.nn.Module, topology, atom_indices: Sequence[int], context: str = "molecule",

@@ -88,7 +88,7 @@ def test_molecule_context_and_script(wlall):
 
 @pytest.mark.parametrize("kind", ["visnet", "et"])
 def test_bounded_calls_equal_one_call(wlall, kind):
-    """Slicing a batch of graphs into bounded GNN calls changes no number, for windows and whole molecules."""
+    """Slicing a batch of graphs into bounded GNN calls, and skipping unread vector work, change no number."""
     heavy = select_atoms(wlall.topology)
     featurizer = make_featurizer(kind, atomic_numbers(wlall.topology, heavy), TINY, seed=0).double().eval()
     pos = torch.tensor(wlall.positions_nm[heavy], dtype=torch.float64).unsqueeze(0).repeat(3, 1, 1)
@@ -101,4 +101,6 @@ def test_bounded_calls_equal_one_call(wlall, kind):
             x1, v1 = tokens.forward_with_vectors(pos)
             inner.max_pairs_per_call = 1  # one graph per call
             x2, v2 = tokens.forward_with_vectors(pos)
+            scalars = tokens(pos)  # the scalars-only path (ViSNet skips its last vector update)
         assert torch.allclose(x1, x2, atol=1e-12) and torch.allclose(v1, v2, atol=1e-12)
+        assert torch.allclose(scalars, x1, atol=1e-12)

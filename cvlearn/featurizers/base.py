@@ -54,27 +54,43 @@ class FeaturizerBase(torch.nn.Module):
     def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def _graphs_per_call(self, n_atoms: int) -> int:
+        return max(1, self.max_pairs_per_call // (n_atoms * n_atoms))
+
+    def scalars_graphs(self, z: Tensor, pos_nm: Tensor) -> Tensor:
+        """Scalars only; GNNs that can skip work nobody reads (the last layer's vector update) override it."""
+        return self.forward_graphs(z, pos_nm)[0]
+
     def forward_graphs_bounded(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
         """``forward_graphs`` in slices of at most ``max_pairs_per_call`` atom pairs (one graph at least)."""
-        n_graphs, n = z.shape[0], z.shape[1]
-        per_call = max(1, self.max_pairs_per_call // (n * n))
-        if n_graphs <= per_call:
+        per_call = self._graphs_per_call(z.shape[1])
+        if z.shape[0] <= per_call:
             return self.forward_graphs(z, pos_nm)
         xs: List[Tensor] = []
         vs: List[Tensor] = []
-        for start in range(0, n_graphs, per_call):
+        for start in range(0, z.shape[0], per_call):
             x, v = self.forward_graphs(z[start:start + per_call], pos_nm[start:start + per_call])
             xs.append(x)
             vs.append(v)
         return torch.cat(xs), torch.cat(vs)
 
+    def scalars_graphs_bounded(self, z: Tensor, pos_nm: Tensor) -> Tensor:
+        """``scalars_graphs`` in the same bounded slices."""
+        per_call = self._graphs_per_call(z.shape[1])
+        if z.shape[0] <= per_call:
+            return self.scalars_graphs(z, pos_nm)
+        return torch.cat([self.scalars_graphs(z[start:start + per_call], pos_nm[start:start + per_call])
+                          for start in range(0, z.shape[0], per_call)])
+
+    @torch.jit.export
     def forward_with_vectors(self, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
         """Scalars ``[n_frames, n_atoms, F]`` and equivariant vectors ``[n_frames, n_atoms, 3, F]``."""
         z = self.atomic_numbers.unsqueeze(0).expand(pos_nm.shape[0], self.n_atoms)
         return self.forward_graphs_bounded(z, pos_nm)
 
     def forward(self, pos_nm: Tensor) -> Tensor:
-        return self.forward_with_vectors(pos_nm)[0]
+        z = self.atomic_numbers.unsqueeze(0).expand(pos_nm.shape[0], self.n_atoms)
+        return self.scalars_graphs_bounded(z, pos_nm)
 
     def resized(self, atomic_numbers: Sequence[int]):
         """The same architecture and weights for another atom list (e.g. padded sliding windows)."""

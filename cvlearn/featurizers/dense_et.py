@@ -132,6 +132,11 @@ class DenseETFeaturizer(FeaturizerBase):
             raise RuntimeError("DenseETFeaturizer computes its own molecule only (atomic numbers differ)")
         return self._run(pos_nm, True)
 
+    def scalars_graphs(self, z: Tensor, pos_nm: Tensor) -> Tensor:
+        if not bool(torch.equal(z[0], self.atomic_numbers)):
+            raise RuntimeError("DenseETFeaturizer computes its own molecule only (atomic numbers differ)")
+        return self._run(pos_nm, False)[0]
+
     def forward(self, pos_nm: Tensor) -> Tensor:
         """Scalars only: the MD path, with no element check (the molecule is its own by construction)."""
         return self._run(pos_nm, False)[0]

@@ -159,31 +159,41 @@ class ViSLayer(torch.nn.Module):
                     torch.nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor, vec: Tensor, src: Tensor, dst: Tensor, r_ij: Tensor, f_ij: Tensor,
-                d_ij: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+                d_ij: Tensor, first: bool = False, need_vectors: bool = True
+                ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """``first``: ``vec`` is zero (the first layer), so every vector term but the direction message vanishes and
+        the edge update is zero; ``need_vectors=False`` skips the vector update (returned as None)."""
         n, h, hd = x.shape[0], self.num_heads, self.head_dim
         x = self.layernorm(x)
-        vec = self.vec_layernorm(vec)
         q = self.q_proj(x).reshape(-1, h, hd)
         k = self.k_proj(x).reshape(-1, h, hd)
         v = self.v_proj(x).reshape(-1, h, hd)
         dk = self.act(self.dk_proj(f_ij)).reshape(-1, h, hd)
         dv = self.act(self.dv_proj(f_ij)).reshape(-1, h, hd)
-        vec1, vec2, vec3 = torch.split(self.vec_proj(vec), self.hidden_channels, dim=-1)
-        vec_dot = (vec1 * vec2).sum(dim=1)
 
         # message: i = dst (receiver), j = src
         attn = (q.index_select(0, dst) * k.index_select(0, src) * dk).sum(dim=-1)
         attn = self.act(attn) * _cosine_cutoff(r_ij, self.cutoff).unsqueeze(1)
         v_j = (v.index_select(0, src) * dv * attn.unsqueeze(2)).reshape(-1, self.hidden_channels)
-        s1, s2 = torch.split(self.act(self.s_proj(v_j)), self.hidden_channels, dim=1)
-        vec_j = vec.index_select(0, src) * s1.unsqueeze(1) + s2.unsqueeze(1) * d_ij.unsqueeze(2)
         x_agg = torch.zeros(n, self.hidden_channels, dtype=x.dtype, device=x.device).index_add(0, dst, v_j)
-        vec_agg = torch.zeros_like(vec).index_add(0, dst, vec_j)
-
         o1, o2, o3 = torch.split(self.o_proj(x_agg), self.hidden_channels, dim=1)
-        dx = vec_dot * o2 + o3
-        dvec = vec3 * o1.unsqueeze(1) + vec_agg
-        if self.f_proj is not None and self.w_src_proj is not None and self.w_trg_proj is not None:
+        if first:
+            dx = o3
+            vec3 = vec
+        else:
+            vec = self.vec_layernorm(vec)
+            vec1, vec2, vec3 = torch.split(self.vec_proj(vec), self.hidden_channels, dim=-1)
+            dx = (vec1 * vec2).sum(dim=1) * o2 + o3
+        dvec: Optional[Tensor] = None
+        if need_vectors:
+            s1, s2 = torch.split(self.act(self.s_proj(v_j)), self.hidden_channels, dim=1)
+            vec_j = s2.unsqueeze(1) * d_ij.unsqueeze(2)
+            if not first:
+                vec_j = vec_j + vec.index_select(0, src) * s1.unsqueeze(1)
+            vec_agg = torch.zeros_like(vec).index_add(0, dst, vec_j)
+            dvec = vec_agg if first else vec3 * o1.unsqueeze(1) + vec_agg
+        if (not first and self.f_proj is not None and self.w_src_proj is not None
+                and self.w_trg_proj is not None):
             # PyG projects the gathered per-edge vectors; projecting per atom first is the same linear map on
             # E/N times fewer rows. The rejections' dot product is expanded so no rejected vector is built:
             # (a - (a·d)d)·(b - (b·d)d) = a·b - (a·d)(b·d)(2 - d·d)  (rejection along -d equals along d).
@@ -195,7 +205,7 @@ class ViSLayer(torch.nn.Module):
             dd = (d_ij * d_ij).sum(dim=1, keepdim=True)
             w_dot = (a * b).sum(dim=1) - ad * bd * (2.0 - dd)
             return dx, dvec, self.act(self.f_proj(f_ij)) * w_dot
-        return dx, dvec, None
+        return dx, dvec, None  # first layer: w_dot = 0, so the edge update is zero
 
 
 class ViSNetBackbone(torch.nn.Module):
@@ -229,7 +239,9 @@ class ViSNetBackbone(torch.nn.Module):
         return torch.stack([x, y, z, s3 * x * z, s3 * x * y, y.pow(2) - 0.5 * (x.pow(2) + z.pow(2)), s3 * y * z,
                             s3 / 2.0 * (z.pow(2) - x.pow(2))], dim=-1)
 
-    def forward(self, z: Tensor, pos: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, pos: Tensor, batch: Tensor, need_vectors: bool = True) -> Tuple[Tensor, Tensor]:
+        """Scalars and vectors per atom; ``need_vectors=False`` skips the last layer's vector update (the vectors
+        returned are then those before it: read only the scalars)."""
         edge_index, r, edge_vec = self.distance(pos, batch)
         if edge_vec is None:
             raise RuntimeError("the neighbour list must return edge vectors")
@@ -243,10 +255,12 @@ class ViSNetBackbone(torch.nn.Module):
         x = self.neighbor_embedding(z, x, src[not_loop], dst[not_loop], r[not_loop], rbf[not_loop])
         vec = torch.zeros(x.shape[0], self.n_vec_components, x.shape[1], dtype=x.dtype, device=x.device)
         f_ij = self.edge_embedding(src, dst, rbf, x)
-        for layer in self.vis_mp_layers:
-            dx, dvec, df_ij = layer(x, vec, src, dst, r, f_ij, d)
+        last = len(self.vis_mp_layers) - 1
+        for i, layer in enumerate(self.vis_mp_layers):
+            dx, dvec, df_ij = layer(x, vec, src, dst, r, f_ij, d, i == 0, need_vectors or i < last)
             x = x + dx
-            vec = vec + dvec
+            if dvec is not None:
+                vec = vec + dvec
             if df_ij is not None:
                 f_ij = f_ij + df_ij
         return self.out_norm(x), self.vec_out_norm(vec)
@@ -260,9 +274,15 @@ class ViSNetFeaturizer(FeaturizerBase):
         self._init_common(atomic_numbers, config, config.max_z, config.hidden_channels)
         self.gnn = seeded(seed, lambda: ViSNetBackbone(config, self.n_atoms))
 
-    def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+    def _run(self, z: Tensor, pos_nm: Tensor, need_vectors: bool) -> Tuple[Tensor, Tensor]:
         n_frames = pos_nm.shape[0]
         pos = (pos_nm * self.angstrom_per_nm).reshape(n_frames * self.n_atoms, 3)
         batch = torch.arange(n_frames, device=pos.device).repeat_interleave(self.n_atoms)
-        x, vec = self.gnn(z.reshape(-1), pos, batch)
+        x, vec = self.gnn(z.reshape(-1), pos, batch, need_vectors)
         return x.reshape(n_frames, self.n_atoms, -1), vec[:, :3].reshape(n_frames, self.n_atoms, 3, -1)
+
+    def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        return self._run(z, pos_nm, True)
+
+    def scalars_graphs(self, z: Tensor, pos_nm: Tensor) -> Tensor:
+        return self._run(z, pos_nm, False)[0]
