@@ -12,8 +12,10 @@ from systems import malonaldehyde
 from systems.malonaldehyde import generate
 
 
-def _spring_hessian(positions: np.ndarray, k: float = 0.3) -> np.ndarray:
-    """A rotation- and translation-invariant Hessian (Hartree/Bohr^2): springs on every pair closer than 2.6 Å."""
+def _spring_hessian(positions: np.ndarray, k: float = 0.3, tether: float = 0.05) -> np.ndarray:
+    """A positive Hessian (Hartree/Bohr^2) on the internal modes: springs on every pair closer than 2.6 Å plus a weak
+    isotropic tether, because a planar spring network has no out-of-plane stiffness (those modes came out at ±1e-33,
+    and their sign decided the test)."""
     n = len(positions)
     h = np.zeros((3 * n, 3 * n))
     for i in range(n):
@@ -24,7 +26,7 @@ def _spring_hessian(positions: np.ndarray, k: float = 0.3) -> np.ndarray:
                 block = k * np.outer(u, u)
                 for a, b, sign in ((i, i, 1), (j, j, 1), (i, j, -1), (j, i, -1)):
                     h[3 * a:3 * a + 3, 3 * b:3 * b + 3] += sign * block
-    return h
+    return h + tether * np.eye(3 * n)
 
 
 def test_normal_mode_sampling_is_seeded_and_rejects_clashes():
