@@ -84,7 +84,11 @@ class BiasRunner:
             simulation.step(next_event - now)
             now = simulation.currentStep
             if any(now % b.pace_steps == 0 for b in self.adaptive):
-                changed = self.bias.update(self.current_cv(simulation), now)
+                cv = self.current_cv(simulation)
+                if not np.all(np.isfinite(cv)):  # stop here, not after hours of NaN steps and a NaN bias
+                    raise FloatingPointError(f"step {now}: the CV is {cv.tolist()}; the simulation has blown up "
+                                             "(try a smaller MTS factor or timestep, or walls at the CV's trusted range)")
+                changed = self.bias.update(cv, now)
                 if changed and self.walkers_dir is not None:
                     self.write_walker_files()
                 if changed and self.on_update is not None:

@@ -274,3 +274,18 @@ def test_compile_needs_the_python_route():
     with pytest.raises(ValueError, match="route 'python'"):
         BiasConfig(route="torch", compile=True)
     assert BiasConfig(route="python", compile=True).compile
+
+
+def test_runner_stops_when_the_simulation_blows_up(tmp_path):
+    """A NaN CV at a deposition raises at once (a blown-up walker must not run on for hours)."""
+    cv = dw.coordinate_cv(tmp_path / "cv.pt")
+    bias = _make_bias("opes-metad")
+    system = dw.make_system()
+    force = python_bias_force(cv, bias)
+    system.addForce(force)
+    sim = _simulation(system)
+    runner = BiasRunner(bias, callback=force.callback)
+    runner.step(sim, 100)  # fine so far
+    sim.context.setPositions(np.full((system.getNumParticles(), 3), np.nan))
+    with pytest.raises(FloatingPointError, match="blown up"):
+        runner.step(sim, 200)
