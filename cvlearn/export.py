@@ -7,7 +7,7 @@ neighbour search is plain torch, so it loads in a process that never imported to
 
 The file also carries the same module in eager form (``cvlearn_eager.pt``, a pickled ``nn.Module``): a Python
 host (the PythonForce route) can ``torch.compile`` it, which TorchScript cannot be. Its forward + backward on
-ala2 (2-layer dense ET) took 0.66 ms against 2.78 ms for the TorchScript module (1 thread, measured): the
+ala2 (2-layer dense ET) took 0.70 ms against 2.01 ms for the TorchScript module (1 thread, bias_speed): the
 TorchScript autograd dispatches ~1,100 tiny ops per call, inductor fuses them into a few C++ kernels.
 Unpickling runs code from the file, so :func:`load_eager_cv` is for files you trust (your own exports).
 """

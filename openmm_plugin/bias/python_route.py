@@ -59,7 +59,7 @@ def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
     """A PythonForce restricted to the CV atoms applying ``bias`` to ``cv``; the callback is ``force.callback``.
 
     ``compile=True`` (pass the eager CV, ``cvlearn.export.load_eager_cv``) compiles the CV's forward and backward
-    with ``torch.compile``: about 4x cheaper per step than TorchScript on small molecules.
+    with ``torch.compile``: on ala2 0.73 vs 1.60 ms per MD step (bias every step, measured).
     """
     callback = BiasCallback(cv, bias, compile=compile)
     force = openmm.PythonForce(callback)

@@ -85,7 +85,7 @@ class BiasConfig:
     out: str = "runs/bias"
     method: str = "opes-metad"
     route: str = "python"
-    compile: bool = False  # python route: torch.compile the CV's eager twin (about 4x cheaper per step)
+    compile: bool = False  # python route: torch.compile the CV's eager twin (ala2: 0.73 vs 1.60 ms/step)
     components: Optional[tuple] = None  # CV components the bias (and walls) act on (default: all)
     periods: Optional[tuple] = None  # per biased component; None = not periodic
     temperature_k: float = 300.0
