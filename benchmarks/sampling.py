@@ -118,7 +118,7 @@ def _walker(job: dict) -> dict:
     tmp, seed = Path(job["tmp"]), job["seed"]
     if job["cv"] == "learned":
         lo, hi = job["range"]
-        margin, c, d = job["margin"], job["component"], job["n_cvs"]
+        margin, c, d = 0.1 * (hi - lo), job["component"], job["n_cvs"]
         adaptive = _adaptive(job["method"], [job["sigma_cv"]], [lo - 2 * margin], [hi + 2 * margin],
                              job["barrier_kjmol"], job["pace"] // job["mts"])
         # Walls one margin (10 % of the range) outside the training range: the learned CV at 300 K starts near an
@@ -151,7 +151,7 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
     lo, hi = meta["cv_range_training"][component]
     margin = 0.1 * (hi - lo)
     common = {"cv_path": str(cv_path), "n_cvs": int(cv.n_cvs), "component": component, "sigma_cv": sigma_cv,
-              "range": (lo, hi), "margin": margin, "method": method, "barrier_kjmol": barrier_kjmol, "pace": pace,
+              "range": (lo, hi), "method": method, "barrier_kjmol": barrier_kjmol, "pace": pace,
               "mts": mts, "report": report, "threads": threads, "wall_kappa": wall_kappa, "compile": compile,
               "n_steps": n_steps}
     rows = {"learned": [], "phi_psi": []}

@@ -132,7 +132,8 @@ def compare_models(data: CompareData, kinds: Sequence[str] = KINDS, seeds: Seque
             continue
         key = "distance_positions" if kind == "vampnet_distances" else "positions"
         train, val, test = (data.get(s, key) for s in ("train", "validation", "test"))
-        if frozen_featurizer is not None and kind in _MIXER_OF:
+        is_frozen = frozen_featurizer is not None and kind in _MIXER_OF
+        if is_frozen:
             if not frozen:
                 started = time.perf_counter()
                 tokens = ResidueTokens(data.residue_of_atom)
@@ -157,7 +158,6 @@ def compare_models(data: CompareData, kinds: Sequence[str] = KINDS, seeds: Seque
                            learning_rate=learning_rate, batch_size=batch_size, max_epochs=max_epochs,
                            patience=patience, score=score, device=device, progress=progress)
         n_params = sum(p.numel() for p in result.models[0].parameters())
-        is_frozen = frozen_featurizer is not None and kind in _MIXER_OF
         rows.append({"name": kind, "vamp2_mean": result.mean, "vamp2_std": result.std, "values": result.values,
                      "seeds": result.seeds, "val_vamp2": result.validation,
                      "protocol": "frozen featurizer" if is_frozen else "end to end",

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cvlearn.compiling import CompiledOrEager
 from cvlearn.io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -68,22 +69,7 @@ def inference_forward(embedder: torch.nn.Module, vectors: bool = False, compile:
     is used and a warning says why.
     """
     eager = embedder.forward_with_vectors if vectors else embedder.forward
-    if not compile:
-        return eager
-    compiled = torch.compile(eager, dynamic=True)
-    state = {"fn": compiled}
-
-    def call(pos):
-        try:
-            return state["fn"](pos)
-        except Exception as err:  # torch.compile raises backend errors at the first call only
-            if state["fn"] is eager:
-                raise
-            logger.warning("torch.compile failed (%s: %s); featurizing eagerly", type(err).__name__, err)
-            state["fn"] = eager
-            return eager(pos)
-
-    return call
+    return CompiledOrEager(eager, "the embedder", dynamic=True) if compile else eager
 
 
 def _chunks_of(source, top, atom_indices, chunk_frames: int, stride: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -99,4 +99,4 @@ def test_compiled_featurization_matches_eager(embedder, ala2_files, tmp_path, ca
     for i in range(2):
         for kind in ("tokens", "vectors"):
             assert np.allclose(compiled.trajectory(i, kind), eager.trajectory(i, kind), atol=1e-5)
-    assert "torch.compile failed" not in caplog.text  # it really ran compiled
+    assert "torch.compile of the embedder failed" not in caplog.text  # it really ran compiled

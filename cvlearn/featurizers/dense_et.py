@@ -127,14 +127,16 @@ class DenseETFeaturizer(FeaturizerBase):
             vec = vec + dvec if (need_vectors or i < last) else vec
         return self.out_norm(x), vec
 
-    def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+    def _check_own_elements(self, z: Tensor) -> None:
         if not bool(torch.equal(z[0], self.atomic_numbers)):
             raise RuntimeError("DenseETFeaturizer computes its own molecule only (atomic numbers differ)")
+
+    def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        self._check_own_elements(z)
         return self._run(pos_nm, True)
 
     def scalars_graphs(self, z: Tensor, pos_nm: Tensor) -> Tensor:
-        if not bool(torch.equal(z[0], self.atomic_numbers)):
-            raise RuntimeError("DenseETFeaturizer computes its own molecule only (atomic numbers differ)")
+        self._check_own_elements(z)
         return self._run(pos_nm, False)[0]
 
     def forward(self, pos_nm: Tensor) -> Tensor:

@@ -14,30 +14,10 @@ fuses the per-step forward and backward into a few C++ kernels, where TorchScrip
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
-
-
-class _Compiled:
-    """``torch.compile`` of an eager CV's ``selected``, falling back to the eager call if compiling fails."""
-
-    def __init__(self, cv: torch.nn.Module):
-        self.eager = cv.selected
-        self.fn = torch.compile(cv.selected, fullgraph=True, dynamic=False)
-
-    def __call__(self, pos: torch.Tensor) -> torch.Tensor:
-        try:
-            return self.fn(pos)
-        except Exception as err:  # inductor raises backend errors (no compiler, ...) at the first call
-            if self.fn is self.eager:
-                raise
-            logger.warning("torch.compile of the CV failed (%s: %s); evaluating it eagerly", type(err).__name__, err)
-            self.fn = self.eager
-            return self.eager(pos)
+from cvlearn.compiling import CompiledOrEager
 
 
 class CVEvaluator:
@@ -57,7 +37,8 @@ class CVEvaluator:
                              "TorchScript module, which torch.compile cannot compile")
         self.cv = cv
         self.compiled = bool(compile)
-        self._selected = _Compiled(cv) if compile else cv.selected
+        self._selected = (CompiledOrEager(cv.selected, "the CV", fullgraph=True, dynamic=False) if compile
+                          else cv.selected)
         self.n_cvs = int(cv.n_cvs)
         self.atom_indices = [int(i) for i in cv.atom_indices.tolist()]
         self.calls = 0
