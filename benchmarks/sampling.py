@@ -29,7 +29,7 @@ import openmm.unit as unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
+from benchmarks.common import RESULTS, machine, now_utc, save, targets_table  # noqa: E402
 
 from cvlearn.analysis.colvar import read_colvar  # noqa: E402
 from cvlearn.analysis.reweighting import delta_f_kjmol, opes_weights  # noqa: E402
@@ -81,23 +81,44 @@ def biased_run(cv, bias, *, seed: int, n_steps: int, mts: int, report_steps: int
                             extra={"phi": _phi_function(phi_atoms)})
     simulation.reporters.append(reporter)
     start = time.perf_counter()
-    runner.step(simulation, n_steps // mts)
+    failure = None
+    try:
+        runner.step(simulation, n_steps // mts)
+    except FloatingPointError as error:  # a blown-up walker is a result to report, not a reason to lose the others
+        failure = str(error)
+        n_steps = simulation.currentStep * mts
     seconds = time.perf_counter() - start
     reporter.close()
+    phi, weights = reweighted_phi(colvar)
+    deg = np.degrees(phi)
+    ns = n_steps * ala2.TIMESTEP_PS * 1e-3
+    transitions = count_phi_transitions(read_colvar(colvar)["phi"])
+    return {"seed": seed, "ns": ns, "transitions": transitions, "transitions_per_ns": transitions / ns,
+            "deltaF_C7ax_C7eq_kjmol": delta_f_kjmol((deg > 0) & (deg < 120), deg < 0, weights, 300.0),
+            "ms_per_step": seconds * 1e3 / max(n_steps, 1), "failure": failure}
+
+
+def reweighted_phi(colvar: Path) -> tuple[np.ndarray, np.ndarray]:
+    """φ (rad) and unbiased frame weights from one walker's COLVAR, the first 10 % dropped (bias still building)."""
     data = read_colvar(colvar)
-    phi = data["phi"]
-    keep = slice(len(phi) // 10, None)  # drop the first 10 % (bias still building)
+    keep = slice(len(data["phi"]) // 10, None)
     rct = [k for k in data if k.endswith(".rct")]
     if rct:  # metadynamics: exp(β(V − c(t))); walls are static and add to V
-        weights = metad_weights(data["bias"][keep], data[rct[0]][keep], 300.0)
-    else:  # OPES: quasi-static bias, exp(βV)
-        weights = opes_weights(data["bias"][keep], 300.0)
-    deg = np.degrees(phi[keep])
-    ns = n_steps * ala2.TIMESTEP_PS * 1e-3
-    return {"seed": seed, "ns": ns, "transitions": count_phi_transitions(phi),
-            "transitions_per_ns": count_phi_transitions(phi) / ns,
-            "deltaF_C7ax_C7eq_kjmol": delta_f_kjmol((deg > 0) & (deg < 120), deg < 0, weights, 300.0),
-            "ms_per_step": seconds * 1e3 / n_steps}
+        return data["phi"][keep], metad_weights(data["bias"][keep], data[rct[0]][keep], 300.0)
+    return data["phi"][keep], opes_weights(data["bias"][keep], 300.0)  # OPES: quasi-static bias, exp(βV)
+
+
+def plot_phi_profiles(colvars: list[Path], path: Path) -> None:
+    """Reweighted F(φ) of each walker's ``<cv>_<seed>.colvar``, coloured by the biased CV."""
+    from cvlearn.analysis.plots import plot_free_energy_profiles
+    from cvlearn.analysis.reweighting import free_energy_profile
+
+    profiles: dict = {}
+    for colvar in map(Path, colvars):
+        phi, weights = reweighted_phi(colvar)
+        f, x = free_energy_profile(np.degrees(phi), weights, 300.0, bins=72, range_x=(-180.0, 180.0))
+        profiles.setdefault(colvar.stem.rsplit("_", 1)[0], []).append((x, f))
+    plot_free_energy_profiles(profiles, path, "φ (degrees), reweighted")
 
 
 def _summary(runs: list[dict], key: str) -> tuple[float, float]:
@@ -139,7 +160,7 @@ def _walker(job: dict) -> dict:
 
 def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, sigma: float | None,
         barrier_kjmol: float, mts: int, threads: int, method: str = "opes", wall_kappa: float = 100.0,
-        compile: bool = False, jobs: int = 1) -> dict:
+        compile: bool = False, jobs: int = 1, work: str | None = None) -> dict:
     n_steps = int(round(ns * 1e3 / ala2.TIMESTEP_PS)) // (4 * mts) * (4 * mts)
     pace = 500
     report = 500 if not quick else 100
@@ -155,8 +176,9 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
               "mts": mts, "report": report, "threads": threads, "wall_kappa": wall_kappa, "compile": compile,
               "n_steps": n_steps}
     rows = {"learned": [], "phi_psi": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(work) if work else Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         export_torsion_cv(tmp / "phi_psi.pt", ala2.phi_psi_indices(molecule.topology), molecule.topology.getNumAtoms())
         runs = [{**common, "cv": name, "seed": seed, "tmp": str(tmp)} for seed in range(seeds)
                 for name in ("learned", "phi_psi")]
@@ -174,6 +196,8 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
             print(f"seed {r['seed']} {name:8s}: {r['transitions']:4d} "
                   f"transitions ({r['transitions_per_ns']:.1f}/ns), dF = {r['deltaF_C7ax_C7eq_kjmol']:.2f} kJ/mol, "
                   f"{r['ms_per_step']:.3f} ms/step", flush=True)
+        plot_phi_profiles([tmp / f"{r['cv']}_{r['seed']}.colvar" for r in runs],
+                          RESULTS / f"sampling{'_quick' if quick else ''}_phi_profiles.png")
     rate_l, rate_l_sd = _summary(rows["learned"], "transitions_per_ns")
     rate_r, rate_r_sd = _summary(rows["phi_psi"], "transitions_per_ns")
     df_l, df_l_sd = _summary(rows["learned"], "deltaF_C7ax_C7eq_kjmol")
@@ -234,11 +258,12 @@ def main() -> None:
                         help="torch.compile the learned CV (its eager twin in the CV file; ala2: 0.73 vs 1.60 ms/step)")
     parser.add_argument("--jobs", type=int, default=1, help="walkers run in this many processes at once")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: fastest here)")
+    parser.add_argument("--work", default="runs/sampling", help="where the walkers' COLVAR files are kept (default runs/sampling)")
     args = parser.parse_args()
     result = run(Path(args.cv), quick=args.quick, ns=0.04 if args.quick else args.ns, seeds=args.seeds,
                  component=args.component, sigma=args.sigma, barrier_kjmol=args.barrier_kjmol,
                  mts=args.mts, threads=args.threads, method=args.method, wall_kappa=args.wall_kappa,
-                 compile=args.compile, jobs=args.jobs)
+                 compile=args.compile, jobs=args.jobs, work=args.work)
     save("sampling", args.quick, result, markdown(result))
 
 

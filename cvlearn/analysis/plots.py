@@ -63,3 +63,15 @@ def plot_time_series(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: 
         ax.set(ylabel=ylabel, title=name)
     axes[-1, 0].set_xlabel("time (ns)")
     _save(fig, path)
+
+
+def plot_free_energy_profiles(profiles: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]], path: str | Path,
+                              xlabel: str) -> None:
+    """1-D free-energy profiles (kJ/mol), one colour per group (e.g. biased CV), one line per run (e.g. seed)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for k, (name, runs) in enumerate(profiles.items()):
+        for i, (x, f) in enumerate(runs):
+            ax.plot(x, f, color=f"C{k}", alpha=0.8, lw=1.2, label=name if i == 0 else None)
+    ax.set(xlabel=xlabel, ylabel="F (kJ/mol)")
+    ax.legend(fontsize=8)
+    _save(fig, path)

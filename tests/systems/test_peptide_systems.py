@@ -1,6 +1,7 @@
 """WLALL and λ6-85 build from sequence with the documented atom counts; `cvlearn simulate` writes a trajectory."""
 
 import mdtraj
+import numpy as np
 import pytest
 
 from openmm_plugin.cli import main
@@ -34,3 +35,31 @@ def test_simulate_cli(tmp_path, capsys):
     assert traj.n_frames == 4 and traj.n_atoms == 103  # 0.4 ps, a frame every 0.1 ps
     with pytest.raises(SystemExit):
         main(["simulate", "--system", "ubiquitin", "--ns", "1"])
+
+
+def test_lambda6_85_fast_md_options_reach_the_system():
+    """The CPU-affordable settings really are a non-periodic cutoff on both the Coulomb/LJ and OBC terms and
+    3-amu hydrogens (with the total mass conserved), and a 4 fs step with them stays finite."""
+    import openmm
+    import openmm.unit as u
+    from systems import lambda6_85
+
+    plain = lambda6_85.build(minimize=False).system
+    fast_md = lambda6_85.FAST_MD
+    fast = lambda6_85.build(minimize=False, cutoff_nm=fast_md["cutoff_nm"], hydrogen_mass_amu=fast_md["hydrogen_mass_amu"])
+    forces = {type(f).__name__: f for f in fast.system.getForces()}
+    assert forces["NonbondedForce"].getNonbondedMethod() == openmm.NonbondedForce.CutoffNonPeriodic
+    assert forces["GBSAOBCForce"].getNonbondedMethod() == openmm.GBSAOBCForce.CutoffNonPeriodic
+    assert forces["NonbondedForce"].getCutoffDistance().value_in_unit(u.nanometer) == pytest.approx(fast_md["cutoff_nm"])
+    masses = [fast.system.getParticleMass(i).value_in_unit(u.amu) for i in range(fast.system.getNumParticles())]
+    hydrogens = [a.index for a in fast.topology.atoms() if a.element.symbol == "H"]
+    assert all(masses[i] == pytest.approx(fast_md["hydrogen_mass_amu"]) for i in hydrogens)
+    total = sum(plain.getParticleMass(i).value_in_unit(u.amu) for i in range(plain.getNumParticles()))
+    assert sum(masses) == pytest.approx(total)
+    integrator = lambda6_85.make_integrator(400.0, seed=0, timestep_ps=fast_md["timestep_ps"])
+    context = openmm.Context(fast.system, integrator, openmm.Platform.getPlatformByName("CPU"))
+    context.setPositions(fast.positions_nm * u.nanometer)
+    openmm.LocalEnergyMinimizer.minimize(context, 10.0, 50)
+    integrator.step(20)
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+    assert np.isfinite(energy)
