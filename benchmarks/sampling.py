@@ -89,18 +89,19 @@ def biased_run(cv, bias, *, seed: int, n_steps: int, mts: int, report_steps: int
         n_steps = simulation.currentStep * mts
     seconds = time.perf_counter() - start
     reporter.close()
-    phi, weights = reweighted_phi(colvar)
+    data = read_colvar(colvar)
+    phi, weights = reweighted_phi(data)
     deg = np.degrees(phi)
     ns = n_steps * ala2.TIMESTEP_PS * 1e-3
-    transitions = count_phi_transitions(read_colvar(colvar)["phi"])
+    transitions = count_phi_transitions(data["phi"])
     return {"seed": seed, "ns": ns, "transitions": transitions, "transitions_per_ns": transitions / ns,
             "deltaF_C7ax_C7eq_kjmol": delta_f_kjmol((deg > 0) & (deg < 120), deg < 0, weights, 300.0),
             "ms_per_step": seconds * 1e3 / max(n_steps, 1), "failure": failure}
 
 
-def reweighted_phi(colvar: Path) -> tuple[np.ndarray, np.ndarray]:
-    """φ (rad) and unbiased frame weights from one walker's COLVAR, the first 10 % dropped (bias still building)."""
-    data = read_colvar(colvar)
+def reweighted_phi(data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """φ (rad) and unbiased frame weights from one walker's parsed COLVAR, the first 10 % dropped (bias still
+    building)."""
     keep = slice(len(data["phi"]) // 10, None)
     rct = [k for k in data if k.endswith(".rct")]
     if rct:  # metadynamics: exp(β(V − c(t))); walls are static and add to V
@@ -115,7 +116,7 @@ def plot_phi_profiles(colvars: list[Path], path: Path) -> None:
 
     profiles: dict = {}
     for colvar in map(Path, colvars):
-        phi, weights = reweighted_phi(colvar)
+        phi, weights = reweighted_phi(read_colvar(colvar))
         f, x = free_energy_profile(np.degrees(phi), weights, 300.0, bins=72, range_x=(-180.0, 180.0))
         profiles.setdefault(colvar.stem.rsplit("_", 1)[0], []).append((x, f))
     plot_free_energy_profiles(profiles, path, "φ (degrees), reweighted")

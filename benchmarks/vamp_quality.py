@@ -286,7 +286,7 @@ def main() -> None:
                         help="--checkpoint is a geom2vec state dict of this architecture")
     parser.add_argument("--tag", default="", help="results go to vamp_quality_<tag>.json (e.g. another checkpoint)")
     parser.add_argument("--other-lag", type=int, default=None,
-                        help="lag (frames) for the WLALL / λ6-85 rows (default: WLALL 10, λ6-85 5)")
+                        help="lag (frames) for the WLALL / λ6-85 rows (default: their other_settings)")
     parser.add_argument("--skip-other", action="store_true", help="ala2 only (no WLALL / λ6-85 rows)")
     args = parser.parse_args()
     result = run(args.quick, args)
