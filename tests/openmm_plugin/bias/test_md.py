@@ -62,7 +62,7 @@ def test_double_well_free_energy_within_half_kt(method, tmp_path):
     runner = BiasRunner(bias, callback=force.callback)
     reporter = BiasReporter(tmp_path / "COLVAR", bias, cv, 50, cv_names=["x"])
     sim.reporters.append(reporter)
-    runner.step(sim, 36000)
+    runner.step(sim, 72000)
     reporter.close()
     colvar = read_colvar(tmp_path / "COLVAR")
     keep = slice(len(colvar["x"]) // 5, None)
