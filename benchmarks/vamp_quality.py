@@ -69,29 +69,18 @@ def other_settings(name: str, quick: bool) -> dict:
     # λ6-85: 1,267 atoms; OBC with a 1.5 nm cutoff, hydrogen mass 3 amu, 4 fs steps, CPU platform. Short runs
     # from the ideal helix at 400 K: they see helix bending/fraying, not folding (µs), which is what a CPU allows.
     return {"n_traj": 3 if quick else 4, "ps_per_traj": 4.0 if quick else 60.0, "frame_ps": 0.5,
-            "temperature_k": 400.0, "lag_frames": 1 if quick else 4, "dim": 10, **lambda6_85.FAST_MD}
+            "temperature_k": 400.0, "lag_frames": 1 if quick else 4, "dim": 10, **lambda6_85.FAST_BUILD,
+            "timestep_ps": lambda6_85.FAST_TIMESTEP_PS}
 
 
 def simulate_other(name: str, out: Path, s: dict) -> tuple[list[Path], Path]:
     """WLALL / λ6-85 runs with ``other_settings`` (skipped when their files exist)."""
-    from openmm_plugin.simulate import run_md
     from openmm_plugin.simulate_systems import simulate_system
 
-    paths = []
-    if name == "wlall":
-        for seed in range(1, s["n_traj"] + 1):
-            paths.append(simulate_system("pentapeptide_wlall", ns=s["ps_per_traj"] * 1e-3, temperature_k=s["temperature_k"],
-                                         seed=seed, out=str(out), report_interval_ps=s["frame_ps"]).trajectory_path)
-        return paths, paths[0].with_suffix(".pdb")
-    molecule = lambda6_85.build(cutoff_nm=s["cutoff_nm"], hydrogen_mass_amu=s["hydrogen_mass_amu"])
-    dt = s["timestep_ps"]
-    for seed in range(1, s["n_traj"] + 1):
-        result = run_md(molecule.topology, molecule.system, molecule.positions_nm,
-                        lambda6_85.make_integrator(s["temperature_k"], seed=seed, timestep_ps=dt),
-                        out_prefix=out / f"lambda6_85_T{s['temperature_k']:g}_s{seed}",
-                        n_steps=int(round(s["ps_per_traj"] / dt)), report_interval_steps=int(round(s["frame_ps"] / dt)),
-                        platform="CPU", seed=seed, temperature_k=s["temperature_k"], desc=f"λ6-85 {seed}")
-        paths.append(result.trajectory_path)
+    system, options = {"wlall": ("pentapeptide_wlall", {}), "lambda6_85": ("lambda6_85", {"fast": True, "platform": "CPU"})}[name]
+    paths = [simulate_system(system, ns=s["ps_per_traj"] * 1e-3, temperature_k=s["temperature_k"], seed=seed, out=str(out),
+                             report_interval_ps=s["frame_ps"], **options).trajectory_path
+             for seed in range(1, s["n_traj"] + 1)]
     return paths, paths[0].with_suffix(".pdb")
 
 
@@ -201,7 +190,7 @@ def run(quick: bool, args) -> dict:
         if not trajs:
             trajs, top_path = simulate_other(name, work / name, o)
             data_note = (f"{o['n_traj']} x {o['ps_per_traj']:g} ps at {o['temperature_k']:g} K, frames every "
-                         f"{o['frame_ps']} ps" + (f"; {lambda6_85.FAST_MD}" if name == "lambda6_85" else ""))
+                         f"{o['frame_ps']} ps" + (f"; {lambda6_85.FAST_BUILD}, {lambda6_85.FAST_TIMESTEP_PS} ps steps" if name == "lambda6_85" else ""))
         else:
             if not top_path:
                 raise ValueError(f"--{name.replace('lambda6_85', 'lambda')}-top: required with its -traj files")

@@ -33,8 +33,14 @@ def test_simulate_cli(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     traj = mdtraj.load(str(tmp_path / "pentapeptide_wlall_T300_s0.dcd"), top=str(tmp_path / "pentapeptide_wlall_T300_s0.pdb"))
     assert traj.n_frames == 4 and traj.n_atoms == 103  # 0.4 ps, a frame every 0.1 ps
+    capsys.readouterr()
+    assert main(["simulate", "--system", "pentapeptide_wlall", "--ns", "0.0004", "--report-interval-ps", "0.1",
+                 "--out", str(tmp_path)]) == 0
+    assert "[existed, skipped]" in capsys.readouterr().out  # a second call keeps the outputs
     with pytest.raises(SystemExit):
         main(["simulate", "--system", "ubiquitin", "--ns", "1"])
+    with pytest.raises(ValueError, match="--fast: pentapeptide_wlall has no CPU-affordable settings"):
+        main(["simulate", "--system", "pentapeptide_wlall", "--fast", "--ns", "0.001", "--out", str(tmp_path / "f")])
 
 
 def test_lambda6_85_fast_md_options_reach_the_system():
@@ -45,8 +51,8 @@ def test_lambda6_85_fast_md_options_reach_the_system():
     from systems import lambda6_85
 
     plain = lambda6_85.build(minimize=False).system
-    fast_md = lambda6_85.FAST_MD
-    fast = lambda6_85.build(minimize=False, cutoff_nm=fast_md["cutoff_nm"], hydrogen_mass_amu=fast_md["hydrogen_mass_amu"])
+    fast_md = lambda6_85.FAST_BUILD
+    fast = lambda6_85.build(minimize=False, **fast_md)
     forces = {type(f).__name__: f for f in fast.system.getForces()}
     assert forces["NonbondedForce"].getNonbondedMethod() == openmm.NonbondedForce.CutoffNonPeriodic
     assert forces["GBSAOBCForce"].getNonbondedMethod() == openmm.GBSAOBCForce.CutoffNonPeriodic
@@ -56,7 +62,7 @@ def test_lambda6_85_fast_md_options_reach_the_system():
     assert all(masses[i] == pytest.approx(fast_md["hydrogen_mass_amu"]) for i in hydrogens)
     total = sum(plain.getParticleMass(i).value_in_unit(u.amu) for i in range(plain.getNumParticles()))
     assert sum(masses) == pytest.approx(total)
-    integrator = lambda6_85.make_integrator(400.0, seed=0, timestep_ps=fast_md["timestep_ps"])
+    integrator = lambda6_85.make_integrator(400.0, seed=0, timestep_ps=lambda6_85.FAST_TIMESTEP_PS)
     context = openmm.Context(fast.system, integrator, openmm.Platform.getPlatformByName("CPU"))
     context.setPositions(fast.positions_nm * u.nanometer)
     openmm.LocalEnergyMinimizer.minimize(context, 10.0, 50)
