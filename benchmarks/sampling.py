@@ -15,6 +15,8 @@ Targets: learned-CV transition rate ≥ 80 % of the φ/ψ rate; |ΔF_learned −
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import tempfile
 import time
@@ -36,6 +38,7 @@ from cvlearn.analysis.reweighting import delta_f_kjmol, opes_weights  # noqa: E4
 from cvlearn.analysis.transitions import count_phi_transitions  # noqa: E402
 from openmm_plugin.bias.sigma import learned_cv_sigma  # noqa: E402
 from cvlearn.export import load_cv, load_eager_cv  # noqa: E402
+from cvlearn.io import write_json_atomic  # noqa: E402
 from cvlearn.analysis.reweighting import metad_weights  # noqa: E402
 from openmm_plugin.bias import BiasReporter, BiasRunner, OPESMetad, python_bias_force  # noqa: E402
 from openmm_plugin.bias.base import BiasSum, OnComponents  # noqa: E402
@@ -109,17 +112,37 @@ def reweighted_phi(data: dict) -> tuple[np.ndarray, np.ndarray]:
     return data["phi"][keep], opes_weights(data["bias"][keep], 300.0)  # OPES: quasi-static bias, exp(βV)
 
 
+def delta_f_over_time(data: dict, points: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """ΔF(C7ax − C7eq) from the first t ns of one walker (each prefix reweighted as the whole run is), for a
+    convergence plot: a biased run has converged when this curve has flattened."""
+    n = len(data["phi"])
+    t_ns, df = [], []
+    for k in range(1, points + 1):
+        phi, weights = reweighted_phi({key: v[: n * k // points] for key, v in data.items()})
+        deg = np.degrees(phi)
+        t_ns.append(data["time"][n * k // points - 1] * 1e-3)
+        df.append(delta_f_kjmol((deg > 0) & (deg < 120), deg < 0, weights, 300.0))
+    return np.array(t_ns), np.array(df)
+
+
 def plot_phi_profiles(colvars: list[Path], path: Path) -> None:
-    """Reweighted F(φ) of each walker's ``<cv>_<seed>.colvar``, coloured by the biased CV."""
+    """Reweighted F(φ) of each walker's ``<cv>_<seed>.colvar``, coloured by the biased CV, and (beside it,
+    ``*_convergence.png``) ΔF(C7ax − C7eq) against simulated time."""
     from cvlearn.analysis.plots import plot_free_energy_profiles
     from cvlearn.analysis.reweighting import free_energy_profile
 
     profiles: dict = {}
+    convergence: dict = {}
     for colvar in map(Path, colvars):
-        phi, weights = reweighted_phi(read_colvar(colvar))
+        data = read_colvar(colvar)
+        phi, weights = reweighted_phi(data)
         f, x = free_energy_profile(np.degrees(phi), weights, 300.0, bins=72, range_x=(-180.0, 180.0))
-        profiles.setdefault(colvar.stem.rsplit("_", 1)[0], []).append((x, f))
+        name = colvar.stem.rsplit("_", 1)[0]
+        profiles.setdefault(name, []).append((x, f))
+        convergence.setdefault(name, []).append(delta_f_over_time(data))
     plot_free_energy_profiles(profiles, path, "φ (degrees), reweighted")
+    plot_free_energy_profiles(convergence, path.with_name(path.stem.replace("_phi_profiles", "") + "_convergence.png"),
+                              "simulated time (ns)", "ΔF(C7ax − C7eq) (kJ/mol)")
 
 
 def _summary(runs: list[dict], key: str) -> tuple[float, float]:
@@ -156,7 +179,26 @@ def _walker(job: dict) -> dict:
         cv, mts, compile = load_cv(tmp / "phi_psi.pt")[0], 1, False
     result = biased_run(cv, bias, seed=seed, n_steps=job["n_steps"], mts=mts, report_steps=job["report"],
                         colvar=tmp / f"{job['cv']}_{seed}.colvar", threads=job["threads"], compile=compile)
+    write_json_atomic(tmp / f"{job['cv']}_{seed}.json", {"job": _run_key(job), "result": result})
     return {"cv": job["cv"], **result}
+
+
+def _run_key(job: dict) -> dict:
+    """The settings that decide a walker's trajectory (not where or how fast it runs)."""
+    return {k: v for k, v in job.items() if k not in ("tmp", "threads")}
+
+
+def _finished(job: dict) -> dict | None:
+    """The result of a walker that already ran to the end with these settings (its COLVAR kept beside it), so a
+    killed benchmark resumes where it stopped."""
+    path = Path(job["tmp"]) / f"{job['cv']}_{job['seed']}.json"
+    if not path.is_file() or not path.with_suffix(".colvar").is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("job") != json.loads(json.dumps(_run_key(job))):
+        return None
+    print(f"seed {job['seed']} {job['cv']}: reusing the finished run in {path}", flush=True)
+    return {"cv": job["cv"], **saved["result"]}
 
 
 def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, sigma: float | None,
@@ -172,7 +214,7 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
         ala2.make_integrator(300.0, 12345), 300.0, component=component)[0]
     lo, hi = meta["cv_range_training"][component]
     margin = 0.1 * (hi - lo)
-    common = {"cv_path": str(cv_path), "n_cvs": int(cv.n_cvs), "component": component, "sigma_cv": sigma_cv,
+    common = {"cv_path": str(cv_path), "cv_sha1": hashlib.sha1(Path(cv_path).read_bytes()).hexdigest(), "n_cvs": int(cv.n_cvs), "component": component, "sigma_cv": sigma_cv,
               "range": (lo, hi), "method": method, "barrier_kjmol": barrier_kjmol, "pace": pace,
               "mts": mts, "report": report, "threads": threads, "wall_kappa": wall_kappa, "compile": compile,
               "n_steps": n_steps}
@@ -183,16 +225,21 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
         export_torsion_cv(tmp / "phi_psi.pt", ala2.phi_psi_indices(molecule.topology), molecule.topology.getNumAtoms())
         runs = [{**common, "cv": name, "seed": seed, "tmp": str(tmp)} for seed in range(seeds)
                 for name in ("learned", "phi_psi")]
-        if jobs > 1:  # independent walkers: one process each (spawned: torch and OpenMM start clean)
+        finished = [_finished(r) for r in runs]
+        todo = [r for r, done in zip(runs, finished) if done is None]
+        if jobs > 1 and len(todo) > 1:  # independent walkers: one process each (spawned: torch and OpenMM start clean)
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results = list(pool.map(_walker, runs))
+                fresh = iter(list(pool.map(_walker, todo)))
         else:
-            results = [_walker(r) for r in runs]
+            fresh = iter([_walker(r) for r in todo])
+        results = [done if done is not None else next(fresh) for done in finished]
         for r in results:
             name = r.pop("cv")
+            t_ns, df = delta_f_over_time(read_colvar(tmp / f"{name}_{r['seed']}.colvar"))
+            r["deltaF_over_time"] = {"t_ns": t_ns.tolist(), "kjmol": df.tolist()}
             rows[name].append(r)
             print(f"seed {r['seed']} {name:8s}: {r['transitions']:4d} "
                   f"transitions ({r['transitions_per_ns']:.1f}/ns), dF = {r['deltaF_C7ax_C7eq_kjmol']:.2f} kJ/mol, "
@@ -259,7 +306,8 @@ def main() -> None:
                         help="torch.compile the learned CV (its eager twin in the CV file; ala2: 0.73 vs 1.60 ms/step)")
     parser.add_argument("--jobs", type=int, default=1, help="walkers run in this many processes at once")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: fastest here)")
-    parser.add_argument("--work", default="runs/sampling", help="where the walkers' COLVAR files are kept (default runs/sampling)")
+    parser.add_argument("--work", default="runs/sampling", help="where the walkers' COLVAR files are kept (default runs/sampling); a walker "
+                        "that finished there with the same settings is reused, so a killed run resumes")
     args = parser.parse_args()
     result = run(Path(args.cv), quick=args.quick, ns=0.04 if args.quick else args.ns, seeds=args.seeds,
                  component=args.component, sigma=args.sigma, barrier_kjmol=args.barrier_kjmol,

@@ -162,30 +162,30 @@ def frozen_featurizer_for(data, protocol: str, checkpoint: str | None, geom2vec_
 
 
 def run(quick: bool, args) -> dict:
-    torch.set_num_threads(1 if quick else max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or (1 if quick else max(1, os.cpu_count() or 1)))
     work = Path(args.work) if args.work else Path("runs") / ("vamp_quality_quick" if quick else "vamp_quality")  # gitignored
     rows, systems, notes = [], {}, []
     s = ala2_settings(quick)
-    paths, top = simulate_ala2(work / "ala2", s)
-    data, test_trajs = compare_data_from_trajectories(paths, top, s["split"], s["lag_frames"], s["dim"], s["frame_ps"],
-                                                      "not element H")
     cfg = QUICK_ET if quick else FULL_ET
-    table = compare_models(data, seeds=s["seeds"], featurizer_config=cfg, head_hidden=32 if quick else 64,
-                           max_epochs=s["max_epochs"], patience=s["patience"],
-                           frozen_featurizer=frozen_featurizer_for(data, args.protocol, args.checkpoint, args.geom2vec_kind))
+    kinetics = {}
     plots = RESULTS / f"{result_name(args)}{'_quick' if quick else ''}_plots"
-    kinetics = {"ala2": kinetics_and_projections("ala2", table, test_trajs, s["lag_frames"], s["frame_ps"],
-                                                s["temperature_k"], plots, quick)}
-    for r in public_rows(table):
-        rows.append({"system": "ala2", **r})
-    systems["ala2"] = {**{k: v for k, v in s.items()}, "featurizer": cfg.as_dict(),
-                       "data": f"{s['n_traj']} x {s['ps_per_traj']:g} ps at {s['temperature_k']:g} K, frames every "
-                               f"{s['frame_ps']} ps; split train/val/test = {s['split']} trajectories"}
+    if "ala2" in args.systems:
+        paths, top = simulate_ala2(work / "ala2", s)
+        data, test_trajs = compare_data_from_trajectories(paths, top, s["split"], s["lag_frames"], s["dim"], s["frame_ps"],
+                                                          "not element H")
+        table = compare_models(data, seeds=s["seeds"], featurizer_config=cfg, head_hidden=32 if quick else 64,
+                               max_epochs=s["max_epochs"], patience=s["patience"],
+                               frozen_featurizer=frozen_featurizer_for(data, args.protocol, args.checkpoint, args.geom2vec_kind))
+        kinetics["ala2"] = kinetics_and_projections("ala2", table, test_trajs, s["lag_frames"], s["frame_ps"],
+                                                    s["temperature_k"], plots, quick)
+        rows += [{"system": "ala2", **r} for r in public_rows(table)]
+        systems["ala2"] = {**{k: v for k, v in s.items()}, "featurizer": cfg.as_dict(),
+                           "data": f"{s['n_traj']} x {s['ps_per_traj']:g} ps at {s['temperature_k']:g} K, frames every "
+                                   f"{s['frame_ps']} ps; split train/val/test = {s['split']} trajectories"}
     for name, trajs, top_path, sel in (("wlall", args.wlall_traj, args.wlall_top, "not element H"),
                                        ("lambda6_85", args.lambda_traj, args.lambda_top, "name CA")):
         o = other_settings(name, quick)
-        if args.skip_other:
-            notes.append(f"{name}: skipped (--skip-other)")
+        if name not in args.systems:
             continue
         if not trajs:
             trajs, top_path = simulate_other(name, work / name, o)
@@ -276,7 +276,10 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="results go to vamp_quality_<tag>.json (e.g. another checkpoint)")
     parser.add_argument("--other-lag", type=int, default=None,
                         help="lag (frames) for the WLALL / λ6-85 rows (default: their other_settings)")
-    parser.add_argument("--skip-other", action="store_true", help="ala2 only (no WLALL / λ6-85 rows)")
+    parser.add_argument("--systems", nargs="+", choices=("ala2", "wlall", "lambda6_85"),
+                        default=["ala2", "wlall", "lambda6_85"], help="systems to run (default: all three)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: all cores; 1 when other jobs share the machine)")
     args = parser.parse_args()
     result = run(args.quick, args)
     save(result_name(args), args.quick, result, markdown(result))

@@ -66,12 +66,13 @@ def plot_time_series(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: 
 
 
 def plot_free_energy_profiles(profiles: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]], path: str | Path,
-                              xlabel: str) -> None:
-    """1-D free-energy profiles (kJ/mol), one colour per group (e.g. biased CV), one line per run (e.g. seed)."""
+                              xlabel: str, ylabel: str = "F (kJ/mol)") -> None:
+    """1-D free-energy profiles (kJ/mol), one colour per group (e.g. biased CV), one line per run (e.g. seed);
+    also ΔF against simulated time (``ylabel``) for convergence checks."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for k, (name, runs) in enumerate(profiles.items()):
         for i, (x, f) in enumerate(runs):
             ax.plot(x, f, color=f"C{k}", alpha=0.8, lw=1.2, label=name if i == 0 else None)
-    ax.set(xlabel=xlabel, ylabel="F (kJ/mol)")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend(fontsize=8)
     _save(fig, path)
