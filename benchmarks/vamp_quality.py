@@ -164,6 +164,8 @@ def frozen_featurizer_for(data, protocol: str, checkpoint: str | None, geom2vec_
 def run(quick: bool, args) -> dict:
     torch.set_num_threads(args.threads or (1 if quick else max(1, os.cpu_count() or 1)))
     work = Path(args.work) if args.work else Path("runs") / ("vamp_quality_quick" if quick else "vamp_quality")  # gitignored
+    if args.checkpoint and not Path(args.checkpoint).is_file():  # fail now, not after an hour of MD
+        raise FileNotFoundError(f"--checkpoint: {args.checkpoint} does not exist")
     rows, systems, notes = [], {}, []
     s = ala2_settings(quick)
     cfg = QUICK_ET if quick else FULL_ET
