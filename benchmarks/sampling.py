@@ -278,11 +278,19 @@ def markdown(result: dict) -> str:
     s = result["summary"]
     lines = [f"# sampling ({result['date']}, quick={result['settings']['quick']}, {result['settings']['seeds']} seeds × "
              f"{result['settings']['ns_per_run']:.3g} ns, cv={result['settings']['cv']})", "",
-             "| CV | φ transitions / ns | ΔF(C7ax − C7eq) kJ/mol | ms/step |", "|---|---|---|---|"]
+             "| CV | φ transitions / ns | ΔF(C7ax − C7eq) kJ/mol | per seed | ΔF at half the run | ms/step |",
+             "|---|---|---|---|---|---|"]
     for name in ("learned", "phi_psi"):
-        ms = np.mean([r["ms_per_step"] for r in result["rows"] if r["cv"] == name])
+        runs = [r for r in result["rows"] if r["cv"] == name]
+        ms = np.mean([r["ms_per_step"] for r in runs])
+        per_seed = ", ".join(f"{r['deltaF_C7ax_C7eq_kjmol']:.2f}" for r in runs)
+        half = [r["deltaF_over_time"]["kjmol"][len(r["deltaF_over_time"]["kjmol"]) // 2 - 1] for r in runs]
         lines.append(f"| {name} | {s[name]['transitions_per_ns'][0]:.2f} ± {s[name]['transitions_per_ns'][1]:.2f} | "
-                     f"{s[name]['deltaF_C7ax_C7eq_kjmol'][0]:.2f} ± {s[name]['deltaF_C7ax_C7eq_kjmol'][1]:.2f} | {ms:.3f} |")
+                     f"{s[name]['deltaF_C7ax_C7eq_kjmol'][0]:.2f} ± {s[name]['deltaF_C7ax_C7eq_kjmol'][1]:.2f} | "
+                     f"{per_seed} | {np.nanmean(half):.2f} | {ms:.3f} |")
+    stem = "sampling_quick" if result["settings"]["quick"] else "sampling"
+    lines += ["", f"± is the std over seeds. ΔF against time per walker: `{stem}_convergence.png`; reweighted F(φ): "
+              f"`{stem}_phi_profiles.png`."]
     lines += targets_table(result["targets"])
     return "\n".join(lines) + "\n"
 
