@@ -274,6 +274,12 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
     }
 
 
+def _mean_or_nan(values) -> float:
+    """Mean over the finite values (a short run may see no transition at all: NaN, without a warning)."""
+    finite = np.asarray(values, dtype=float)[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
 def markdown(result: dict) -> str:
     s = result["summary"]
     lines = [f"# sampling ({result['date']}, quick={result['settings']['quick']}, {result['settings']['seeds']} seeds × "
@@ -287,7 +293,7 @@ def markdown(result: dict) -> str:
         half = [r["deltaF_over_time"]["kjmol"][len(r["deltaF_over_time"]["kjmol"]) // 2 - 1] for r in runs]
         lines.append(f"| {name} | {s[name]['transitions_per_ns'][0]:.2f} ± {s[name]['transitions_per_ns'][1]:.2f} | "
                      f"{s[name]['deltaF_C7ax_C7eq_kjmol'][0]:.2f} ± {s[name]['deltaF_C7ax_C7eq_kjmol'][1]:.2f} | "
-                     f"{per_seed} | {np.nanmean(half):.2f} | {ms:.3f} |")
+                     f"{per_seed} | {_mean_or_nan(half):.2f} | {ms:.3f} |")
     stem = "sampling_quick" if result["settings"]["quick"] else "sampling"
     lines += ["", f"± is the std over seeds. ΔF against time per walker: `{stem}_convergence.png`; reweighted F(φ): "
               f"`{stem}_phi_profiles.png`."]
