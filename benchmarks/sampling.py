@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, machine, now_utc, save, targets_table  # noqa: E402
 
 from cvlearn.analysis.colvar import read_colvar  # noqa: E402
-from cvlearn.analysis.reweighting import delta_f_kjmol, opes_weights  # noqa: E402
+from cvlearn.analysis.plots import plot_free_energy_profiles  # noqa: E402
+from cvlearn.analysis.reweighting import delta_f_kjmol, free_energy_profile, opes_weights  # noqa: E402
 from cvlearn.analysis.transitions import count_phi_transitions  # noqa: E402
 from openmm_plugin.bias.sigma import learned_cv_sigma  # noqa: E402
 from cvlearn.export import load_cv, load_eager_cv  # noqa: E402
@@ -126,23 +127,13 @@ def delta_f_over_time(data: dict, points: int = 12) -> tuple[np.ndarray, np.ndar
 
 
 def plot_phi_profiles(colvars: list[Path], path: Path) -> None:
-    """Reweighted F(φ) of each walker's ``<cv>_<seed>.colvar``, coloured by the biased CV, and (beside it,
-    ``*_convergence.png``) ΔF(C7ax − C7eq) against simulated time."""
-    from cvlearn.analysis.plots import plot_free_energy_profiles
-    from cvlearn.analysis.reweighting import free_energy_profile
-
+    """Reweighted F(φ) of each walker's ``<cv>_<seed>.colvar``, coloured by the biased CV."""
     profiles: dict = {}
-    convergence: dict = {}
     for colvar in map(Path, colvars):
-        data = read_colvar(colvar)
-        phi, weights = reweighted_phi(data)
+        phi, weights = reweighted_phi(read_colvar(colvar))
         f, x = free_energy_profile(np.degrees(phi), weights, 300.0, bins=72, range_x=(-180.0, 180.0))
-        name = colvar.stem.rsplit("_", 1)[0]
-        profiles.setdefault(name, []).append((x, f))
-        convergence.setdefault(name, []).append(delta_f_over_time(data))
+        profiles.setdefault(colvar.stem.rsplit("_", 1)[0], []).append((x, f))
     plot_free_energy_profiles(profiles, path, "φ (degrees), reweighted")
-    plot_free_energy_profiles(convergence, path.with_name(path.stem.replace("_phi_profiles", "") + "_convergence.png"),
-                              "simulated time (ns)", "ΔF(C7ax − C7eq) (kJ/mol)")
 
 
 def _summary(runs: list[dict], key: str) -> tuple[float, float]:
@@ -214,7 +205,8 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
         ala2.make_integrator(300.0, 12345), 300.0, component=component)[0]
     lo, hi = meta["cv_range_training"][component]
     margin = 0.1 * (hi - lo)
-    common = {"cv_path": str(cv_path), "cv_sha1": hashlib.sha1(Path(cv_path).read_bytes()).hexdigest(), "n_cvs": int(cv.n_cvs), "component": component, "sigma_cv": sigma_cv,
+    common = {"cv_path": str(cv_path), "cv_sha1": hashlib.sha1(Path(cv_path).read_bytes()).hexdigest(),
+              "n_cvs": int(cv.n_cvs), "component": component, "sigma_cv": sigma_cv,
               "range": (lo, hi), "method": method, "barrier_kjmol": barrier_kjmol, "pace": pace,
               "mts": mts, "report": report, "threads": threads, "wall_kappa": wall_kappa, "compile": compile,
               "n_steps": n_steps}
@@ -244,8 +236,11 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
             print(f"seed {r['seed']} {name:8s}: {r['transitions']:4d} "
                   f"transitions ({r['transitions_per_ns']:.1f}/ns), dF = {r['deltaF_C7ax_C7eq_kjmol']:.2f} kJ/mol, "
                   f"{r['ms_per_step']:.3f} ms/step", flush=True)
-        plot_phi_profiles([tmp / f"{r['cv']}_{r['seed']}.colvar" for r in runs],
-                          RESULTS / f"sampling{'_quick' if quick else ''}_phi_profiles.png")
+        stem = f"sampling{'_quick' if quick else ''}"
+        plot_phi_profiles([tmp / f"{r['cv']}_{r['seed']}.colvar" for r in runs], RESULTS / f"{stem}_phi_profiles.png")
+    plot_free_energy_profiles({name: [(r["deltaF_over_time"]["t_ns"], r["deltaF_over_time"]["kjmol"]) for r in walkers]
+                               for name, walkers in rows.items()}, RESULTS / f"{stem}_convergence.png",
+                              "simulated time (ns)", "ΔF(C7ax − C7eq) (kJ/mol), reweighted from the start")
     rate_l, rate_l_sd = _summary(rows["learned"], "transitions_per_ns")
     rate_r, rate_r_sd = _summary(rows["phi_psi"], "transitions_per_ns")
     df_l, df_l_sd = _summary(rows["learned"], "deltaF_C7ax_C7eq_kjmol")
