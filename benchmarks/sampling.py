@@ -93,7 +93,7 @@ def biased_run(cv, bias, *, seed: int, n_steps: int, mts: int, report_steps: int
         n_steps = simulation.currentStep * mts
     seconds = time.perf_counter() - start
     reporter.close()
-    data = read_colvar(colvar)
+    data = read_walker(colvar)
     phi, weights = reweighted_phi(data)
     deg = np.degrees(phi)
     ns = n_steps * ala2.TIMESTEP_PS * 1e-3
@@ -101,6 +101,14 @@ def biased_run(cv, bias, *, seed: int, n_steps: int, mts: int, report_steps: int
     return {"seed": seed, "ns": ns, "transitions": transitions, "transitions_per_ns": transitions / ns,
             "deltaF_C7ax_C7eq_kjmol": delta_f_kjmol((deg > 0) & (deg < 120), deg < 0, weights, 300.0),
             "ms_per_step": seconds * 1e3 / max(n_steps, 1), "failure": failure}
+
+
+def read_walker(colvar: Path) -> dict:
+    """A walker's COLVAR up to its first non-finite row: a walker that blew up is analysed until it did."""
+    data = read_colvar(colvar)
+    finite = np.all([np.isfinite(v) for v in data.values()], axis=0)
+    end = int(np.argmin(finite)) if not finite.all() else finite.size
+    return {k: v[:end] for k, v in data.items()}
 
 
 def reweighted_phi(data: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -130,14 +138,15 @@ def plot_phi_profiles(colvars: list[Path], path: Path) -> None:
     """Reweighted F(φ) of each walker's ``<cv>_<seed>.colvar``, coloured by the biased CV."""
     profiles: dict = {}
     for colvar in map(Path, colvars):
-        phi, weights = reweighted_phi(read_colvar(colvar))
+        phi, weights = reweighted_phi(read_walker(colvar))
         f, x = free_energy_profile(np.degrees(phi), weights, 300.0, bins=72, range_x=(-180.0, 180.0))
         profiles.setdefault(colvar.stem.rsplit("_", 1)[0], []).append((x, f))
     plot_free_energy_profiles(profiles, path, "φ (degrees), reweighted")
 
 
 def _summary(runs: list[dict], key: str) -> tuple[float, float]:
-    values = np.array([r[key] for r in runs], dtype=float)
+    """Mean and std over the walkers that ran to the end (blown-up walkers are counted apart)."""
+    values = np.array([r[key] for r in runs if not r.get("failure")], dtype=float)
     return float(np.nanmean(values)), float(np.nanstd(values))
 
 
@@ -230,7 +239,7 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
         results = [done if done is not None else next(fresh) for done in finished]
         for r in results:
             name = r.pop("cv")
-            t_ns, df = delta_f_over_time(read_colvar(tmp / f"{name}_{r['seed']}.colvar"))
+            t_ns, df = delta_f_over_time(read_walker(tmp / f"{name}_{r['seed']}.colvar"))
             r["deltaF_over_time"] = {"t_ns": t_ns.tolist(), "kjmol": df.tolist()}
             rows[name].append(r)
             print(f"seed {r['seed']} {name:8s}: {r['transitions']:4d} "
@@ -246,7 +255,10 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
     df_l, df_l_sd = _summary(rows["learned"], "deltaF_C7ax_C7eq_kjmol")
     df_r, df_r_sd = _summary(rows["phi_psi"], "deltaF_C7ax_C7eq_kjmol")
     rate_ratio = rate_l / rate_r if rate_r > 0 else float("nan")
+    blown_up = [r for r in rows["learned"] if r.get("failure")]
     targets = [
+        {"name": f"learned-CV walkers that blew up (of {len(rows['learned'])}; left out of the means)",
+         "value": len(blown_up), "target": 0, "unit": "walkers", "met": not blown_up},
         {"name": "learned-CV phi transition rate / phi-psi rate", "value": rate_ratio, "target": 0.8, "unit": "x",
          "met": bool(rate_ratio >= 0.8)},
         {"name": "|dF(C7ax-C7eq) learned - phi/psi|", "value": abs(df_l - df_r), "target": 1.25, "unit": "kJ/mol",
@@ -284,13 +296,15 @@ def markdown(result: dict) -> str:
     for name in ("learned", "phi_psi"):
         runs = [r for r in result["rows"] if r["cv"] == name]
         ms = np.mean([r["ms_per_step"] for r in runs])
-        per_seed = ", ".join(f"{r['deltaF_C7ax_C7eq_kjmol']:.2f}" for r in runs)
-        half = [r["deltaF_over_time"]["kjmol"][len(r["deltaF_over_time"]["kjmol"]) // 2 - 1] for r in runs]
+        per_seed = ", ".join(f"blew up at {r['ns']:.2f} ns" if r.get("failure") else f"{r['deltaF_C7ax_C7eq_kjmol']:.2f}"
+                             for r in runs)
+        half = [r["deltaF_over_time"]["kjmol"][len(r["deltaF_over_time"]["kjmol"]) // 2 - 1]
+                for r in runs if not r.get("failure")]
         lines.append(f"| {name} | {s[name]['transitions_per_ns'][0]:.2f} ± {s[name]['transitions_per_ns'][1]:.2f} | "
                      f"{s[name]['deltaF_C7ax_C7eq_kjmol'][0]:.2f} ± {s[name]['deltaF_C7ax_C7eq_kjmol'][1]:.2f} | "
                      f"{per_seed} | {_mean_or_nan(half):.2f} | {ms:.3f} |")
     stem = "sampling_quick" if result["settings"]["quick"] else "sampling"
-    lines += ["", f"± is the std over seeds. ΔF against time per walker: `{stem}_convergence.png`; reweighted F(φ): "
+    lines += ["", f"± is the std over the walkers that ran to the end. ΔF against time per walker: `{stem}_convergence.png`; reweighted F(φ): "
               f"`{stem}_phi_profiles.png`."]
     lines += targets_table(result["targets"])
     return "\n".join(lines) + "\n"
