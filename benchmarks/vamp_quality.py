@@ -186,9 +186,9 @@ def run(quick: bool, args) -> dict:
                                    f"{s['frame_ps']} ps; split train/val/test = {s['split']} trajectories"}
     for name, trajs, top_path, sel in (("wlall", args.wlall_traj, args.wlall_top, "not element H"),
                                        ("lambda6_85", args.lambda_traj, args.lambda_top, "name CA")):
-        o = other_settings(name, quick)
         if name not in args.systems:
             continue
+        o = other_settings(name, quick)
         if not trajs:
             trajs, top_path = simulate_other(name, work / name, o)
             data_note = (f"{o['n_traj']} x {o['ps_per_traj']:g} ps at {o['temperature_k']:g} K, frames every "
