@@ -98,9 +98,11 @@ def biased_run(cv, bias, *, seed: int, n_steps: int, mts: int, report_steps: int
     deg = np.degrees(phi)
     ns = n_steps * ala2.TIMESTEP_PS * 1e-3
     transitions = count_phi_transitions(data["phi"])
+    t_ns, df_t = delta_f_over_time(data)
     return {"seed": seed, "ns": ns, "transitions": transitions, "transitions_per_ns": transitions / ns,
             "deltaF_C7ax_C7eq_kjmol": delta_f_kjmol((deg > 0) & (deg < 120), deg < 0, weights, 300.0),
-            "ms_per_step": seconds * 1e3 / max(n_steps, 1), "failure": failure}
+            "ms_per_step": seconds * 1e3 / max(n_steps, 1), "failure": failure,
+            "deltaF_over_time": {"t_ns": t_ns.tolist(), "kjmol": df_t.tolist()}}
 
 
 def read_walker(colvar: Path) -> dict:
@@ -239,8 +241,6 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
         results = [done if done is not None else next(fresh) for done in finished]
         for r in results:
             name = r.pop("cv")
-            t_ns, df = delta_f_over_time(read_walker(tmp / f"{name}_{r['seed']}.colvar"))
-            r["deltaF_over_time"] = {"t_ns": t_ns.tolist(), "kjmol": df.tolist()}
             rows[name].append(r)
             print(f"seed {r['seed']} {name:8s}: {r['transitions']:4d} "
                   f"transitions ({r['transitions_per_ns']:.1f}/ns), dF = {r['deltaF_C7ax_C7eq_kjmol']:.2f} kJ/mol, "
