@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, now_utc, quick_main, targets_table  # noqa: E402
 
-from cvlearn.cv_model import GraphCV  # noqa: E402
+from cvlearn.models.cv import GraphCV  # noqa: E402
 from cvlearn.export import export_cv, load_eager_cv  # noqa: E402
-from cvlearn.featurizers import GEOM2VEC_ET, ETConfig, ETFeaturizer  # noqa: E402
-from cvlearn.heads import MLPHead  # noqa: E402
-from cvlearn.mixers import SumPool  # noqa: E402
-from cvlearn.tokens import ResidueTokens, residue_index_of_atoms  # noqa: E402
+from cvlearn.nn.featurizers import GEOM2VEC_ET, ETConfig, ETFeaturizer  # noqa: E402
+from cvlearn.nn.heads import MLPHead  # noqa: E402
+from cvlearn.nn.mixers import SumPool  # noqa: E402
+from cvlearn.nn.tokens import ResidueTokens, residue_index_of_atoms  # noqa: E402
 from openmm_plugin.bias import BiasRunner, CVEvaluator, Metadynamics, OPESMetad, TorchBiasForce, python_bias_force  # noqa: E402
 from openmm_plugin.metadynamics import MetadSettings, cv_metadynamics, torsion_metadynamics  # noqa: E402
 from openmm_plugin.bias.restraints import HarmonicRestraint  # noqa: E402
@@ -144,7 +144,7 @@ def run(quick: bool) -> dict:
             for d in (1, 2):
                 cvs[label, d], n_params, paths[label, d] = exported_cv(molecule, config, d, tmp, dense)
             models[label] = {"architecture": config.as_dict(), "parameters": n_params, "dtype": "float32",
-                             "implementation": "dense ET (cvlearn.featurizers.dense_et)" if dense else "torchmd-net ET, edge list",
+                             "implementation": "dense ET (cvlearn.nn.featurizers.dense_et)" if dense else "torchmd-net ET, edge list",
                              "atoms": len(ala2.heavy_atom_indices(molecule.topology))}
         add("unbiased", "-", "-", 0, time_steps(_simulation(molecule, copy.deepcopy(molecule.system), ala2.make_integrator()), n_md))
         system = copy.deepcopy(molecule.system)

@@ -33,12 +33,12 @@ from benchmarks.common import machine, now_utc, quick_main, targets_table  # noq
 
 from torch_geometric.nn.models.visnet import ViSNetBlock  # noqa: E402
 
-from cvlearn.featurizers import GEOM2VEC_VISNET, make_featurizer  # noqa: E402
-from cvlearn.featurizers.base import FeaturizerBase  # noqa: E402
-from cvlearn.featurizers.neighbors import FixedTopologyNeighbors  # noqa: E402
-from cvlearn.store import inference_forward  # noqa: E402
-from cvlearn.selection import atomic_numbers, select_atoms  # noqa: E402
-from cvlearn.windows import make_token_embedder  # noqa: E402
+from cvlearn.nn.featurizers import GEOM2VEC_VISNET, make_featurizer  # noqa: E402
+from cvlearn.nn.featurizers.base import FeaturizerBase  # noqa: E402
+from cvlearn.nn.featurizers.neighbors import FixedTopologyNeighbors  # noqa: E402
+from cvlearn.data.store import inference_forward  # noqa: E402
+from cvlearn.data.selection import atomic_numbers, select_atoms  # noqa: E402
+from cvlearn.nn.windows import make_token_embedder  # noqa: E402
 
 HALF_WIDTH = 2
 

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
 
-from cvlearn.datasets.xxmd import load_xxmd, random_split  # noqa: E402
-from cvlearn.featurizers.molecules import MoleculeBackbone  # noqa: E402
-from cvlearn.finetuning import ForceFieldFinetuner, evaluate_potential  # noqa: E402
+from cvlearn.structures.xxmd import load_xxmd, random_split  # noqa: E402
+from cvlearn.nn.featurizers.molecules import MoleculeBackbone  # noqa: E402
+from cvlearn.estimators.finetuner import ForceFieldFinetuner, evaluate_potential  # noqa: E402
 
 FULL = {"sizes": [25, 50, 100, None], "seeds": [0, 1, 2], "max_epochs": 300, "patience": 30}
 QUICK = {"sizes": [10, 25], "seeds": [0, 1], "max_epochs": 4, "patience": 4}

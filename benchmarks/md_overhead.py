@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, now_utc, quick_main, targets_table  # noqa: E402
 
 from benchmarks.bias_speed import DEMO_ET, exported_cv  # noqa: E402
-from cvlearn.featurizers import GEOM2VEC_ET  # noqa: E402
+from cvlearn.nn.featurizers import GEOM2VEC_ET  # noqa: E402
 from openmm_plugin.forces import torch_force_for_cv  # noqa: E402
 from openmm_plugin.metadynamics import MetadSettings, bias_force_group, cv_metadynamics, torsion_metadynamics  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402

@@ -29,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, machine, now_utc, save, targets_table  # noqa: E402
 from benchmarks.vamp_quality import ala2_settings, compare_data_from_trajectories, simulate_ala2  # noqa: E402
 
-from cvlearn.featurizers import GEOM2VEC_ET, ETConfig, load_featurizer_weights  # noqa: E402
+from cvlearn.nn.featurizers import GEOM2VEC_ET, ETConfig, load_featurizer_weights  # noqa: E402
 
 QUICK_ARCH = {"hidden_channels": 32, "num_layers": 1, "num_rbf": 16, "num_heads": 4}
 
 
 def pretraining_rows(quick: bool, work: Path) -> tuple[dict, dict]:
-    from openmm_plugin.pretrain_cli import PretrainConfig, run_pretrain
-    from systems.pretraining_corpus import CorpusSpec, tiny_spec
+    from openmm_plugin.stages.pretrain import PretrainConfig, run_pretrain
+    from openmm_plugin.stages.corpus import CorpusSpec, tiny_spec
 
     if quick:
         config = PretrainConfig(out=str(work / "pretrain"), corpus=str(work / "corpus"), corpus_spec=tiny_spec(),
@@ -65,14 +65,14 @@ def downstream_rows(quick: bool, work: Path, geom2vec_dir: Path | None,
     """Ala2 test VAMP-2 per featurizer start. ``frozen``: the featurizer embeds every frame once and a sum-pool +
     MLP head is trained on the tokens (what the representation alone carries, as geom2vec uses its checkpoints);
     ``end-to-end``: GNN + sum trained through the featurizer (about 5 CPU-hours at full data here)."""
-    from cvlearn.baselines import build_lobe
+    from cvlearn.estimators.baselines import build_lobe
     from cvlearn.checkpoints import default_checkpoint
-    from cvlearn.cv_model import TokenCV, embed_frames, fit_head_scaler
-    from cvlearn.featurizers import ETFeaturizer
-    from cvlearn.heads import MLPHead
-    from cvlearn.mixers import SumPool
-    from cvlearn.multiseed import fit_seeds
-    from cvlearn.tokens import ResidueTokens
+    from cvlearn.models.cv import TokenCV, embed_frames, fit_head_scaler
+    from cvlearn.nn.featurizers import ETFeaturizer
+    from cvlearn.nn.heads import MLPHead
+    from cvlearn.nn.mixers import SumPool
+    from cvlearn.estimators.multiseed import fit_seeds
+    from cvlearn.nn.tokens import ResidueTokens
 
     s = ala2_settings(quick)
     paths, top = simulate_ala2(work / "ala2", s)
@@ -124,7 +124,7 @@ def downstream_rows(quick: bool, work: Path, geom2vec_dir: Path | None,
 def shipped_curve() -> dict:
     """The shipped checkpoint's own pre-training record (its metadata), plotted next to the results."""
     from cvlearn.checkpoints import default_checkpoint
-    from openmm_plugin.pretrain_cli import _plot
+    from openmm_plugin.stages.pretrain import _plot
 
     meta = torch.load(default_checkpoint(), map_location="cpu", weights_only=True)["metadata"]
     pre = meta["pretraining"]

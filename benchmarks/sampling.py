@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, machine, now_utc, save, targets_table  # noqa: E402
 
-from cvlearn.analysis.colvar import read_colvar  # noqa: E402
+from cvlearn.data.colvar import read_colvar  # noqa: E402
 from cvlearn.analysis.plots import plot_free_energy_profiles  # noqa: E402
 from cvlearn.analysis.reweighting import delta_f_kjmol, free_energy_profile, opes_weights  # noqa: E402
 from cvlearn.analysis.transitions import count_phi_transitions  # noqa: E402

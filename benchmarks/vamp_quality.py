@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, machine, now_utc, save, targets_table  # noqa: E402
 
-from cvlearn.baselines import CompareData, backbone_torsion_features, compare_models, markdown_table, public_rows  # noqa: E402
+from cvlearn.estimators.baselines import CompareData, backbone_torsion_features, compare_models, markdown_table, public_rows  # noqa: E402
 from cvlearn.data import load_trajectories  # noqa: E402
-from cvlearn.featurizers import ETConfig  # noqa: E402
-from cvlearn.tokens import residue_index_of_atoms  # noqa: E402
+from cvlearn.nn.featurizers import ETConfig  # noqa: E402
+from cvlearn.nn.tokens import residue_index_of_atoms  # noqa: E402
 from systems import lambda6_85  # noqa: E402
 
 QUICK_ET = ETConfig(hidden_channels=32, num_layers=1, num_rbf=16, num_heads=4, cutoff_angstrom=5.0)
@@ -43,7 +43,7 @@ def ala2_settings(quick: bool) -> dict:
 
 def simulate_ala2(out: Path, s: dict, seed: int = 0) -> tuple[list[Path], Path]:
     """Unbiased ala2 runs (skipped when their files exist), trans-ω restraint as in the demo."""
-    from openmm_plugin.simulate import run_md
+    from openmm_plugin.simulation import run_md
     from systems import alanine_dipeptide as ala2
     from systems.peptides import add_trans_omega_restraint
 
@@ -75,7 +75,7 @@ def other_settings(name: str, quick: bool) -> dict:
 
 def simulate_other(name: str, out: Path, s: dict) -> tuple[list[Path], Path]:
     """WLALL / λ6-85 runs with ``other_settings`` (skipped when their files exist)."""
-    from openmm_plugin.simulate_systems import simulate_system
+    from openmm_plugin.stages.simulate import simulate_system
 
     system, options = {"wlall": ("pentapeptide_wlall", {}), "lambda6_85": ("lambda6_85", {"fast": True, "platform": "CPU"})}[name]
     paths = [simulate_system(system, ns=s["ps_per_traj"] * 1e-3, temperature_k=s["temperature_k"], seed=seed, out=str(out),
@@ -151,8 +151,8 @@ def frozen_featurizer_for(data, protocol: str, checkpoint: str | None, geom2vec_
     if protocol == "end-to-end":
         return None
     from cvlearn.checkpoints import default_checkpoint
-    from cvlearn.featurizers import featurizer_from_checkpoint
-    from cvlearn.featurizers.registry import load_geom2vec
+    from cvlearn.nn.featurizers import featurizer_from_checkpoint
+    from cvlearn.nn.featurizers.registry import load_geom2vec
 
     if geom2vec_kind:
         if not checkpoint:

@@ -8,7 +8,7 @@ The same job as ``cvlearn demo``; see ``openmm_plugin/demo.py`` for the stages a
 import argparse
 import logging
 
-from openmm_plugin.demo import run_demo
+from openmm_plugin.stages.demo import run_demo
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -24,12 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvlearn.checkpoints import default_checkpoint  # noqa: E402
-from cvlearn.featurizers import featurizer_from_checkpoint  # noqa: E402
-from cvlearn.readers import read_trajectories  # noqa: E402
-from cvlearn.selection import HEAVY_ATOMS, atomic_numbers, select_atoms  # noqa: E402
-from cvlearn.store import EmbeddingStore, LaggedTokenPairs, embed_trajectories, file_sha256  # noqa: E402
-from cvlearn.windows import make_token_embedder  # noqa: E402
-from openmm_plugin.simulate_systems import simulate_system  # noqa: E402
+from cvlearn.nn.featurizers import featurizer_from_checkpoint  # noqa: E402
+from cvlearn.data.readers import read_trajectories  # noqa: E402
+from cvlearn.data.selection import HEAVY_ATOMS, atomic_numbers, select_atoms  # noqa: E402
+from cvlearn.data.store import EmbeddingStore, LaggedTokenPairs, embed_trajectories, file_sha256  # noqa: E402
+from cvlearn.nn.windows import make_token_embedder  # noqa: E402
+from openmm_plugin.stages.simulate import simulate_system  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -21,7 +21,7 @@ from benchmarks.vamp_quality import FULL_ET, QUICK_ET, ala2_settings, compare_da
 from cvlearn.analysis.kinetic_plots import plot_fes_cvs  # noqa: E402
 from cvlearn.analysis.kinetics import correlations, kinetic_report  # noqa: E402
 from cvlearn.analysis.plots import plot_cvs_on_phi_psi  # noqa: E402
-from cvlearn.baselines import compare_models, markdown_table, public_rows  # noqa: E402
+from cvlearn.estimators.baselines import compare_models, markdown_table, public_rows  # noqa: E402
 from cvlearn.io import write_json_atomic  # noqa: E402
 
 if __name__ == "__main__":

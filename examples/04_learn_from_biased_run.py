@@ -17,13 +17,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cvlearn.biased_data import biased_pairs, frame_weights, load_biased_run  # noqa: E402
-from cvlearn.cv_model import DistanceCV, fit_head_scaler  # noqa: E402
+from cvlearn.data.lagged import biased_pairs, frame_weights, load_biased_run  # noqa: E402
+from cvlearn.models.cv import DistanceCV, fit_head_scaler  # noqa: E402
 from cvlearn.estimators import VAMPNet  # noqa: E402
-from cvlearn.heads import MLPHead  # noqa: E402
+from cvlearn.nn.heads import MLPHead  # noqa: E402
 from cvlearn.io import write_json_atomic  # noqa: E402
 from openmm_plugin.metadynamics import MetadLog, MetadSettings, torsion_metadynamics  # noqa: E402
-from openmm_plugin.simulate import run_md  # noqa: E402
+from openmm_plugin.simulation import run_md  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402
 
 

@@ -20,10 +20,10 @@ import torch  # noqa: E402
 
 from cvlearn.checkpoints import default_recipe  # noqa: E402
 from cvlearn.config import load_config  # noqa: E402
-from cvlearn.featurizers import featurizer_from_checkpoint  # noqa: E402
-from openmm_plugin.pretrain_cli import PretrainConfig, run_pretrain  # noqa: E402
+from cvlearn.nn.featurizers import featurizer_from_checkpoint  # noqa: E402
+from openmm_plugin.stages.pretrain import PretrainConfig, run_pretrain  # noqa: E402
 from systems import alanine_dipeptide  # noqa: E402
-from systems.pretraining_corpus import tiny_spec  # noqa: E402
+from openmm_plugin.stages.corpus import tiny_spec  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

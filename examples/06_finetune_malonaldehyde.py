@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cvlearn.datasets.xxmd import load_xxmd  # noqa: E402
+from cvlearn.structures.xxmd import load_xxmd  # noqa: E402
 from cvlearn.units import NM_PER_ANGSTROM  # noqa: E402
-from openmm_plugin.finetune_cli import FinetuneConfig, run_finetune  # noqa: E402
+from openmm_plugin.stages.finetune import FinetuneConfig, run_finetune  # noqa: E402
 from openmm_plugin.potential import run_potential_md  # noqa: E402
 from systems.malonaldehyde import MOLECULE, dataset_path  # noqa: E402
 

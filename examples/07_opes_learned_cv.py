@@ -16,22 +16,22 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cvlearn.analysis.colvar import read_colvar
+from cvlearn.data.colvar import read_colvar
 from cvlearn.analysis.reweighting import opes_weights
 from cvlearn.io import write_text_atomic
-from openmm_plugin.bias.run import BiasConfig, OPESParams, WallParams, run_bias
+from openmm_plugin.stages.bias import BiasConfig, OPESParams, WallParams, run_bias
 
 
 def untrained_cv(path: Path) -> Path:
     """A 1-layer, 32-wide ET CV with 2 outputs (untrained): stands in for a trained cv.pt."""
     import torch
 
-    from cvlearn.cv_model import GraphCV
+    from cvlearn.models.cv import GraphCV
     from cvlearn.export import export_cv
-    from cvlearn.featurizers import ETConfig, ETFeaturizer
-    from cvlearn.heads import MLPHead
-    from cvlearn.mixers import SumPool
-    from cvlearn.tokens import ResidueTokens, residue_index_of_atoms
+    from cvlearn.nn.featurizers import ETConfig, ETFeaturizer
+    from cvlearn.nn.heads import MLPHead
+    from cvlearn.nn.mixers import SumPool
+    from cvlearn.nn.tokens import ResidueTokens, residue_index_of_atoms
     from systems import alanine_dipeptide as ala2
 
     molecule = ala2.build()

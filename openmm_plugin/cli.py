@@ -9,16 +9,16 @@ import argparse
 import logging
 import sys
 
-from openmm_plugin.bias.run import add_bias_parser
-from openmm_plugin.simulate_systems import add_simulate_parser
-from openmm_plugin.label_cli import add_label_parser
-from openmm_plugin.pretrain_cli import add_pretrain_parser
-from openmm_plugin.finetune_cli import add_finetune_parser
+from openmm_plugin.stages.bias import add_bias_parser
+from openmm_plugin.stages.simulate import add_simulate_parser
+from openmm_plugin.stages.label import add_label_parser
+from openmm_plugin.stages.pretrain import add_pretrain_parser
+from openmm_plugin.stages.finetune import add_finetune_parser
 
 
 def _demo(args: argparse.Namespace) -> int:
     from cvlearn.config import load_config
-    from openmm_plugin.demo import QUICK, DemoConfig, run_demo
+    from openmm_plugin.stages.demo import QUICK, DemoConfig, run_demo
 
     config = load_config(DemoConfig, args.config) if args.config else (QUICK if args.quick else DemoConfig())
     metrics = run_demo(args.out, quick=args.quick, config=config)

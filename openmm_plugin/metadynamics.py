@@ -18,7 +18,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
-from cvlearn.analysis.colvar import write_colvar
+from cvlearn.data.colvar import write_colvar
 from cvlearn.analysis.reweighting import well_tempered_rct
 from openmm_plugin.forces import python_force_for_cv
 

@@ -20,7 +20,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 
-from cvlearn.potential_export import load_potential
+from cvlearn.export.potential import load_potential
 from cvlearn.units import BOLTZMANN_KJMOL_PER_K, FS_PER_PS
 
 logger = logging.getLogger(__name__)

@@ -29,11 +29,11 @@ def ala2_heavy(ala2):
 
 def make_tiny_cv(topology, heavy, z, n_cvs=2, seed=0):
     """A small but real GNN CV chain (untrained, seeded)."""
-    from cvlearn.cv_model import GraphCV
-    from cvlearn.featurizers import ETConfig, ETFeaturizer
-    from cvlearn.heads import MLPHead
-    from cvlearn.mixers import SumPool
-    from cvlearn.tokens import ResidueTokens, residue_index_of_atoms
+    from cvlearn.models.cv import GraphCV
+    from cvlearn.nn.featurizers import ETConfig, ETFeaturizer
+    from cvlearn.nn.heads import MLPHead
+    from cvlearn.nn.mixers import SumPool
+    from cvlearn.nn.tokens import ResidueTokens, residue_index_of_atoms
 
     torch.manual_seed(seed)
     config = ETConfig(hidden_channels=32, num_layers=2, num_rbf=16, num_heads=4, cutoff_angstrom=5.0)

@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from cvlearn.config import from_dict, load_config
-from cvlearn.featurizers import ETConfig
+from cvlearn.nn.featurizers import ETConfig
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ DEFAULT_CHECKPOINT = "et_denoise_small.pt"
 
 def default_checkpoint() -> Path:
     """Path of the shipped pre-trained ET backbone (a cvlearn featurizer checkpoint; load it with
-    ``cvlearn.featurizers.load_featurizer_weights`` or ``featurizer_from_checkpoint``)."""
+    ``cvlearn.nn.featurizers.load_featurizer_weights`` or ``featurizer_from_checkpoint``)."""
     path = _HERE / DEFAULT_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"shipped checkpoint {path} is missing from this installation; rebuild it with "

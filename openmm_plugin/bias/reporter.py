@@ -3,7 +3,7 @@
 Fields are named as PLUMED prints them (``<label>.bias``, ``<label>.rct``, ``opes.zed``, ...), so the
 files feed :func:`cvlearn.analysis.reweighting.metad_weights` / ``opes_weights`` and PLUMED tools alike.
 It is an OpenMM reporter (``simulation.reporters.append``) and also an ``on_report(simulation, frame)``
-callable for :func:`openmm_plugin.simulate.run_md`. The file is rewritten atomically every
+callable for :func:`openmm_plugin.simulation.run_md`. The file is rewritten atomically every
 ``flush_every`` reports and on :meth:`close`; when resuming it keeps the rows older than its first report.
 """
 
@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import openmm.unit as unit
 
-from cvlearn.analysis.colvar import read_colvar, write_colvar
+from cvlearn.data.colvar import read_colvar, write_colvar
 from openmm_plugin.bias.cv_evaluation import CVEvaluator
 
 

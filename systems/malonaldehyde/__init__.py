@@ -14,7 +14,7 @@ MOLECULE = "mal"
 
 
 def dataset_path() -> Path:
-    """Root of the shipped data set in xxMD layout: pass it to ``cvlearn.datasets.load_xxmd(root, "mal", split)``."""
+    """Root of the shipped data set in xxMD layout: pass it to ``cvlearn.structures.load_xxmd(root, "mal", split)``."""
     path = Path(__file__).resolve().parent / "data"
     if not (path / "xxMD-DFT" / MOLECULE).is_dir():
         raise FileNotFoundError(f"malonaldehyde data set missing at {path}/xxMD-DFT/{MOLECULE}; regenerate it with "

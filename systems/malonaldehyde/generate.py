@@ -10,7 +10,7 @@ Steps, each cached in ``--work`` so that a killed run resumes:
    coordinate q_k ~ N(0, k_B T / omega_k^2)) plus geometries along the intramolecular proton-transfer path
    (linear interpolation between the minimum and its mirror tautomer, with 300 K normal-mode noise);
    any geometry with an interatomic distance below 0.7 Å is rejected and redrawn; fixed seed;
-4. M06/6-31G* energies and forces with ``cvlearn.labelling`` (resumable, one sidecar file of finished labels);
+4. M06/6-31G* energies and forces with ``cvlearn.structures.labelling`` (resumable, one sidecar file of finished labels);
 5. random 80/10/10 split (seed 0) written as ``<out>/xxMD-DFT/mal/mal_{train,val,test}.xyz`` + ``README.md``.
 """
 
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cvlearn.datasets.extxyz import read_extxyz, write_extxyz
-from cvlearn.datasets.structures import Structure
-from cvlearn.datasets.xxmd import random_split, write_xxmd
+from cvlearn.structures.extxyz import read_extxyz, write_extxyz
+from cvlearn.structures.records import Structure
+from cvlearn.structures.xxmd import random_split, write_xxmd
 from cvlearn.io import write_json_atomic, write_text_atomic
-from cvlearn.labelling import PySCFLabeller, label_structures
+from cvlearn.structures.labelling import PySCFLabeller, label_structures
 from cvlearn.units import BOHR_ANGSTROM, BOLTZMANN_KJMOL_PER_K, EV_PER_KJMOL, HARTREE_EV
 from systems.malonaldehyde import MOLECULE
 
@@ -172,7 +172,7 @@ def sample_geometries(minimum: np.ndarray, omega2: np.ndarray, modes: np.ndarray
 README = """# Malonaldehyde energies and forces (M06/6-31G*), xxMD layout
 
 Files: `xxMD-DFT/mal/mal_train.xyz`, `mal_val.xyz`, `mal_test.xyz` (extended XYZ, written by ASE).
-Read them with `cvlearn.datasets.load_xxmd(systems.malonaldehyde.dataset_path(), "mal", "train")`.
+Read them with `cvlearn.structures.load_xxmd(systems.malonaldehyde.dataset_path(), "mal", "train")`.
 
 - **Molecule**: enol malonaldehyde C3H4O2 (9 atoms), the intramolecular proton-transfer system of xxMD's `mal`.
 - **Level of theory**: {level}, PySCF {pyscf_version} default DFT grid, SCF tolerance 1e-9 Hartree.

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cvlearn.analysis.colvar import read_colvar, write_colvar
+from cvlearn.data.colvar import read_colvar, write_colvar
 from cvlearn.analysis.reweighting import delta_f_kjmol, free_energy_surface, metad_weights, well_tempered_rct
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cvlearn.analysis.kinetics import correlations, discretize, implied_timescales, kinetic_report, vamp2_vs_dim
-from tests.test_biased_data import langevin
+from tests.data.test_lagged import langevin
 
 
 @pytest.fixture(scope="module")

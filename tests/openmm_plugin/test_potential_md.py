@@ -12,12 +12,12 @@ import torch
 import openmm
 import openmm.unit as u
 
-from cvlearn.datasets.structures import collate
-from cvlearn.finetuning import ForceFieldFinetuner
-from cvlearn.potential_export import export_potential, load_potential
+from cvlearn.structures.records import collate
+from cvlearn.estimators.finetuner import ForceFieldFinetuner
+from cvlearn.export.potential import export_potential, load_potential
 from cvlearn.units import ANGSTROM_PER_NM, KJMOL_PER_EV, NM_PER_ANGSTROM
 from openmm_plugin.potential import potential_system, run_potential_md
-from tests.test_potential import TINY_ET, emt_structures
+from tests.models.test_potential import TINY_ET, emt_structures
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvlearn.datasets import list_xxmd_splits, load_xxmd
+from cvlearn.structures import list_xxmd_splits, load_xxmd
 from systems import malonaldehyde
 from systems.malonaldehyde import generate
 

@@ -8,7 +8,7 @@ import openmm.app as app
 import pytest
 import torch
 
-from cvlearn.analysis.colvar import read_colvar
+from cvlearn.data.colvar import read_colvar
 from cvlearn.analysis.reweighting import free_energy_profile, metad_weights, opes_weights
 from cvlearn.units import kt_kjmol
 from openmm_plugin.bias import (BiasReporter, BiasRunner, BiasSum, HarmonicRestraint, Metadynamics, OPESExplore,
@@ -269,7 +269,7 @@ def test_colvar_resumes_and_parses(tmp_path):
 
 
 def test_compile_needs_the_python_route():
-    from openmm_plugin.bias.run import BiasConfig
+    from openmm_plugin.stages.bias import BiasConfig
 
     with pytest.raises(ValueError, match="route 'python'"):
         BiasConfig(route="torch", compile=True)

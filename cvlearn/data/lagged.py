@@ -1,0 +1,173 @@
+"""Learning slow CVs from biased runs: frame weights or a rescaled time axis from the bias log.
+
+Two ways to turn a biased trajectory with bias V(x_t, t) into training pairs for a VAMPNet:
+
+* **reweighted pairs** (``pair_weights="instantaneous"``): the pair (x_t, x_{t+lag}) gets the weight of its
+  start frame, w_t = exp(β(V(x_t, t) − c(t))) (c(t) = metadynamics' rct; 0 for a static or OPES bias). That
+  reweights the start of each pair to equilibrium and is exact when the bias does not act on the dynamics
+  within one lag (e.g. a state-dependent start distribution); with a real bias force it is the usual
+  approximation, good for lags short compared with the time the bias needs to move the system.
+* **rescaled time** (Deep-TICA, Bonati et al. 2021; mlcolvar's ``find_timelagged_configurations``): frame k
+  spans dt' = exp(β(V_k − c_k)) dt on the accelerated time axis t' = Σ exp(βV) dt, and pairs are frames that
+  are ``lag`` apart on t'. ``method="interval"`` (default) pairs frame i with every frame j whose t'-interval
+  overlaps [t'_i + lag, t'_{i+1} + lag) and weights the pair by the overlap length (the joint measure of
+  the pair on the t' axis; summed over j it is dt'_i, mlcolvar's w_t; the pair weight is mlcolvar's
+  w_lag); ``"nearest"`` pairs i with the one frame nearest to t'_i + lag, weight dt'_i.
+
+``lag`` on the rescaled axis is in ps of *unbiased* time. When exp(βV) spans many orders of magnitude the
+rescaled axis is dominated by a few frames; ``normalise=True`` divides t' by its mean acceleration, so lags
+are in "ps of biased simulation time, averaged", the pragmatic choice when the lag is tuned by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from cvlearn.data.colvar import read_colvar
+from cvlearn.units import kt_kjmol
+
+PAIR_METHODS = ("interval", "nearest")
+
+
+def log_weights_from_colvar(colvar: Mapping[str, np.ndarray] | str | Path, temperature_k: float, *,
+                            bias_column: str | None = None, rct_column: str | None = None) -> np.ndarray:
+    """β(V − c) per COLVAR row (kJ/mol columns), the log of each frame's reweighting factor.
+
+    Without ``bias_column`` the column is found: a unique PLUMED ``<label>.rbias`` (already V − c); else a
+    unique ``<label>.bias`` (ours or PLUMED's) minus ``<label>.rct`` when present; else a column ``bias``.
+    """
+    source = str(colvar) if isinstance(colvar, (str, Path)) else "colvar"
+    columns = read_colvar(colvar) if isinstance(colvar, (str, Path)) else dict(colvar)
+    if not temperature_k > 0:
+        raise ValueError(f"temperature_k: expected a positive temperature, found {temperature_k!r}")
+    fields = list(columns)
+    if bias_column is None:
+        rbias = [f for f in fields if f.endswith(".rbias")]
+        leaves = [f for f in fields if f.endswith(".bias")]
+        if len(rbias) == 1:
+            bias_column = rbias[0]
+        elif len(leaves) == 1:
+            bias_column = leaves[0]
+            label = bias_column[: -len(".bias")]
+            if rct_column is None and f"{label}.rct" in columns:
+                rct_column = f"{label}.rct"
+        elif "bias" in columns:
+            bias_column = "bias"
+        else:
+            raise ValueError(f"{source}: expected one bias column ('<label>.rbias', '<label>.bias' or 'bias'), "
+                             f"found fields {fields}; pass bias_column=")
+    for name in (bias_column, rct_column):
+        if name is not None and name not in columns:
+            raise ValueError(f"{source}: expected a column {name!r}, found fields {fields}")
+    v = np.asarray(columns[bias_column], dtype=np.float64)
+    if rct_column is not None:
+        v = v - np.asarray(columns[rct_column], dtype=np.float64)
+    if not np.isfinite(v).all():
+        raise ValueError(f"{source}: column {bias_column!r} has non-finite values")
+    return v / kt_kjmol(temperature_k)
+
+
+def frame_weights(log_weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """exp(log w) per trajectory, with one common shift so weights stay comparable across trajectories."""
+    top = max(float(np.max(lw)) for lw in log_weights)
+    return [np.exp(np.asarray(lw, dtype=np.float64) - top) for lw in log_weights]
+
+
+def rescaled_time(log_weights: np.ndarray, dt_ps: float, normalise: bool = False) -> np.ndarray:
+    """Frame boundaries t'_0 = 0, t'_{k+1} = t'_k + exp(log w_k) dt on the rescaled axis (N + 1 values, ps).
+
+    ``normalise`` divides by the mean acceleration (total t' equals total simulated time)."""
+    lw = np.asarray(log_weights, dtype=np.float64).reshape(-1)
+    if not dt_ps > 0:
+        raise ValueError(f"dt_ps: expected a positive frame interval, found {dt_ps!r}")
+    if lw.size == 0 or not np.isfinite(lw).all():
+        raise ValueError(f"log_weights: expected a non-empty finite array, found {lw.size} values")
+    if lw.max() > 700:
+        raise ValueError(f"log_weights: max β(V−c) = {lw.max():.0f} overflows exp(); subtract a constant and use "
+                         "normalise=True (a constant shift rescales the whole time axis)")
+    dt = np.exp(lw) * dt_ps
+    if normalise:
+        dt = dt / dt.mean() * dt_ps
+    return np.concatenate([[0.0], np.cumsum(dt)])
+
+
+def rescaled_time_pairs(boundaries: np.ndarray, lag: float, method: str = "interval"):
+    """(i0, it, weight) of frame pairs ``lag`` apart on the rescaled axis ``boundaries`` (see module doc).
+
+    ``interval``: all overlaps of the shifted frame intervals with the frame intervals, found at once by
+    merging both sets of breakpoints (O(N log N)); every elementary segment belongs to exactly one pair.
+    """
+    b = np.asarray(boundaries, dtype=np.float64).reshape(-1)
+    if b.size < 2 or np.any(np.diff(b) <= 0):
+        raise ValueError("boundaries: expected N + 1 strictly increasing frame boundaries (see rescaled_time)")
+    if not lag > 0:
+        raise ValueError(f"lag: expected a positive lag on the rescaled axis, found {lag!r}")
+    if method not in PAIR_METHODS:
+        raise ValueError(f"method: expected one of {list(PAIR_METHODS)}, found {method!r}")
+    n = b.size - 1
+    if method == "nearest":
+        starts = b[:-1]
+        ok = starts + lag < b[-1]
+        i0 = np.nonzero(ok)[0]
+        centres = 0.5 * (b[:-1] + b[1:])
+        target = starts[i0] + lag + 0.5 * np.diff(b)[i0]  # centre of the shifted interval
+        j = np.clip(np.searchsorted(centres, target), 1, n - 1)
+        it = np.where(np.abs(centres[j - 1] - target) <= np.abs(centres[j] - target), j - 1, j)
+        return i0, it, np.diff(b)[i0]
+    points = np.unique(np.concatenate([b, b + lag]))
+    points = points[(points >= b[0] + lag) & (points <= b[-1])]
+    if points.size < 2:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
+    mid = 0.5 * (points[:-1] + points[1:])
+    length = np.diff(points)
+    it = np.searchsorted(b, mid, side="right") - 1
+    i0 = np.searchsorted(b + lag, mid, side="right") - 1
+    keep = (length > 0) & (i0 >= 0) & (i0 < n) & (it >= 0) & (it < n)
+    return i0[keep], it[keep], length[keep]
+
+
+def biased_pairs(log_weights: Sequence[np.ndarray], dt_ps: float, lag_ps: float, method: str = "interval",
+                 normalise: bool = False) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per-trajectory (i0, it, weight) on each trajectory's rescaled axis, for ``VAMPNet.fit(train_pairs=...)``."""
+    return [rescaled_time_pairs(rescaled_time(lw, dt_ps, normalise), lag_ps, method) for lw in log_weights]
+
+
+@dataclass
+class BiasedRun:
+    """Selected-atom positions [T, n_atoms, 3] (nm), β(V − c) per frame and the frame interval (ps)."""
+
+    positions: torch.Tensor
+    log_weights: np.ndarray
+    time_ps: np.ndarray
+    dt_ps: float
+    trajectory: object  # the mdtraj.Trajectory (all atoms), for analysis
+
+
+def load_biased_run(traj_path: str | Path, top_path: str | Path, colvar_path: str | Path, temperature_k: float, *,
+                    atom_indices: Sequence[int] | None = None, bias_column: str | None = None,
+                    rct_column: str | None = None, skip_ps: float = 0.0) -> BiasedRun:
+    """Trajectory + its bias log, row k of the COLVAR belonging to frame k (as our reporters and
+    ``run_md(on_report=...)`` write them); frames before ``skip_ps`` (bias build-up) are dropped."""
+    from cvlearn.data import load_trajectories
+
+    traj = load_trajectories([traj_path], top_path)[0]
+    columns = read_colvar(colvar_path)
+    lw = log_weights_from_colvar(columns, temperature_k, bias_column=bias_column, rct_column=rct_column)
+    if len(lw) != traj.n_frames:
+        raise ValueError(f"{colvar_path}: expected one row per frame of {traj_path} ({traj.n_frames}), found {len(lw)}")
+    time_ps = np.asarray(columns["time"], dtype=np.float64) if "time" in columns else None
+    if time_ps is None or len(time_ps) < 2:
+        raise ValueError(f"{colvar_path}: expected a 'time' column with at least 2 rows, found fields {list(columns)}")
+    steps = np.diff(time_ps)
+    dt = float(np.median(steps))
+    if dt <= 0 or np.abs(steps - dt).max() > 1e-3 * dt:
+        raise ValueError(f"{colvar_path}: expected evenly spaced 'time' (ps), found steps from {steps.min()} to {steps.max()}")
+    keep = time_ps >= time_ps[0] + skip_ps - 1e-9
+    xyz = traj.xyz[keep] if atom_indices is None else traj.xyz[keep][:, list(atom_indices)]
+    return BiasedRun(torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)), lw[keep], time_ps[keep], dt,
+                     traj[np.nonzero(keep)[0]])

@@ -1,0 +1,144 @@
+"""The Equivariant Transformer for one small fixed molecule, written for the MD loop: same weights, fewer ops.
+
+A CV featurizer sees one small fixed molecule (ala2: 10 heavy atoms, 100 pairs), where torchmd-net's ET
+spends its time on per-op overhead (edge bookkeeping, ``index_select``/``scatter``, masks, autograd nodes)
+rather than arithmetic: a 2-layer, 64-wide ET is about 10 MFLOP but ~400 dispatched ops forward + backward.
+``DenseETFeaturizer`` computes the identical function with fewer ops:
+
+- every pair is a slot of ``[B, n, n, ...]`` einsums (no neighbour list); pairs beyond the cutoff are zeroed by
+  a mask and the self loop is the diagonal with r = 0, exactly as ``FixedTopologyNeighbors`` + ``TorchMD_ET``;
+- what depends only on the elements is computed once: the embedding and the first layer's layer norm and
+  q/k/v projections (the atoms never change), and the first layer's vector terms, which vanish (vec = 0);
+- the distance filters of keys and values share one matrix multiply;
+- the last layer skips its vector update when only scalars are asked for (a CV never uses them).
+
+It is a snapshot for export (``cvlearn.export``) and MD: build it from the trained ``ETFeaturizer``; later
+changes to that featurizer's weights do not reach it. Tested equal to the ET on features, vectors and gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from cvlearn.nn.featurizers.base import FeaturizerBase
+from cvlearn.nn.featurizers.equivariant_transformer import ETFeaturizer
+
+
+class DenseETLayer(torch.nn.Module):
+    """One ``EquivariantMultiHeadAttention`` (distance influence on keys and values) over all pairs."""
+
+    def __init__(self, layer: torch.nn.Module, first: bool, x0: Optional[Tensor]):
+        super().__init__()
+        if layer.dk_proj is None or layer.dv_proj is None or layer.vector_cutoff:
+            raise ValueError("DenseETLayer supports distance_influence='both' without vector_cutoff (cvlearn's ET)")
+        self.first = first
+        self.heads = int(layer.num_heads)
+        self.head_dim = int(layer.head_dim)
+        self.hidden = int(layer.hidden_channels)
+        self.layernorm = layer.layernorm
+        dtype = layer.q_proj.weight.dtype
+        self.qkv = torch.nn.Linear(self.hidden, 5 * self.hidden, dtype=dtype)
+        self.filters = torch.nn.Linear(layer.dk_proj.in_features, 4 * self.hidden, dtype=dtype)
+        with torch.no_grad():
+            self.qkv.weight.copy_(torch.cat([layer.q_proj.weight, layer.k_proj.weight, layer.v_proj.weight]))
+            self.qkv.bias.copy_(torch.cat([layer.q_proj.bias, layer.k_proj.bias, layer.v_proj.bias]))
+            self.filters.weight.copy_(torch.cat([layer.dk_proj.weight, layer.dv_proj.weight]))
+            self.filters.bias.copy_(torch.cat([layer.dk_proj.bias, layer.dv_proj.bias]))
+        self.o_proj, self.vec_proj = layer.o_proj, layer.vec_proj
+        self.act, self.attn_activation = layer.act, layer.attn_activation
+        # First layer: its input x0 = embedding(z) is a constant, so q, k, v are too.
+        qkv0 = self.qkv(self.layernorm(x0)) if first and x0 is not None else torch.zeros(0)
+        self.register_buffer("qkv0", qkv0.detach())
+
+    def forward(self, x: Tensor, vec: Tensor, rbf: Tensor, cut: Tensor, mask: Tensor, unit: Tensor,
+                need_vectors: bool) -> Tuple[Tensor, Tensor]:
+        # x [B, n, F]; vec [B, n, 3, F]; rbf [B, t, s, R]; cut, mask [B, t, s]; unit [B, t, s, 3] = (pos_s - pos_t)/r
+        b, n = rbf.shape[0], rbf.shape[1]
+        f, h, d = self.hidden, self.heads, self.head_dim
+        qkv = self.qkv0.expand(b, n, 5 * f) if self.first else self.qkv(self.layernorm(x))
+        q, k, v = torch.split(qkv, [f, f, 3 * f], dim=-1)
+        dk, dv = torch.split(self.act(self.filters(rbf)), [f, 3 * f], dim=-1)
+        attn = torch.einsum("bthd,bshd,btshd->btsh", q.reshape(b, n, h, d), k.reshape(b, n, h, d),
+                            dk.reshape(b, n, n, h, d))
+        attn = self.attn_activation(attn) * cut.unsqueeze(-1)
+        v_ts = v.reshape(b, 1, n, h, 3 * d) * dv.reshape(b, n, n, h, 3 * d)
+        x_msg, v1, v2 = torch.split(v_ts, d, dim=-1)
+        x_out = torch.einsum("btshd,btsh->bthd", x_msg, attn).reshape(b, n, f)
+        o1, o2, o3 = torch.split(self.o_proj(x_out), f, dim=-1)
+        if self.first:  # vec = 0 on entry: no vector terms in dx, and only the direction term in dvec
+            dx = o3
+            if not need_vectors:
+                return dx, vec
+            vec_msg = torch.einsum("btshd,btsc->btchd", v2 * mask.reshape(b, n, n, 1, 1), unit)
+            return dx, vec_msg.reshape(b, n, 3, f)
+        vec1, vec2, vec3 = torch.split(self.vec_proj(vec), f, dim=-1)
+        dx = (vec1 * vec2).sum(dim=2) * o2 + o3
+        if not need_vectors:
+            return dx, vec
+        m = mask.reshape(b, n, n, 1, 1)
+        vec_msg = (torch.einsum("bschd,btshd->btchd", vec.reshape(b, n, 3, h, d), v1 * m)
+                   + torch.einsum("btshd,btsc->btchd", v2 * m, unit)).reshape(b, n, 3, f)
+        return dx, vec3 * o1.unsqueeze(2) + vec_msg
+
+
+class DenseETFeaturizer(FeaturizerBase):
+    """``ETFeaturizer`` for its own molecule on dense pair tensors: same numbers, same interface, fewer ops."""
+
+    def __init__(self, et: ETFeaturizer):
+        super().__init__()
+        if not isinstance(et, ETFeaturizer):
+            raise TypeError(f"et: expected an ETFeaturizer, found {type(et).__name__}")
+        gnn = copy.deepcopy(et.gnn)
+        if gnn.neighbor_embedding is not None:
+            raise ValueError("DenseETFeaturizer: neighbor_embedding=True is not supported")
+        self._init_common(et.atomic_numbers.tolist(), et.config, et.config.max_z, et.hidden_channels)
+        self.distance_expansion = gnn.distance_expansion
+        self.cutoff_angstrom = float(et.config.cutoff_angstrom)
+        with torch.no_grad():
+            x0 = gnn.embedding(self.atomic_numbers).unsqueeze(0)
+        self.register_buffer("x0", x0)
+        self.layers = torch.nn.ModuleList([DenseETLayer(layer, i == 0, x0 if i == 0 else None)
+                                           for i, layer in enumerate(gnn.attention_layers)])
+        self.out_norm = gnn.out_norm
+        self.register_buffer("off_diagonal", 1.0 - torch.eye(self.n_atoms, dtype=x0.dtype), persistent=False)
+
+    def _run(self, pos_nm: Tensor, need_vectors: bool) -> Tuple[Tensor, Tensor]:
+        pos = pos_nm * self.angstrom_per_nm  # [B, n, 3] Å
+        b, n = pos.shape[0], pos.shape[1]
+        diff = pos.unsqueeze(1) - pos.unsqueeze(2)  # [B, t, s, 3] = pos_s - pos_t, torchmd-net's edge vector
+        off = self.off_diagonal.to(pos.dtype)
+        diagonal = 1.0 - off
+        # sqrt(1) on the diagonal, then zeroed: self loops get r = 0 and a finite (zero) gradient.
+        r = torch.sqrt((diff * diff).sum(-1) + diagonal) * off
+        mask = (r < self.cutoff_angstrom).to(pos.dtype)
+        unit = diff / (r + diagonal).unsqueeze(-1)
+        rbf = self.distance_expansion(r)
+        cut = 0.5 * (torch.cos(r * (torch.pi / self.cutoff_angstrom)) + 1.0) * mask
+        x = self.x0.to(pos.dtype).expand(b, n, self.hidden_channels)
+        vec = torch.zeros(b, n, 3, self.hidden_channels, dtype=pos.dtype, device=pos.device)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            dx, dvec = layer(x, vec, rbf, cut, mask, unit, need_vectors or i < last)
+            x = x + dx
+            vec = vec + dvec if (need_vectors or i < last) else vec
+        return self.out_norm(x), vec
+
+    def _check_own_elements(self, z: Tensor) -> None:
+        if not bool(torch.equal(z[0], self.atomic_numbers)):
+            raise RuntimeError("DenseETFeaturizer computes its own molecule only (atomic numbers differ)")
+
+    def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        self._check_own_elements(z)
+        return self._run(pos_nm, True)
+
+    def scalars_graphs(self, z: Tensor, pos_nm: Tensor) -> Tensor:
+        self._check_own_elements(z)
+        return self._run(pos_nm, False)[0]
+
+    def forward(self, pos_nm: Tensor) -> Tensor:
+        """Scalars only: the MD path, with no element check (the molecule is its own by construction)."""
+        return self._run(pos_nm, False)[0]

@@ -1,0 +1,63 @@
+"""torchmd-net's Equivariant Transformer as a per-atom featurizer: positions in nm, features of Å geometry."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torchmdnet.models.torchmd_et import TorchMD_ET
+
+from cvlearn.nn.featurizers.base import FeaturizerBase, seeded
+from cvlearn.nn.featurizers.neighbors import FixedTopologyNeighbors
+
+
+@dataclass(frozen=True)
+class ETConfig:
+    """Architecture of the Equivariant Transformer; stored with every checkpoint so loading is strict."""
+
+    hidden_channels: int = 64
+    num_layers: int = 2
+    num_rbf: int = 32
+    num_heads: int = 8
+    cutoff_angstrom: float = 5.0
+    neighbor_embedding: bool = False
+    max_z: int = 100
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# The public geom2vec ET checkpoint (6 layers, 64 wide, 64 RBF, 7.5 Å cutoff, denoising pre-trained).
+GEOM2VEC_ET = ETConfig(hidden_channels=64, num_layers=6, num_rbf=64, cutoff_angstrom=7.5)
+
+
+class ETFeaturizer(FeaturizerBase):
+    """Per-atom scalar (and vector) embeddings of a fixed set of atoms.
+
+    ``forward(pos_nm [n_frames, n_atoms, 3]) -> [n_frames, n_atoms, F]``. Positions are converted to Å here and
+    nowhere else. Atomic numbers come from the topology and are stored as a buffer.
+    """
+
+    def __init__(self, atomic_numbers: Sequence[int], config: ETConfig = ETConfig(), seed: int | None = 0):
+        super().__init__()
+        self._init_common(atomic_numbers, config, config.max_z, config.hidden_channels)
+        self.gnn = seeded(seed, lambda: TorchMD_ET(
+            hidden_channels=config.hidden_channels,
+            num_layers=config.num_layers,
+            num_rbf=config.num_rbf,
+            num_heads=config.num_heads,
+            cutoff_upper=config.cutoff_angstrom,
+            neighbor_embedding=config.neighbor_embedding,
+            max_z=config.max_z,
+        ))
+        self.gnn.distance = FixedTopologyNeighbors(self.n_atoms, 0.0, config.cutoff_angstrom)
+
+    def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        """``G`` graphs of ``n_atoms`` atoms (elements ``z [G, n]``, positions nm) → scalars, vectors."""
+        n_frames = pos_nm.shape[0]
+        pos = (pos_nm * self.angstrom_per_nm).reshape(n_frames * self.n_atoms, 3)
+        batch = torch.arange(n_frames, device=pos.device).repeat_interleave(self.n_atoms)
+        x, vec, _, _, _ = self.gnn(z.reshape(-1), pos, batch)
+        return x.reshape(n_frames, self.n_atoms, -1), vec.reshape(n_frames, self.n_atoms, 3, -1)

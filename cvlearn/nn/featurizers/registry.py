@@ -1,0 +1,72 @@
+"""One factory for all featurizers, so configs, checkpoints and the CLI name an architecture by a short kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from cvlearn.nn.featurizers.equivariant_transformer import GEOM2VEC_ET, ETConfig, ETFeaturizer
+from cvlearn.nn.featurizers.tensornet import GEOM2VEC_TENSORNET, TensorNetConfig, TensorNetFeaturizer
+from cvlearn.nn.featurizers.visnet import GEOM2VEC_VISNET, ViSNetConfig, ViSNetFeaturizer
+
+FEATURIZERS = {
+    "et": (ETFeaturizer, ETConfig),
+    "visnet": (ViSNetFeaturizer, ViSNetConfig),
+    "tensornet": (TensorNetFeaturizer, TensorNetConfig),
+}
+GEOM2VEC_CONFIGS = {"et": GEOM2VEC_ET, "visnet": GEOM2VEC_VISNET, "tensornet": GEOM2VEC_TENSORNET}
+_KIND_OF_CLASS = {cls.__name__: kind for kind, (cls, _) in FEATURIZERS.items()}
+
+
+def kind_of(featurizer) -> str:
+    """The registry kind of a featurizer instance (``"et"``, ``"visnet"``, ``"tensornet"``)."""
+    name = type(featurizer).__name__
+    if name not in _KIND_OF_CLASS:
+        raise ValueError(f"featurizer: expected one of {sorted(_KIND_OF_CLASS)}, found {name}")
+    return _KIND_OF_CLASS[name]
+
+
+def make_featurizer(kind: str, atomic_numbers: Sequence[int], config=None, seed: int | None = 0):
+    """Build a featurizer of ``kind``; ``config`` is its config dataclass, a dict of its fields, or None (defaults)."""
+    if kind not in FEATURIZERS:
+        raise ValueError(f"kind: expected one of {sorted(FEATURIZERS)}, found {kind!r}")
+    cls, config_cls = FEATURIZERS[kind]
+    if config is None:
+        config = config_cls()
+    elif isinstance(config, dict):
+        unknown = sorted(set(config) - set(config_cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"config for {kind!r}: unknown keys {unknown}; expected a subset of "
+                             f"{sorted(config_cls.__dataclass_fields__)}")
+        config = config_cls(**config)
+    elif not isinstance(config, config_cls):
+        raise TypeError(f"config for {kind!r}: expected {config_cls.__name__} or dict, found {type(config).__name__}")
+    return cls(atomic_numbers, config, seed=seed)
+
+
+def load_geom2vec(kind: str, atomic_numbers: Sequence[int], path: str | Path):
+    """A featurizer with geom2vec's published architecture for ``kind`` and the weights in ``path`` (strict)."""
+    from cvlearn.nn.featurizers.checkpoints import load_featurizer_weights
+
+    if kind not in GEOM2VEC_CONFIGS:
+        raise ValueError(f"kind: expected one of {sorted(GEOM2VEC_CONFIGS)}, found {kind!r}")
+    featurizer = make_featurizer(kind, atomic_numbers, GEOM2VEC_CONFIGS[kind], seed=None)
+    load_featurizer_weights(featurizer, path)
+    return featurizer.eval()
+
+
+def featurizer_from_checkpoint(path: str | Path, atomic_numbers: Sequence[int]):
+    """Rebuild a featurizer from a cvlearn self-describing checkpoint (architecture read from the file)."""
+    from cvlearn.nn.featurizers.checkpoints import CVLEARN_FORMAT, CheckpointMismatchError, _read, load_featurizer_weights
+
+    obj = _read(Path(path))
+    if obj.get("format") != CVLEARN_FORMAT:
+        raise CheckpointMismatchError(f"checkpoint {path}: expected format {CVLEARN_FORMAT!r}, found {obj.get('format')!r} "
+                                      "(plain state dicts do not say their architecture: use make_featurizer + "
+                                      "load_featurizer_weights)")
+    kind = _KIND_OF_CLASS.get(obj.get("kind"))
+    if kind is None:
+        raise CheckpointMismatchError(f"checkpoint {path}: unknown featurizer kind {obj.get('kind')!r}")
+    featurizer = make_featurizer(kind, atomic_numbers, dict(obj["config"]), seed=None)
+    load_featurizer_weights(featurizer, path)
+    return featurizer

@@ -1,0 +1,183 @@
+"""``cvlearn finetune``: fine-tune a (pre-trained) backbone on energies and forces and export it as an OpenMM potential.
+
+    cvlearn finetune --config finetune.yaml
+
+Data: an xxMD-layout root (directory or zip) + molecule + split names, or extxyz files. Writes into ``out``:
+``model.pt`` (EnergyModel checkpoint, Å/eV), ``potential.pt`` (TorchScript for OpenMM, nm → kJ/mol, first
+molecule of the test set), ``metrics.json`` (validation/test MAEs, NVE drift), ``learning_curve.png`` and
+``train_state.pt`` (resume state: a killed run picks up where it stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything ``cvlearn finetune`` needs; unknown keys in the YAML/TOML file are rejected."""
+
+    out: str = "runs/finetune"
+    xxmd_root: Optional[str] = None  # directory or .zip in xxMD layout (xxMD-DFT/<molecule>/<molecule>_<split>.xyz)
+    molecule: str = "mal"
+    train_split: str = "train"
+    val_split: Optional[str] = "val"  # None: random validation_fraction of the training split
+    test_split: Optional[str] = "test"
+    train_files: tuple = ()  # extxyz files instead of xxmd_root
+    val_files: tuple = ()
+    test_files: tuple = ()
+    validation_fraction: float = 0.1
+    n_train: Optional[int] = None  # use this many training structures (random subset, seed), None = all
+    kind: str = "et"
+    architecture: Optional[dict] = None  # fields of ETConfig / ViSNetConfig / TensorNetConfig; None = defaults
+    pretrained: Optional[str] = None  # cvlearn backbone checkpoint (e.g. cvlearn/checkpoints/et_denoise_small.pt)
+    head_hidden: int = 64
+    energy_weight: float = 1.0
+    force_weight: float = 100.0
+    learning_rate: float = 1e-3
+    backbone_lr_factor: float = 1.0
+    epochs: int = 100
+    patience: int = 10
+    max_atoms: int = 512
+    seed: int = 0
+    threads: int = 1  # small graphs run fastest on one torch thread
+    export_dtype: str = "float32"
+    nve_steps: int = 400  # short NVE check of the exported potential (0 = skip)
+    nve_timestep_fs: float = 0.5
+
+
+def _read(files, name: str) -> list:
+    from cvlearn.structures.extxyz import read_extxyz
+
+    return [s for path in files for s in read_extxyz(path)]
+
+
+def load_data(config: FinetuneConfig) -> tuple[list, list, list]:
+    """Training, validation and test structures as the config names them (test may be empty)."""
+    from cvlearn.structures.xxmd import random_split
+
+    if config.xxmd_root and config.train_files:
+        raise ValueError("finetune config: give xxmd_root or train_files, not both")
+    if config.xxmd_root:
+        from cvlearn.structures.xxmd import load_xxmd
+
+        def split(name):
+            return list(load_xxmd(config.xxmd_root, config.molecule, name)) if name else []
+
+        train, val, test = split(config.train_split), split(config.val_split), split(config.test_split)
+    elif config.train_files:
+        train, val, test = (_read(config.train_files, "train_files"), _read(config.val_files, "val_files"),
+                            _read(config.test_files, "test_files"))
+    else:
+        raise ValueError("finetune config: expected xxmd_root (+ molecule, splits) or train_files, found neither")
+    if not val:
+        train, val = random_split(train, [1.0 - config.validation_fraction, config.validation_fraction], config.seed)
+    if config.n_train is not None:
+        if not 1 <= config.n_train <= len(train):
+            raise ValueError(f"finetune config: n_train must lie in [1, {len(train)}], found {config.n_train}")
+        train = random_split(train, [1.0, 0.0], config.seed)[0][:config.n_train]
+    return train, val, test
+
+
+def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cvlearn.io import atomic_path
+
+    epochs = [r["epoch"] + 1 for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.semilogy(epochs, [r["train_loss"] for r in history], "o-", ms=3, label="train")
+    a.semilogy(epochs, [r["val_loss"] for r in history], "s-", ms=3, label="validation")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss (eV², eV²/Å² weighted)")
+    a.legend()
+    b.plot(epochs, [r["val_force_mae_mev_per_angstrom"] for r in history], "o-", ms=3)
+    b.set_xlabel("epoch")
+    b.set_ylabel("validation force MAE (meV/Å)")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def run_finetune(config: FinetuneConfig, *, progress: bool = True) -> dict:
+    """Fine-tune, evaluate, export, check NVE drift; writes the files listed in the module doc, returns the metrics."""
+    import torch
+
+    from cvlearn.estimators.finetuner import ForceFieldFinetuner, evaluate_potential
+    from cvlearn.io import write_json_atomic
+    from cvlearn.export.potential import export_potential
+
+    if config.export_dtype not in ("float32", "float64"):
+        raise ValueError(f"finetune config: export_dtype must be 'float32' or 'float64', found {config.export_dtype!r}")
+    torch.set_num_threads(int(config.threads))
+    out = Path(config.out)
+    train, val, test = load_data(config)
+    logger.info("fine-tuning data: %d train, %d validation, %d test structures", len(train), len(val), len(test))
+    backbone_args = ({"pretrained": config.pretrained} if config.pretrained
+                     else {"kind": config.kind, "config": config.architecture})
+    est = ForceFieldFinetuner(**backbone_args, head_hidden=config.head_hidden, energy_weight=config.energy_weight,
+                              force_weight=config.force_weight, learning_rate=config.learning_rate,
+                              backbone_lr_factor=config.backbone_lr_factor, max_epochs=config.epochs,
+                              patience=config.patience, max_atoms=config.max_atoms, seed=config.seed,
+                              progress=progress, checkpoint_path=out / "train_state.pt")
+    model = est.fit(train, val).fetch_model()
+    model.save(out / "model.pt", config=asdict(config))
+    metrics = {"n_train": len(train), "n_val": len(val), "n_test": len(test), "best_epoch": est.best_epoch,
+               "epochs_run": len(est.history), "validation": evaluate_potential(model, val, config.max_atoms)}
+    if test:
+        metrics["test"] = evaluate_potential(model, test, config.max_atoms)
+    molecule = (test or val)[0]
+    dtype = getattr(torch, config.export_dtype)
+    export_potential(model, molecule.numbers, out / "potential.pt", dtype=dtype,
+                     metadata={"source": str(out / "model.pt"), "molecule": molecule.source})
+    if config.nve_steps > 0:
+        from cvlearn.units import NM_PER_ANGSTROM
+        from openmm_plugin.potential import run_potential_md
+
+        nve = run_potential_md(out / "potential.pt", molecule.positions_angstrom * NM_PER_ANGSTROM,
+                               n_steps=config.nve_steps, timestep_fs=config.nve_timestep_fs, seed=config.seed,
+                               progress=progress)
+        metrics["nve"] = nve.summary()
+    plot_learning_curve(est.history, out / "learning_curve.png",
+                        f"{config.molecule if config.xxmd_root else 'fine-tune'}: {len(train)} training structures, "
+                        f"{'pre-trained' if config.pretrained else 'from scratch'}")
+    write_json_atomic(out / "metrics.json", {**metrics, "history": est.history, "config": asdict(config)})
+    return metrics
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cvlearn.config import load_config
+
+    config = load_config(FinetuneConfig, args.config)
+    if args.out:
+        config = FinetuneConfig(**{**asdict(config), "out": args.out})
+    metrics = run_finetune(config)
+    for split in ("validation", "test"):
+        if split in metrics:
+            m = metrics[split]
+            print(f"{split:10s} energy MAE {m['energy_mae_mev']:.2f} meV "
+                  f"({m['energy_mae_mev_per_atom']:.3f} meV/atom), "
+                  f"force MAE {m['force_mae_mev_per_angstrom']:.2f} meV/A")
+    if "nve" in metrics:
+        print(f"NVE drift  {metrics['nve']['drift_kjmol_per_ps_per_atom']:.3g} kJ/mol/ps/atom")
+    print(f"outputs:   {config.out}/model.pt, potential.pt, metrics.json, learning_curve.png")
+    return 0
+
+
+def add_finetune_parser(commands) -> None:
+    """Register ``finetune`` on the CLI's sub-parsers."""
+    p = commands.add_parser("finetune", help="fine-tune a backbone on energies + forces, export an OpenMM potential")
+    p.add_argument("--config", required=True, help="YAML/TOML file with FinetuneConfig fields (unknown keys rejected)")
+    p.add_argument("--out", help="output directory (overrides the config's out)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,50 @@
+"""The dense ET equals torchmd-net's ET on the same weights: features, vectors, gradients, exported CVs."""
+
+import pytest
+import torch
+
+from cvlearn.nn.featurizers import ETConfig, ETFeaturizer
+from cvlearn.nn.featurizers.dense_et import DenseETFeaturizer
+
+Z = [6, 6, 7, 8, 6, 6, 7, 8, 6, 1, 1, 8]
+
+
+def _positions(n_frames, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # spread wide enough (nm) that some pairs fall beyond the 5 Å cutoff
+    return torch.randn(n_frames, len(Z), 3, generator=g, dtype=torch.float64) * 0.25
+
+
+def test_dense_equals_sparse_features_vectors_and_forces():
+    et = ETFeaturizer(Z, ETConfig(num_layers=3), seed=4).double()
+    dense = DenseETFeaturizer(et)
+    pos = _positions(3)
+    r = torch.cdist(pos[0], pos[0]) * 10
+    assert bool((r > 5.0).any()) and bool((r[r > 0] < 5.0).any())  # the cutoff mask matters here
+    x_ref, v_ref = et.forward_with_vectors(pos)
+    x, v = dense.forward_with_vectors(pos)
+    torch.testing.assert_close(x, x_ref, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(v, v_ref, atol=1e-10, rtol=1e-8)
+    p1 = pos.clone().requires_grad_(True)
+    p2 = pos.clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(et(p1).pow(2).sum(), p1)
+    (g,) = torch.autograd.grad(dense(p2).pow(2).sum(), p2)
+    torch.testing.assert_close(g, g_ref, atol=1e-9, rtol=1e-7)
+
+
+def test_dense_is_an_independent_snapshot_and_scripts():
+    et = ETFeaturizer(Z, ETConfig(), seed=1)
+    dense = DenseETFeaturizer(et)
+    pos = _positions(2).float()
+    before = et(pos).detach()
+    scripted = torch.jit.script(dense)
+    torch.testing.assert_close(scripted(pos), before, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        next(et.parameters()).add_(1.0)
+    torch.testing.assert_close(dense(pos), before, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_refuses_other_molecules():
+    dense = DenseETFeaturizer(ETFeaturizer(Z, ETConfig(), seed=1))
+    with pytest.raises(RuntimeError, match="atomic numbers differ"):
+        dense.forward_graphs(torch.tensor([[1] * len(Z)]), _positions(1).float())

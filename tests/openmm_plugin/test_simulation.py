@@ -1,0 +1,106 @@
+import mdtraj
+import numpy as np
+import pytest
+
+import systems.alanine_dipeptide as ad
+from openmm_plugin.simulation import MDResult, run_md
+
+N_STEPS, INTERVAL = 200, 20
+
+
+@pytest.fixture(scope="module")
+def ala2():
+    return ad.build()
+
+
+def _run(ala2, prefix, seed=0, **kwargs):
+    return run_md(
+        ala2.topology, ala2.system, ala2.positions_nm, ad.make_integrator(seed=seed),
+        out_prefix=prefix, n_steps=N_STEPS, report_interval_steps=INTERVAL, seed=seed, progress=False, **kwargs,
+    )
+
+
+def test_writes_loadable_dcd_and_pdb(ala2, tmp_path):
+    reported = []
+    result = _run(ala2, tmp_path / "run.T300", on_report=lambda sim, i: reported.append(i))
+    assert isinstance(result, MDResult) and not result.skipped
+    assert result.trajectory_path == tmp_path / "run.T300.dcd" and result.topology_path == tmp_path / "run.T300.pdb"
+    assert result.n_frames == 10 and result.n_steps == N_STEPS
+    assert result.ms_per_step > 0 and result.ns_per_day > 0
+    traj = mdtraj.load(str(result.trajectory_path), top=str(result.topology_path))
+    assert traj.n_frames == 10 and traj.n_atoms == 22
+    assert np.all(np.isfinite(traj.xyz))
+    assert reported == list(range(10))
+    start = mdtraj.load(str(result.topology_path))
+    np.testing.assert_allclose(start.xyz[0], ala2.positions_nm, atol=1e-3)  # PDB has 3 decimals in Å
+
+
+def test_same_seed_same_trajectory_and_skip(ala2, tmp_path):
+    a = _run(ala2, tmp_path / "a", seed=5)
+    b = _run(ala2, tmp_path / "b", seed=5)
+    c = _run(ala2, tmp_path / "c", seed=6)
+    xa, xb, xc = (mdtraj.load(str(r.trajectory_path), top=str(r.topology_path)).xyz for r in (a, b, c))
+    np.testing.assert_array_equal(xa, xb)
+    assert not np.allclose(xa, xc)
+
+    calls = []
+    again = _run(ala2, tmp_path / "a", seed=5, advance=lambda sim, n: calls.append(n))
+    assert again.skipped and again.n_frames == 10 and calls == []
+
+
+def test_custom_advance_and_remainder(ala2, tmp_path):
+    steps = []
+
+    def advance(sim, n):
+        steps.append(n)
+        sim.step(n)
+
+    result = run_md(
+        ala2.topology, ala2.system, ala2.positions_nm, ad.make_integrator(),
+        out_prefix=tmp_path / "r", n_steps=50, report_interval_steps=20, advance=advance, progress=False,
+    )
+    assert steps == [20, 20, 10] and result.n_frames == 2
+
+
+def test_failure_leaves_nothing_behind(ala2, tmp_path):
+    calls = []
+
+    def advance(sim, n):
+        calls.append(n)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        sim.step(n)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _run(ala2, tmp_path / "bad", advance=advance)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"n_steps": 0, "report_interval_steps": 10}, "n_steps"),
+        ({"n_steps": 10.5, "report_interval_steps": 10}, "n_steps"),
+        ({"n_steps": 100, "report_interval_steps": -1}, "report_interval_steps"),
+        ({"n_steps": 10, "report_interval_steps": 20}, "report_interval_steps"),
+    ],
+)
+def test_bad_arguments_raise(ala2, tmp_path, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        run_md(ala2.topology, ala2.system, ala2.positions_nm, ad.make_integrator(),
+               out_prefix=tmp_path / "x", progress=False, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_simulation_is_used(ala2, tmp_path):
+    import openmm
+    import openmm.app as app
+
+    sim = app.Simulation(ala2.topology, ala2.system, ad.make_integrator(temperature_k=400.0),
+                         openmm.Platform.getPlatformByName("Reference"))
+    result = run_md(None, None, ala2.positions_nm, None, simulation=sim, minimize=True,
+                    out_prefix=tmp_path / "s", n_steps=40, report_interval_steps=20, progress=False)
+    assert result.n_frames == 2 and sim.currentStep == 40
+    with pytest.raises(ValueError, match="integrator"):
+        run_md(None, None, None, ad.make_integrator(), simulation=sim,
+               out_prefix=tmp_path / "t", n_steps=40, report_interval_steps=20, progress=False)
