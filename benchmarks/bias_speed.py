@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import openmm
@@ -37,15 +38,17 @@ from cvlearn.export import export_cv, load_eager_cv  # noqa: E402
 from cvlearn.nn.featurizers import GEOM2VEC_ET, ETConfig, ETFeaturizer  # noqa: E402
 from cvlearn.nn.heads import MLPHead  # noqa: E402
 from cvlearn.nn.mixers import SumPool  # noqa: E402
-from cvlearn.nn.tokens import ResidueTokens, residue_index_of_atoms  # noqa: E402
-from openmm_plugin.bias import BiasRunner, CVEvaluator, Metadynamics, OPESMetad, TorchBiasForce, python_bias_force  # noqa: E402
-from openmm_plugin.metadynamics import MetadSettings, cv_metadynamics, torsion_metadynamics  # noqa: E402
+from cvlearn.data.selection import residue_index_of_atoms  # noqa: E402
+from cvlearn.nn.tokens import ResidueTokens  # noqa: E402
+from openmm_plugin.bias import BiasRunner, Metadynamics, OPESMetad  # noqa: E402
 from openmm_plugin.bias.restraints import HarmonicRestraint  # noqa: E402
+from openmm_plugin.cv_evaluation import CVEvaluator  # noqa: E402
+from openmm_plugin.forces import TorchBiasForce, python_bias_force, python_force_for_cv  # noqa: E402
+from openmm_plugin.simulation import BIAS_GROUP, make_integrator, make_simulation  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402
 
 DEMO_ET = ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom=5.0)
 ONE_LAYER_ET = ETConfig(hidden_channels=64, num_layers=1, num_rbf=32, cutoff_angstrom=5.0)  # the fewer-layers trade-off
-BIAS_GROUP = 1
 
 
 def exported_cv(molecule, config: ETConfig, n_cvs: int, directory: Path, dense_et: bool):
@@ -60,7 +63,7 @@ def exported_cv(molecule, config: ETConfig, n_cvs: int, directory: Path, dense_e
 
 
 def _simulation(molecule, system, integrator):
-    simulation = app.Simulation(molecule.topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    simulation = make_simulation(molecule.topology, system, integrator, "Reference")
     simulation.context.setPositions(molecule.positions_nm)
     simulation.context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
     return simulation
@@ -78,10 +81,25 @@ def time_steps(simulation, n_steps: int, advance=None, inner_per_step: int = 1) 
             "steps_timed": n_steps * inner_per_step}
 
 
-def _mts(k: int):
-    integrator = openmm.MTSLangevinIntegrator(300.0, ala2.FRICTION_PER_PS, k * ala2.TIMESTEP_PS, [(0, k), (BIAS_GROUP, 1)])
-    integrator.setRandomNumberSeed(1)
-    return integrator
+def _integrator(k: int = 1):
+    return make_integrator(300.0, ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, bias_group=BIAS_GROUP, bias_every_steps=k)
+
+
+def _app_metadynamics(system, variables, pace: int) -> app.Metadynamics:
+    """The comparison route, OpenMM's own ``app.Metadynamics`` (kept here only to time it against cvlearn's)."""
+    return app.Metadynamics(system, variables, 300.0 * unit.kelvin, 8.0, 1.2 * unit.kilojoule_per_mole, pace)
+
+
+def _naive_cv_metadynamics(system, cv, d: int, pace: int) -> app.Metadynamics:
+    """The naive route for a d-D learned CV: one PythonForce BiasVariable per component, d model calls per step."""
+    variables = [app.BiasVariable(python_force_for_cv(cv, c), -5.0, 5.0, 0.1, False, 200) for c in range(d)]
+    return _app_metadynamics(system, variables, pace)
+
+
+def _phi_metadynamics(system, phi_atoms, pace: int) -> app.Metadynamics:
+    force = openmm.CustomTorsionForce("theta")
+    force.addTorsion(*[int(a) for a in phi_atoms], [])
+    return _app_metadynamics(system, [app.BiasVariable(force, -np.pi, np.pi, 0.35, True, 200)], pace)
 
 
 def _make_bias(method: str, n_cvs: int, pace: int):
@@ -126,7 +144,6 @@ def run(quick: bool) -> dict:
     pace = 100 if quick else 500
     torch.set_num_threads(1)
     molecule = ala2.build()
-    settings = MetadSettings(temperature_k=300.0, frequency_steps=pace)
     rows, models = [], {}
 
     def add(name, route, model, n_cvs, result, calls_per_step=None):
@@ -146,19 +163,19 @@ def run(quick: bool) -> dict:
             models[label] = {"architecture": config.as_dict(), "parameters": n_params, "dtype": "float32",
                              "implementation": "dense ET (cvlearn.nn.featurizers.dense_et)" if dense else "torchmd-net ET, edge list",
                              "atoms": len(ala2.heavy_atom_indices(molecule.topology))}
-        add("unbiased", "-", "-", 0, time_steps(_simulation(molecule, copy.deepcopy(molecule.system), ala2.make_integrator()), n_md))
+        add("unbiased", "-", "-", 0, time_steps(_simulation(molecule, copy.deepcopy(molecule.system), _integrator()), n_md))
         system = copy.deepcopy(molecule.system)
-        meta = torsion_metadynamics(system, ala2.phi_psi_indices(molecule.topology)[:1], 0.35, settings)
+        meta = _phi_metadynamics(system, ala2.phi_psi_indices(molecule.topology)[0], pace)
         add("WT-metad on phi (CustomTorsionForce)", "app.Metadynamics", "-", 1,
-            time_steps(_simulation(molecule, system, ala2.make_integrator()), n_md, meta.step))
+            time_steps(_simulation(molecule, system, _integrator()), n_md, meta.step))
 
         for label in ("naive", "demo"):
             for d in (1, 2):
                 system = copy.deepcopy(molecule.system)
-                meta = cv_metadynamics(system, cvs[label, d], [(-5.0, 5.0)] * d, [0.1] * d, settings)
+                meta = _naive_cv_metadynamics(system, cvs[label, d], d, pace)
                 add(f"naive route: WT-metad, {label} ET, {d}-D (one BiasVariable per dim)",
                     "PythonForce BiasVariables in app.Metadynamics", label, d,
-                    time_steps(_simulation(molecule, system, ala2.make_integrator()), n_model, meta.step), d)
+                    time_steps(_simulation(molecule, system, _integrator()), n_model, meta.step), d)
 
         def cvlearn_python(label, d, method, k=1, compile=False):
             system = copy.deepcopy(molecule.system)
@@ -169,7 +186,7 @@ def run(quick: bool) -> dict:
                 force.callback.evaluator.bias_energy_forces(molecule.positions_nm[force.callback.evaluator.atom_indices],
                                                             HarmonicRestraint([0.0] * d, 1.0))
             system.addForce(force)
-            simulation = _simulation(molecule, system, ala2.make_integrator() if k == 1 else _mts(k))
+            simulation = _simulation(molecule, system, _integrator(k))
             runner = BiasRunner(bias, callback=force.callback)
             calls0 = force.callback.evaluator.calls
             result = time_steps(simulation, max(1, n_model // k), runner.step, inner_per_step=k)
@@ -201,7 +218,7 @@ def run(quick: bool) -> dict:
                 system = copy.deepcopy(molecule.system)
                 bias = _make_bias("opes", d, pace // k)
                 torch_force = TorchBiasForce(system, cvs["demo", d], bias, force_group=BIAS_GROUP)
-                simulation = _simulation(molecule, system, ala2.make_integrator() if k == 1 else _mts(k))
+                simulation = _simulation(molecule, system, _integrator(k))
                 runner = BiasRunner(bias, cv=cvs["demo", d], on_update=torch_force.refresh)
                 mts = f", MTS {k}" if k > 1 else ""
                 add(f"cvlearn TorchForce: opes, demo ET, {d}-D{mts} (refresh at deposition)",

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
 
-from cvlearn.structures.xxmd import load_xxmd, random_split  # noqa: E402
+from cvlearn.data.splits import random_split  # noqa: E402
+from cvlearn.structures.xxmd import load_xxmd  # noqa: E402
 from cvlearn.nn.featurizers.molecules import MoleculeBackbone  # noqa: E402
 from cvlearn.estimators.finetuner import ForceFieldFinetuner, evaluate_potential  # noqa: E402
 

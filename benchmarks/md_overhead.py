@@ -1,10 +1,9 @@
 """What a learned CV costs inside OpenMM on alanine dipeptide: ms/step and ns/day, in one run.
 
-Rows: unbiased MD; well-tempered metadynamics on φ (CustomTorsionForce); learned CVs as a standalone
-TorchForce (6-layer ET = the naive geom2vec-sized CV on torchmd-net's edge list, and the demo's 2-layer ET
-as cvlearn exports it, dense); learned-CV metadynamics
-through the PythonForce route (bias force every step, every 2nd (the demo) and every 4th step with an MTS
-Langevin integrator).
+Rows: unbiased MD; well-tempered metadynamics on φ (a TorchScript torsion CV through cvlearn's PythonForce
+route); learned CVs as a standalone TorchForce (6-layer ET = the naive geom2vec-sized CV on torchmd-net's edge
+list, and the demo's 2-layer ET as cvlearn exports it, dense); learned-CV metadynamics through the PythonForce
+route (bias force every step, every 2nd (the demo) and every 4th step with an MTS Langevin integrator).
 Models are untrained with the stated architecture: cost does not depend on the weights.
 
     python benchmarks/md_overhead.py [--quick]
@@ -18,10 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-import openmm
-import openmm.app as app
 import openmm.unit as unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,13 +28,33 @@ from benchmarks.common import machine, now_utc, quick_main, targets_table  # noq
 
 from benchmarks.bias_speed import DEMO_ET, exported_cv  # noqa: E402
 from cvlearn.nn.featurizers import GEOM2VEC_ET  # noqa: E402
-from openmm_plugin.forces import torch_force_for_cv  # noqa: E402
-from openmm_plugin.metadynamics import MetadSettings, bias_force_group, cv_metadynamics, torsion_metadynamics  # noqa: E402
+from openmm_plugin.bias import BiasRunner, Metadynamics, OnComponents  # noqa: E402
+from openmm_plugin.bias.torsions import export_torsion_cv  # noqa: E402
+from openmm_plugin.forces import python_bias_force, torch_force_for_cv  # noqa: E402
+from openmm_plugin.simulation import BIAS_GROUP, make_integrator, make_simulation  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402
 
 
+PACE_STEPS = 250
+
+
+def _integrator(k: int = 1):
+    return make_integrator(300.0, ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, bias_group=BIAS_GROUP, bias_every_steps=k)
+
+
+def _metad(system, cv, n_cvs: int, sigma: float, lower: float, upper: float, period: float | None, pace: int):
+    """WT-metad on component 0 of ``cv`` through the PythonForce route; returns the runner's ``step``."""
+    bias = Metadynamics(sigma=[sigma], height_kjmol=1.2, pace_steps=pace, temperature_k=300.0, lower=[lower],
+                        upper=[upper], bias_factor=8.0, periods=None if period is None else [period], grid_bins=200,
+                        use_grid=True)
+    bias = OnComponents(bias, [0], n_cvs) if n_cvs > 1 else bias
+    force = python_bias_force(cv, bias, force_group=BIAS_GROUP)
+    system.addForce(force)
+    return BiasRunner(bias, callback=force.callback).step
+
+
 def time_steps(molecule, system, integrator, n_steps: int, advance=None, inner_per_step: int = 1) -> dict:
-    simulation = app.Simulation(molecule.topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    simulation = make_simulation(molecule.topology, system, integrator, "Reference")
     simulation.context.setPositions(molecule.positions_nm)
     simulation.context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
     step = advance or simulation.step
@@ -53,7 +71,6 @@ def run(quick: bool) -> dict:
     n = 2000 if quick else 20000
     n_model = 200 if quick else 2000
     molecule = ala2.build()
-    settings = MetadSettings(temperature_k=300.0, frequency_steps=250)
     rows = []
 
     def add(name, route, model, result, threads):
@@ -62,11 +79,11 @@ def run(quick: bool) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        add("unbiased", "-", "-", time_steps(molecule, copy.deepcopy(molecule.system), ala2.make_integrator(), n), "-")
+        add("unbiased", "-", "-", time_steps(molecule, copy.deepcopy(molecule.system), _integrator(), n), "-")
         system = copy.deepcopy(molecule.system)
-        meta = torsion_metadynamics(system, ala2.phi_psi_indices(molecule.topology)[:1], 0.35, settings)
-        add("WT-metad on phi (CustomTorsionForce)", "app.Metadynamics", "-",
-            time_steps(molecule, system, ala2.make_integrator(), n, meta.step), "-")
+        phi_cv = export_torsion_cv(tmp / "phi.pt", ala2.phi_psi_indices(molecule.topology)[:1], molecule.topology)
+        step = _metad(system, phi_cv, 1, 0.35, -np.pi, np.pi, 2 * np.pi, PACE_STEPS)
+        add("WT-metad on phi (torsion CV)", "PythonForce", "-", time_steps(molecule, system, _integrator(), n, step), "-")
         naive, demo = exported_cv(molecule, GEOM2VEC_ET, 1, tmp, False)[0], exported_cv(molecule, DEMO_ET, 1, tmp, True)[0]
         for threads in (2, 1):
             torch.set_num_threads(threads)
@@ -74,20 +91,18 @@ def run(quick: bool) -> dict:
                 system = copy.deepcopy(molecule.system)
                 system.addForce(torch_force_for_cv(cv, 0))
                 add(f"learned CV as TorchForce: {label}", "TorchForce", str(config.as_dict()),
-                    time_steps(molecule, system, ala2.make_integrator(), n_model), threads)
+                    time_steps(molecule, system, _integrator(), n_model), threads)
         torch.set_num_threads(1)
-        bounds, sigma = [(-5.0, 5.0)], [0.15]
+        n_cvs = int(demo.n_cvs)
         system = copy.deepcopy(molecule.system)
-        meta = cv_metadynamics(system, demo, bounds, sigma, settings)
-        add("WT-metad on learned CV, bias every step", "PythonForce in app.Metadynamics", str(DEMO_ET.as_dict()),
-            time_steps(molecule, system, ala2.make_integrator(), n_model, meta.step), 1)
+        step = _metad(system, demo, n_cvs, 0.15, -5.0, 5.0, None, PACE_STEPS)
+        add("WT-metad on learned CV, bias every step", "PythonForce", str(DEMO_ET.as_dict()),
+            time_steps(molecule, system, _integrator(), n_model, step), 1)
         for k, note in ((2, "(demo setting)"), (4, "(resonates with bond stretches: NaN within 70 ps on ala2)")):
             system = copy.deepcopy(molecule.system)
-            meta = cv_metadynamics(system, demo, bounds, sigma, settings)
-            group = bias_force_group(meta)
-            mts = openmm.MTSLangevinIntegrator(300.0, 1.0, k * ala2.TIMESTEP_PS, [(0, k), (group, 1)])
-            add(f"WT-metad on learned CV, bias every {k} steps (MTS) {note}", "PythonForce in app.Metadynamics",
-                str(DEMO_ET.as_dict()), time_steps(molecule, system, mts, n_model // k, meta.step, inner_per_step=k), 1)
+            step = _metad(system, demo, n_cvs, 0.15, -5.0, 5.0, None, max(1, PACE_STEPS // k))
+            add(f"WT-metad on learned CV, bias every {k} steps (MTS) {note}", "PythonForce", str(DEMO_ET.as_dict()),
+                time_steps(molecule, system, _integrator(k), n_model // k, step, inner_per_step=k), 1)
 
     by = {r["name"]: r for r in rows}
     unbiased = by["unbiased"]["ms_per_step"]
@@ -106,7 +121,7 @@ def run(quick: bool) -> dict:
         "date": now_utc(),
         "machine": machine(),
         "settings": {"quick": quick, "openmm_platform": "Reference", "system": "alanine dipeptide, amber99sbildn + OBC, 22 atoms",
-                     "timestep_fs": 2.0, "metad_deposit_every_steps": settings.frequency_steps,
+                     "timestep_fs": 2.0, "metad_deposit_every_steps": PACE_STEPS,
                      "steps_timed_md": n, "steps_timed_with_model": n_model,
                      "note": "ms_per_step is per 2-fs step of simulated time (MTS rows: outer step / k)"},
         "rows": rows,

@@ -40,12 +40,12 @@ def pretraining_rows(quick: bool, work: Path) -> tuple[dict, dict]:
 
     if quick:
         config = PretrainConfig(out=str(work / "pretrain"), corpus=str(work / "corpus"), corpus_spec=tiny_spec(),
-                                validation_every=2, architecture=QUICK_ARCH, epochs=12, learning_rate=3e-3,
+                                validation_every=2, architecture=QUICK_ARCH, max_epochs=12, learning_rate=3e-3,
                                 max_atoms=100)
     else:
         # the shipped recipe's corpus (reused when `cvlearn pretrain --make-corpus` built it already), 3 epochs
         config = PretrainConfig(out=str(work / "pretrain"), corpus=PretrainConfig().corpus, corpus_spec=CorpusSpec(),
-                                epochs=3)
+                                max_epochs=3)
     t0 = time.perf_counter()
     summary = run_pretrain(config, make_corpus=True, progress=False)
     hist = summary["history"]
@@ -57,7 +57,7 @@ def pretraining_rows(quick: bool, work: Path) -> tuple[dict, dict]:
            "corpus_cpu_seconds": summary["data"].get("corpus_cpu_seconds"), "wall_seconds": time.perf_counter() - t0,
            "loss_curve_png": str(Path(config.out) / "loss_curve.png")}
     return row, {"noise_sigma_angstrom": config.noise_sigma_angstrom, "max_atoms": config.max_atoms,
-                 "epochs": config.epochs, "learning_rate": config.learning_rate}
+                 "epochs": config.max_epochs, "learning_rate": config.learning_rate}
 
 
 def downstream_rows(quick: bool, work: Path, geom2vec_dir: Path | None,
@@ -111,7 +111,7 @@ def downstream_rows(quick: bool, work: Path, geom2vec_dir: Path | None,
                 return lobe
         sample = torch.cat(inputs[0])[pick]
         result = fit_seeds(make_lobe, inputs[0], inputs[1], s["seeds"], test=inputs[2], dim=data.dim,
-                           prepare=lambda lobe: fit_head_scaler(lobe, sample), lagtime=data.lag, learning_rate=2e-3,
+                           prepare=lambda lobe: fit_head_scaler(lobe, sample), lagtime=data.lagtime, learning_rate=2e-3,
                            batch_size=512, max_epochs=s["max_epochs"], patience=s["patience"], progress=False)
         rows.append({"name": name, "featurizer": cfg.as_dict(), "checkpoint": None if ckpt is None else str(ckpt),
                      "protocol": protocol, "vamp2_mean": result.mean, "vamp2_std": result.std,

@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import openmm
-import openmm.app as app
 import openmm.unit as unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,19 +34,19 @@ from benchmarks.common import RESULTS, machine, now_utc, save, targets_table  # 
 from cvlearn.data.colvar import read_colvar  # noqa: E402
 from cvlearn.analysis.plots import plot_free_energy_profiles  # noqa: E402
 from cvlearn.analysis.reweighting import delta_f_kjmol, free_energy_profile, opes_weights  # noqa: E402
-from cvlearn.analysis.transitions import count_phi_transitions  # noqa: E402
+from cvlearn.analysis.transitions import count_phi_transitions, phi_basins  # noqa: E402
 from openmm_plugin.bias.sigma import learned_cv_sigma  # noqa: E402
 from cvlearn.export import load_cv, load_eager_cv  # noqa: E402
 from cvlearn.io import write_json_atomic  # noqa: E402
 from cvlearn.analysis.reweighting import metad_weights  # noqa: E402
-from openmm_plugin.bias import BiasReporter, BiasRunner, OPESMetad, python_bias_force  # noqa: E402
+from openmm_plugin.bias import BiasReporter, BiasRunner, OPESMetad  # noqa: E402
+from openmm_plugin.forces import python_bias_force  # noqa: E402
+from openmm_plugin.simulation import BIAS_GROUP, make_integrator, make_simulation  # noqa: E402
 from openmm_plugin.bias.base import BiasSum, OnComponents  # noqa: E402
 from openmm_plugin.bias.metad import Metadynamics  # noqa: E402
 from openmm_plugin.bias.restraints import Wall  # noqa: E402
 from openmm_plugin.bias.torsions import export_torsion_cv  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402
-
-BIAS_GROUP = 1
 
 
 def _phi_function(phi_atoms):
@@ -70,13 +68,9 @@ def biased_run(cv, bias, *, seed: int, n_steps: int, mts: int, report_steps: int
     system = molecule.system
     force = python_bias_force(cv, bias, force_group=BIAS_GROUP, compile=compile)
     system.addForce(force)
-    if mts == 1:
-        integrator = ala2.make_integrator(300.0, seed)
-    else:
-        integrator = openmm.MTSLangevinIntegrator(300.0, ala2.FRICTION_PER_PS, mts * ala2.TIMESTEP_PS,
-                                                  [(0, mts), (BIAS_GROUP, 1)])
-        integrator.setRandomNumberSeed(seed + 1)
-    simulation = app.Simulation(molecule.topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    integrator = make_integrator(300.0, ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, seed=seed, bias_group=BIAS_GROUP,
+                                 bias_every_steps=mts)
+    simulation = make_simulation(molecule.topology, system, integrator, "Reference")
     simulation.context.setPositions(molecule.positions_nm)
     simulation.context.setVelocitiesToTemperature(300.0 * unit.kelvin, seed + 1)
     runner = BiasRunner(bias, callback=force.callback)
@@ -95,12 +89,12 @@ def biased_run(cv, bias, *, seed: int, n_steps: int, mts: int, report_steps: int
     reporter.close()
     data = read_walker(colvar)
     phi, weights = reweighted_phi(data)
-    deg = np.degrees(phi)
+    in_ax, in_eq = phi_basins(phi)
     ns = n_steps * ala2.TIMESTEP_PS * 1e-3
     transitions = count_phi_transitions(data["phi"])
     t_ns, df_t = delta_f_over_time(data)
     return {"seed": seed, "ns": ns, "transitions": transitions, "transitions_per_ns": transitions / ns,
-            "deltaF_C7ax_C7eq_kjmol": delta_f_kjmol((deg > 0) & (deg < 120), deg < 0, weights, 300.0),
+            "deltaF_C7ax_C7eq_kjmol": delta_f_kjmol(in_ax, in_eq, weights, 300.0),
             "ms_per_step": seconds * 1e3 / max(n_steps, 1), "failure": failure,
             "deltaF_over_time": {"t_ns": t_ns.tolist(), "kjmol": df_t.tolist()}}
 
@@ -130,9 +124,9 @@ def delta_f_over_time(data: dict, points: int = 12) -> tuple[np.ndarray, np.ndar
     t_ns, df = [], []
     for k in range(1, points + 1):
         phi, weights = reweighted_phi({key: v[: n * k // points] for key, v in data.items()})
-        deg = np.degrees(phi)
+        in_ax, in_eq = phi_basins(phi)
         t_ns.append(data["time"][n * k // points - 1] * 1e-3)
-        df.append(delta_f_kjmol((deg > 0) & (deg < 120), deg < 0, weights, 300.0))
+        df.append(delta_f_kjmol(in_ax, in_eq, weights, 300.0))
     return np.array(t_ns), np.array(df)
 
 
@@ -209,12 +203,15 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
     n_steps = int(round(ns * 1e3 / ala2.TIMESTEP_PS)) // (4 * mts) * (4 * mts)
     pace = 500
     report = 500 if not quick else 100
-    cv, meta = load_cv(cv_path)
+    cv, spec = load_cv(cv_path)
+    if spec.cv_range_training is None:
+        raise ValueError(f"{cv_path}: expected a CV with cv_range_training (export_cv(..., training_frames=...)), "
+                         "found none")
     molecule = ala2.build()
     sigma_cv = sigma if sigma is not None else learned_cv_sigma(
-        cv, meta["cv_range_training"][component], molecule.topology, molecule.system, molecule.positions_nm,
-        ala2.make_integrator(300.0, 12345), 300.0, component=component)[0]
-    lo, hi = meta["cv_range_training"][component]
+        cv, spec.cv_range_training[component], molecule.topology, molecule.system, molecule.positions_nm,
+        make_integrator(300.0, ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, seed=12345), 300.0, component=component)[0]
+    lo, hi = spec.cv_range_training[component]
     margin = 0.1 * (hi - lo)
     common = {"cv_path": str(cv_path), "cv_sha1": hashlib.sha1(Path(cv_path).read_bytes()).hexdigest(),
               "n_cvs": int(cv.n_cvs), "component": component, "sigma_cv": sigma_cv,
@@ -225,7 +222,7 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(work) if work else Path(scratch)
         tmp.mkdir(parents=True, exist_ok=True)
-        export_torsion_cv(tmp / "phi_psi.pt", ala2.phi_psi_indices(molecule.topology), molecule.topology.getNumAtoms())
+        export_torsion_cv(tmp / "phi_psi.pt", ala2.phi_psi_indices(molecule.topology), molecule.topology)
         runs = [{**common, "cv": name, "seed": seed, "tmp": str(tmp)} for seed in range(seeds)
                 for name in ("learned", "phi_psi")]
         finished = [_finished(r) for r in runs]
@@ -273,7 +270,7 @@ def run(cv_path: Path, *, quick: bool, ns: float, seeds: int, component: int, si
                      "learned_cv_walls": {"at": [lo - margin, hi + margin], "kappa_kjmol": wall_kappa, "exp": 2},
                      "barrier_kjmol": barrier_kjmol, "pace_steps": pace, "ns_per_run": n_steps * ala2.TIMESTEP_PS * 1e-3,
                      "seeds": seeds, "learned_cv_mts_substeps": mts, "parallel_walker_processes": jobs, "temperature_k": 300.0, "torch_threads": threads,
-                     "cv_metadata": {k: v for k, v in meta.items() if k not in ("atom_indices", "atomic_numbers", "residue_of_atom")}},
+                     "cv_metadata": {k: v for k, v in json.loads(spec.to_json()).items() if k not in ("atom_indices", "atomic_numbers", "residue_of_atom")}},
         "summary": {"learned": {"transitions_per_ns": [rate_l, rate_l_sd], "deltaF_C7ax_C7eq_kjmol": [df_l, df_l_sd]},
                     "phi_psi": {"transitions_per_ns": [rate_r, rate_r_sd], "deltaF_C7ax_C7eq_kjmol": [df_r, df_r_sd]}},
         "rows": [{"cv": name, **r} for name, runs in rows.items() for r in runs],

@@ -26,7 +26,7 @@ from benchmarks.common import RESULTS, machine, now_utc, save, targets_table  # 
 from cvlearn.estimators.baselines import CompareData, backbone_torsion_features, compare_models, markdown_table, public_rows  # noqa: E402
 from cvlearn.data import load_trajectories  # noqa: E402
 from cvlearn.nn.featurizers import ETConfig  # noqa: E402
-from cvlearn.nn.tokens import residue_index_of_atoms  # noqa: E402
+from cvlearn.data.selection import residue_index_of_atoms  # noqa: E402
 from systems import lambda6_85  # noqa: E402
 
 QUICK_ET = ETConfig(hidden_channels=32, num_layers=1, num_rbf=16, num_heads=4, cutoff_angstrom=5.0)
@@ -43,7 +43,7 @@ def ala2_settings(quick: bool) -> dict:
 
 def simulate_ala2(out: Path, s: dict, seed: int = 0) -> tuple[list[Path], Path]:
     """Unbiased ala2 runs (skipped when their files exist), trans-ω restraint as in the demo."""
-    from openmm_plugin.simulation import run_md
+    from openmm_plugin.simulation import make_integrator, run_md
     from systems import alanine_dipeptide as ala2
     from systems.peptides import add_trans_omega_restraint
 
@@ -53,7 +53,8 @@ def simulate_ala2(out: Path, s: dict, seed: int = 0) -> tuple[list[Path], Path]:
     paths = []
     for i in range(s["n_traj"]):
         k = seed * 1000 + i + 1
-        result = run_md(molecule.topology, system, molecule.positions_nm, ala2.make_integrator(s["temperature_k"], seed=k),
+        integrator = make_integrator(s["temperature_k"], ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, seed=k)
+        result = run_md(molecule.topology, system, molecule.positions_nm, integrator,
                         out_prefix=out / f"traj{i}", n_steps=int(round(s["ps_per_traj"] / ala2.TIMESTEP_PS)),
                         report_interval_steps=int(round(s["frame_ps"] / ala2.TIMESTEP_PS)), seed=k,
                         temperature_k=s["temperature_k"], progress=False, desc=f"ala2 {i}")
@@ -75,11 +76,11 @@ def other_settings(name: str, quick: bool) -> dict:
 
 def simulate_other(name: str, out: Path, s: dict) -> tuple[list[Path], Path]:
     """WLALL / λ6-85 runs with ``other_settings`` (skipped when their files exist)."""
-    from openmm_plugin.stages.simulate import simulate_system
+    from openmm_plugin.stages.simulate import SimulateConfig, run_simulate
 
     system, options = {"wlall": ("pentapeptide_wlall", {}), "lambda6_85": ("lambda6_85", {"fast": True, "platform": "CPU"})}[name]
-    paths = [simulate_system(system, ns=s["ps_per_traj"] * 1e-3, temperature_k=s["temperature_k"], seed=seed, out=str(out),
-                             report_interval_ps=s["frame_ps"], **options).trajectory_path
+    paths = [run_simulate(SimulateConfig(system=system, ns=s["ps_per_traj"] * 1e-3, temperature_k=s["temperature_k"],
+                                         seed=seed, out=str(out), report_interval_ps=s["frame_ps"], **options)).trajectory_path
              for seed in range(1, s["n_traj"] + 1)]
     return paths, paths[0].with_suffix(".pdb")
 
@@ -116,7 +117,7 @@ def kinetics_and_projections(system: str, table: list[dict], test_trajs: list, l
     timescales, CK test, the CVs against φ/ψ (ala2) or RMSD/Rg/Q (proteins), and their FES, as PNGs + numbers."""
     import mdtraj
 
-    from cvlearn.analysis.kinetic_plots import plot_cvs_over_observables, plot_fes_cvs
+    from cvlearn.analysis.plots import plot_cvs_over_observables, plot_fes_cvs
     from cvlearn.analysis.kinetics import correlations, kinetic_report, protein_observables
     from cvlearn.analysis.plots import plot_cvs_on_phi_psi
 

@@ -15,7 +15,17 @@ logger = logging.getLogger(__name__)
 
 
 class CompiledOrEager:
-    """Calls ``torch.compile(fn, **options)``; if that fails, warns once (naming ``what``) and calls ``fn``."""
+    """Calls ``torch.compile(fn, **options)``; if that fails, warns once (naming ``what``) and calls ``fn``.
+
+    Parameters
+    ----------
+    fn : callable
+        The eager function or module to compile.
+    what : str
+        Name shown in the warning (e.g. ``"VAMPNet training step"``).
+    **options
+        Passed to ``torch.compile`` (``mode``, ``dynamic``, ...).
+    """
 
     def __init__(self, fn: Callable, what: str, **options):
         self.eager = fn

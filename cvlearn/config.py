@@ -17,7 +17,28 @@ T = TypeVar("T")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; unknown keys are an error."""
+    """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses, so a typo in a key fails loudly.
+
+    Parameters
+    ----------
+    cls : type
+        A dataclass (usually frozen).
+    data : dict
+        Field values; nested dataclass fields take nested mappings. Missing keys keep their defaults.
+    source : str
+        Where ``data`` came from (file name and key path), used in error messages.
+
+    Returns
+    -------
+    cls
+        The built instance.
+
+    Raises
+    ------
+    ValueError
+        If ``data`` is not a mapping or holds keys that ``cls`` does not have (the message names the source,
+        the unknown keys and the allowed ones).
+    """
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a mapping for {cls.__name__}, found {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -35,6 +56,27 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
 
 
 def load_config(cls: type[T], path: str | Path) -> T:
+    """Read a stage config from a YAML or TOML file into the frozen dataclass ``cls`` (see :func:`from_dict`).
+
+    Parameters
+    ----------
+    cls : type
+        The stage's config dataclass.
+    path : str or Path
+        A ``.yaml``, ``.yml`` or ``.toml`` file; an empty YAML file gives the defaults.
+
+    Returns
+    -------
+    cls
+        The built config.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the suffix is not supported or a key is unknown.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")

@@ -18,8 +18,20 @@ from typing import Iterator
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
-    ``suffix`` defaults to the destination's own suffix, so writers that infer the format from the
-    file name (mdtraj, matplotlib, torch.jit.save) see the right one.
+    The temporary file lives in the destination folder, so the final rename is atomic on one filesystem.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final destination; its parent folders are created.
+    suffix : str, optional
+        Suffix of the temporary file. Defaults to the destination's own suffix, so writers that infer the
+        format from the file name (mdtraj, matplotlib, torch.jit.save) see the right one.
+
+    Yields
+    ------
+    Path
+        The temporary path to write to; removed if the block raises.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,9 +54,27 @@ def _umask() -> int:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination file.
+    text : str
+        Full file content.
+    """
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented JSON with sorted keys, atomically, so reports diff cleanly between runs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination file.
+    obj : object
+        Anything ``json.dumps`` accepts.
+    """
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -15,5 +15,16 @@ BOHR_ANGSTROM = 0.529177210903  # CODATA 2018
 
 
 def kt_kjmol(temperature_k: float) -> float:
-    """Thermal energy k_B T in kJ/mol."""
+    """Thermal energy k_B T, the scale of every Boltzmann factor and reweighting.
+
+    Parameters
+    ----------
+    temperature_k : float
+        Temperature, K.
+
+    Returns
+    -------
+    float
+        k_B T, kJ/mol.
+    """
     return BOLTZMANN_KJMOL_PER_K * temperature_k

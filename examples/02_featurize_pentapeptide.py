@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvlearn.checkpoints import default_checkpoint  # noqa: E402
 from cvlearn.nn.featurizers import featurizer_from_checkpoint  # noqa: E402
-from cvlearn.data.readers import read_trajectories  # noqa: E402
 from cvlearn.data.selection import HEAVY_ATOMS, atomic_numbers, select_atoms  # noqa: E402
 from cvlearn.data.store import EmbeddingStore, LaggedTokenPairs, embed_trajectories, file_sha256  # noqa: E402
+from cvlearn.data.trajectories import read_topology  # noqa: E402
 from cvlearn.nn.windows import make_token_embedder  # noqa: E402
-from openmm_plugin.stages.simulate import simulate_system  # noqa: E402
+from openmm_plugin.stages.simulate import SimulateConfig, run_simulate  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,10 +42,10 @@ if __name__ == "__main__":
     out = Path(args.out)
     ns, frame_ps = (0.004, 0.2) if args.quick else (0.5, 1.0)
 
-    runs = [simulate_system("pentapeptide_wlall", ns=ns, temperature_k=400.0, seed=seed, out=str(out / "md"),
-                            report_interval_ps=frame_ps) for seed in (1, 2)]
+    runs = [run_simulate(SimulateConfig(system="pentapeptide_wlall", ns=ns, temperature_k=400.0, seed=seed,
+                                        out=str(out / "md"), report_interval_ps=frame_ps)) for seed in (1, 2)]
     top = runs[0].topology_path
-    topology = read_trajectories([runs[0].trajectory_path], top)[0].topology
+    topology = read_topology(top)[0]
     heavy = select_atoms(topology, HEAVY_ATOMS)
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     featurizer = featurizer_from_checkpoint(checkpoint, atomic_numbers(topology, heavy)).eval()

@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.vamp_quality import FULL_ET, QUICK_ET, ala2_settings, compare_data_from_trajectories, simulate_ala2  # noqa: E402
-from cvlearn.analysis.kinetic_plots import plot_fes_cvs  # noqa: E402
+from cvlearn.analysis.plots import plot_fes_cvs  # noqa: E402
 from cvlearn.analysis.kinetics import correlations, kinetic_report  # noqa: E402
 from cvlearn.analysis.plots import plot_cvs_on_phi_psi  # noqa: E402
 from cvlearn.estimators.baselines import compare_models, markdown_table, public_rows  # noqa: E402

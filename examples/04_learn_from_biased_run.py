@@ -22,8 +22,10 @@ from cvlearn.models.cv import DistanceCV, fit_head_scaler  # noqa: E402
 from cvlearn.estimators import VAMPNet  # noqa: E402
 from cvlearn.nn.heads import MLPHead  # noqa: E402
 from cvlearn.io import write_json_atomic  # noqa: E402
-from openmm_plugin.metadynamics import MetadLog, MetadSettings, torsion_metadynamics  # noqa: E402
-from openmm_plugin.simulation import run_md  # noqa: E402
+from openmm_plugin.bias import BiasReporter, BiasRunner, Metadynamics  # noqa: E402
+from openmm_plugin.bias.torsions import export_torsion_cv  # noqa: E402
+from openmm_plugin.forces import python_bias_force  # noqa: E402
+from openmm_plugin.simulation import make_integrator, run_md  # noqa: E402
 from systems import alanine_dipeptide as ala2  # noqa: E402
 
 
@@ -34,15 +36,20 @@ def biased_md(out: Path, ps: float, frame_ps: float, temperature_k: float, seed:
         return out / "biased.dcd", out / "biased.pdb", colvar
     molecule = ala2.build()
     system = copy.deepcopy(molecule.system)
-    settings = MetadSettings(temperature_k=temperature_k, bias_factor=6.0, height_kjmol=1.5, frequency_steps=100)
-    meta = torsion_metadynamics(system, ala2.phi_psi_indices(molecule.topology)[:1], 0.35, settings)
-    log = MetadLog(meta, ala2.TIMESTEP_PS, ["phi"])
-    result = run_md(molecule.topology, system, molecule.positions_nm, ala2.make_integrator(temperature_k, seed=seed),
+    phi_cv = export_torsion_cv(out / "phi_cv.pt", ala2.phi_psi_indices(molecule.topology)[:1], molecule.topology)
+    bias = Metadynamics(sigma=[0.35], height_kjmol=1.5, pace_steps=100, temperature_k=temperature_k, lower=[-np.pi],
+                        upper=[np.pi], bias_factor=6.0, periods=[2 * np.pi], grid_bins=200, use_grid=True)
+    force = python_bias_force(phi_cv, bias)
+    system.addForce(force)
+    report_steps = int(round(frame_ps / ala2.TIMESTEP_PS))
+    log = BiasReporter(colvar, bias, force.callback.evaluator, report_steps, cv_names=["phi"], resume=False)
+    result = run_md(molecule.topology, system, molecule.positions_nm,
+                    make_integrator(temperature_k, ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, seed=seed),
                     out_prefix=out / "biased", n_steps=int(round(ps / ala2.TIMESTEP_PS)),
-                    report_interval_steps=int(round(frame_ps / ala2.TIMESTEP_PS)), seed=seed,
-                    temperature_k=temperature_k, advance=meta.step, on_report=log, progress=False,
+                    report_interval_steps=report_steps, seed=seed, temperature_k=temperature_k,
+                    advance=BiasRunner(bias, callback=force.callback).step, on_report=log, progress=False,
                     desc="metadynamics on phi")
-    log.write(colvar)
+    log.close()
     return result.trajectory_path, result.topology_path, colvar
 
 

@@ -34,7 +34,7 @@ if __name__ == "__main__":
     out = Path(args.out)
     if args.quick:
         config = PretrainConfig(out=str(out / "pretrain"), corpus=str(out / "corpus"), corpus_spec=tiny_spec(),
-                                validation_every=2, epochs=12, learning_rate=3e-3, max_atoms=100,
+                                validation_every=2, max_epochs=12, learning_rate=3e-3, max_atoms=100,
                                 architecture={"hidden_channels": 32, "num_layers": 1, "num_rbf": 16, "num_heads": 4})
     else:
         config = replace(load_config(PretrainConfig, default_recipe()), out=str(out / "pretrain"),

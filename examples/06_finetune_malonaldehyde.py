@@ -45,7 +45,7 @@ if __name__ == "__main__":
     out = Path(args.out)
     config = FinetuneConfig(out=str(out / "finetune"), xxmd_root=str(root), molecule=MOLECULE,
                             pretrained=pretrained, n_train=50 if args.quick else None,
-                            epochs=4 if args.quick else 300, patience=4 if args.quick else 30,
+                            max_epochs=4 if args.quick else 300, patience=4 if args.quick else 30,
                             learning_rate=1e-3, nve_steps=100 if args.quick else 2000, nve_timestep_fs=0.5)
     metrics = run_finetune(config, progress=not args.quick)
 

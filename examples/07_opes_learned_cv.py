@@ -31,7 +31,8 @@ def untrained_cv(path: Path) -> Path:
     from cvlearn.nn.featurizers import ETConfig, ETFeaturizer
     from cvlearn.nn.heads import MLPHead
     from cvlearn.nn.mixers import SumPool
-    from cvlearn.nn.tokens import ResidueTokens, residue_index_of_atoms
+    from cvlearn.data.selection import residue_index_of_atoms
+    from cvlearn.nn.tokens import ResidueTokens
     from systems import alanine_dipeptide as ala2
 
     molecule = ala2.build()

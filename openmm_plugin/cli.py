@@ -1,26 +1,30 @@
 """``cvlearn`` command line: parse, load a config, call one stage function.
 
-It lives in ``openmm_plugin`` because its commands drive MD; ``cvlearn`` itself never imports the engine.
+Argparse only: every command builds the frozen config of its stage (from ``--config`` through
+:func:`cvlearn.config.load_config`, or from flags) and calls the stage's ``run_*`` function, then prints a
+short summary. It lives in ``openmm_plugin`` because its commands drive MD; ``cvlearn`` itself never imports
+the engine. Stage modules are imported inside the commands, so ``cvlearn --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
-from openmm_plugin.stages.bias import add_bias_parser
-from openmm_plugin.stages.simulate import add_simulate_parser
-from openmm_plugin.stages.label import add_label_parser
-from openmm_plugin.stages.pretrain import add_pretrain_parser
-from openmm_plugin.stages.finetune import add_finetune_parser
 
-
-def _demo(args: argparse.Namespace) -> int:
+def _load(config_type, path):
     from cvlearn.config import load_config
+
+    return load_config(config_type, path)
+
+
+# --- demo ----------------------------------------------------------------------------------------------------
+def _demo(args: argparse.Namespace) -> int:
     from openmm_plugin.stages.demo import QUICK, DemoConfig, run_demo
 
-    config = load_config(DemoConfig, args.config) if args.config else (QUICK if args.quick else DemoConfig())
+    config = _load(DemoConfig, args.config) if args.config else (QUICK if args.quick else DemoConfig())
     metrics = run_demo(args.out, quick=args.quick, config=config)
     keys = ("vamp2_val", "vamp2_val_deeptime", "vamp2_val_baseline_distances", "training_phi_transitions",
             "biased_phi_transitions", "deltaF_C7ax_C7eq_kjmol", "deltaF_reference_kjmol",
@@ -31,21 +35,164 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add_demo(commands) -> None:
+    p = commands.add_parser("demo", help="alanine dipeptide: simulate, learn a CV, bias it, reweight (default job)")
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (< 3 minutes)")
+    p.add_argument("--config", help="YAML/TOML file with DemoConfig fields (unknown keys are rejected)")
+    p.set_defaults(func=_demo)
+
+
+# --- simulate ------------------------------------------------------------------------------------------------
+def _simulate(args: argparse.Namespace) -> int:
+    from openmm_plugin.stages.simulate import SimulateConfig, run_simulate
+
+    result = run_simulate(SimulateConfig(system=args.system, ns=args.ns, temperature_k=args.temperature, seed=args.seed,
+                                         out=args.out, report_interval_ps=args.report_interval_ps,
+                                         platform=args.platform, fast=args.fast))
+    print(f"trajectory: {result.trajectory_path} ({result.n_frames} frames)"
+          + (" [existed, skipped]" if result.skipped else f", {result.ns_per_day:.1f} ns/day"))
+    print(f"topology:   {result.topology_path}")
+    return 0
+
+
+def _add_simulate(commands) -> None:
+    from systems import BUILTIN_SYSTEMS
+
+    p = commands.add_parser("simulate", help="unbiased MD of a built-in system (trajectory DCD + PDB)")
+    p.add_argument("--system", required=True, choices=BUILTIN_SYSTEMS)
+    p.add_argument("--ns", type=float, required=True, help="simulated time in ns")
+    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/md", help="output directory (default: runs/md)")
+    p.add_argument("--report-interval-ps", type=float, default=1.0, help="ps between frames (default 1)")
+    p.add_argument("--platform", default="Reference", help="OpenMM platform (default Reference; λ6-85 runs faster on CPU)")
+    p.add_argument("--fast", action="store_true",
+                   help="the system's CPU-affordable settings (λ6-85: 1.5 nm OBC cutoff, 3-amu hydrogens, 4 fs steps)")
+    p.set_defaults(func=_simulate)
+
+
+# --- bias ----------------------------------------------------------------------------------------------------
+def _bias(args: argparse.Namespace) -> int:
+    from openmm_plugin.stages.bias import BiasConfig, run_bias
+
+    config = _load(BiasConfig, args.config)
+    overrides = {k: v for k, v in (("cv", args.cv), ("out", args.out)) if v is not None}
+    config = dataclasses.replace(config, **overrides)
+    summary = run_bias(config)
+    print(f"{summary['md_steps_run']} steps, {summary['ms_per_step']:.3f} ms/step, {summary['ns_per_day']:.1f} ns/day; "
+          f"outputs in {config.out}")
+    return 0
+
+
+def _add_bias(commands) -> None:
+    p = commands.add_parser("bias", help="bias a learned CV on a built-in system: metad, OPES, restraints, walls")
+    p.add_argument("--config", required=True, help="YAML/TOML file with BiasConfig fields (unknown keys are rejected)")
+    p.add_argument("--cv", help="exported CV file (overrides the config's `cv`)")
+    p.add_argument("--out", help="output directory (overrides the config's `out`)")
+    p.set_defaults(func=_bias)
+
+
+# --- label ---------------------------------------------------------------------------------------------------
+def _fractions(text: str) -> tuple:
+    try:
+        fractions = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--splits: expected comma-separated fractions such as 0.8,0.1,0.1, "
+                                         f"found {text!r}") from None
+    if not 1 <= len(fractions) <= 3:
+        raise argparse.ArgumentTypeError(f"--splits: expected 1 to 3 fractions (train,val,test), found {text!r}")
+    return fractions
+
+
+def _label(args: argparse.Namespace) -> int:
+    from openmm_plugin.stages.label import LabelConfig, run_label
+
+    written = run_label(LabelConfig(input=args.input, out=args.out, molecule=args.molecule, xc=args.xc,
+                                    basis=args.basis, charge=args.charge, spin=args.spin, splits=tuple(args.splits),
+                                    split_kind=args.split_kind, seed=args.seed))
+    for split, (n, path) in written.items():
+        print(f"{split:6s} {n:6d}  {path}")
+    return 0
+
+
+def _add_label(commands) -> None:
+    p = commands.add_parser("label", help="DFT energies/forces (PySCF) for geometries -> xxMD-layout extxyz")
+    p.add_argument("--in", dest="input", required=True, help="extxyz/xyz file of geometries (Å)")
+    p.add_argument("--out", required=True, help="output root: writes xxMD-DFT/<molecule>/<molecule>_<split>.xyz")
+    p.add_argument("--molecule", required=True, help="molecule folder and file prefix, e.g. mal")
+    p.add_argument("--xc", default="M06", help="exchange-correlation functional, or HF (default M06)")
+    p.add_argument("--basis", default="6-31g*", help="basis set (default 6-31g*)")
+    p.add_argument("--charge", type=int, default=0)
+    p.add_argument("--spin", type=int, default=0, help="2S, number of unpaired electrons (default 0)")
+    p.add_argument("--splits", type=_fractions, default=(0.8, 0.1, 0.1),
+                   help="train,val,test fractions (default 0.8,0.1,0.1)")
+    p.add_argument("--split-kind", choices=("random", "temporal"), default="random",
+                   help="random for independent samples, temporal (contiguous blocks) for one MD trajectory")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    p.set_defaults(func=_label)
+
+
+# --- pretrain / finetune -------------------------------------------------------------------------------------
+def _pretrain(args: argparse.Namespace) -> int:
+    from openmm_plugin.stages.pretrain import PretrainConfig, run_pretrain
+
+    config = _load(PretrainConfig, args.config) if args.config else PretrainConfig()
+    summary = run_pretrain(config, make_corpus=args.make_corpus)
+    print(f"final train loss  {summary['final_train_loss']:.5f}")
+    print(f"final val loss    {summary['final_val_loss']:.5f}")
+    print(f"training seconds  {summary['training_seconds_all_epochs']:.0f}")
+    print(f"backbone: {config.out}/backbone.pt" + (f" (installed to {config.install_to})" if config.install_to else ""))
+    return 0
+
+
+def _add_pretrain(commands) -> None:
+    p = commands.add_parser("pretrain", help="denoising pre-training of a featurizer backbone (checkpoint + losses)")
+    p.add_argument("--config", help="YAML/TOML file with PretrainConfig fields (unknown keys are rejected)")
+    p.add_argument("--make-corpus", action="store_true",
+                   help="simulate the MD corpus first (corpus_spec; existing runs are skipped)")
+    p.set_defaults(func=_pretrain)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from openmm_plugin.stages.finetune import FinetuneConfig, run_finetune
+
+    config = _load(FinetuneConfig, args.config)
+    if args.out:
+        config = dataclasses.replace(config, out=args.out)
+    metrics = run_finetune(config)
+    for split in ("validation", "test"):
+        if split in metrics:
+            m = metrics[split]
+            print(f"{split:10s} energy MAE {m['energy_mae_mev']:.2f} meV "
+                  f"({m['energy_mae_mev_per_atom']:.3f} meV/atom), "
+                  f"force MAE {m['force_mae_mev_per_angstrom']:.2f} meV/A")
+    if "nve" in metrics:
+        print(f"NVE drift  {metrics['nve']['drift_kjmol_per_ps_per_atom']:.3g} kJ/mol/ps/atom")
+    print(f"outputs:   {config.out}/model.pt, potential.pt, metrics.json, learning_curve.png")
+    return 0
+
+
+def _add_finetune(commands) -> None:
+    p = commands.add_parser("finetune", help="fine-tune a backbone on energies + forces, export an OpenMM potential")
+    p.add_argument("--config", required=True, help="YAML/TOML file with FinetuneConfig fields (unknown keys rejected)")
+    p.add_argument("--out", help="output directory (overrides the config's out)")
+    p.set_defaults(func=_finetune)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cvlearn`` argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="cvlearn", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="alanine dipeptide: simulate, learn a CV, bias it, reweight (default job)")
-    demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    demo.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (< 3 minutes)")
-    demo.add_argument("--config", help="YAML/TOML file with DemoConfig fields (unknown keys are rejected)")
-    demo.set_defaults(func=_demo)
-    add_simulate_parser(commands)
-    add_bias_parser(commands)
-    add_label_parser(commands)
-    add_pretrain_parser(commands)
-    add_finetune_parser(commands)
-    args = parser.parse_args(argv)
+    for add in (_add_demo, _add_simulate, _add_bias, _add_label, _add_pretrain, _add_finetune):
+        add(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``cvlearn`` command; returns its exit code."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)

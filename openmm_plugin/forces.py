@@ -1,11 +1,17 @@
-"""Put an exported CV into an OpenMM System: as a TorchForce (openmm-torch) or a PythonForce (OpenMM ≥ 8.6).
+"""The two routes from an exported CV to an OpenMM Force, each applying a bias V(s(x)) at one model call per step.
 
-Both forces report *one CV component as their "energy"* (dimensionless CV value read as kJ/mol) and
-−∂CV/∂x as their forces. That is what ``app.Metadynamics`` expects of a ``BiasVariable`` force.
+* PythonForce route (:func:`python_bias_force`, OpenMM ≥ 8.6): an ``openmm.PythonForce`` restricted to the CV
+  atoms holds the *live* bias object, so adaptive methods (metadynamics, OPES) change the next force evaluation
+  without touching the Context. It caches the CV of its last evaluation, which the runner uses for depositions
+  (the positions the step's forces were computed at, as PLUMED deposits).
+* TorchForce route (:func:`torch_bias_force`, openmm-torch): one TorchScript module = CV + a frozen bias.
+  Static biases are exact as buffers of the module. Adaptive biases cannot change inside a running TorchForce
+  with openmmtorch 1.5 (the force holds a serialised copy, global parameters are scalars only, and a TorchForce
+  inside a CustomCVForce segfaults at Context creation), so :class:`TorchBiasForce` swaps in a new force at
+  each deposition and reinitialises the Context (cost measured in ``benchmarks/bias_speed.py``).
 
-Why two routes: with openmmtorch 1.5 a TorchForce inside a CustomCVForce (which ``app.Metadynamics``
-builds) segfaults at Context creation (its XML deserialisation crashes), so biasing goes through the
-PythonForce route; the TorchForce route is used where the CV force stands alone.
+The plain CV component as a force (energy = ``scale * s_k``, forces = ``-scale ∂s_k/∂x``) is the linear bias
+:class:`CVComponent` through either route (:func:`python_force_for_cv`, :func:`torch_force_for_cv`).
 """
 
 from __future__ import annotations
@@ -13,72 +19,263 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import openmm
 import torch
 
-import openmm
-
-from openmm_plugin.bias.cv_evaluation import CVEvaluator
+from openmm_plugin.cv_evaluation import CVEvaluator
 
 
-def _component_module(cv: torch.jit.ScriptModule, component: int, scale: float) -> torch.jit.ScriptModule:
-    class CVComponent(torch.nn.Module):
-        def __init__(self, cv: torch.nn.Module, component: int, scale: float):
-            super().__init__()
-            self.cv = cv
-            self.component = component
-            self.scale = scale
+# --- the linear bias V(s) = scale * s_k ----------------------------------------------------------------------
+class CVComponent:
+    """The "bias" V(s) = ``scale * s[component]`` (kJ/mol): one CV component read as an energy.
 
-        def forward(self, positions: torch.Tensor) -> torch.Tensor:
-            return self.scale * self.cv(positions)[self.component]
-
-    return torch.jit.script(CVComponent(cv, component, scale))
-
-
-def _check_component(cv: torch.jit.ScriptModule, component: int) -> None:
-    if not 0 <= component < cv.n_cvs:
-        raise ValueError(f"component must lie in [0, {cv.n_cvs}) for this CV, got {component}")
-
-
-def torch_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0, scale: float = 1.0):
-    """An openmm-torch ``TorchForce`` whose energy (kJ/mol) is ``scale * cv(positions)[component]``."""
-    import openmmtorch  # after torch, as openmmtorch needs torch's CUDA libraries loaded first
-
-    _check_component(cv, component)
-    return openmmtorch.TorchForce(_component_module(cv, component, scale))
-
-
-class CVCallback:
-    """The PythonForce computation: one CV component and its gradient, on the CV's particles only.
-
-    It is the bias engine's :class:`~openmm_plugin.bias.cv_evaluation.CVEvaluator` applied to the linear "bias"
-    V(s) = s_k, so dV/ds is one-hot and one backward pass gives -ds_k/dx. Picklable (OpenMM serialises
-    PythonForces with pickle): the TorchScript module travels as bytes.
+    Parameters
+    ----------
+    n_cvs : int
+        Dimension of the CV vector.
+    component : int
+        Index of the component in ``[0, n_cvs)``.
+    scale : float
+        Factor on the component (kJ/mol per CV unit).
     """
 
-    def __init__(self, cv: torch.jit.ScriptModule, component: int):
-        _check_component(cv, component)
-        self.evaluator = CVEvaluator(cv)
-        self.component = component
-        self._unit_gradient = np.eye(self.evaluator.n_cvs)[component]
+    adaptive = False
+
+    def __init__(self, n_cvs: int, component: int = 0, scale: float = 1.0):
+        if not 0 <= int(component) < int(n_cvs):
+            raise ValueError(f"component must lie in [0, {int(n_cvs)}) for this CV, got {component}")
+        self.n_cvs, self.component, self.scale = int(n_cvs), int(component), float(scale)
+        self.label = f"cv{self.component}"
+        self._gradient = self.scale * np.eye(self.n_cvs)[self.component]
 
     def energy_and_gradient(self, s: np.ndarray) -> tuple[float, np.ndarray]:
-        return float(s[self.component]), self._unit_gradient
+        """``(scale * s_k, dV/ds [n_cvs])``."""
+        return self.scale * float(np.asarray(s).reshape(-1)[self.component]), self._gradient
+
+    def update(self, s: np.ndarray, step: int) -> bool:
+        return False
+
+    def leaves(self) -> list:
+        return [self]
+
+    def to_torch(self) -> torch.nn.Module:
+        return _TorchCVComponent(self.component, self.scale)
+
+
+class _TorchCVComponent(torch.nn.Module):
+    def __init__(self, component: int, scale: float):
+        super().__init__()
+        self.component = component
+        self.scale = scale
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.scale * s[self.component]
+
+
+# --- PythonForce route ---------------------------------------------------------------------------------------
+class BiasCallback:
+    """The PythonForce computation ``state -> (V kJ/mol, -dV/dx kJ/mol/nm)`` on the CV atoms; picklable.
+
+    OpenMM serialises PythonForces with pickle, so the CV travels as bytes (TorchScript, or ``torch.save`` for
+    the eager twin).
+
+    Parameters
+    ----------
+    cv : torch.nn.Module
+        Exported CV (``cvlearn.export.load_cv``), or its eager twin (``load_eager_cv``) when ``compile``.
+    bias
+        A bias on the ``n_cvs`` CV components (``energy_and_gradient``, ``n_cvs``, ``label``).
+    compile : bool
+        Run the CV through ``torch.compile``.
+    """
+
+    def __init__(self, cv: torch.nn.Module, bias, compile: bool = False):
+        self.evaluator = CVEvaluator(cv, compile=compile)
+        if bias.n_cvs != self.evaluator.n_cvs:
+            raise ValueError(f"bias {bias.label!r} acts on {bias.n_cvs} CVs but the CV module has {self.evaluator.n_cvs}")
+        self.bias = bias
+        self.last_cv: np.ndarray | None = None
+        self.last_energy_kjmol = float("nan")
+        self.evaluations = 0
 
     def __call__(self, state: openmm.State):
-        _, value, forces = self.evaluator.bias_energy_forces(state.getPositions(asNumpy=True)._value, self)
-        return value, forces
+        positions = np.asarray(state.getPositions(asNumpy=True)._value)
+        s, energy, forces = self.evaluator.bias_energy_forces(positions, self.bias)
+        self.last_cv, self.last_energy_kjmol = s, energy
+        self.evaluations += 1
+        return energy, forces
 
     def __getstate__(self):
         buffer = io.BytesIO()
-        torch.jit.save(self.evaluator.cv, buffer)
-        return {"cv": buffer.getvalue(), "component": self.component}
+        cv = self.evaluator.cv
+        scripted = isinstance(cv, torch.jit.ScriptModule)
+        torch.jit.save(cv, buffer) if scripted else torch.save(cv, buffer)
+        return {"cv": buffer.getvalue(), "scripted": scripted, "compile": self.evaluator.compiled, "bias": self.bias}
 
     def __setstate__(self, state):
-        self.__init__(torch.jit.load(io.BytesIO(state["cv"]), map_location="cpu"), state["component"])
+        buffer = io.BytesIO(state["cv"])
+        cv = (torch.jit.load(buffer, map_location="cpu") if state.get("scripted", True)
+              else torch.load(buffer, map_location="cpu", weights_only=False))
+        self.__init__(cv, state["bias"], compile=state.get("compile", False))
 
 
-def python_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0) -> openmm.PythonForce:
-    """An ``openmm.PythonForce`` restricted to the CV's atoms whose energy is ``cv(positions)[component]``."""
-    force = openmm.PythonForce(CVCallback(cv, component))
-    force.setParticles([int(i) for i in cv.atom_indices.tolist()])
+def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
+                      compile: bool = False) -> openmm.PythonForce:
+    """A PythonForce restricted to the CV atoms whose energy is ``bias`` on ``cv``.
+
+    ``compile=True`` (pass the eager CV) compiles the CV's forward and backward with ``torch.compile``: on ala2
+    0.73 vs 1.60 ms per MD step (bias every step, measured).
+
+    Parameters
+    ----------
+    cv : torch.nn.Module
+        Exported CV ``positions [n_particles, 3] nm -> s [n_cvs]``.
+    bias
+        Bias on all ``n_cvs`` components (e.g. :class:`openmm_plugin.bias.Metadynamics`, :class:`CVComponent`).
+    force_group : int, optional
+        OpenMM force group (e.g. the slow group of an MTS integrator).
+    compile : bool
+        ``torch.compile`` the CV (needs the eager twin).
+
+    Returns
+    -------
+    openmm.PythonForce
+        The force; its :class:`BiasCallback` is ``force.callback`` (cached CV, evaluation count).
+    """
+    callback = BiasCallback(cv, bias, compile=compile)
+    force = openmm.PythonForce(callback)
+    force.setParticles(callback.evaluator.atom_indices)
+    force.setName(f"cvlearn bias {bias.label}")
+    if force_group is not None:
+        force.setForceGroup(int(force_group))
+    force.callback = callback  # the Python object stays reachable (SWIG proxies accept attributes)
     return force
+
+
+def python_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0, scale: float = 1.0) -> openmm.PythonForce:
+    """A PythonForce whose energy (kJ/mol) is ``scale * cv(positions)[component]``.
+
+    Parameters
+    ----------
+    cv : torch.jit.ScriptModule
+        Exported CV.
+    component : int
+        CV component in ``[0, n_cvs)``.
+    scale : float
+        kJ/mol per CV unit.
+
+    Returns
+    -------
+    openmm.PythonForce
+    """
+    return python_bias_force(cv, CVComponent(int(cv.n_cvs), component, scale))
+
+
+# --- TorchForce route ----------------------------------------------------------------------------------------
+class CVBias(torch.nn.Module):
+    """``positions [n_particles, 3] nm -> V(s(x))`` kJ/mol: the exported CV followed by a bias module."""
+
+    def __init__(self, cv: torch.jit.ScriptModule, bias: torch.nn.Module):
+        super().__init__()
+        self.cv = cv
+        self.bias = bias
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.bias(self.cv(positions).to(torch.float64)).to(positions.dtype)
+
+
+def scripted_cv_bias(cv: torch.jit.ScriptModule, bias) -> torch.jit.ScriptModule:
+    """TorchScript of the CV followed by the current (frozen) ``bias`` (its ``to_torch()`` snapshot).
+
+    Parameters
+    ----------
+    cv : torch.jit.ScriptModule
+        Exported CV ``positions [n_particles, 3] nm -> s [n_cvs]``.
+    bias
+        Bias on all ``n_cvs`` components.
+
+    Returns
+    -------
+    torch.jit.ScriptModule
+        ``positions [n_particles, 3] nm -> V`` kJ/mol (a 0-d tensor in the positions' dtype).
+    """
+    if bias.n_cvs != int(cv.n_cvs):
+        raise ValueError(f"bias {bias.label!r} acts on {bias.n_cvs} CVs but the CV module has {int(cv.n_cvs)}")
+    return torch.jit.script(CVBias(cv, bias.to_torch()))
+
+
+def torch_bias_force(cv: torch.jit.ScriptModule, bias, force_group: int | None = None):
+    """An openmm-torch ``TorchForce`` whose energy is the current ``bias`` on ``cv``.
+
+    Parameters
+    ----------
+    cv : torch.jit.ScriptModule
+        Exported CV ``positions [n_particles, 3] nm -> s [n_cvs]``.
+    bias
+        Bias on all ``n_cvs`` components with a ``to_torch()`` snapshot.
+    force_group : int, optional
+        OpenMM force group.
+
+    Returns
+    -------
+    openmmtorch.TorchForce
+    """
+    import openmmtorch  # after torch (openmmtorch needs torch's CUDA libraries loaded first)
+
+    force = openmmtorch.TorchForce(scripted_cv_bias(cv, bias))
+    force.setName(f"cvlearn torch bias {bias.label}")
+    if force_group is not None:
+        force.setForceGroup(int(force_group))
+    return force
+
+
+def torch_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0, scale: float = 1.0):
+    """An openmm-torch ``TorchForce`` whose energy (kJ/mol) is ``scale * cv(positions)[component]``.
+
+    Parameters
+    ----------
+    cv : torch.jit.ScriptModule
+        Exported CV.
+    component : int
+        CV component in ``[0, n_cvs)``.
+    scale : float
+        kJ/mol per CV unit.
+
+    Returns
+    -------
+    openmmtorch.TorchForce
+    """
+    return torch_bias_force(cv, CVComponent(int(cv.n_cvs), component, scale))
+
+
+class TorchBiasForce:
+    """A TorchForce carrying CV + bias in a System, refreshed (rebuilt + Context reinitialised) on demand.
+
+    Parameters
+    ----------
+    system : openmm.System
+        The System the force is added to (and replaced in at each refresh).
+    cv : torch.jit.ScriptModule
+        Exported CV.
+    bias
+        The (possibly adaptive) bias; each refresh freezes its current state.
+    force_group : int, optional
+        OpenMM force group.
+    """
+
+    def __init__(self, system: openmm.System, cv: torch.jit.ScriptModule, bias, force_group: int | None = None):
+        self.system = system
+        self.cv = cv
+        self.bias = bias
+        self.force_group = force_group
+        self.index = system.addForce(torch_bias_force(cv, bias, force_group))
+        self.refreshes = 0
+
+    def refresh(self, simulation) -> None:
+        """Replace the force by one holding the bias's current state; positions/velocities/step are kept."""
+        if simulation.system is not self.system:
+            raise ValueError("TorchBiasForce.refresh: the simulation was built from another System than this force's")
+        self.system.removeForce(self.index)
+        self.index = self.system.addForce(torch_bias_force(self.cv, self.bias, self.force_group))
+        simulation.context.reinitialize(preserveState=True)
+        self.refreshes += 1

@@ -22,6 +22,7 @@ import openmm.unit as u
 
 from cvlearn.export.potential import load_potential
 from cvlearn.units import BOLTZMANN_KJMOL_PER_K, FS_PER_PS
+from openmm_plugin.simulation import make_integrator, platform_by_name
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,19 @@ INTEGRATORS = ("nve", "langevin")
 
 
 def potential_system(atomic_numbers: Sequence[int], potential: str | Path | torch.jit.ScriptModule) -> openmm.System:
-    """One particle per atom (masses of the elements) and a TorchForce carrying the exported potential, nothing else."""
+    """One particle per atom (masses of the elements) and a TorchForce carrying the exported potential, nothing else.
+
+    Parameters
+    ----------
+    atomic_numbers : sequence of int
+        ``[n_atoms]`` elements.
+    potential : str, Path or torch.jit.ScriptModule
+        The exported potential (``positions [n_atoms, 3] nm -> energy kJ/mol``) or its file.
+
+    Returns
+    -------
+    openmm.System
+    """
     import openmmtorch
 
     module = load_potential(potential)[0] if isinstance(potential, (str, Path)) else potential
@@ -84,8 +97,34 @@ def run_potential_md(potential: str | Path, positions_nm: np.ndarray, *, n_steps
                      timestep_fs: float = 0.5, temperature_k: float = 300.0, friction_per_ps: float = 1.0,
                      report_interval: int = 10, seed: int = 0, platform: str = "Reference",
                      progress: bool = True) -> PotentialMDResult:
-    """Run ``n_steps`` of MD on the exported ``potential`` from ``positions_nm`` (velocities drawn at
-    ``temperature_k``); ``integrator`` is ``"nve"`` (Verlet) or ``"langevin"`` (LangevinMiddle)."""
+    """Run ``n_steps`` of MD on the exported ``potential`` from ``positions_nm``, velocities drawn at ``temperature_k``.
+
+    Parameters
+    ----------
+    potential : str or Path
+        Exported potential (``cvlearn.export.export_potential``).
+    positions_nm : np.ndarray
+        ``[n_atoms, 3]`` start positions, nm.
+    n_steps : int
+        MD steps.
+    integrator : str
+        ``"nve"`` (Verlet) or ``"langevin"`` (:func:`openmm_plugin.simulation.make_integrator`).
+    timestep_fs, temperature_k, friction_per_ps : float
+        Step (fs), temperature (K) and Langevin friction (1/ps).
+    report_interval : int
+        Steps between energy records.
+    seed : int
+        Seed of the velocities (and of the Langevin noise).
+    platform : str
+        OpenMM platform name.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    PotentialMDResult
+        Time (ps), potential and kinetic energies (kJ/mol) at each record, final positions (nm).
+    """
     if integrator not in INTEGRATORS:
         raise ValueError(f"integrator: expected one of {INTEGRATORS}, found {integrator!r}")
     if n_steps < 1 or report_interval < 1:
@@ -100,9 +139,8 @@ def run_potential_md(potential: str | Path, positions_nm: np.ndarray, *, n_steps
     if integrator == "nve":
         integ = openmm.VerletIntegrator(dt)
     else:
-        integ = openmm.LangevinMiddleIntegrator(temperature_k * u.kelvin, friction_per_ps / u.picosecond, dt)
-        integ.setRandomNumberSeed(seed)
-    context = openmm.Context(system, integ, openmm.Platform.getPlatformByName(platform))
+        integ = make_integrator(temperature_k, friction_per_ps, timestep_fs / FS_PER_PS, seed=seed)
+    context = openmm.Context(system, integ, platform_by_name(platform))
     context.setPositions(positions_nm * u.nanometer)
     context.setVelocitiesToTemperature(temperature_k * u.kelvin, seed)
     times, pot, kin = [], [], []

@@ -1,6 +1,10 @@
-"""A small, generic MD runner for unbiased and biased runs.
+"""The one place that builds integrators and Simulations, and a small, generic MD runner.
 
-It writes ``<out_prefix>.dcd`` (one frame every ``report_interval_steps``) and ``<out_prefix>.pdb``
+:func:`make_integrator` gives a Langevin integrator (middle scheme), or an MTS Langevin integrator whose
+bias force group is evaluated every ``bias_every_steps`` inner steps; :func:`make_simulation` picks the
+platform by name. :func:`run_md`
+
+writes ``<out_prefix>.dcd`` (one frame every ``report_interval_steps``) and ``<out_prefix>.pdb``
 (topology + starting positions) atomically, and skips the run when both already exist, so a stage
 can be killed and rerun. A biased run plugs in through ``advance`` (e.g. ``meta.step``) and a CV
 reporter through ``on_report``.
@@ -25,13 +29,26 @@ from cvlearn.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
+BIAS_GROUP = 1  # the force group of bias forces: the slow group of the MTS integrator
 _SECONDS_PER_DAY = 86400.0
 _NS_PER_PS = 1e-3
 
 
 @dataclass
 class MDResult:
-    """What a run produced and how fast it went (timings cover ``advance`` calls only)."""
+    """What a run produced and how fast it went (timings cover ``advance`` calls only).
+
+    Attributes
+    ----------
+    trajectory_path, topology_path : Path
+        ``<out_prefix>.dcd`` and ``<out_prefix>.pdb``.
+    n_steps, n_frames : int
+        Steps run (integrator steps) and frames written.
+    seconds, ms_per_step, ns_per_day : float
+        Wall time of the stepping (s), per step (ms) and speed (ns/day); NaN when the run was skipped.
+    skipped : bool
+        The outputs existed and nothing ran.
+    """
 
     trajectory_path: Path
     topology_path: Path
@@ -44,7 +61,7 @@ class MDResult:
 
 
 def output_paths(out_prefix: str | Path) -> tuple[Path, Path]:
-    """``(<out_prefix>.dcd, <out_prefix>.pdb)``; the prefix may itself contain dots."""
+    """``(<out_prefix>.dcd, <out_prefix>.pdb)`` as Paths; the prefix may itself contain dots."""
     prefix = str(out_prefix)
     return Path(prefix + ".dcd"), Path(prefix + ".pdb")
 
@@ -53,6 +70,83 @@ def _check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name}: expected a positive integer, found {value!r}")
     return int(value)
+
+
+def make_integrator(temperature_k: float, friction_per_ps: float, timestep_ps: float, *, seed: int = 0,
+                    bias_group: int | None = None, bias_every_steps: int = 1) -> openmm.Integrator:
+    """Langevin dynamics with a fixed random seed; with ``bias_every_steps`` k > 1, multiple time steps.
+
+    OpenMM reads a random-number seed of 0 as "pick a new one per Context" (not reproducible), so the
+    integrator gets ``seed + 1``: every ``seed >= 0`` gives a distinct, reproducible noise stream.
+
+    Parameters
+    ----------
+    temperature_k : float
+        Bath temperature, K.
+    friction_per_ps : float
+        Friction coefficient, 1/ps.
+    timestep_ps : float
+        The (inner) MD time step, ps.
+    seed : int
+        Random seed in ``[0, 2**31 - 2]``.
+    bias_group : int, optional
+        Force group of the bias force; required when ``bias_every_steps > 1``. Every other force must be in
+        group 0.
+    bias_every_steps : int
+        k: the bias group is evaluated once per outer step of ``k * timestep_ps`` and group 0 every inner step
+        (``openmm.MTSLangevinIntegrator``); 1 gives ``openmm.LangevinMiddleIntegrator``.
+
+    Returns
+    -------
+    openmm.Integrator
+        Its ``getStepSize()`` is the outer step ``k * timestep_ps``; ``simulation.step(n)`` makes ``n * k`` MD
+        steps.
+    """
+    if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**31 - 1:
+        raise ValueError(f"seed: expected an integer in [0, 2**31 - 2], found {seed!r}")
+    k = _check_positive_int("bias_every_steps", bias_every_steps)
+    if not temperature_k > 0 or not friction_per_ps > 0 or not timestep_ps > 0:
+        raise ValueError(f"temperature_k, friction_per_ps, timestep_ps: expected positive numbers, found "
+                         f"{temperature_k!r}, {friction_per_ps!r}, {timestep_ps!r}")
+    if k == 1:
+        integrator = openmm.LangevinMiddleIntegrator(temperature_k * u.kelvin, friction_per_ps / u.picosecond,
+                                                     timestep_ps * u.picosecond)
+    else:
+        if bias_group is None or not 0 < int(bias_group) < 32:
+            raise ValueError(f"bias_group: expected a force group in [1, 31] with bias_every_steps={k}, "
+                             f"found {bias_group!r}")
+        integrator = openmm.MTSLangevinIntegrator(temperature_k * u.kelvin, friction_per_ps / u.picosecond,
+                                                  k * timestep_ps * u.picosecond, [(0, k), (int(bias_group), 1)])
+    integrator.setRandomNumberSeed(int(seed) + 1)
+    return integrator
+
+
+def make_simulation(topology: app.Topology, system: openmm.System, integrator: openmm.Integrator,
+                    platform: str = "Reference") -> app.Simulation:
+    """An ``app.Simulation`` on the OpenMM platform named ``platform``.
+
+    Parameters
+    ----------
+    topology : app.Topology
+    system : openmm.System
+    integrator : openmm.Integrator
+        E.g. from :func:`make_integrator`.
+    platform : str
+        ``"Reference"``, ``"CPU"``, ``"CUDA"``, ``"OpenCL"``, ... (must be installed).
+
+    Returns
+    -------
+    app.Simulation
+    """
+    return app.Simulation(topology, system, integrator, platform_by_name(platform))
+
+
+def platform_by_name(name: str) -> openmm.Platform:
+    """The installed OpenMM platform called ``name``; the error lists the installed ones."""
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if name not in names:
+        raise ValueError(f"platform: expected one of the installed OpenMM platforms {names}, found {name!r}")
+    return openmm.Platform.getPlatformByName(name)
 
 
 def run_md(
@@ -75,7 +169,7 @@ def run_md(
     desc: str = "MD",
     timestep_ps: float | None = None,
 ) -> MDResult:
-    """Run ``n_steps`` of MD and write a DCD frame every ``report_interval_steps`` steps.
+    """Run ``n_steps`` of MD and write a DCD frame every ``report_interval_steps`` steps; returns an :class:`MDResult`.
 
     With ``simulation`` given, its context is used as is (``topology``, ``system`` and
     ``integrator`` may then be None); ``positions_nm`` (if given) replaces its positions.
@@ -83,6 +177,39 @@ def run_md(
     ``advance(simulation, n)`` defaults to ``simulation.step(n)``; ``on_report(simulation, i)`` is
     called after frame ``i`` (0-based) is written. ``timestep_ps`` (default: the integrator's step
     size, the outer step for multiple-time-step integrators) is only used for ns/day and the DCD header.
+
+    Parameters
+    ----------
+    topology, system, integrator
+        What :func:`make_simulation` needs (None when ``simulation`` is given).
+    positions_nm : np.ndarray or None
+        ``[n_particles, 3]`` start positions, nm.
+    out_prefix : str or Path
+        Writes ``<out_prefix>.dcd`` and ``<out_prefix>.pdb``; both existing: the run is skipped.
+    n_steps, report_interval_steps : int
+        Steps in all and between frames (integrator steps: outer steps with MTS).
+    platform : str
+        OpenMM platform name.
+    seed : int
+        Seed of the initial velocities.
+    temperature_k : float, optional
+        Temperature of the initial velocities, K.
+    minimize : bool
+        Minimise the energy first.
+    advance, on_report : callable, optional
+        ``advance(simulation, n)`` (e.g. ``BiasRunner.step``) and ``on_report(simulation, frame)``.
+    simulation : app.Simulation, optional
+        An existing simulation to continue.
+    progress : bool
+        Progress bar.
+    desc : str
+        Name of the run in logs.
+    timestep_ps : float, optional
+        Step per ``n_steps`` unit, ps (for ns/day and the DCD header).
+
+    Returns
+    -------
+    MDResult
     """
     n_steps = _check_positive_int("n_steps", n_steps)
     report_interval_steps = _check_positive_int("report_interval_steps", report_interval_steps)
@@ -94,16 +221,16 @@ def run_md(
     trajectory_path, topology_path = output_paths(out_prefix)
 
     if trajectory_path.exists() and topology_path.exists():
-        import mdtraj
+        from cvlearn.data.trajectories import trajectory_frame_count
 
-        n_frames = mdtraj.load(str(trajectory_path), top=str(topology_path)).n_frames
+        n_frames = trajectory_frame_count(trajectory_path, topology_path)
         logger.info("%s: %s and %s exist (%d frames), skipping", desc, trajectory_path, topology_path, n_frames)
         return MDResult(trajectory_path, topology_path, n_steps, n_frames, 0.0, math.nan, math.nan, True)
 
     if simulation is None:
         if topology is None or system is None or integrator is None or positions_nm is None:
             raise ValueError("run_md: without `simulation`, topology, system, positions_nm and integrator are required")
-        simulation = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName(platform))
+        simulation = make_simulation(topology, system, integrator, platform)
     elif integrator is not None and integrator is not simulation.integrator:
         raise ValueError("integrator: expected None or the integrator of `simulation`, found another integrator")
     topology, system, integrator = simulation.topology, simulation.system, simulation.integrator

@@ -157,6 +157,7 @@ def build_peptide_system(
     max_iterations: int = 0,
     cutoff_nm: float | None = None,
     hydrogen_mass_amu: float | None = None,
+    tolerance_kjmol_per_nm: float = 10.0,
 ) -> MolecularSystem:
     """Capped peptide from sequence in implicit solvent (HBond constraints), optionally minimised.
 
@@ -176,7 +177,7 @@ def build_peptide_system(
     if minimize:
         context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
         context.setPositions(positions_nm * u.nanometer)
-        openmm.LocalEnergyMinimizer.minimize(context, 10.0, max_iterations)
+        openmm.LocalEnergyMinimizer.minimize(context, tolerance_kjmol_per_nm, max_iterations)
         positions_nm = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
         del context
     return MolecularSystem(topology=topology, system=system, positions_nm=np.asarray(positions_nm, dtype=np.float64),

@@ -33,7 +33,8 @@ def make_tiny_cv(topology, heavy, z, n_cvs=2, seed=0):
     from cvlearn.nn.featurizers import ETConfig, ETFeaturizer
     from cvlearn.nn.heads import MLPHead
     from cvlearn.nn.mixers import SumPool
-    from cvlearn.nn.tokens import ResidueTokens, residue_index_of_atoms
+    from cvlearn.data.selection import residue_index_of_atoms
+    from cvlearn.nn.tokens import ResidueTokens
 
     torch.manual_seed(seed)
     config = ETConfig(hidden_channels=32, num_layers=2, num_rbf=16, num_heads=4, cutoff_angstrom=5.0)

@@ -1,4 +1,9 @@
-"""Frame weights from well-tempered metadynamics and unbiased free-energy differences from weighted frames."""
+"""Frame weights from a bias log, and unbiased free energies from weighted frames.
+
+The one owner of the reweighting physics: a frame sampled under bias V(s, t) carries the weight
+exp(β(V − c(t))) (c = metadynamics' rct; 0 for a static or quasi-static OPES bias). ``cvlearn.data.lagged``
+uses these functions to weight time-lagged pairs.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,67 @@ def well_tempered_rct(bias_grid_kjmol: np.ndarray, bias_factor: float, temperatu
     return kt * (np.log(np.sum(np.exp(a - a.max()))) + a.max() - np.log(np.sum(np.exp(b - b.max()))) - b.max())
 
 
-def metad_weights(bias_kjmol: np.ndarray, rct_kjmol: np.ndarray, temperature_k: float) -> np.ndarray:
-    """Normalised weights exp((V(s_t, t) - c(t)) / kT) for frames of a well-tempered metadynamics run."""
-    log_w = (np.asarray(bias_kjmol, dtype=np.float64) - np.asarray(rct_kjmol, dtype=np.float64)) / kt_kjmol(temperature_k)
+def log_weights_from_bias(bias_kjmol: np.ndarray, temperature_k: float,
+                          rct_kjmol: np.ndarray | None = None) -> np.ndarray:
+    """β(V − c) per frame: the log of each frame's reweighting factor.
+
+    Parameters
+    ----------
+    bias_kjmol : np.ndarray
+        ``[n_frames]`` bias V(s_t, t) in kJ/mol.
+    temperature_k : float
+        Temperature of the run (K).
+    rct_kjmol : np.ndarray or None
+        ``[n_frames]`` c(t) in kJ/mol (well-tempered metadynamics); None for a static or OPES bias.
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_frames]`` float64, dimensionless.
+    """
+    if not temperature_k > 0:
+        raise ValueError(f"temperature_k: expected a positive temperature, found {temperature_k!r}")
+    v = np.asarray(bias_kjmol, dtype=np.float64)
+    if rct_kjmol is not None:
+        v = v - np.asarray(rct_kjmol, dtype=np.float64)
+    return v / kt_kjmol(temperature_k)
+
+
+def weights_from_log(log_weights: np.ndarray, normalise: bool = True) -> np.ndarray:
+    """exp(log w), shifted by max(log w) so that no exponential overflows.
+
+    Parameters
+    ----------
+    log_weights : np.ndarray
+        ``[n_frames]`` β(V − c).
+    normalise : bool
+        True: weights sum to 1. False: the largest weight is 1.
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_frames]`` float64 weights.
+    """
+    log_w = np.asarray(log_weights, dtype=np.float64)
     w = np.exp(log_w - log_w.max())
-    return w / w.sum()
+    return w / w.sum() if normalise else w
+
+
+def metad_weights(bias_kjmol: np.ndarray, rct_kjmol: np.ndarray, temperature_k: float) -> np.ndarray:
+    """Normalised weights exp((V(s_t, t) - c(t)) / kT) for frames of a well-tempered metadynamics run.
+
+    Parameters
+    ----------
+    bias_kjmol, rct_kjmol : np.ndarray
+        ``[n_frames]`` bias and c(t) (kJ/mol).
+    temperature_k : float
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_frames]`` weights summing to 1.
+    """
+    return weights_from_log(log_weights_from_bias(bias_kjmol, temperature_k, rct_kjmol))
 
 
 def delta_f_kjmol(in_a: np.ndarray, in_b: np.ndarray, weights: np.ndarray, temperature_k: float) -> float:
@@ -46,10 +107,20 @@ def free_energy_surface(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None
 
 
 def opes_weights(bias_kjmol: np.ndarray, temperature_k: float) -> np.ndarray:
-    """Normalised weights exp(V(s_t) / kT) for frames of an OPES run (quasi-static bias: no c(t) needed)."""
-    log_w = np.asarray(bias_kjmol, dtype=np.float64) / kt_kjmol(temperature_k)
-    w = np.exp(log_w - log_w.max())
-    return w / w.sum()
+    """Normalised weights exp(V(s_t) / kT) for frames of an OPES run (quasi-static bias: no c(t) needed).
+
+    Parameters
+    ----------
+    bias_kjmol : np.ndarray
+        ``[n_frames]`` bias (kJ/mol).
+    temperature_k : float
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_frames]`` weights summing to 1.
+    """
+    return weights_from_log(log_weights_from_bias(bias_kjmol, temperature_k))
 
 
 def free_energy_profile(x: np.ndarray, weights: np.ndarray | None, temperature_k: float, bins: int = 50,

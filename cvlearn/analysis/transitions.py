@@ -13,6 +13,27 @@ import numpy as np
 
 EQ_CORE_DEG = (-180.0, -30.0)  # C7eq / β / PII basin, φ < 0
 AX_CORE_DEG = (30.0, 100.0)  # C7ax / αL basin, 0 < φ < 120°
+# The basins themselves (for ΔF(C7ax − C7eq)); the cores above sit inside them.
+AX_BASIN_DEG = (0.0, 120.0)  # C7ax / αL
+EQ_BASIN_DEG = (-180.0, 0.0)  # C7eq / β / αR
+
+
+def phi_basins(phi_rad) -> tuple[np.ndarray, np.ndarray]:
+    """Which frames lie in the C7ax and in the C7eq basin of the backbone angle φ (the one basin definition).
+
+    Parameters
+    ----------
+    phi_rad : np.ndarray
+        ``[n_frames]`` φ in radians (any branch; wrapped to [-180°, 180°) here).
+
+    Returns
+    -------
+    tuple of np.ndarray
+        ``(in_ax, in_eq)``, boolean ``[n_frames]``: 0° < φ < 120° and -180° <= φ < 0°.
+    """
+    deg = (np.degrees(np.asarray(phi_rad, dtype=np.float64)) + 180.0) % 360.0 - 180.0
+    in_ax = (deg > AX_BASIN_DEG[0]) & (deg < AX_BASIN_DEG[1])
+    return in_ax, (deg >= EQ_BASIN_DEG[0]) & (deg < EQ_BASIN_DEG[1])
 
 
 def _check_core(name: str, core) -> tuple[float, float]:
@@ -49,8 +70,19 @@ def count_phi_transitions(
     Cores (open intervals, degrees, after wrapping φ to [-180, 180)):
     eq = (-180, -30) and ax = (30, 100). A transition is counted each time the trajectory, having last
     been in one core, enters the other; frames outside both cores (-30..30, 100..180) never count.
-    ``phi_rad`` is in radians, shape [n_frames] or [n_frames, 1] (as ``mdtraj.compute_phi`` returns),
-    or a list of such arrays (one per independent trajectory), whose counts are summed.
+
+    Parameters
+    ----------
+    phi_rad : np.ndarray or sequence of np.ndarray
+        φ in radians, shape [n_frames] or [n_frames, 1] (as ``mdtraj.compute_phi`` returns), or a list of such
+        arrays (one per independent trajectory), whose counts are summed.
+    eq_core_deg, ax_core_deg : (float, float)
+        The two cores (lo, hi), degrees in [-180, 180], disjoint.
+
+    Returns
+    -------
+    int
+        Number of core-to-core transitions.
     """
     eq = _check_core("eq_core_deg", eq_core_deg)
     ax = _check_core("ax_core_deg", ax_core_deg)

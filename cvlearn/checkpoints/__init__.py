@@ -10,13 +10,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["DEFAULT_CHECKPOINT", "default_checkpoint", "default_recipe"]
+
 _HERE = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = "et_denoise_small.pt"
 
 
 def default_checkpoint() -> Path:
-    """Path of the shipped pre-trained ET backbone (a cvlearn featurizer checkpoint; load it with
-    ``cvlearn.nn.featurizers.load_featurizer_weights`` or ``featurizer_from_checkpoint``)."""
+    """Path of the shipped pre-trained ET backbone, so the demo and tests need no download.
+
+    Returns
+    -------
+    Path
+        A cvlearn featurizer checkpoint; load it with ``cvlearn.nn.featurizers.load_featurizer_weights`` or
+        ``featurizer_from_checkpoint``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the installation lacks the file (the message says how to rebuild it).
+    """
     path = _HERE / DEFAULT_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"shipped checkpoint {path} is missing from this installation; rebuild it with "
@@ -25,5 +38,11 @@ def default_checkpoint() -> Path:
 
 
 def default_recipe() -> Path:
-    """The config that reproduces ``default_checkpoint()``."""
+    """The pre-training config that reproduces ``default_checkpoint()``, so the shipped weights are reproducible.
+
+    Returns
+    -------
+    Path
+        ``et_denoise_small.yaml`` next to the checkpoint.
+    """
     return _HERE / "et_denoise_small.yaml"

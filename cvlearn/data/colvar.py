@@ -14,6 +14,17 @@ from cvlearn.io import write_text_atomic
 
 
 def write_colvar(path: str | Path, fields: Sequence[str], rows: np.ndarray) -> None:
+    """Write a COLVAR file atomically.
+
+    Parameters
+    ----------
+    path : str or path
+        File to write (replaced atomically).
+    fields : sequence of str
+        ``[n_fields]`` column names, e.g. ``["time", "cv0", "metad.bias"]`` (time in ps, energies in kJ/mol).
+    rows : np.ndarray
+        ``[n_rows, n_fields]`` values.
+    """
     rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
     if rows.size and rows.shape[1] != len(fields):
         raise ValueError(f"COLVAR {path}: {len(fields)} fields {list(fields)} but rows have {rows.shape[1]} columns")
@@ -23,7 +34,18 @@ def write_colvar(path: str | Path, fields: Sequence[str], rows: np.ndarray) -> N
 
 
 def read_colvar(path: str | Path) -> dict[str, np.ndarray]:
-    """Columns by field name. Other ``#!`` lines (``SET``) are skipped; the field list is taken from the first header."""
+    """Columns by field name. Other ``#!`` lines (``SET``) are skipped; the field list is taken from the first header.
+
+    Parameters
+    ----------
+    path : str or path
+        A COLVAR file, ours or PLUMED's.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        ``[n_rows]`` float64 column per field, in the file's units (ours: ps, kJ/mol).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"COLVAR file {path} does not exist")

@@ -1,8 +1,9 @@
-"""Readers for trajectory formats users hold: mdshare's alanine-dipeptide heavy-atom ``.npz``, XTC/DCD + PDB.
+"""Readers for special formats users hold: mdshare's alanine-dipeptide heavy-atom ``.npz`` and pentapeptide XTCs.
 
-All return ``mdtraj.Trajectory`` objects (nm), so the rest of the code sees one type. Units are checked
-where the format does not state them: the mdshare ``.npz`` holds bare floats, so bonded heavy-atom distances
-are used to tell nm (≈ 0.12-0.16) from Å (≈ 1.2-1.6).
+Ordinary trajectory files are read by :func:`cvlearn.data.trajectories.load_trajectories`, which these call
+where they can. All return ``mdtraj.Trajectory`` objects (nm), so the rest of the code sees one type. Units
+are checked where the format does not state them: the mdshare ``.npz`` holds bare floats, so bonded heavy-atom
+distances are used to tell nm (≈ 0.12-0.16) from Å (≈ 1.2-1.6).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import mdtraj
 import numpy as np
 
 from cvlearn.data.selection import HEAVY_ATOMS, select_atoms
+from cvlearn.data.trajectories import load_trajectories, read_topology
 
 _BOND_NM = (0.09, 0.20)  # heavy-atom covalent bonds lie in this range (nm)
 
@@ -29,11 +31,23 @@ def read_mdshare_ala2_npz(npz_path: str | Path, pdb_path: str | Path,
                           timestep_ps: float = 1.0) -> list[mdtraj.Trajectory]:
     """mdshare ``alanine-dipeptide-3x250ns-heavy-atom-positions.npz`` (keys ``arr_0..``, each ``[T, 30]`` nm).
 
-    ``pdb_path`` is mdshare's ``alanine-dipeptide-nowater.pdb`` (22 atoms); the 30 columns are x, y, z of its 10
-    heavy atoms in file order. Returns one heavy-atom trajectory per key (mdshare frames are 1 ps apart).
+    Parameters
+    ----------
+    npz_path : str or path
+        The ``.npz``; the 30 columns are x, y, z of the 10 heavy atoms of ``pdb_path`` in file order (nm).
+    pdb_path : str or path
+        mdshare's ``alanine-dipeptide-nowater.pdb`` (22 atoms).
+    timestep_ps : float
+        Interval between frames (mdshare: 1 ps).
+
+    Returns
+    -------
+    list of mdtraj.Trajectory
+        One heavy-atom trajectory per key, positions ``[n_frames, 10, 3]`` (nm), times in ps.
     """
-    npz_path, pdb_path = _check_file(npz_path, "npz file"), _check_file(pdb_path, "topology file")
-    topology = mdtraj.load_topology(str(pdb_path))
+    npz_path = _check_file(npz_path, "npz file")
+    topology, _ = read_topology(pdb_path)
+    pdb_path = Path(pdb_path)
     heavy = select_atoms(topology, HEAVY_ATOMS)
     heavy_top = topology.subset(heavy)
     with np.load(npz_path) as data:
@@ -65,26 +79,24 @@ def _check_nm(xyz: np.ndarray, topology: mdtraj.Topology, where: str) -> None:
                          f"found median bond {median:.3f}{hint}")
 
 
-def read_trajectories(traj_paths: Sequence[str | Path], top_path: str | Path,
-                      selection: str | None = None, stride: int = 1) -> list[mdtraj.Trajectory]:
-    """Any mdtraj-readable trajectories (XTC, DCD, HDF5, ...) with a topology file; optionally an atom selection."""
-    if isinstance(traj_paths, (str, Path)):
-        raise TypeError(f"traj_paths: expected a sequence of paths, found a single path {str(traj_paths)!r}")
-    top_path = _check_file(top_path, "topology file")
-    topology = mdtraj.load_topology(str(top_path))
-    indices = None if selection is None else select_atoms(topology, selection)
-    out = []
-    for raw in traj_paths:
-        path = _check_file(raw, "trajectory file")
-        try:
-            traj = mdtraj.load(str(path), top=topology, stride=stride, atom_indices=indices)
-        except ValueError as err:  # mdtraj's atom-count mismatch message does not name the files
-            raise ValueError(f"trajectory {str(path)!r} does not match topology {str(top_path)!r}: {err}") from err
-        out.append(traj)
-    return out
-
-
 def read_mdshare_pentapeptide(xtc_paths: Sequence[str | Path], pdb_path: str | Path,
                               selection: str | None = HEAVY_ATOMS, stride: int = 1) -> list[mdtraj.Trajectory]:
-    """mdshare ``pentapeptide-*-500ns-impl-solv.xtc`` + ``pentapeptide-impl-solv.pdb`` (heavy atoms by default)."""
-    return read_trajectories(xtc_paths, pdb_path, selection=selection, stride=stride)
+    """mdshare ``pentapeptide-*-500ns-impl-solv.xtc`` + ``pentapeptide-impl-solv.pdb`` (heavy atoms by default).
+
+    Parameters
+    ----------
+    xtc_paths : sequence of str or path
+        The XTC files.
+    pdb_path : str or path
+        ``pentapeptide-impl-solv.pdb``.
+    selection : str, sequence of int or None
+        Atoms kept; heavy atoms by default, None for all.
+    stride : int
+        Keep every ``stride``-th frame.
+
+    Returns
+    -------
+    list of mdtraj.Trajectory
+        One per file, positions ``[n_frames, n_selected, 3]`` (nm).
+    """
+    return load_trajectories(xtc_paths, pdb_path, selection=selection, stride=stride)

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cvlearn.compiling import CompiledOrEager
+from cvlearn.data.trajectories import iter_trajectory
 from cvlearn.io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,17 @@ MANIFEST = "manifest.json"
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
-    """Hash of a module's state (names, shapes, values): identifies the featurizer weights, whatever file they came from."""
+    """Hash of a module's state (names, shapes, values): identifies the featurizer weights, whatever file they came from.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+
+    Returns
+    -------
+    str
+        Hex SHA-256 digest.
+    """
     digest = hashlib.sha256()
     for key, value in sorted(module.state_dict().items()):
         digest.update(key.encode())
@@ -47,6 +58,17 @@ def weights_sha256(module: torch.nn.Module) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks), to record which input a store or model came from.
+
+    Parameters
+    ----------
+    path : str or path
+
+    Returns
+    -------
+    str
+        Hex SHA-256 digest.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -67,6 +89,20 @@ def inference_forward(embedder: torch.nn.Module, vectors: bool = False, compile:
     fuses the GNN's chains of element-wise edge operations, which dominate its time; it costs a one-off compile
     of ~1 min, so it pays for long trajectories only. If compiling fails (e.g. no C++ compiler), the eager call
     is used and a warning says why.
+
+    Parameters
+    ----------
+    embedder : torch.nn.Module
+        Positions nm ``[B, n_sel, 3]`` → tokens ``[B, T, F]`` (and vectors ``[B, T, 3, F]`` with ``vectors``).
+    vectors : bool
+        Use ``embedder.forward_with_vectors``.
+    compile : bool
+        Wrap in ``torch.compile``.
+
+    Returns
+    -------
+    callable
+        The batched call.
     """
     eager = embedder.forward_with_vectors if vectors else embedder.forward
     return CompiledOrEager(eager, "the embedder", dynamic=True) if compile else eager
@@ -80,8 +116,7 @@ def _chunks_of(source, top, atom_indices, chunk_frames: int, stride: int) -> Ite
             raise FileNotFoundError(f"trajectory file {str(path)!r} does not exist")
         if top is None:
             raise ValueError(f"top: a topology file is required to read {str(path)!r}")
-        for chunk in mdtraj.iterload(str(path), top=str(top), chunk=chunk_frames, stride=stride,
-                                     atom_indices=atom_indices):
+        for chunk in iter_trajectory(path, top, selection=atom_indices, chunk_frames=chunk_frames, stride=stride):
             yield chunk.xyz, np.asarray(chunk.time, dtype=np.float64)
         return
     if isinstance(source, mdtraj.Trajectory):
@@ -115,10 +150,40 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
 
     ``embedder``: selected-atom positions nm ``[B, n_sel, 3]`` → tokens ``[B, T, F]`` (``MoleculeTokens`` /
     ``WindowTokens``; with ``vectors=True`` its ``forward_with_vectors`` is used). ``sources``: trajectory files
-    (streamed with ``mdtraj.iterload``; need ``top``), ``mdtraj.Trajectory`` objects, or position arrays
+    (streamed and validated by ``iter_trajectory``; need ``top``), ``mdtraj.Trajectory`` objects, or position arrays
     ``[T, n_sel, 3]`` (nm). ``atom_indices`` selects atoms of files/Trajectories. ``metadata`` (featurizer kind,
     config, checkpoint hash, selection string, ...) is stored and must match on resume. ``max_chunks`` stops after
     that many newly computed chunks (for tests of resumption). ``compile``: see :func:`inference_forward`.
+
+    Parameters
+    ----------
+    embedder : torch.nn.Module
+        Selected-atom positions nm ``[B, n_sel, 3]`` → tokens ``[B, n_tokens, F]``.
+    sources : sequence
+        Trajectory files, ``mdtraj.Trajectory`` objects or arrays ``[n_frames, n_sel, 3]`` (nm).
+    out_dir : str or path
+        Store directory (created; resumed when it holds a store with the same settings).
+    top : str, path, mdtraj.Topology or None
+        Topology of the trajectory files.
+    atom_indices : sequence of int or None
+        ``[n_sel]`` atoms of files/Trajectories to featurize; None for all.
+    chunk_frames, batch_frames, stride : int
+        Frames per stored chunk, frames per embedder call, keep every ``stride``-th frame.
+    vectors : bool
+        Also store vector features ``[n, n_tokens, 3, F]``.
+    metadata : dict or None
+        Stored with the settings; must match on resume.
+    progress : bool
+        Show progress bars.
+    max_chunks : int or None
+        Stop after this many newly computed chunks.
+    compile : bool
+        See :func:`inference_forward`.
+
+    Returns
+    -------
+    Path
+        The manifest (``out_dir / "manifest.json"``).
     """
     if isinstance(sources, (str, Path, np.ndarray, mdtraj.Trajectory)):
         raise TypeError("sources: expected a sequence of trajectories, found a single one (wrap it in a list)")
@@ -191,7 +256,13 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
 
 
 class EmbeddingStore:
-    """Read a store lazily: per-trajectory arrays (memory-mapped chunks) and frame-level access."""
+    """Read a store lazily: per-trajectory arrays (memory-mapped chunks) and frame-level access.
+
+    Parameters
+    ----------
+    path : str or path
+        A complete store directory written by :func:`embed_trajectories`.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -244,7 +315,21 @@ class EmbeddingStore:
 
 
 class LaggedTokenPairs(torch.utils.data.Dataset):
-    """Time-lagged pairs ``(x_t, x_{t+lag})`` of stored tokens, never crossing a trajectory; read lazily."""
+    """Time-lagged pairs ``(x_t, x_{t+lagtime})`` of stored tokens, never crossing a trajectory; read lazily.
+
+    Parameters
+    ----------
+    store : EmbeddingStore
+    lagtime : int
+        Lag in frames (of the stored, strided trajectory).
+    trajectories : sequence of int or None
+        Trajectory ids to use (e.g. the training ids of a split); None for all.
+
+    Returns
+    -------
+    Dataset
+        Items ``(tokens_t, tokens_t+lagtime)``, each ``[n_tokens, F]`` float32.
+    """
 
     def __init__(self, store: EmbeddingStore, lagtime: int, trajectories: Sequence[int] | None = None):
         if isinstance(lagtime, bool) or int(lagtime) != lagtime or lagtime < 1:

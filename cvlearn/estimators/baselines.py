@@ -49,15 +49,32 @@ def backbone_torsion_features(traj) -> np.ndarray:
 
 @dataclass
 class CompareData:
-    """Per-trajectory inputs split by whole trajectories. ``positions``: GNN atoms [T, n, 3] nm;
-    ``distance_positions``: atoms for the distance baseline (default: the same); ``torsions``: [T, 4 n]."""
+    """Per-trajectory inputs split by whole trajectories.
+
+    Parameters
+    ----------
+    train, validation, test : dict of str to list of array
+        Per split: ``positions`` (GNN atoms, ``[T_i, n_atoms, 3]`` nm), optionally ``distance_positions`` (atoms
+        of the distance baseline, default the same) and ``torsions`` (``[T_i, 4 n_residues]`` sin/cos).
+    atomic_numbers : list of int
+        Of the GNN atoms.
+    residue_of_atom : list of int
+        Token (residue) index of each GNN atom.
+    lagtime : int
+        Lag time in frames.
+    dim : int
+        Number of CVs scored.
+    dt_ps : float
+        Time between frames, ps.
+    notes : list of str
+    """
 
     train: dict
     validation: dict
     test: dict
     atomic_numbers: list[int]
     residue_of_atom: list[int]
-    lag: int
+    lagtime: int  # frames
     dim: int
     dt_ps: float = 1.0
     notes: list[str] = field(default_factory=list)
@@ -105,9 +122,9 @@ def tica_scores(data: CompareData) -> tuple[float, float, list[np.ndarray]]:
 
     started = time.perf_counter()
     train = [np.asarray(x, dtype=np.float64) for x in data.get("train", "torsions")]
-    model = TICA(lagtime=data.lag, dim=data.dim).fit(train).fetch_model()
+    model = TICA(lagtime=data.lagtime, dim=data.dim).fit(train).fetch_model()
     out = [model.transform(np.asarray(x, dtype=np.float64))[:, :data.dim] for x in data.get("test", "torsions")]
-    score = float(vamp_score(*lagged_pairs([torch.from_numpy(o) for o in out], data.lag)))
+    score = float(vamp_score(*lagged_pairs([torch.from_numpy(o) for o in out], data.lagtime)))
     return score, time.perf_counter() - started, out
 
 
@@ -116,9 +133,27 @@ def compare_models(data: CompareData, kinds: Sequence[str] = KINDS, seeds: Seque
                    max_epochs: int = 30, patience: int = 8, score: str = "vamp2", device: str = "cpu",
                    progress: bool = False, mixer_kwargs: dict | None = None,
                    frozen_featurizer: torch.nn.Module | None = None) -> list[dict]:
-    """One row per model: test VAMP-2 mean ± std over seeds (TICA is deterministic: one value), seconds per
-    seed, parameter count. Rows also carry the models (``_models``) and test outputs of the first seed.
-    ``frozen_featurizer``: GNN lobes train on its tokens (embedded once, seconds in ``embed_seconds``)."""
+    """Train and score every kind on the same data: one row per model.
+
+    Parameters
+    ----------
+    data : CompareData
+    kinds : sequence of str
+        From ``KINDS``.
+    seeds : sequence of int
+    featurizer_config, head_hidden, mixer_kwargs
+        Architecture of the lobes (see :func:`build_lobe`).
+    learning_rate, batch_size, max_epochs, patience, score, device, progress
+        Passed to :class:`~cvlearn.estimators.VAMPNet`.
+    frozen_featurizer : torch.nn.Module, optional
+        GNN lobes train on its tokens (embedded once, seconds in ``embed_seconds``).
+
+    Returns
+    -------
+    list of dict
+        Per model: test VAMP-2 mean ± std over seeds (TICA is deterministic: one value), seconds per seed,
+        parameter count; also the models (``_models``) and test outputs of the first seed (``_outputs``).
+    """
     rows = []
     frozen: dict = {}
     for kind in kinds:
@@ -154,7 +189,7 @@ def compare_models(data: CompareData, kinds: Sequence[str] = KINDS, seeds: Seque
             sample = frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(0))[:4096]]
             fit_head_scaler(lobe, sample)
 
-        result = fit_seeds(make_lobe, train, val, seeds, test=test, dim=data.dim, prepare=prepare, lagtime=data.lag,
+        result = fit_seeds(make_lobe, train, val, seeds, test=test, dim=data.dim, prepare=prepare, lagtime=data.lagtime,
                            learning_rate=learning_rate, batch_size=batch_size, max_epochs=max_epochs,
                            patience=patience, score=score, device=device, progress=progress)
         n_params = sum(p.numel() for p in result.models[0].parameters())

@@ -16,23 +16,22 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from cvlearn.structures.records import Structure, bounded_batches, collate
 from cvlearn.nn.featurizers.molecules import MoleculeBackbone
-from cvlearn.estimators.trainer import load_run_state, save_run_state
+from cvlearn.estimators.scores import denoising_loss
+from cvlearn.estimators.trainer import Trainer, make_scheduler
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "cvlearn.DenoisingPretrainer.checkpoint/1"
+CHECKPOINT_FORMAT = "cvlearn.DenoisingPretrainer.checkpoint/2"
 SIGMA_EQUILIBRIUM_ANGSTROM = 0.05
 SIGMA_NON_EQUILIBRIUM_ANGSTROM = 0.2
 
@@ -68,18 +67,41 @@ def _check(name: str, value, low, integer: bool = False):
 class DenoisingPretrainer:
     """Estimator: denoising pre-training of a ``MoleculeBackbone`` (``et``, ``visnet`` or ``tensornet``).
 
-    Start from a fresh ``kind`` + ``config`` or from ``initial_checkpoint`` (a cvlearn checkpoint describes its
-    own architecture; a geom2vec / torchmd-net state dict needs ``kind`` and ``config``). Adam, cosine learning
-    rate over ``epochs`` (to 5 %), batches of at most ``max_atoms`` atoms. ``fit`` keeps a per-epoch history
-    (``train_loss``, ``val_loss``, ``lr``, ``seconds``, ``structures_per_s``); validation noise is drawn from a
-    fixed seed, so validation losses of different epochs compare like with like.
+    AdamW, cosine learning rate over ``max_epochs`` (to 5 %), batches of at most ``max_atoms`` atoms, trained
+    through the shared :class:`~cvlearn.estimators.trainer.Trainer` (no early stopping: the last epoch's weights
+    are kept). ``fit`` keeps a per-epoch history (``train_loss``, ``val_loss``, ``structures_per_s``, ``lr``,
+    ``seconds``); validation noise is drawn from a fixed seed, so validation losses of different epochs compare
+    like with like.
+
+    Parameters
+    ----------
+    kind : {"et", "visnet", "tensornet"}
+        Backbone architecture.
+    config : dict or architecture config, optional
+        Architecture settings; None with ``initial_checkpoint`` reads them from a cvlearn checkpoint.
+    initial_checkpoint : str or Path, optional
+        Start from these weights (a cvlearn checkpoint describes its own architecture; a geom2vec /
+        torchmd-net state dict needs ``kind`` and ``config``).
+    noise_sigma_angstrom : float
+        Standard deviation of the Gaussian noise added to the positions, Å.
+    learning_rate : float
+    max_epochs : int
+        Epochs in all (also the cosine period).
+    max_atoms : int
+        Atoms per batch at most.
+    seed : int
+        Head initialisation, shuffling and noise.
+    weight_decay, grad_clip : float
+        AdamW weight decay; gradient-norm clip.
+    device : str
+    progress : bool
     """
 
     def __init__(self, kind: str = "et", config=None, *, initial_checkpoint: str | Path | None = None,
                  noise_sigma_angstrom: float = SIGMA_EQUILIBRIUM_ANGSTROM, learning_rate: float = 5e-4,
-                 epochs: int = 10, max_atoms: int = 2048, seed: int = 0, weight_decay: float = 0.0,
+                 max_epochs: int = 10, max_atoms: int = 2048, seed: int = 0, weight_decay: float = 0.0,
                  grad_clip: float = 10.0, device: str = "cpu", progress: bool = True):
-        _check("epochs", epochs, 1, integer=True)
+        _check("max_epochs", max_epochs, 1, integer=True)
         _check("max_atoms", max_atoms, 1, integer=True)
         _check("seed", seed, 0, integer=True)
         _check("weight_decay", weight_decay, 0.0)
@@ -102,7 +124,7 @@ class DenoisingPretrainer:
         self.head = _seeded_head(self.backbone.hidden_channels, seed)
         self.noise_sigma_angstrom = float(noise_sigma_angstrom)
         self.learning_rate = float(learning_rate)
-        self.epochs = epochs
+        self.max_epochs = max_epochs
         self.max_atoms = max_atoms
         self.seed = seed
         self.weight_decay = float(weight_decay)
@@ -118,12 +140,21 @@ class DenoisingPretrainer:
         eps = torch.randn(batch.pos.shape, generator=generator)
         pos = (batch.pos + self.noise_sigma_angstrom * eps).to(self.device)
         x, vec = self.backbone(batch.z.to(self.device), pos, batch.batch.to(self.device))
-        pred = self.head(x, vec)
-        return torch.nn.functional.mse_loss(pred, eps.to(self.device))
+        return denoising_loss(self.head(x, vec), eps.to(self.device))
 
     @torch.no_grad()
     def score(self, structures: Sequence[Structure]) -> float:
-        """Mean denoising loss over ``structures`` (noise from a fixed seed; atom-weighted, 1.0 = predicting 0)."""
+        """Mean denoising loss over ``structures`` (noise from a fixed seed).
+
+        Parameters
+        ----------
+        structures : sequence of Structure
+
+        Returns
+        -------
+        float
+            Atom-weighted mean loss (dimensionless; 1.0 = predicting zero noise).
+        """
         structures = _checked(structures, "structures")
         generator = torch.Generator().manual_seed(self.seed + 1)
         self.backbone.eval(), self.head.eval()
@@ -138,46 +169,51 @@ class DenoisingPretrainer:
     def _run_config(self) -> dict:
         return {"kind": self.kind, "config": self.backbone.config.as_dict(), "sigma": self.noise_sigma_angstrom,
                 "learning_rate": self.learning_rate, "max_atoms": self.max_atoms, "seed": self.seed,
-                "weight_decay": self.weight_decay, "grad_clip": self.grad_clip, "epochs": self.epochs,
+                "weight_decay": self.weight_decay, "grad_clip": self.grad_clip, "max_epochs": self.max_epochs,
                 "n_train": self.n_train, "n_val": self.n_val, "initial_checkpoint": self.initial_checkpoint}
 
-    def fit(self, structures_train: Sequence[Structure], structures_val: Sequence[Structure], *,
+    def fit(self, train: Sequence[Structure], validation: Sequence[Structure], *,
             checkpoint_path: str | Path | None = None, until_epoch: int | None = None) -> "DenoisingPretrainer":
-        """Train for ``epochs``; with ``checkpoint_path`` the full state (weights, optimizer, scheduler, random
-        streams, history) is saved atomically after every epoch, and a run whose checkpoint exists resumes after
-        its last completed epoch (same data and settings, else a ValueError says what differs).
+        """Train for ``max_epochs``.
 
-        ``until_epoch``: stop this call after that many epochs in all (the schedule still spans ``epochs``), so a
-        long run can be done in slices on a shared machine, each slice resuming from the checkpoint."""
-        train = _checked(structures_train, "structures_train")
-        val = _checked(structures_val, "structures_val")
+        Parameters
+        ----------
+        train, validation : sequence of Structure
+            Unlabelled structures (positions Å inside records).
+        checkpoint_path : str or Path, optional
+            The full state (weights, optimizer, scheduler, random streams, history) is saved atomically after
+            every epoch; a run whose checkpoint exists resumes after its last completed epoch (same data and
+            settings, else a ValueError says what differs).
+        until_epoch : int, optional
+            Stop this call after that many epochs in all (the schedule still spans ``max_epochs``), so a long
+            run can be done in slices on a shared machine, each slice resuming from the checkpoint.
+
+        Returns
+        -------
+        DenoisingPretrainer
+            self.
+        """
+        train = _checked(train, "train")
+        val = _checked(validation, "validation")
         self.n_train, self.n_val = len(train), len(val)
         self.backbone.to(self.device).train()
         self.head.to(self.device).train()
         params = list(self.backbone.parameters()) + list(self.head.parameters())
         optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs,
-                                                               eta_min=0.05 * self.learning_rate)
+        scheduler = make_scheduler("cosine", optimizer, learning_rate=self.learning_rate, max_epochs=self.max_epochs,
+                                   cosine_floor=0.05)
         shuffle = torch.Generator().manual_seed(self.seed)
         noise = torch.Generator().manual_seed(self.seed + 2)
-        self.history, first_epoch = [], 0
-        config = self._run_config()
-        if checkpoint_path is not None and Path(checkpoint_path).is_file():
-            ckpt = self._load_checkpoint(Path(checkpoint_path), config)
-            self.backbone.load_state_dict(ckpt["backbone"])
-            self.head.load_state_dict(ckpt["head"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            shuffle.set_state(ckpt["shuffle_rng"])
-            noise.set_state(ckpt["noise_rng"])
-            self.history, first_epoch = list(ckpt["history"]), ckpt["epoch"] + 1
-            logger.info("resuming from %s after epoch %d", checkpoint_path, ckpt["epoch"])
+        trainer = Trainer({"backbone": self.backbone, "head": self.head}, optimizer, scheduler, fmt=CHECKPOINT_FORMAT,
+                          config=self._run_config(), what="pre-training", max_epochs=self.max_epochs,
+                          generators={"shuffle": shuffle, "noise": noise}, grad_clip=self.grad_clip,
+                          device=self.device, progress=self.progress, postfix=("train_loss", "val_loss"))
         n_atoms = sum(s.n_atoms for s in train)
         logger.info("denoising %s: %d train / %d validation structures (%d train atoms), sigma %.3g A, "
-                    "max %d atoms per batch, epochs %d..%d", self.kind, len(train), len(val), n_atoms,
-                    self.noise_sigma_angstrom, self.max_atoms, first_epoch, self.epochs - 1)
-        last = self.epochs if until_epoch is None else min(self.epochs, int(until_epoch))
-        for epoch in range(first_epoch, last):
+                    "max %d atoms per batch, %d epochs", self.kind, len(train), len(val), n_atoms,
+                    self.noise_sigma_angstrom, self.max_atoms, self.max_epochs)
+
+        def run_epoch(epoch: int) -> dict:
             t0 = time.perf_counter()
             self.backbone.train(), self.head.train()
             order = torch.randperm(len(train), generator=shuffle).tolist()
@@ -186,50 +222,41 @@ class DenoisingPretrainer:
                        leave=False, mininterval=2.0)
             for group in bounded_batches((train[i] for i in order), self.max_atoms):
                 loss = self._loss(group, noise)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"denoising loss became {float(loss)} in epoch {epoch}; try a lower "
-                                             f"learning_rate (now {self.learning_rate})")
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-                optimizer.step()
+                trainer.step(loss, epoch)
                 value = loss.item()
                 total += value * sum(s.n_atoms for s in group)
                 bar.update(len(group))
                 bar.set_postfix(loss=f"{value:.4f}")
             bar.close()
-            train_seconds = time.perf_counter() - t0
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            val_loss = self.score(val)
-            row = {"epoch": epoch, "train_loss": total / n_atoms, "val_loss": val_loss, "lr": lr,
-                   "seconds": time.perf_counter() - t0, "structures_per_s": len(train) / train_seconds}
-            self.history.append(row)
-            logger.info("epoch %d: train loss %.5f, validation loss %.5f, %.1f s (%.1f structures/s)", epoch,
-                        row["train_loss"], val_loss, row["seconds"], row["structures_per_s"])
-            if checkpoint_path is not None:
-                self._save_checkpoint(Path(checkpoint_path), config, epoch, optimizer, scheduler, shuffle, noise)
+            structures_per_s = len(train) / (time.perf_counter() - t0)
+            return {"train_loss": total / n_atoms, "val_loss": self.score(val), "structures_per_s": structures_per_s}
+
+        trainer.fit(run_epoch, checkpoint_path=checkpoint_path, until_epoch=until_epoch)
+        self.history = trainer.history
         self.backbone.eval(), self.head.eval()
         return self
 
-    def _save_checkpoint(self, path: Path, config: dict, epoch: int, optimizer, scheduler, shuffle, noise) -> None:
-        state = {"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch,
-                 "backbone": self.backbone.state_dict(), "head": self.head.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "shuffle_rng": shuffle.get_state(), "noise_rng": noise.get_state(), "history": self.history}
-        save_run_state(path, state)
-
-    def _load_checkpoint(self, path: Path, config: dict) -> dict:
-        return load_run_state(path, fmt=CHECKPOINT_FORMAT, config=config, device=self.device, what="pre-training")
-
     # -- results ----------------------------------------------------------------------------------------------
     def fetch_model(self) -> MoleculeBackbone:
-        """An independent copy of the pre-trained backbone (the denoising head is not part of it)."""
+        """An independent copy of the pre-trained backbone (the denoising head is not part of it), in eval mode.
+
+        Returns
+        -------
+        MoleculeBackbone
+            ``(z, positions Å, batch) -> (x [N, F], vec [N, 3, F])``.
+        """
         return copy.deepcopy(self.backbone).eval()
 
     def save_backbone(self, path: str | Path, **metadata) -> None:
         """Write the backbone as a self-describing cvlearn featurizer checkpoint (head dropped) with the
-        pre-training settings and loss history in its metadata; every CV featurizer of this kind loads it."""
+        pre-training settings and loss history in its metadata; every CV featurizer of this kind loads it.
+
+        Parameters
+        ----------
+        path : str or Path
+        **metadata
+            Extra JSON-able metadata (e.g. ``corpus``).
+        """
         info = {"objective": "denoising", "noise_sigma_angstrom": self.noise_sigma_angstrom,
                 "learning_rate": self.learning_rate, "epochs": len(self.history), "max_atoms": self.max_atoms,
                 "seed": self.seed, "n_train": self.n_train, "n_val": self.n_val,
@@ -253,14 +280,3 @@ def _checked(structures: Sequence[Structure], name: str) -> list[Structure]:
     if bad is not None:
         raise TypeError(f"{name}[{bad}]: expected a Structure, found {type(structures[bad]).__name__}")
     return structures
-
-
-def split_structures(structures: Sequence[Structure], validation_fraction: float, seed: int = 0
-                     ) -> tuple[list[Structure], list[Structure]]:
-    """Random split for sets of independent structures (for MD frames, split by trajectory instead)."""
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction: expected a number in (0, 1), found {validation_fraction!r}")
-    structures = list(structures)
-    order = np.random.default_rng(seed).permutation(len(structures))
-    n_val = max(1, int(math.floor(validation_fraction * len(structures))))
-    return [structures[i] for i in order[n_val:]], [structures[i] for i in order[:n_val]]

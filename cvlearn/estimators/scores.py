@@ -1,6 +1,7 @@
-"""VAMP scores in torch (differentiable, for training) that agree with deeptime (the reference).
+"""Every loss and score the estimators train on or report: VAMP scores (torch, agreeing with deeptime), the
+denoising loss of pre-training and the energy + force loss of fine-tuning.
 
-Conventions matched to deeptime 0.4.5 (``deeptime.decomposition.VAMP`` + ``CovarianceKoopmanModel.score``):
+VAMP conventions matched to deeptime 0.4.5 (``deeptime.decomposition.VAMP`` + ``CovarianceKoopmanModel.score``):
 
 * covariances as ``VAMP.covariance_estimator``: ``Covariance(remove_data_mean=True, bessels_correction=False)``,
   i.e. x_0 and x_t are each centred on their own (weighted) mean and sums are divided by N (sum of weights),
@@ -22,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from cvlearn.structures.records import collate
+
 
 def _check_pairs(x0: torch.Tensor, xt: torch.Tensor, weights: torch.Tensor | None) -> None:
     if x0.ndim != 2 or x0.shape != xt.shape:
@@ -37,6 +40,16 @@ def covariances(
 
     ``weights`` (one per pair, e.g. reweighting factors of a biased run) weight both the means and the
     sums, as deeptime's ``Covariance.fit(..., weights=w)`` does.
+
+    Parameters
+    ----------
+    x0, xt : Tensor [n_pairs, d]
+        Features at t and t + lagtime.
+    weights : Tensor [n_pairs], optional
+
+    Returns
+    -------
+    c00, c0t, ctt : Tensor [d, d]
     """
     _check_pairs(x0, xt, weights)
     if weights is None:
@@ -88,6 +101,18 @@ def koopman_svd(
 
     U = C00^{-1/2} U' and V = Ctt^{-1/2} V' ([d, m], m = min(rank0, rankt)) map mean-free features to
     the left/right singular functions, like deeptime's ``instantaneous_coefficients`` (up to sign).
+
+    Parameters
+    ----------
+    c00, c0t, ctt : Tensor [d, d]
+        Covariances from :func:`covariances`.
+    epsilon : float
+        Eigenvalue cutoff; ``mode`` as in :func:`inv_sqrt_split`.
+
+    Returns
+    -------
+    singular_values : Tensor [m]
+    u, v : Tensor [d, m]
     """
     l0 = inv_sqrt_split(c00, epsilon, mode)
     lt = inv_sqrt_split(ctt, epsilon, mode)
@@ -113,6 +138,26 @@ def vamp_score(
     roots); differentiable, so ``-vamp_score`` is the training loss. The singular values are those of
     C00^{-1/2} C0t Ctt^{-1/2}, evaluated in the eigenbases of C00 and Ctt (same singular values, smaller
     matrix when truncation drops dimensions).
+
+    Parameters
+    ----------
+    x0, xt : Tensor [n_pairs, d]
+        Features at t and t + lagtime.
+    r : float
+        Exponent, >= 1.
+    epsilon : float
+        Eigenvalue cutoff of the covariance inverses.
+    dim : int, optional
+        Sum over the ``dim`` largest singular values only.
+    weights : Tensor [n_pairs], optional
+        Pair weights (e.g. reweighting factors of a biased run).
+    mode : {"trunc", "regularize", "clamp"}
+        Covariance inverse, see :func:`inv_sqrt_split`.
+
+    Returns
+    -------
+    Tensor []
+        The score (float64, differentiable), in [1, 1 + d].
     """
     if isinstance(r, bool) or not isinstance(r, numbers.Real) or r < 1:
         raise ValueError(f"r: expected a number >= 1 (VAMP-r), found {r!r}")
@@ -138,19 +183,37 @@ def vamp2_loss(x0: torch.Tensor, xt: torch.Tensor, epsilon: float = 1e-6, **kwar
 
 
 def deeptime_vamp_score(
-    list_of_arrays: Sequence[np.ndarray | torch.Tensor], lag: int, r: float = 2, epsilon: float = 1e-6
+    list_of_arrays: Sequence[np.ndarray | torch.Tensor], lagtime: int, r: float = 2, epsilon: float = 1e-6
 ) -> float:
-    """Independent reference: deeptime's VAMP fitted on per-trajectory CV outputs, scored with VAMP-r."""
+    """Independent reference: deeptime's VAMP fitted on per-trajectory CV outputs, scored with VAMP-r.
+
+    Parameters
+    ----------
+    list_of_arrays : sequence of array [T_i, n_features]
+        Per-trajectory features.
+    lagtime : int
+        Lag time in frames.
+    r : float
+        VAMP-r exponent.
+    epsilon : float
+        Eigenvalue cutoff of the covariance inverses.
+
+    Returns
+    -------
+    float
+        The VAMP-r score (including the constant function's 1).
+    """
     from deeptime.decomposition import VAMP
 
     arrays = []
     for a in list_of_arrays:
         a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
         arrays.append(a.astype(np.float64).reshape(len(a), -1))
-    arrays = [a for a in arrays if len(a) > lag]  # deeptime would skip these too, with a warning
+    arrays = [a for a in arrays if len(a) > lagtime]  # deeptime would skip these too, with a warning
     if not arrays:
-        raise ValueError(f"lag {lag} frames ≥ length of every trajectory (lengths {[len(a) for a in list_of_arrays]})")
-    model = VAMP(lagtime=lag, epsilon=epsilon).fit(arrays).fetch_model()
+        raise ValueError(f"lagtime {lagtime} frames ≥ length of every trajectory "
+                         f"(lengths {[len(a) for a in list_of_arrays]})")
+    model = VAMP(lagtime=lagtime, epsilon=epsilon).fit(arrays).fetch_model()
     return float(model.score(r, epsilon=epsilon))
 
 
@@ -234,6 +297,20 @@ def vamp_score_cv(
 
     Unlike re-fitting on the test data, this cannot reward a model for test-set noise; VAMP-E in
     particular goes down when the model over-fits.
+
+    Parameters
+    ----------
+    train, test : (Tensor [n, d], Tensor [n, d])
+        Pairs (x_t, x_{t+lagtime}) to fit the Koopman model on, and to score it on.
+    r : float or str
+        VAMP-r exponent, or ``"vampe"``.
+    epsilon, dim
+        As in :func:`vamp_score`.
+    train_weights, test_weights : Tensor [n], optional
+
+    Returns
+    -------
+    float
     """
     _check_dim(dim)
     a0, at, train_weights = _as_f64(*train, train_weights)
@@ -262,3 +339,60 @@ def _spd_inv_sqrt(c: torch.Tensor, epsilon: float) -> torch.Tensor:
         cutoff = max(cutoff, -float(evals.min()) + 1e-16)
     keep = evals.abs() >= cutoff
     return evecs[:, keep] @ torch.diag(evals[keep].rsqrt()) @ evecs[:, keep].T
+
+
+# -- losses of the structure estimators -------------------------------------------------------------------------
+def denoising_loss(predicted_noise: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the predicted unit Gaussian noise (predicting zero scores 1.0).
+
+    Parameters
+    ----------
+    predicted_noise, noise : Tensor [n_atoms, 3]
+        Per-atom noise ``ε`` (dimensionless: the displacement in units of σ) and its prediction.
+
+    Returns
+    -------
+    Tensor []
+        The loss, averaged over atoms and components.
+    """
+    return torch.nn.functional.mse_loss(predicted_noise, noise)
+
+
+def energy_force_loss(model, structures: list, energy_weight: float, force_weight: float, dtype: torch.dtype,
+                      device: torch.device) -> tuple[torch.Tensor, dict]:
+    """Sum over a batch of the per-structure fine-tuning losses, and the batch's error sums.
+
+    Per structure s with n_s atoms: ``energy_weight * ((E_pred - E) / n_s)^2 + force_weight * mean_i |F_pred,i -
+    F_i|^2 / 3`` in eV and eV/Å, so a big molecule does not outweigh a small one.
+
+    Parameters
+    ----------
+    model : EnergyModel
+        Computes energies (eV) and forces (eV/Å) of a batch.
+    structures : list of Structure
+        Labelled structures (energy and forces).
+    energy_weight, force_weight : float
+        Weights of the two terms.
+    dtype, device
+        Where and in which precision the batch is evaluated.
+
+    Returns
+    -------
+    loss : Tensor []
+        Sum of the per-structure losses (float64, differentiable).
+    sums : dict
+        ``energy_abs`` (eV), ``energy_abs_per_atom`` (eV), ``force_abs`` (eV/Å) summed over the batch, and
+        ``n_force_components``.
+    """
+    g = collate(structures, dtype)
+    z, pos, batch = g.z.to(device), g.pos.to(device), g.batch.to(device)
+    energy, forces = model.energy_and_forces(z, pos, batch, g.n_graphs)
+    n_atoms = torch.bincount(batch, minlength=g.n_graphs).to(torch.float64)
+    de = energy - g.energy.to(device)  # float64
+    df = forces - g.forces.to(device)
+    force_se = torch.zeros(g.n_graphs, dtype=df.dtype, device=device).index_add(0, batch, (df ** 2).sum(1) / 3)
+    per_structure = energy_weight * (de / n_atoms) ** 2 + force_weight * force_se.to(torch.float64) / n_atoms
+    de = de.detach()
+    sums = {"energy_abs": float(de.abs().sum()), "energy_abs_per_atom": float((de / n_atoms).abs().sum()),
+            "force_abs": float(df.detach().abs().sum()), "n_force_components": int(df.numel())}
+    return per_structure.sum(), sums

@@ -24,7 +24,19 @@ from cvlearn.units import KJMOL_PER_EV
 
 
 class ExportedPotential(torch.nn.Module):
-    """Energy (kJ/mol) of one molecule from all its positions (nm); the reference energy is added in float64."""
+    """Energy (kJ/mol) of one molecule from all its positions (nm); the reference energy is added in float64.
+
+    Parameters
+    ----------
+    featurizer : torch.nn.Module
+        Featurizer of the molecule's atoms (nm in, Å inside).
+    head : torch.nn.Module
+        Per-atom features ``[n_atoms, F]`` → per-atom energies (units of ``scale_ev``).
+    reference_ev : float
+        Sum of the atoms' reference energies (eV).
+    scale_ev : float
+        eV per network unit.
+    """
 
     def __init__(self, featurizer: torch.nn.Module, head: torch.nn.Module, reference_ev: float, scale_ev: float):
         super().__init__()
@@ -49,8 +61,26 @@ def export_potential(model: EnergyModel, atomic_numbers: Sequence[int], path: st
                      dense_et: bool = True) -> torch.jit.ScriptModule:
     """Script ``model`` for the molecule with ``atomic_numbers`` (in the System's particle order) into ``path``.
 
-    ``dense_et``: a small ET backbone runs as :class:`~cvlearn.nn.featurizers.dense_et.DenseETFeaturizer` (the same
-    function with fewer ops per MD step), as exported CVs do.
+    Parameters
+    ----------
+    model : EnergyModel
+        The trained potential.
+    atomic_numbers : sequence of int
+        ``[n_atoms]`` elements, in the System's particle order.
+    path : str or Path
+        Output file, written atomically.
+    dtype : torch.dtype
+        Dtype of the network; the reference energy and the output are float64.
+    metadata : dict, optional
+        Further JSON notes stored in ``cvlearn.json``.
+    dense_et : bool
+        A small ET backbone runs as :class:`~cvlearn.nn.featurizers.dense_et.DenseETFeaturizer` (the same
+        function with fewer ops per MD step), as exported CVs do.
+
+    Returns
+    -------
+    torch.jit.ScriptModule
+        ``forward(positions [n_atoms, 3] nm) -> energy`` (kJ/mol, float64 scalar).
     """
     z = [int(a) for a in atomic_numbers]
     if not z:
@@ -77,7 +107,19 @@ def export_potential(model: EnergyModel, atomic_numbers: Sequence[int], path: st
 
 
 def load_potential(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
-    """Load an exported potential and its metadata; works without importing torchmd-net."""
+    """Load an exported potential and its metadata; works without importing torchmd-net.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file written by :func:`export_potential`.
+
+    Returns
+    -------
+    module : torch.jit.ScriptModule
+    meta : dict
+        ``atomic_numbers``, ``n_particles``, ``units``, ``reference_energy_kjmol``, ...
+    """
     module, meta = load_scripted(path, "exported potential")
     if meta.get("kind") != "potential":
         raise ValueError(f"{path}: expected an exported potential (cvlearn.export.potential.export_potential), "

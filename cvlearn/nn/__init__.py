@@ -2,8 +2,8 @@
 
 from cvlearn.nn.heads import MLPHead, SoftmaxHead, make_head
 from cvlearn.nn.mixers import AttentionMixer, MLPMixer, SumPool, make_mixer
-from cvlearn.nn.tokens import MoleculeTokens, ResidueTokens, residue_index_of_atoms
+from cvlearn.nn.tokens import MoleculeTokens, ResidueTokens
 from cvlearn.nn.windows import WindowTokens, make_token_embedder
 
 __all__ = ["AttentionMixer", "MLPHead", "MLPMixer", "MoleculeTokens", "ResidueTokens", "SoftmaxHead", "SumPool",
-           "WindowTokens", "make_head", "make_mixer", "make_token_embedder", "residue_index_of_atoms"]
+           "WindowTokens", "make_head", "make_mixer", "make_token_embedder"]

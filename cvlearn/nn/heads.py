@@ -14,6 +14,11 @@ class Whitening(torch.nn.Module):
     vanishing gradients (measured: a linear head reached VAMP-2 1.05 where the linear optimum is 1.20).
     Whitened inputs make the problem well conditioned. Directions with variance below ``rel_eps`` times the
     largest are dropped (their columns are zero), since float32 rounding would dominate them.
+
+    Parameters
+    ----------
+    n_features : int
+        Input width; identity until :meth:`fit_` is called.
     """
 
     def __init__(self, n_features: int):
@@ -23,6 +28,20 @@ class Whitening(torch.nn.Module):
 
     @torch.no_grad()
     def fit_(self, features: Tensor, rel_eps: float = 1e-5) -> "Whitening":
+        """Fit mean and whitening transform in float64, in place.
+
+        Parameters
+        ----------
+        features : Tensor
+            Training inputs [n_samples, n_features].
+        rel_eps : float
+            Directions with eigenvalue below ``rel_eps`` × the largest are dropped.
+
+        Returns
+        -------
+        Whitening
+            ``self``.
+        """
         x = features.double()
         mean = x.mean(dim=0)
         cov = torch.cov((x - mean).T).reshape(x.shape[1], x.shape[1])
@@ -35,6 +54,7 @@ class Whitening(torch.nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` [n, n_features] → whitened [n, n_features]."""
         return (x - self.mean.to(x.dtype)) @ self.transform.to(x.dtype)
 
 
@@ -44,6 +64,11 @@ class AdaptiveScaler(torch.nn.BatchNorm1d):
     Keeps the relative variance of channels, so high-variance (often slow, large-amplitude) directions stay
     dominant at initialisation; running statistics start from data (:meth:`fit_`), so evaluation is right
     from the first epoch.
+
+    Parameters
+    ----------
+    n_features : int
+        Input width.
     """
 
     def __init__(self, n_features: int):
@@ -51,6 +76,20 @@ class AdaptiveScaler(torch.nn.BatchNorm1d):
 
     @torch.no_grad()
     def fit_(self, features: Tensor, min_var: float = 1e-12) -> "AdaptiveScaler":
+        """Set the running mean and variance from data, in place.
+
+        Parameters
+        ----------
+        features : Tensor
+            Training inputs [n_samples, n_features].
+        min_var : float
+            Floor of the variance, so constant channels do not divide by zero.
+
+        Returns
+        -------
+        AdaptiveScaler
+            ``self``.
+        """
         self.running_mean.copy_(features.mean(dim=0))
         self.running_var.copy_(features.var(dim=0).clamp_min(min_var))
         return self
@@ -65,6 +104,19 @@ class MLPHead(torch.nn.Module):
 
     ``input_norm="batchnorm"`` suits end-to-end training (the featurizer moves); ``"whiten"`` suits frozen
     embeddings of linear-ish quality.
+
+    Parameters
+    ----------
+    in_features : int
+        Input width (the pooled embedding's n_features; torch's ``Linear`` name).
+    n_outputs : int
+        Number of CVs.
+    hidden : int
+        Width of each hidden layer.
+    n_hidden_layers : int
+        Number of hidden layers (0: a linear head).
+    input_norm : {"batchnorm", "whiten"}
+        Input normalisation.
     """
 
     def __init__(self, in_features: int, n_outputs: int, hidden: int = 64, n_hidden_layers: int = 2,
@@ -88,6 +140,7 @@ class MLPHead(torch.nn.Module):
         self.n_outputs = n_outputs
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` [n, in_features] → CVs [n, n_outputs]."""
         return self.net(self.scaler(x))
 
 
@@ -96,6 +149,15 @@ class SoftmaxHead(MLPHead):
     output (Mardt et al. 2018), for a fuzzy MSM read straight off the CV. The outputs are linearly dependent
     (they sum to 1), so after mean removal one covariance eigenvalue is zero: the VAMP scores' epsilon
     truncation drops it, and ``n_states`` states give at most ``n_states - 1`` non-trivial singular functions.
+
+    Parameters
+    ----------
+    in_features : int
+        Input width.
+    n_states : int
+        Number of states, at least 2.
+    hidden, n_hidden_layers, input_norm
+        As in :class:`MLPHead`.
     """
 
     def __init__(self, in_features: int, n_states: int, hidden: int = 64, n_hidden_layers: int = 2,
@@ -105,6 +167,7 @@ class SoftmaxHead(MLPHead):
         super().__init__(in_features, n_states, hidden=hidden, n_hidden_layers=n_hidden_layers, input_norm=input_norm)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` [n, in_features] → state probabilities [n, n_states]."""
         return torch.softmax(self.net(self.scaler(x)), dim=-1)
 
 
@@ -112,7 +175,24 @@ HEADS = ("mlp", "softmax")
 
 
 def make_head(kind: str, in_features: int, n_outputs: int, **kwargs) -> torch.nn.Module:
-    """One switch for the VAMP head: ``"mlp"`` (linear outputs) or ``"softmax"`` (state assignments)."""
+    """One switch for the VAMP head, so configs name it by a short kind.
+
+    Parameters
+    ----------
+    kind : {"mlp", "softmax"}
+        :class:`MLPHead` (linear outputs) or :class:`SoftmaxHead` (state assignments).
+    in_features : int
+        Input width.
+    n_outputs : int
+        Number of CVs (or states, for ``"softmax"``).
+    **kwargs
+        Further keyword arguments of the head class.
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps [n, in_features] to [n, n_outputs].
+    """
     if kind == "mlp":
         return MLPHead(in_features, n_outputs, **kwargs)
     if kind == "softmax":

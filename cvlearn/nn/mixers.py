@@ -33,9 +33,13 @@ def _check_readout(readout: str, allowed=READOUTS) -> None:
 
 
 class SumPool(torch.nn.Module):
-    """Sum over tokens: no parameters, invariant to the token order, works for any token count."""
+    """Sum over tokens: no parameters, invariant to the token order, works for any token count.
+
+    The baseline every learned mixer must beat; with residue tokens it equals pooling all atoms.
+    """
 
     def forward(self, tokens: Tensor) -> Tensor:
+        """``tokens`` [n_frames, n_tokens, n_features] → [n_frames, n_features]."""
         return tokens.sum(dim=1)
 
 
@@ -62,6 +66,7 @@ class MixerBlock(torch.nn.Module):
         self.channel_mlp = _MLP(n_features, channel_hidden, dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` [n_frames, n_tokens, n_features] → same shape."""
         x = x + self.token_mlp(self.norm1(x).transpose(1, 2)).transpose(1, 2)
         return x + self.channel_mlp(self.norm2(x))
 
@@ -71,6 +76,22 @@ class MLPMixer(torch.nn.Module):
 
     Residue tokens come in sequence order, so token mixing can learn position-specific couplings that a
     sum cannot. Readout after a final LayerNorm: sum (default, like :class:`SumPool`) or mean over tokens.
+
+    Parameters
+    ----------
+    n_tokens : int
+        Number of tokens every input has.
+    n_features : int
+        Features per token.
+    n_layers : int
+        Number of mixer blocks.
+    token_hidden, channel_hidden : int, optional
+        Hidden widths of the token-mixing and channel-mixing MLPs (default ``max(4, 2 n_tokens)`` and
+        ``2 n_features``).
+    dropout : float
+        Dropout probability in [0, 1).
+    readout : {"sum", "mean"}
+        Pooling over tokens after the last block.
     """
 
     def __init__(self, n_tokens: int, n_features: int, n_layers: int = 2, token_hidden: int | None = None,
@@ -91,6 +112,7 @@ class MLPMixer(torch.nn.Module):
         self.norm = torch.nn.LayerNorm(n_features)
 
     def forward(self, tokens: Tensor) -> Tensor:
+        """``tokens`` [n_frames, n_tokens, n_features] → [n_frames, n_features]; other shapes raise ValueError."""
         if tokens.dim() != 3 or tokens.shape[1] != self.n_tokens or tokens.shape[2] != self.n_features:
             raise ValueError(f"MLPMixer: expected tokens [n_frames, {self.n_tokens}, {self.n_features}], "
                              f"found {list(tokens.shape)}")
@@ -119,6 +141,7 @@ class SelfAttentionLayer(torch.nn.Module):
         self.drop = torch.nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` [n_frames, n_tokens, n_features] → same shape."""
         b, n, f = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [b, heads, n, head_dim]
@@ -133,6 +156,21 @@ class AttentionMixer(torch.nn.Module):
 
     ``readout="cls"`` prepends a learned CLS token and returns its final state; ``"mean"``/``"sum"`` pool the
     token states. A final LayerNorm keeps the head's input scale independent of depth.
+
+    Parameters
+    ----------
+    n_features : int
+        Features per token; a multiple of ``n_heads``.
+    n_layers : int
+        Number of pre-norm encoder layers.
+    n_heads : int
+        Attention heads per layer.
+    ff_hidden : int, optional
+        Hidden width of the feed-forward MLP (default ``2 n_features``).
+    dropout : float
+        Dropout probability in [0, 1).
+    readout : {"mean", "sum", "cls"}
+        How the token states become one vector.
     """
 
     def __init__(self, n_features: int, n_layers: int = 2, n_heads: int = 4, ff_hidden: int | None = None,
@@ -153,6 +191,7 @@ class AttentionMixer(torch.nn.Module):
         self.norm = torch.nn.LayerNorm(n_features)
 
     def forward(self, tokens: Tensor) -> Tensor:
+        """``tokens`` [n_frames, n_tokens, n_features] → [n_frames, n_features]; other shapes raise ValueError."""
         if tokens.dim() != 3 or tokens.shape[2] != self.n_features:
             raise ValueError(f"AttentionMixer: expected tokens [n_frames, n_tokens, {self.n_features}], "
                              f"found {list(tokens.shape)}")
@@ -171,7 +210,24 @@ MIXERS = ("sum", "mlp_mixer", "attention")
 
 
 def make_mixer(kind: str, n_features: int, n_tokens: int | None = None, **kwargs) -> torch.nn.Module:
-    """One switch for the token mixer: ``"sum"``, ``"mlp_mixer"`` (needs ``n_tokens``) or ``"attention"``."""
+    """One switch for the token mixer, so configs and baselines name it by a short kind.
+
+    Parameters
+    ----------
+    kind : {"sum", "mlp_mixer", "attention"}
+        :class:`SumPool`, :class:`MLPMixer` or :class:`AttentionMixer`.
+    n_features : int
+        Features per token.
+    n_tokens : int, optional
+        Token count; required by ``"mlp_mixer"``, ignored otherwise.
+    **kwargs
+        Further keyword arguments of the mixer class.
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps tokens [n_frames, n_tokens, n_features] to [n_frames, n_features].
+    """
     if kind == "sum":
         return SumPool()
     if kind == "mlp_mixer":

@@ -8,22 +8,16 @@ import torch
 from torch import Tensor
 
 
-def residue_index_of_atoms(topology, atom_indices: Sequence[int]) -> list[int]:
-    """0-based token index of each selected atom: residues renumbered in order of first appearance.
-
-    ``topology`` is an mdtraj or OpenMM topology; residues without selected atoms get no token.
-    """
-    atoms = list(topology.atoms() if callable(topology.atoms) else topology.atoms)  # OpenMM method, mdtraj property
-    order: dict[int, int] = {}
-    out = []
-    for i in atom_indices:
-        res = atoms[i].residue.index
-        out.append(order.setdefault(res, len(order)))
-    return out
-
-
 class ResidueTokens(torch.nn.Module):
-    """Pool per-atom features ``[n_frames, n_atoms, F]`` into per-residue tokens ``[n_frames, n_tokens, F]``."""
+    """Pool per-atom features into per-residue tokens: a fixed index map, no parameters, exportable.
+
+    Parameters
+    ----------
+    residue_of_atom : sequence of int
+        Token index of each atom (see :func:`cvlearn.data.selection.residue_index_of_atoms`), contiguous from 0.
+    reduce : {"sum", "mean"}
+        Sum or mean over each token's atoms.
+    """
 
     def __init__(self, residue_of_atom: Sequence[int], reduce: str = "sum"):
         super().__init__()
@@ -42,6 +36,7 @@ class ResidueTokens(torch.nn.Module):
         self.reduce = reduce
 
     def forward(self, atom_features: Tensor) -> Tensor:
+        """Pool ``atom_features`` [n_frames, n_atoms, n_features] into tokens [n_frames, n_tokens, n_features]."""
         shape = (atom_features.shape[0], self.n_tokens, atom_features.shape[2])
         tokens = torch.zeros(shape, dtype=atom_features.dtype, device=atom_features.device)
         tokens = tokens.index_add(1, self.index, atom_features)
@@ -51,7 +46,17 @@ class ResidueTokens(torch.nn.Module):
 class MoleculeTokens(torch.nn.Module):
     """Whole molecule as one graph: featurize the selected atoms, pool per residue (scalars and vectors).
 
-    ``forward(pos_nm [B, n_atoms, 3]) -> [B, n_tokens, F]``; ``forward_with_vectors`` adds ``[B, n_tokens, 3, F]``.
+    The simplest token context: every atom sees every other atom within the featurizer's cutoff. For long
+    chains use the ±k-residue windows of :mod:`cvlearn.nn.windows`.
+
+    Parameters
+    ----------
+    featurizer : torch.nn.Module
+        A featurizer of the selected atoms (``n_atoms``, ``hidden_channels``; nm in, Å inside).
+    residue_of_atom : sequence of int
+        Token index of each featurized atom, length ``featurizer.n_atoms``.
+    reduce : {"sum", "mean"}
+        Pooling over each token's atoms.
     """
 
     def __init__(self, featurizer: torch.nn.Module, residue_of_atom: Sequence[int], reduce: str = "sum"):
@@ -67,10 +72,13 @@ class MoleculeTokens(torch.nn.Module):
 
     @torch.jit.export
     def forward_with_vectors(self, pos_nm: Tensor):
+        """Tokens [n_frames, n_tokens, n_features] and pooled equivariant vectors [n_frames, n_tokens, 3, n_features]
+        from ``pos_nm`` [n_frames, n_atoms, 3] (nm)."""
         x, vec = self.featurizer.forward_with_vectors(pos_nm)
         b, n, _, f = vec.shape
         vec = self.pool(vec.reshape(b, n, 3 * f)).reshape(b, self.n_tokens, 3, f)
         return self.pool(x), vec
 
     def forward(self, pos_nm: Tensor) -> Tensor:
+        """Tokens [n_frames, n_tokens, n_features] from ``pos_nm`` [n_frames, n_atoms, 3] (nm)."""
         return self.pool(self.featurizer(pos_nm))

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cvlearn.nn.tokens import MoleculeTokens, residue_index_of_atoms
+from cvlearn.data.selection import residue_index_of_atoms
+from cvlearn.nn.tokens import MoleculeTokens
 
 _DUMMY_Z = 1  # any valid element: dummies never touch real atoms
 _DUMMY_START_NM = 1000.0
@@ -46,7 +47,8 @@ class WindowTokens(torch.nn.Module):
 
     ``featurizer`` supplies architecture, weights and the selected atoms' elements (its ``atomic_numbers``);
     ``residue_of_atom`` maps each of its atoms to a 0-based token. Pooling is ``sum`` or ``mean`` over the
-    centre residue's atoms.
+    centre residue's atoms. ``atomic_numbers`` and ``residue_of_atom`` keep the whole selection (the inner
+    featurizer holds one window's elements), for what :func:`cvlearn.export.export_cv` records.
     """
 
     def __init__(self, featurizer: torch.nn.Module, residue_of_atom: Sequence[int], half_width: int = 2,
@@ -83,6 +85,10 @@ class WindowTokens(torch.nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("window_z", z)
         self.register_buffer("dummy_offsets", offsets)
+        # The selection as a whole (not in the state dict): what an export records as the CV's atoms.
+        self.register_buffer("atomic_numbers", z_all.clone(), persistent=False)
+        self.register_buffer("residue_of_atom", torch.as_tensor(list(residue_of_atom), dtype=torch.long),
+                             persistent=False)
         self.n_padded = int((~valid).sum())
         self.featurizer = featurizer.resized(z[0].tolist())  # same weights, graphs of window_size atoms
 

@@ -55,7 +55,22 @@ def _forces(atoms) -> np.ndarray | None:
 
 def iter_extxyz(source: str | os.PathLike | IO[str], name: str | None = None, require_labels: bool = True
                 ) -> Iterator[Structure]:
-    """Stream ``Structure`` records from an extxyz path or an open text stream (``name`` labels errors)."""
+    """Stream ``Structure`` records from an extxyz path or an open text stream.
+
+    Parameters
+    ----------
+    source : str, path or text stream
+        An extxyz file or an open text stream (e.g. a zip member).
+    name : str or None
+        Names the source in error messages (default: the path).
+    require_labels : bool
+        Raise :class:`MissingLabelError` on frames without energy and forces.
+
+    Returns
+    -------
+    Iterator[Structure]
+        Positions ``[n_atoms, 3]`` (Å), energy (eV), forces ``[n_atoms, 3]`` (eV/Å).
+    """
     import ase.io
 
     label = name or str(source)
@@ -86,7 +101,20 @@ def iter_extxyz(source: str | os.PathLike | IO[str], name: str | None = None, re
 
 
 def read_extxyz(path: str | os.PathLike, require_labels: bool = True) -> Iterator[Structure]:
-    """Stream the frames of one extxyz file (Å, eV, eV/Å); ``require_labels`` demands energy and forces."""
+    """Stream the frames of one extxyz file.
+
+    Parameters
+    ----------
+    path : str or path
+        The extxyz file.
+    require_labels : bool
+        Demand energy and forces on every frame.
+
+    Returns
+    -------
+    Iterator[Structure]
+        Positions ``[n_atoms, 3]`` (Å), energy (eV), forces ``[n_atoms, 3]`` (eV/Å).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"extxyz file not found: {path}")
@@ -94,7 +122,17 @@ def read_extxyz(path: str | os.PathLike, require_labels: bool = True) -> Iterato
 
 
 def structure_to_atoms(structure: Structure):
-    """An ``ase.Atoms`` carrying the structure's labels in a SinglePointCalculator (what extxyz writes)."""
+    """An ``ase.Atoms`` carrying the structure's labels in a SinglePointCalculator (what extxyz writes).
+
+    Parameters
+    ----------
+    structure : Structure
+
+    Returns
+    -------
+    ase.Atoms
+        Positions in Å; energy (eV) and forces (eV/Å) when labelled.
+    """
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -110,7 +148,20 @@ def structure_to_atoms(structure: Structure):
 
 
 def write_extxyz(path: str | os.PathLike, structures: Iterable[Structure]) -> int:
-    """Write structures to one extxyz file atomically; returns the number of frames written."""
+    """Write structures to one extxyz file atomically.
+
+    Parameters
+    ----------
+    path : str or path
+        File to write.
+    structures : iterable of Structure
+        Positions in Å; labels (eV, eV/Å) written when present.
+
+    Returns
+    -------
+    int
+        Number of frames written.
+    """
     import ase.io
 
     n = 0

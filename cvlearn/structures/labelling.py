@@ -46,6 +46,26 @@ class PySCFLabeller:
     The previous geometry's density matrix is the initial guess for the next one: neighbouring geometries
     differ little, so this cuts the SCF cycles (PySCF projects it only if the basis size matches).
     PySCF is imported lazily: it is an optional dependency, needed only to label new data.
+
+    Parameters
+    ----------
+    xc : str
+        Exchange-correlation functional, or ``"HF"``.
+    basis : str
+        Basis set name.
+    charge, spin : int
+        Total charge and 2S.
+    conv_tol : float
+        SCF energy convergence (Hartree).
+    max_cycle : int
+        Most SCF cycles before :class:`LabellingError`.
+    reuse_density : bool
+        Start each SCF from the previous geometry's density matrix.
+
+    Returns
+    -------
+    callable
+        ``labeller(structure)`` → ``(energy_ev, forces_ev_per_angstrom [n_atoms, 3])``.
     """
 
     def __init__(self, xc: str = "M06", basis: str = "6-31g*", charge: int = 0, spin: int = 0,
@@ -106,7 +126,17 @@ class PySCFLabeller:
 
 
 class ASECalculatorLabeller:
-    """Any ASE calculator as a labeller (ASE already speaks eV and eV/Å)."""
+    """Any ASE calculator as a labeller (ASE already speaks eV and eV/Å).
+
+    Parameters
+    ----------
+    calculator : ase.calculators.calculator.Calculator
+
+    Returns
+    -------
+    callable
+        ``labeller(structure)`` → ``(energy_ev, forces_ev_per_angstrom [n_atoms, 3])``.
+    """
 
     def __init__(self, calculator):
         self.calculator = calculator
@@ -131,7 +161,18 @@ def _fingerprint(structure: Structure) -> str:
 
 
 def partial_path_for(out_extxyz: str | os.PathLike) -> Path:
-    """Default sidecar file of finished labels next to the final output."""
+    """Default sidecar file of finished labels next to the final output.
+
+    Parameters
+    ----------
+    out_extxyz : str or path
+        The labelled extxyz file to be written.
+
+    Returns
+    -------
+    Path
+        ``.<name>.partial.json`` in the same folder.
+    """
     out = Path(out_extxyz)
     return out.with_name(f".{out.name}.partial.json")
 
@@ -157,8 +198,27 @@ def label_structures(structures: Iterable[Structure], labeller: Labeller, out_ex
     A rerun after a kill reuses the finished labels (checked against a fingerprint of each geometry) and
     computes only the rest. Geometries whose labeller raises ``LabellingError`` are logged, recorded as failed
     (not retried on resume) and left out when ``skip_failed``; otherwise the error propagates.
-    Returns the labelled structures in input order. ``out_extxyz=None`` skips the extxyz file (then
-    ``partial_path`` is required).
+    ``out_extxyz=None`` skips the extxyz file (then ``partial_path`` is required).
+
+    Parameters
+    ----------
+    structures : iterable of Structure
+        Geometries (Å).
+    labeller : Labeller
+        Maps a structure to ``(energy_ev, forces_ev_per_angstrom [n_atoms, 3])``.
+    out_extxyz : str, path or None
+        Labelled extxyz written at the end.
+    partial_path : str, path or None
+        Sidecar of finished labels (default: :func:`partial_path_for`).
+    skip_failed : bool
+        Leave out geometries whose labeller raises ``LabellingError``, instead of raising.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    list of Structure
+        The labelled structures in input order (eV, eV/Å).
     """
     from tqdm import tqdm
 

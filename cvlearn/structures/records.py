@@ -16,7 +16,21 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Structure:
-    """One molecular geometry; energy (eV) and forces (eV/Å) when labelled."""
+    """One molecular geometry; energy (eV) and forces (eV/Å) when labelled.
+
+    Parameters
+    ----------
+    numbers : np.ndarray
+        ``[n_atoms]`` int atomic numbers.
+    positions_angstrom : np.ndarray
+        ``[n_atoms, 3]`` float64 positions (Å).
+    energy_ev : float or None
+        Energy (eV).
+    forces_ev_per_angstrom : np.ndarray or None
+        ``[n_atoms, 3]`` float64 forces (eV/Å).
+    source : str
+        File and index, for error messages.
+    """
 
     numbers: np.ndarray  # int [n_atoms] atomic numbers
     positions_angstrom: np.ndarray  # float64 [n_atoms, 3]
@@ -50,7 +64,21 @@ class GraphBatch(NamedTuple):
 
 
 def collate(structures: list[Structure], dtype: torch.dtype = torch.float32) -> GraphBatch:
-    """Stack structures of any sizes into one graph batch; labels only if every structure has them."""
+    """Stack structures of any sizes into one graph batch; labels only if every structure has them.
+
+    Parameters
+    ----------
+    structures : list of Structure
+        ``n_graphs`` structures with ``N`` atoms in all.
+    dtype : torch.dtype
+        Floating dtype of positions and labels.
+
+    Returns
+    -------
+    GraphBatch
+        ``z [N]``, ``pos [N, 3]`` (Å), ``batch [N]``; energies ``[n_graphs]`` (eV) and forces ``[N, 3]`` (eV/Å)
+        when every structure is labelled (energies always float64).
+    """
     if not structures:
         raise ValueError("collate: expected at least one structure")
     z = torch.as_tensor(np.concatenate([s.numbers for s in structures]), dtype=torch.long)
@@ -69,6 +97,18 @@ def bounded_batches(structures: Iterable[Structure], max_atoms: int, max_graphs:
     """Group a stream into lists of at most ``max_atoms`` atoms (and ``max_graphs`` graphs), order kept.
 
     Why: graph size, not structure count, sets memory; a bound on atoms keeps peak memory flat across datasets.
+
+    Parameters
+    ----------
+    structures : iterable of Structure
+    max_atoms : int
+        Most atoms in one batch (a larger structure forms a batch of its own).
+    max_graphs : int or None
+        Most structures in one batch.
+
+    Returns
+    -------
+    Iterator[list of Structure]
     """
     if max_atoms < 1:
         raise ValueError(f"max_atoms must be >= 1, got {max_atoms}")

@@ -71,7 +71,18 @@ def _parse_record(lines: list[str], where: str) -> Structure:
 
 
 def read_sdf(path: str | os.PathLike) -> Iterator[Structure]:
-    """Stream the molecules of an SDF file (``.sdf`` or ``.sdf.gz``) as unlabelled ``Structure`` records (Å)."""
+    """Stream the molecules of an SDF file as unlabelled ``Structure`` records.
+
+    Parameters
+    ----------
+    path : str or path
+        ``.sdf`` or ``.sdf.gz`` of V2000 molfiles.
+
+    Returns
+    -------
+    Iterator[Structure]
+        Atomic numbers ``[n_atoms]`` and positions ``[n_atoms, 3]`` (Å), no labels.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SDF file not found: {path}")

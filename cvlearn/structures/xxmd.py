@@ -9,8 +9,8 @@ Split matching rule: the split of a file is the **last underscore-separated toke
 ``mal_train.xyz`` -> ``train``, ``mal_val.xyz`` -> ``val``, ``mal_test.xyz`` -> ``test``. Several files with the
 same split are read in sorted file-name order. A missing split raises an error listing the splits present.
 
-Splitting: ``random_split`` shuffles frames, ``temporal_split`` cuts one trajectory into contiguous blocks in
-file order. For MD data the temporal split is the honest one: consecutive frames are nearly identical, so a
+Splitting (``cvlearn.data.splits``): ``random_split`` shuffles frames, ``temporal_split`` cuts one trajectory
+into contiguous blocks in file order. For MD data the temporal split is the honest one: consecutive frames are nearly identical, so a
 random split puts near-copies of every test frame into training and reports interpolation error, not the error
 on configurations the model has not seen.
 """
@@ -23,23 +23,32 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
-import numpy as np
-
 from cvlearn.structures.extxyz import iter_extxyz, read_extxyz, write_extxyz
 from cvlearn.structures.records import Structure
 
-__all__ = ["XXMD_DIR", "split_of_file", "list_xxmd_splits", "load_xxmd", "write_xxmd", "random_split",
-           "temporal_split", "xxmd_file_name"]
+__all__ = ["XXMD_DIR", "split_of_file", "list_xxmd_splits", "load_xxmd", "write_xxmd", "xxmd_file_name"]
 
 XXMD_DIR = "xxMD-DFT"
 
 
 def split_of_file(name: str) -> str:
-    """The split a file belongs to: the last ``_``-separated token of its stem, lowercased."""
+    """The split a file belongs to: the last ``_``-separated token of its stem, lowercased.
+
+    Parameters
+    ----------
+    name : str
+        A file name or path, e.g. ``"xxMD-DFT/mal/mal_train.xyz"``.
+
+    Returns
+    -------
+    str
+        The split, e.g. ``"train"``.
+    """
     return PurePosixPath(name).stem.rsplit("_", 1)[-1].lower()
 
 
 def xxmd_file_name(molecule: str, split: str) -> str:
+    """``<molecule>_<split>.xyz``, the name :func:`split_of_file` reads back."""
     return f"{molecule}_{split}.xyz"
 
 
@@ -89,7 +98,20 @@ def _files(root: Path, molecule: str) -> tuple[list, str]:
 
 
 def list_xxmd_splits(root: str | os.PathLike, molecule: str) -> list[str]:
-    """The split names present for ``molecule`` (see the module's matching rule)."""
+    """The split names present for ``molecule`` (see the module's matching rule).
+
+    Parameters
+    ----------
+    root : str or path
+        A directory or zip in one of the layouts of the module doc.
+    molecule : str
+        Folder name of the molecule, e.g. ``"mal"``.
+
+    Returns
+    -------
+    list of str
+        Sorted split names.
+    """
     files, _ = _files(_resolve(root, molecule), molecule)
     return sorted({split_of_file(str(f)) for f in files})
 
@@ -99,6 +121,22 @@ def load_xxmd(root: str | os.PathLike, molecule: str, split: str, require_labels
     """Stream the frames of one molecule and split (Å, eV, eV/Å) from a directory or a zip.
 
     Zip members are read one at a time through a text stream: nothing is extracted to disk.
+
+    Parameters
+    ----------
+    root : str or path
+        A directory or zip in one of the layouts of the module doc.
+    molecule : str
+        Folder name of the molecule, e.g. ``"mal"``.
+    split : str
+        Split name, e.g. ``"train"`` (case-insensitive).
+    require_labels : bool
+        Demand energy and forces on every frame.
+
+    Returns
+    -------
+    Iterator[Structure]
+        Positions ``[n_atoms, 3]`` (Å), energy (eV), forces ``[n_atoms, 3]`` (eV/Å).
     """
     root = _resolve(root, molecule)
     files, where = _files(root, molecule)
@@ -120,7 +158,22 @@ def _iter_zip(path: Path, members: list[str], require_labels: bool) -> Iterator[
 
 
 def write_xxmd(out_dir: str | os.PathLike, molecule: str, splits: dict[str, Sequence[Structure]]) -> dict[str, Path]:
-    """Write ``out_dir/xxMD-DFT/<molecule>/<molecule>_<split>.xyz`` for each split, each file atomically."""
+    """Write ``out_dir/xxMD-DFT/<molecule>/<molecule>_<split>.xyz`` for each split, each file atomically.
+
+    Parameters
+    ----------
+    out_dir : str or path
+        Root of the tree.
+    molecule : str
+        Folder name of the molecule.
+    splits : dict of str to sequence of Structure
+        Structures per split name (no ``_`` in names); Å, eV, eV/Å.
+
+    Returns
+    -------
+    dict of str to Path
+        The file written per split.
+    """
     paths = {}
     for split, structures in splits.items():
         if "_" in split:
@@ -129,34 +182,3 @@ def write_xxmd(out_dir: str | os.PathLike, molecule: str, splits: dict[str, Sequ
         write_extxyz(path, structures)
         paths[split] = path
     return paths
-
-
-def _counts(n: int, fractions: Sequence[float]) -> list[int]:
-    fractions = np.asarray(fractions, dtype=float)
-    if fractions.ndim != 1 or len(fractions) == 0 or np.any(fractions < 0) or not np.isclose(fractions.sum(), 1.0):
-        raise ValueError(f"split fractions must be non-negative and sum to 1, got {list(fractions)}")
-    counts = np.floor(fractions * n).astype(int)
-    counts[0] += n - counts.sum()  # the remainder goes to the first (training) part
-    return counts.tolist()
-
-
-def random_split(structures: Sequence[Structure], fractions: Sequence[float], seed: int = 0
-                 ) -> list[list[Structure]]:
-    """Shuffle with ``seed`` and cut into parts of the given fractions (for independent samples)."""
-    structures = list(structures)
-    order = np.random.default_rng(seed).permutation(len(structures))
-    parts, start = [], 0
-    for count in _counts(len(structures), fractions):
-        parts.append([structures[i] for i in order[start:start + count]])
-        start += count
-    return parts
-
-
-def temporal_split(structures: Sequence[Structure], fractions: Sequence[float]) -> list[list[Structure]]:
-    """Contiguous blocks in file order (for one MD trajectory: no near-duplicate frames across parts)."""
-    structures = list(structures)
-    parts, start = [], 0
-    for count in _counts(len(structures), fractions):
-        parts.append(structures[start:start + count])
-        start += count
-    return parts

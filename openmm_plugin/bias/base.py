@@ -46,7 +46,15 @@ def wrap_difference(d: np.ndarray, periods: np.ndarray) -> np.ndarray:
 
 
 class Bias:
-    """A bias potential on an ``n_cvs``-dimensional CV. Static biases only implement ``energy_and_gradient``."""
+    """A bias potential on an ``n_cvs``-dimensional CV. Static biases only implement ``energy_and_gradient``.
+
+    Parameters
+    ----------
+    n_cvs : int
+        Dimension of the CV vector it acts on.
+    label : str
+        Name of the bias: prefix of its COLVAR fields and of its walker files.
+    """
 
     adaptive = False
 
@@ -93,6 +101,15 @@ class AdaptiveBias(Bias):
 
     Each deposition is one row of ``records`` (bias-specific columns); other walkers' rows are replayed
     with :meth:`apply_records`, which is how multiple walkers share one bias through files.
+
+    Parameters
+    ----------
+    n_cvs : int
+        Dimension of the CV vector.
+    label : str
+        COLVAR field and walker-file prefix.
+    pace_steps : int
+        Steps between depositions (``simulation.currentStep`` units: outer steps with MTS).
     """
 
     adaptive = True
@@ -136,7 +153,15 @@ class AdaptiveBias(Bias):
 
 
 class BiasSum(Bias):
-    """Several biases on the same CV vector (e.g. OPES + walls); energies and gradients add."""
+    """Several biases on the same CV vector (e.g. OPES + walls); energies and gradients add.
+
+    Parameters
+    ----------
+    biases : sequence of Bias
+        Biases on the same ``n_cvs``, with unique labels.
+    label : str
+        Label of the sum.
+    """
 
     def __init__(self, biases: Sequence[Bias], label: str = "bias"):
         biases = list(biases)
@@ -205,7 +230,17 @@ def torch_wrap_difference(d: torch.Tensor, periods: torch.Tensor) -> torch.Tenso
 
 
 class OnComponents(Bias):
-    """A bias on some components of a larger CV vector (e.g. OPES on component 0 of a 2-D learned CV)."""
+    """A bias on some components of a larger CV vector (e.g. OPES on component 0 of a 2-D learned CV).
+
+    Parameters
+    ----------
+    bias : Bias
+        The bias on ``len(components)`` CVs.
+    components : sequence of int
+        Indices into the full CV vector.
+    n_cvs : int
+        Dimension of the full CV vector.
+    """
 
     def __init__(self, bias: Bias, components, n_cvs: int):
         components = [int(c) for c in components]

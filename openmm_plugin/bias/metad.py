@@ -21,7 +21,31 @@ from openmm_plugin.bias.base import AdaptiveBias, as_cv_vector, periods_vector, 
 
 
 class Metadynamics(AdaptiveBias):
-    """Well-tempered metadynamics; state = kernel centres/heights (+ the accumulated grid), float64."""
+    """Well-tempered metadynamics; state = kernel centres/heights (+ the accumulated grid), float64.
+
+    Parameters
+    ----------
+    sigma : float or sequence of float
+        ``[n_cvs]`` Gaussian widths, CV units.
+    height_kjmol : float
+        Initial hill height, kJ/mol.
+    pace_steps : int
+        Steps between depositions (``simulation.currentStep`` units: outer steps with MTS).
+    temperature_k : float
+        Temperature, K.
+    lower, upper : sequence of float
+        ``[n_cvs]`` grid bounds, CV units (along periodic CVs, one period).
+    bias_factor : float or None
+        γ > 1 (well-tempered); None for plain metadynamics.
+    periods : None, float or sequence of float or None
+        Per-CV period (None or 0: not periodic).
+    grid_bins : int or sequence of int, optional
+        Bins per CV (default 400, 100, 30 for 1, 2, 3+ CVs).
+    use_grid : bool
+        Evaluate V by interpolating the grid (exact kernels outside a non-periodic grid).
+    label : str
+        Prefix of the COLVAR fields (``<label>.bias``, ``<label>.rct``, ``<label>.nker``).
+    """
 
     def __init__(self, *, sigma, height_kjmol: float, pace_steps: int, temperature_k: float,
                  lower, upper, bias_factor: float | None = 10.0, periods=None, grid_bins=None,

@@ -25,7 +25,31 @@ from openmm_plugin.bias.base import AdaptiveBias, as_cv_vector, periods_vector, 
 
 
 class OPES(AdaptiveBias):
-    """OPES-metad (``explore=False``) or OPES-explore (``explore=True``); ``barrier_kjmol`` is ΔE."""
+    """OPES-metad (``explore=False``) or OPES-explore (``explore=True``), PLUMED's defaults.
+
+    Parameters
+    ----------
+    sigma : float or sequence of float
+        ``[n_cvs]`` initial kernel widths, CV units.
+    barrier_kjmol : float
+        ΔE, the barrier to overcome, kJ/mol.
+    pace_steps : int
+        Steps between depositions (outer steps with MTS).
+    temperature_k : float
+        Temperature, K.
+    bias_factor : float, optional
+        γ (default ΔE/k_BT).
+    explore : bool
+        OPES-explore instead of OPES-metad.
+    periods : None, float or sequence
+        Per-CV period (None or 0: not periodic).
+    compression_threshold, kernel_cutoff, epsilon : float
+        As PLUMED's COMPRESSION_THRESHOLD, KERNEL_CUTOFF, EPSILON.
+    fixed_sigma : bool
+        Keep ``sigma`` (no adaptive shrinking).
+    label : str, optional
+        Prefix of the COLVAR fields (default ``opes`` / ``opes_explore``).
+    """
 
     def __init__(self, *, sigma, barrier_kjmol: float, pace_steps: int, temperature_k: float,
                  bias_factor: float | None = None, explore: bool = False, periods=None,

@@ -16,10 +16,32 @@ import numpy as np
 import openmm.unit as unit
 
 from cvlearn.data.colvar import read_colvar, write_colvar
-from openmm_plugin.bias.cv_evaluation import CVEvaluator
+from openmm_plugin.cv_evaluation import CVEvaluator
 
 
 class BiasReporter:
+    """COLVAR rows (time ps, CVs, extra columns, total bias and each bias's fields, kJ/mol) every interval.
+
+    Parameters
+    ----------
+    path : str or Path
+        The COLVAR file.
+    bias
+        The bias (its leaves give the ``<label>.*`` columns).
+    cv_or_evaluator : torch.nn.Module or CVEvaluator
+        The exported CV, or the PythonForce's evaluator (shares its call count).
+    report_interval_steps : int
+        Steps between rows (as an OpenMM reporter; as ``on_report`` every call writes a row).
+    cv_names : sequence of str, optional
+        ``[n_cvs]`` column names (default ``cv0``, ``cv1``, ...).
+    flush_every : int
+        Rows between atomic rewrites of the file.
+    resume : bool
+        Keep the rows of an existing file older than the first report.
+    extra : dict, optional
+        ``name -> f(positions [n_particles, 3] nm) -> float`` analysis columns (e.g. φ).
+    """
+
     def __init__(self, path: str | Path, bias, cv_or_evaluator, report_interval_steps: int, *,
                  cv_names: Sequence[str] | None = None, flush_every: int = 100, resume: bool = True,
                  extra: dict[str, Callable[[np.ndarray], float]] | None = None):

@@ -14,7 +14,19 @@ from openmm_plugin.bias.base import Bias, as_cv_vector, periods_vector, torch_wr
 
 
 class HarmonicRestraint(Bias):
-    """V = Σ_i ½ κ_i (s_i - s0_i)² (kJ/mol), minimum image along periodic CVs: an umbrella window."""
+    """V = Σ_i ½ κ_i (s_i - s0_i)² (kJ/mol), minimum image along periodic CVs: an umbrella window.
+
+    Parameters
+    ----------
+    center : sequence of float
+        ``[n_cvs]`` s0, CV units.
+    kappa_kjmol : float or sequence of float
+        ``[n_cvs]`` force constants, kJ/mol per CV unit².
+    periods : None, float or sequence
+        Per-CV period (None or 0: not periodic).
+    label : str
+        COLVAR field prefix.
+    """
 
     def __init__(self, center, kappa_kjmol, *, periods=None, label: str = "restraint"):
         center = as_cv_vector("center", center)
@@ -34,7 +46,21 @@ class HarmonicRestraint(Bias):
 
 
 class Wall(Bias):
-    """PLUMED UPPER_WALLS (``side="upper"``) or LOWER_WALLS (``side="lower"``) on every CV; kappa 0 disables one."""
+    """PLUMED UPPER_WALLS (``side="upper"``) or LOWER_WALLS (``side="lower"``) on every CV; kappa 0 disables one.
+
+    Parameters
+    ----------
+    at : sequence of float
+        ``[n_cvs]`` wall positions, CV units.
+    kappa_kjmol : float or sequence of float
+        ``[n_cvs]`` strengths, kJ/mol.
+    side : str
+        ``"upper"`` or ``"lower"``.
+    exp, eps, offset : float or sequence of float
+        As PLUMED's EXP, EPS, OFFSET.
+    label : str, optional
+        COLVAR field prefix (default ``upper_walls`` / ``lower_walls``).
+    """
 
     def __init__(self, at, kappa_kjmol, *, side: str, exp: float = 2.0, eps: float = 1.0, offset: float = 0.0,
                  label: str | None = None):

@@ -20,7 +20,7 @@ import numpy as np
 import openmm.unit as unit
 
 from cvlearn.io import atomic_path
-from openmm_plugin.bias.cv_evaluation import CVEvaluator
+from openmm_plugin.cv_evaluation import CVEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,29 @@ _FORMAT = 1
 
 
 class BiasRunner:
-    """Deposition, checkpoint and multiple-walker bookkeeping for one bias (possibly a :class:`BiasSum`)."""
+    """Deposition, checkpoint and multiple-walker bookkeeping for one bias (possibly a :class:`BiasSum`).
+
+    Parameters
+    ----------
+    bias
+        The bias (adaptive leaves deposit every ``pace_steps``).
+    cv : torch.nn.Module, optional
+        The exported CV, when there is no PythonForce ``callback`` (TorchForce route).
+    callback : openmm_plugin.forces.BiasCallback, optional
+        The PythonForce's callback: its cached CV of the last force evaluation is deposited at.
+    save_path : str or Path, optional
+        ``.npz`` checkpoint (bias state + OpenMM checkpoint).
+    save_every_steps : int, optional
+        Steps between checkpoints (needs ``save_path``).
+    walkers_dir : str or Path, optional
+        Directory shared by multiple walkers.
+    walker_id : int
+        This walker's id.
+    sync_every_steps : int, optional
+        Steps between reading the other walkers' depositions (default: the smallest pace).
+    on_update : callable, optional
+        ``on_update(simulation)`` after the bias changed (e.g. ``TorchBiasForce.refresh``).
+    """
 
     def __init__(self, bias, *, cv=None, callback=None, save_path: str | Path | None = None,
                  save_every_steps: int | None = None, walkers_dir: str | Path | None = None, walker_id: int = 0,
@@ -73,6 +95,7 @@ class BiasRunner:
         return self.evaluator.values(np.asarray(positions)[self.evaluator.atom_indices])
 
     def step(self, simulation, n_steps: int) -> None:
+        """Advance ``simulation`` by ``n_steps`` (outer) steps, depositing, syncing and saving when due."""
         n_steps = int(n_steps)
         if n_steps < 0:
             raise ValueError(f"n_steps: expected >= 0, found {n_steps}")

@@ -14,15 +14,38 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
+from openmm_plugin.simulation import make_simulation
+
 
 def unbiased_cv_std(cv: torch.jit.ScriptModule, topology: app.Topology, system: openmm.System,
                     positions_nm: np.ndarray, integrator: openmm.Integrator, temperature_k: float,
                     *, n_steps: int = 2000, stride: int = 20, seed: int = 12345,
                     platform: str = "Reference") -> np.ndarray:
-    """Standard deviation of every CV component over ``n_steps`` of unbiased MD (sampled every ``stride``)."""
+    """Standard deviation of every CV component over ``n_steps`` of unbiased MD (sampled every ``stride``).
+
+    Parameters
+    ----------
+    cv : torch.jit.ScriptModule
+        Exported CV ``positions [n_particles, 3] nm -> [n_cvs]``.
+    topology, system, positions_nm, integrator
+        The unbiased system, its start positions ``[n_particles, 3]`` (nm) and a fresh integrator.
+    temperature_k : float
+        Temperature of the initial velocities, K.
+    n_steps, stride : int
+        MD steps in all, and between CV samples.
+    seed : int
+        Seed of the initial velocities.
+    platform : str
+        OpenMM platform name.
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_cvs]`` standard deviations, CV units.
+    """
     if n_steps < 2 * stride:
         raise ValueError(f"n_steps must be at least 2*stride={2 * stride} to estimate a spread, got {n_steps}")
-    simulation = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName(platform))
+    simulation = make_simulation(topology, system, integrator, platform)
     simulation.context.setPositions(positions_nm)
     simulation.context.setVelocitiesToTemperature(temperature_k * unit.kelvin, seed)
     values = []
@@ -38,6 +61,9 @@ def learned_cv_sigma(cv: torch.jit.ScriptModule, cv_range: tuple[float, float], 
                      system: openmm.System, positions_nm: np.ndarray, integrator: openmm.Integrator,
                      temperature_k: float, *, component: int = 0, min_fraction: float = 0.05) -> tuple[float, float]:
     """Kernel width for one CV component: ``max(unbiased std, min_fraction * range)``; also returns the std.
+
+    ``cv_range`` is ``(lo, hi)`` of the component in training; the other arguments are those of
+    :func:`unbiased_cv_std`. Returns ``(sigma, std)`` in CV units.
 
     A VAMP CV is nearly flat inside a basin (measured on ala2 at 300 K: std 0.04 for a CV spanning 5.5 units),
     so the in-basin spread alone gives hills so narrow that the bias forces blow the simulation up.

@@ -7,6 +7,7 @@ in [-π, π), sign convention of mdtraj/OpenMM (atan2(|b2| b1·(b2×b3), (b1×b2
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -33,11 +34,31 @@ class Torsions(torch.nn.Module):
         return torch.atan2(y, x) * self.unit
 
 
-def export_torsion_cv(path: str | Path, torsions: Sequence[Sequence[int]], n_particles: int,
+def export_torsion_cv(path: str | Path, torsions: Sequence[Sequence[int]], topology,
                       dtype: torch.dtype = torch.float64) -> torch.jit.ScriptModule:
-    """Export the torsions (quadruples of *System* atom indices) as a CV file; component i = torsion i."""
+    """Export torsions as a CV file; component i = torsion i, in radians on [-π, π), periodic (2π).
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file.
+    torsions : sequence of 4-sequences of int
+        ``[n_torsions, 4]`` quadruples of *System* atom indices.
+    topology : openmm.app.Topology or mdtraj.Topology
+        The System's topology (particle count, elements and residues of the torsion atoms).
+    dtype : torch.dtype
+        Dtype of the module.
+
+    Returns
+    -------
+    torch.jit.ScriptModule
+        The exported CV, ``positions [n_particles, 3] nm -> [n_torsions]`` rad.
+    """
     atoms = sorted({int(a) for q in torsions for a in q})
     local = {a: i for i, a in enumerate(atoms)}
     quadruples = [[local[int(a)] for a in q] for q in torsions]
-    return export_cv(Torsions(quadruples), path, atom_indices=atoms, n_particles=n_particles, dtype=dtype,
-                     metadata={"cv_names": [f"torsion{i}" for i in range(len(quadruples))], "periodic": True})
+    n_particles = topology.getNumAtoms() if hasattr(topology, "getNumAtoms") else topology.n_atoms
+    return export_cv(Torsions(quadruples), path, atom_indices=atoms, n_particles=n_particles, topology=topology,
+                     dtype=dtype, cv_range=[(-math.pi, math.pi)] * len(quadruples),
+                     component_periods=[2 * math.pi] * len(quadruples),
+                     extra={"cv_names": [f"torsion{i}" for i in range(len(quadruples))]})

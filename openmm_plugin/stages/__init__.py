@@ -1,0 +1,7 @@
+"""CLI stages, each a frozen config plus a ``run_*`` function; import the one you need by module.
+
+Stages are listed by module, not re-exported: each pulls in OpenMM, torch and its own dependencies, and the CLI
+imports only the stage it runs.
+"""
+
+__all__ = ["bias", "corpus", "demo", "finetune", "label", "pretrain", "simulate"]

@@ -1,4 +1,4 @@
-"""``cvlearn bias``: bias an exported learned CV on alanine dipeptide with one config file.
+"""``cvlearn bias``: bias an exported learned CV on a built-in system (``system``, default alanine dipeptide).
 
 Methods: ``metad``, ``opes-metad``, ``opes-explore``, ``restraint`` (umbrella window) and ``walls`` (walls
 only); walls from ``walls`` are added to any method. Routes: ``python`` (PythonForce, adaptive, one
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import openmm
 import openmm.app as app
 import openmm.unit as unit
 import torch
@@ -30,20 +29,23 @@ from cvlearn.io import atomic_path, write_json_atomic
 from openmm_plugin.bias.base import BiasSum, OnComponents
 from openmm_plugin.bias.metad import Metadynamics
 from openmm_plugin.bias.opes import OPES
-from openmm_plugin.bias.python_route import python_bias_force
 from openmm_plugin.bias.reporter import BiasReporter
 from openmm_plugin.bias.restraints import HarmonicRestraint, Wall
 from openmm_plugin.bias.runner import BiasRunner
-from openmm_plugin.bias.torch_route import TorchBiasForce
+from openmm_plugin.forces import TorchBiasForce, python_bias_force
+from openmm_plugin.simulation import BIAS_GROUP, make_integrator, make_simulation
+from systems import BUILTIN_SYSTEMS, builtin_system
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("metad", "opes-metad", "opes-explore", "restraint", "walls")
-BIAS_GROUP = 1
 
 
 @dataclass(frozen=True)
 class MetadParams:
+    """Well-tempered metadynamics (:class:`openmm_plugin.bias.Metadynamics`): widths and bounds in CV units,
+    ``pace_steps`` in MD steps, ``grid_bins`` per CV (PLUMED: PACE, GRID_BIN)."""
+
     sigma: tuple = (0.1,)
     height_kjmol: float = 1.2
     bias_factor: Optional[float] = 8.0
@@ -56,6 +58,8 @@ class MetadParams:
 
 @dataclass(frozen=True)
 class OPESParams:
+    """OPES (:class:`openmm_plugin.bias.OPES`): ``sigma`` in CV units, ``pace_steps`` in MD steps."""
+
     sigma: tuple = (0.1,)
     barrier_kjmol: float = 30.0
     bias_factor: Optional[float] = None
@@ -66,12 +70,16 @@ class OPESParams:
 
 @dataclass(frozen=True)
 class RestraintParams:
+    """Harmonic restraint (umbrella window): ``center`` in CV units, ``kappa_kjmol`` per CV unit²."""
+
     center: tuple = (0.0,)
     kappa_kjmol: tuple = (100.0,)
 
 
 @dataclass(frozen=True)
 class WallParams:
+    """PLUMED-style upper/lower walls at ``*_at`` (CV units); a kappa of 0 leaves that wall out."""
+
     upper_at: Optional[tuple] = None
     upper_kappa_kjmol: float = 0.0
     lower_at: Optional[tuple] = None
@@ -81,7 +89,10 @@ class WallParams:
 
 @dataclass(frozen=True)
 class BiasConfig:
+    """Settings of ``cvlearn bias`` (steps are MD steps of the system's ``TIMESTEP_PS``; energies kJ/mol; K)."""
+
     cv: str = "runs/demo/cv.pt"
+    system: str = "alanine_dipeptide"  # a built-in system (systems.BUILTIN_SYSTEMS)
     out: str = "runs/bias"
     method: str = "opes-metad"
     route: str = "python"
@@ -104,6 +115,8 @@ class BiasConfig:
     walls: WallParams = field(default_factory=WallParams)
 
     def __post_init__(self):
+        if self.system not in BUILTIN_SYSTEMS:
+            raise ValueError(f"system: expected one of the built-in systems {BUILTIN_SYSTEMS}, found {self.system!r}")
         if self.method not in METHODS:
             raise ValueError(f"method: expected one of {METHODS}, found {self.method!r}")
         if self.route not in ("python", "torch"):
@@ -120,7 +133,21 @@ class BiasConfig:
 
 
 def build_bias(config: BiasConfig, n_cvs: int, pace_divisor: int = 1):
-    """The bias of ``config`` on an ``n_cvs``-dimensional CV (paces divided by ``pace_divisor`` for MTS)."""
+    """The bias of ``config`` on an ``n_cvs``-dimensional CV.
+
+    Parameters
+    ----------
+    config : BiasConfig
+    n_cvs : int
+        Dimension of the exported CV.
+    pace_divisor : int
+        The MTS factor: paces in the config are MD steps, the runner counts outer steps.
+
+    Returns
+    -------
+    Bias
+        One bias, or a :class:`BiasSum` (method + walls), on the configured components.
+    """
     components = list(range(n_cvs)) if config.components is None else [int(c) for c in config.components]
     d = len(components)
     periods = config.periods
@@ -161,19 +188,29 @@ def _per_cv(values, d: int) -> list:
 
 
 def run_bias(config: BiasConfig) -> dict:
-    """Run (or resume, or skip) one biased ala2 run; returns the summary."""
-    from systems import alanine_dipeptide as ala2
+    """Run (or resume, or skip) one biased run of ``config.system``.
 
+    Parameters
+    ----------
+    config : BiasConfig
+
+    Returns
+    -------
+    dict
+        The summary also written to ``<out>/summary.json``: steps run, seconds, ms/step, ns/day, the biases'
+        COLVAR values and the number of model calls.
+    """
     out = Path(config.out)
     summary_path = out / "summary.json"
     if summary_path.is_file():
         logger.info("%s exists: run finished, skipping", summary_path)
         return json.loads(summary_path.read_text())
     torch.set_num_threads(int(config.torch_threads))
-    cv, meta = load_cv(config.cv)
-    molecule = ala2.build()
+    cv, spec = load_cv(config.cv)
+    builtin = builtin_system(config.system)
+    molecule = builtin.build()
     if int(cv.n_particles) != molecule.topology.getNumAtoms():
-        raise ValueError(f"{config.cv}: CV expects {int(cv.n_particles)} particles, alanine dipeptide has "
+        raise ValueError(f"{config.cv}: CV expects {int(cv.n_particles)} particles, system {config.system} has "
                          f"{molecule.topology.getNumAtoms()}")
     k = int(config.mts_substeps)
     bias = build_bias(config, int(cv.n_cvs), pace_divisor=k)
@@ -187,13 +224,9 @@ def run_bias(config: BiasConfig) -> dict:
     else:
         torch_force = TorchBiasForce(system, cv, bias, force_group=BIAS_GROUP)
         on_update = torch_force.refresh if bias.adaptive else None
-    if k == 1:
-        integrator = ala2.make_integrator(config.temperature_k, config.seed)
-    else:
-        integrator = openmm.MTSLangevinIntegrator(config.temperature_k * unit.kelvin, ala2.FRICTION_PER_PS / unit.picosecond,
-                                                  k * ala2.TIMESTEP_PS * unit.picosecond, [(0, k), (BIAS_GROUP, 1)])
-        integrator.setRandomNumberSeed(config.seed + 1)
-    simulation = app.Simulation(molecule.topology, system, integrator, openmm.Platform.getPlatformByName(config.platform))
+    integrator = make_integrator(config.temperature_k, builtin.FRICTION_PER_PS, builtin.TIMESTEP_PS, seed=config.seed,
+                                 bias_group=BIAS_GROUP, bias_every_steps=k)
+    simulation = make_simulation(molecule.topology, system, integrator, config.platform)
     runner = BiasRunner(bias, cv=cv, callback=callback, save_path=out / "bias_state.npz",
                         save_every_steps=config.save_every_steps // k, walkers_dir=config.walkers_dir,
                         walker_id=config.walker_id, on_update=on_update)
@@ -202,7 +235,7 @@ def run_bias(config: BiasConfig) -> dict:
         simulation.context.setVelocitiesToTemperature(config.temperature_k * unit.kelvin, config.seed + 1)
     else:
         logger.info("resumed at step %d (outer steps)", simulation.currentStep)
-    names = meta.get("cv_names") or [f"cv{i}" for i in range(int(cv.n_cvs))]
+    names = spec.extra.get("cv_names") or [f"cv{i}" for i in range(int(cv.n_cvs))]
     reporter = BiasReporter(out / "COLVAR", bias, runner.evaluator, config.report_interval_steps // k, cv_names=names)
     simulation.reporters.append(reporter)
     total_outer = config.n_steps // k
@@ -218,28 +251,8 @@ def run_bias(config: BiasConfig) -> dict:
         with open(tmp, "w") as handle:
             app.PDBFile.writeFile(molecule.topology, simulation.context.getState(getPositions=True).getPositions(), handle)
     summary = {"config": dataclasses.asdict(config), "md_steps_run": md_steps, "seconds": seconds,
-               "ms_per_step": ms_per_step, "ns_per_day": ala2.TIMESTEP_PS * 1e-3 / (ms_per_step * 1e-3) * 86400
+               "ms_per_step": ms_per_step, "ns_per_day": builtin.TIMESTEP_PS * 1e-3 / (ms_per_step * 1e-3) * 86400
                if md_steps else float("nan"), "bias": {leaf.label: leaf.colvar_values() for leaf in bias.leaves()},
                "model_calls": runner.evaluator.calls}
     write_json_atomic(summary_path, summary)
     return summary
-
-
-def _bias_command(args) -> int:
-    from cvlearn.config import load_config
-
-    config = load_config(BiasConfig, args.config)
-    overrides = {k: v for k, v in (("cv", args.cv), ("out", args.out)) if v is not None}
-    summary = run_bias(dataclasses.replace(config, **overrides))
-    print(f"{summary['md_steps_run']} steps, {summary['ms_per_step']:.3f} ms/step, {summary['ns_per_day']:.1f} ns/day; "
-          f"outputs in {(overrides.get('out') or config.out)}")
-    return 0
-
-
-def add_bias_parser(commands) -> None:
-    """Register ``cvlearn bias --config FILE`` on the CLI's subparsers."""
-    parser = commands.add_parser("bias", help="bias a learned CV on alanine dipeptide: metad, OPES, restraints, walls")
-    parser.add_argument("--config", required=True, help="YAML/TOML file with BiasConfig fields (unknown keys are rejected)")
-    parser.add_argument("--cv", help="exported CV file (overrides the config's `cv`)")
-    parser.add_argument("--out", help="output directory (overrides the config's `out`)")
-    parser.set_defaults(func=_bias_command)

@@ -60,8 +60,8 @@ def build_corpus(out: str | Path, spec: CorpusSpec = CorpusSpec(), *, platform: 
     from tqdm.auto import tqdm
 
     from cvlearn.io import write_json_atomic
-    from openmm_plugin.simulation import run_md
-    from systems.alanine_dipeptide import FORCEFIELD_FILES, FRICTION_PER_PS, TIMESTEP_PS, make_integrator
+    from openmm_plugin.simulation import make_integrator, run_md
+    from systems.alanine_dipeptide import FORCEFIELD_FILES, FRICTION_PER_PS, TIMESTEP_PS
     from systems.peptides import build_peptide_system
 
     if not spec.sequences or not spec.temperatures_k:
@@ -89,7 +89,7 @@ def build_corpus(out: str | Path, spec: CorpusSpec = CorpusSpec(), *, platform: 
                 result = run_md(
                     None if molecule is None else molecule.topology, None if molecule is None else molecule.system,
                     None if molecule is None else molecule.positions_nm,
-                    make_integrator(temperature_k=temperature, seed=seed) if molecule is not None else None,
+                    make_integrator(temperature, FRICTION_PER_PS, TIMESTEP_PS, seed=seed) if molecule is not None else None,
                     out_prefix=prefix, n_steps=n_steps, report_interval_steps=interval, platform=platform,
                     seed=seed, temperature_k=temperature, progress=False, desc=f"MD {name} {temperature:g} K")
                 cost_path = Path(f"{prefix}.cost.json")
@@ -142,16 +142,16 @@ def corpus_structures(corpus: str | Path, *, heavy_atoms_only: bool = True, stri
     trajectory of the manifest (whole trajectories, so correlated neighbouring frames never straddle the split).
     ``heavy_atoms_only``: the CV featurizers run on heavy atoms, so pre-training sees the same kind of graphs.
     """
+    from cvlearn.data.splits import every_nth_split
     from cvlearn.structures.frames import trajectory_structures
 
     if split not in ("all", "train", "validation"):
         raise ValueError(f"split: expected 'all', 'train' or 'validation', found {split!r}")
-    if validation_every < 2:
-        raise ValueError(f"validation_every: expected an integer >= 2, found {validation_every!r}")
     corpus = Path(corpus)
-    for i, run in enumerate(read_manifest(corpus)["runs"]):
-        is_val = i % validation_every == validation_every - 1
-        if split == "all" or (split == "validation") == is_val:
+    runs = read_manifest(corpus)["runs"]
+    train_ids, val_ids = every_nth_split(len(runs), validation_every)
+    for i, run in enumerate(runs):
+        if split == "all" or i in (val_ids if split == "validation" else train_ids):
             yield from trajectory_structures(corpus / run["trajectory"], corpus / run["topology"], stride=stride,
                                              selection="not element H" if heavy_atoms_only else None)
 

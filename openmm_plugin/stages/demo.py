@@ -5,8 +5,10 @@ Stages (each skips work whose outputs exist, so a killed demo resumes):
 2. learning: a VAMPNet on an Equivariant Transformer over heavy atoms → residue tokens → sum → MLP head,
    and the classic baseline (the same head on heavy-atom pairwise distances), split by whole trajectory;
 3. export: one TorchScript CV file;
-4. biasing at 300 K: well-tempered metadynamics on the learned CV (PythonForce route, bias evaluated every
-   ``bias_every_steps`` inner steps with an MTS Langevin integrator) and a reference run biased on φ/ψ;
+4. biasing at 300 K with cvlearn's own engine (:mod:`openmm_plugin.bias`, one model call per step whatever the
+   CV dimension): well-tempered metadynamics on the learned CV (PythonForce route, bias evaluated every
+   ``bias_every_steps`` inner steps with an MTS Langevin integrator) and a reference run biased on φ/ψ (a
+   TorchScript torsion CV through the same route); COLVAR files with V(s,t) and c(t);
 5. analysis: reweighted φ/ψ free-energy surfaces, ΔF(C7ax − C7eq), transitions, plots, report and metrics.
 """
 
@@ -25,12 +27,10 @@ import mdtraj
 import numpy as np
 import torch
 
-import openmm
-
 from cvlearn.data.colvar import read_colvar
 from cvlearn.analysis.plots import plot_cvs_on_phi_psi, plot_fes_panels, plot_time_series, plot_training_curves
 from cvlearn.analysis.reweighting import delta_f_kjmol, free_energy_surface, metad_weights
-from cvlearn.analysis.transitions import count_phi_transitions
+from cvlearn.analysis.transitions import count_phi_transitions, phi_basins
 from cvlearn.models.cv import DistanceCV, GraphCV, fit_head_scaler
 from cvlearn.data import lagged_pairs, load_trajectories, split_by_trajectory, take_segments
 from cvlearn.estimators import VAMPNet
@@ -40,20 +40,23 @@ from cvlearn.nn.heads import MLPHead
 from cvlearn.io import write_json_atomic, write_text_atomic
 from cvlearn.estimators.scores import deeptime_vamp_score, vamp_score
 from cvlearn.nn.mixers import SumPool
-from cvlearn.nn.tokens import ResidueTokens, residue_index_of_atoms
+from cvlearn.data.selection import atomic_numbers as element_numbers, residue_index_of_atoms
+from cvlearn.nn.tokens import ResidueTokens
+from openmm_plugin.bias import BiasReporter, BiasRunner, Metadynamics, OnComponents
 from openmm_plugin.bias.sigma import learned_cv_sigma
-from openmm_plugin.metadynamics import MetadLog, MetadSettings, bias_force_group, cv_metadynamics, torsion_metadynamics
-from openmm_plugin.simulation import run_md
+from openmm_plugin.bias.torsions import export_torsion_cv
+from openmm_plugin.forces import python_bias_force
+from openmm_plugin.simulation import BIAS_GROUP, make_integrator, run_md
 from systems import alanine_dipeptide as ala2
 from systems.peptides import add_trans_omega_restraint
 
 log = logging.getLogger(__name__)
 
-C7AX_PHI_RAD = (0.0, np.radians(120.0))  # C7ax/αL basin; C7eq/β/αR is φ < 0
-
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """Every setting of the demo (times in ns/ps, temperatures in K, energies in kJ/mol, angles in rad)."""
+
     seed: int = 0
     platform: str = "Reference"
     # training data: several independent unbiased runs at high temperature, peptide bonds held trans
@@ -79,7 +82,8 @@ class DemoConfig:
     bias_every_steps: int = 2  # 4 (8 fs outer step) resonated with bond stretches: NaN after 35-70 ps (measured)
     bias_factor: float = 8.0
     height_kjmol: float = 1.2
-    deposit_interval_ps: float = 1.0
+    deposit_interval_ps: float = 1.0  # metadynamics pace, as simulated time
+    grid_bins: int = 200  # metadynamics grid bins per biased CV
     sigma_cv: float | None = None  # None: max(CV std in short unbiased 300 K MD, sigma_min_fraction * range)
     sigma_min_fraction: float = 0.05
     sigma_torsion_rad: float = 0.35
@@ -94,6 +98,11 @@ QUICK = DemoConfig(
     head_hidden=32, max_epochs=3, patience=2, biased_ns=0.01, reference_ns=0.01, deposit_interval_ps=0.1,
     timing_steps=1000,
 )
+
+
+def _integrator(temperature_k: float, seed: int, bias_every_steps: int = 1):
+    return make_integrator(temperature_k, ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, seed=seed, bias_group=BIAS_GROUP,
+                           bias_every_steps=bias_every_steps)
 
 
 def _steps(ns_or_ps: float, step_ps: float) -> int:
@@ -113,7 +122,7 @@ def simulate_training_data(cfg: DemoConfig, out: Path, molecule) -> tuple[list[P
     for i in range(cfg.n_train_trajectories):
         seed = cfg.seed * 1000 + i + 1
         result = run_md(molecule.topology, system, molecule.positions_nm,
-                        ala2.make_integrator(cfg.train_temperature_k, seed=seed),
+                        _integrator(cfg.train_temperature_k, seed),
                         out_prefix=out / "train" / f"traj{i}", n_steps=n_steps, report_interval_steps=interval,
                         platform=cfg.platform, seed=seed, temperature_k=cfg.train_temperature_k,
                         desc=f"training MD {i + 1}/{cfg.n_train_trajectories} at {cfg.train_temperature_k:.0f} K")
@@ -149,8 +158,7 @@ def learn_cv(cfg: DemoConfig, out: Path, traj_paths: list[Path], top_path: Path,
     lag = _steps(cfg.lag_ps, cfg.frame_interval_ps)
 
     torch.manual_seed(cfg.seed)
-    elements = [atom.element for atom in topology.atoms()]
-    atomic_numbers = [elements[i].atomic_number for i in heavy]
+    atomic_numbers = element_numbers(topology, heavy)
     featurizer = ETFeaturizer(atomic_numbers, cfg.featurizer, seed=cfg.seed)
     lobe = GraphCV(featurizer, ResidueTokens(residue_index_of_atoms(topology, heavy)), SumPool(),
                    MLPHead(cfg.featurizer.hidden_channels, cfg.n_cvs, hidden=cfg.head_hidden))
@@ -166,14 +174,10 @@ def learn_cv(cfg: DemoConfig, out: Path, traj_paths: list[Path], top_path: Path,
         "vamp2_val_baseline_distances": float(baseline_estimator.score(val, r=2)),
     }
     train_out = np.concatenate(_outputs(model, positions))
-    export_cv(model, out / "cv.pt", atom_indices=heavy, n_particles=topology.getNumAtoms(), dtype=torch.float32,
-              metadata={"system": "alanine_dipeptide", "featurizer": "ETFeaturizer",
-                        "featurizer_config": cfg.featurizer.as_dict(), "lagtime_ps": cfg.lag_ps,
-                        "atomic_numbers": atomic_numbers,
-                        "residue_of_atom": residue_index_of_atoms(topology, heavy),
-                        "singular_values": [float(s) for s in model.singular_values],
-                        "cv_range_training": [[float(train_out[:, k].min()), float(train_out[:, k].max())]
-                                              for k in range(train_out.shape[1])]})
+    export_cv(model, out / "cv.pt", atom_indices=heavy, n_particles=topology.getNumAtoms(), topology=topology,
+              dtype=torch.float32, lagtime_ps=cfg.lag_ps, frame_interval_ps=cfg.frame_interval_ps,
+              cv_range=[(float(train_out[:, k].min()), float(train_out[:, k].max())) for k in range(train_out.shape[1])],
+              extra={"system": "alanine_dipeptide", "singular_values": [float(s) for s in model.singular_values]})
     all_frames = mdtraj.join(trajs)
     phi = mdtraj.compute_phi(all_frames)[1][:, 0]
     psi = mdtraj.compute_psi(all_frames)[1][:, 0]
@@ -184,67 +188,78 @@ def learn_cv(cfg: DemoConfig, out: Path, traj_paths: list[Path], top_path: Path,
         mdtraj.compute_phi(t)[1][:, 0]) for t in trajs)), "lag_frames": lag}
 
 
-def _cv_bounds(meta: dict, margin: float) -> tuple[float, float]:
-    lo, hi = meta["cv_range_training"][0]
+def _cv_bounds(spec, margin: float) -> tuple[float, float]:
+    lo, hi = spec.cv_range_training[0]
     pad = margin * (hi - lo)
     return lo - pad, hi + pad
 
 
-def _learned_cv_sigma(cfg: DemoConfig, cv, meta_data: dict, molecule) -> float:
-    sigma, fluctuation = learned_cv_sigma(cv, meta_data["cv_range_training"][0], molecule.topology, molecule.system,
-                                          molecule.positions_nm, ala2.make_integrator(cfg.temperature_k, seed=cfg.seed),
+def _learned_cv_sigma(cfg: DemoConfig, cv, spec, molecule) -> float:
+    sigma, fluctuation = learned_cv_sigma(cv, spec.cv_range_training[0], molecule.topology, molecule.system,
+                                          molecule.positions_nm, _integrator(cfg.temperature_k, cfg.seed),
                                           cfg.temperature_k, min_fraction=cfg.sigma_min_fraction)
     log.info("learned-CV sigma %.3f (unbiased std %.3f, floor %.0f%% of the training range)", sigma, fluctuation,
              100 * cfg.sigma_min_fraction)
     return sigma
 
 
-def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None, molecule) -> dict:
-    """Well-tempered metadynamics at ``cfg.temperature_k`` on the learned CV (``cv_path``) or on φ/ψ (None).
+def _metadynamics(cfg: DemoConfig, pace_steps: int, sigma, lower, upper, periods=None) -> Metadynamics:
+    """Well-tempered metadynamics with the demo's height, bias factor and grid (the bias is read off the grid)."""
+    return Metadynamics(sigma=sigma, height_kjmol=cfg.height_kjmol, pace_steps=pace_steps, temperature_k=cfg.temperature_k,
+                        lower=lower, upper=upper, bias_factor=cfg.bias_factor, periods=periods,
+                        grid_bins=cfg.grid_bins, use_grid=True)
 
-    ``<name>.json`` is written last and marks the stage complete; without it, partial outputs are redone.
+
+def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None, molecule) -> dict:
+    """Well-tempered metadynamics at ``cfg.temperature_k`` on CV 1 of the learned CV (``cv_path``) or on φ/ψ (None).
+
+    Both go through cvlearn's engine: one PythonForce evaluates the CV once per (outer) step, :class:`BiasRunner`
+    deposits, :class:`BiasReporter` writes the COLVAR (``metad.bias`` = V(s,t), ``metad.rct`` = c(t)) at every
+    trajectory frame. ``<name>.json`` is written last and marks the stage complete; without it, partial outputs
+    are redone.
     """
     prefix, colvar, marker = out / name, out / f"{name}.colvar", out / f"{name}.json"
     if marker.exists():
         return json.loads(marker.read_text())
     for suffix in (".dcd", ".pdb"):
         prefix.with_suffix(suffix).unlink(missing_ok=True)
-    system = copy.deepcopy(molecule.system)  # metadynamics adds its force to the System
-    settings_kw = dict(temperature_k=cfg.temperature_k, bias_factor=cfg.bias_factor, height_kjmol=cfg.height_kjmol)
-    sigma = cfg.sigma_torsion_rad
     if cv_path is not None:
-        cv, meta_data = load_cv(cv_path)
-        sigma = cfg.sigma_cv if cfg.sigma_cv is not None else _learned_cv_sigma(cfg, cv, meta_data, molecule)
-        outer_ps = ala2.TIMESTEP_PS * cfg.bias_every_steps
-        settings = MetadSettings(**settings_kw, frequency_steps=_steps(cfg.deposit_interval_ps, outer_ps))
-        meta = cv_metadynamics(system, cv, [_cv_bounds(meta_data, cfg.cv_margin_fraction)], [sigma], settings)
-        bias_group = bias_force_group(meta)
-        integrator = openmm.MTSLangevinIntegrator(cfg.temperature_k, ala2.FRICTION_PER_PS, outer_ps,
-                                                  [(0, cfg.bias_every_steps), (bias_group, 1)])
-        cv_names = ["cv1"]
+        cv, spec = load_cv(cv_path)
+        sigma = cfg.sigma_cv if cfg.sigma_cv is not None else _learned_cv_sigma(cfg, cv, spec, molecule)
+        k = cfg.bias_every_steps
+        pace = _steps(cfg.deposit_interval_ps, ala2.TIMESTEP_PS * k)
+        lo, hi = _cv_bounds(spec, cfg.cv_margin_fraction)
+        bias = OnComponents(_metadynamics(cfg, pace, [sigma], [lo], [hi]), [0], int(cv.n_cvs))
+        cv_names = [f"cv{i + 1}" for i in range(int(cv.n_cvs))]
     else:
-        outer_ps = ala2.TIMESTEP_PS
-        settings = MetadSettings(**settings_kw, frequency_steps=_steps(cfg.deposit_interval_ps, outer_ps))
-        meta = torsion_metadynamics(system, ala2.phi_psi_indices(molecule.topology), cfg.sigma_torsion_rad, settings)
-        integrator = ala2.make_integrator(cfg.temperature_k)
+        sigma, k = cfg.sigma_torsion_rad, 1
+        cv = export_torsion_cv(out / f"{name}_cv.pt", ala2.phi_psi_indices(molecule.topology), molecule.topology)
+        pace = _steps(cfg.deposit_interval_ps, ala2.TIMESTEP_PS)
+        bias = _metadynamics(cfg, pace, [sigma] * 2, [-np.pi] * 2, [np.pi] * 2, periods=[2 * np.pi] * 2)
         cv_names = ["phi", "psi"]
+    outer_ps = ala2.TIMESTEP_PS * k
+    system = copy.deepcopy(molecule.system)  # the bias force is added to the System
+    force = python_bias_force(cv, bias, force_group=BIAS_GROUP)
+    system.addForce(force)
     seed = cfg.seed * 1000 + 101
-    integrator.setRandomNumberSeed(seed)
+    runner = BiasRunner(bias, callback=force.callback)
+    report_steps = _steps(cfg.frame_interval_ps, outer_ps)
+    reporter = BiasReporter(colvar, bias, force.callback.evaluator, report_steps, cv_names=cv_names, resume=False)
     ns = cfg.biased_ns if cv_path is not None else cfg.reference_ns
-    metad_log = MetadLog(meta, outer_ps, cv_names)
-    result = run_md(molecule.topology, system, molecule.positions_nm, integrator, out_prefix=prefix,
-                    n_steps=_steps(ns * 1000.0, outer_ps), report_interval_steps=_steps(cfg.frame_interval_ps, outer_ps),
-                    platform=cfg.platform, seed=seed, temperature_k=cfg.temperature_k, advance=meta.step,
-                    on_report=metad_log, timestep_ps=outer_ps, desc=f"metadynamics: {name}")
-    metad_log.write(colvar)
+    result = run_md(molecule.topology, system, molecule.positions_nm, _integrator(cfg.temperature_k, seed, k),
+                    out_prefix=prefix, n_steps=_steps(ns * 1000.0, outer_ps), report_interval_steps=report_steps,
+                    platform=cfg.platform, seed=seed, temperature_k=cfg.temperature_k, advance=runner.step,
+                    on_report=reporter, timestep_ps=outer_ps, desc=f"metadynamics: {name}")
+    reporter.close()
     summary = {"ns": ns, "ms_per_step": result.ms_per_step * ala2.TIMESTEP_PS / outer_ps, "sigma": sigma,
-               "trajectory": str(result.trajectory_path), "topology": str(result.topology_path), "colvar": str(colvar)}
+               "trajectory": str(result.trajectory_path), "topology": str(result.topology_path), "colvar": str(colvar),
+               "bias_force_calls_per_step": force.callback.evaluations / max(1, result.n_steps)}
     write_json_atomic(marker, summary)
     return summary
 
 
 def analyse_biased(cfg: DemoConfig, run: dict) -> dict:
-    traj = mdtraj.load(str(run["trajectory"]), top=str(run["topology"]))
+    traj = load_trajectories([run["trajectory"]], run["topology"])[0]
     colvar = read_colvar(run["colvar"])
     if len(colvar["time"]) != traj.n_frames:
         raise ValueError(f"{run['colvar']} has {len(colvar['time'])} rows but {run['trajectory']} has {traj.n_frames} frames")
@@ -253,24 +268,40 @@ def analyse_biased(cfg: DemoConfig, run: dict) -> dict:
     weights = metad_weights(colvar["metad.bias"], colvar["metad.rct"], cfg.temperature_k)
     keep = np.arange(traj.n_frames) >= int(cfg.reweight_skip_fraction * traj.n_frames)
     w = weights * keep
-    in_ax = (phi > C7AX_PHI_RAD[0]) & (phi < C7AX_PHI_RAD[1])
+    in_ax, in_eq = phi_basins(phi)
     fes = free_energy_surface(phi[keep], psi[keep], weights[keep], cfg.temperature_k)
     return {"phi": phi, "time": colvar["time"], "fes": fes, "transitions": count_phi_transitions(phi),
-            "delta_f": delta_f_kjmol(in_ax, phi < 0, w / w.sum(), cfg.temperature_k)}
+            "delta_f": delta_f_kjmol(in_ax, in_eq, w / w.sum(), cfg.temperature_k)}
 
 
 def measure_unbiased_speed(cfg: DemoConfig, out: Path, molecule) -> float:
     """Always measured afresh: a timing is only meaningful for the run that reports it."""
     shutil.rmtree(out / "timing", ignore_errors=True)
     result = run_md(molecule.topology, molecule.system, molecule.positions_nm,
-                    ala2.make_integrator(cfg.temperature_k, seed=cfg.seed), out_prefix=out / "timing" / "unbiased",
+                    _integrator(cfg.temperature_k, cfg.seed), out_prefix=out / "timing" / "unbiased",
                     n_steps=cfg.timing_steps, report_interval_steps=cfg.timing_steps, platform=cfg.platform,
                     seed=cfg.seed, desc="unbiased timing run")
     return result.ms_per_step
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoConfig | None = None) -> dict:
-    """Run every stage and write ``report.md``, ``metrics.json``, PNGs and ``cv.pt`` to ``out``."""
+    """Run every stage and write ``report.md``, ``metrics.json``, PNGs and ``cv.pt`` to ``out``.
+
+    Parameters
+    ----------
+    out : str or Path
+        Output directory; finished stages found there are skipped (a killed demo resumes).
+    quick : bool
+        Use :data:`QUICK` when ``config`` is None (a smoke test of a few minutes).
+    config : DemoConfig, optional
+        All settings.
+
+    Returns
+    -------
+    dict
+        The metrics also written to ``metrics.json`` (VAMP-2 scores, φ transitions, ΔF(C7ax − C7eq) in kJ/mol,
+        ms per 2-fs MD step, the config).
+    """
     cfg = config or (QUICK if quick else DemoConfig())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ molecule of the test set), ``metrics.json`` (validation/test MAEs, NVE drift), `
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,8 +40,8 @@ class FinetuneConfig:
     energy_weight: float = 1.0
     force_weight: float = 100.0
     learning_rate: float = 1e-3
-    backbone_lr_factor: float = 1.0
-    epochs: int = 100
+    backbone_lr_scale: float = 1.0  # backbone learning rate relative to learning_rate (0 freezes it)
+    max_epochs: int = 100
     patience: int = 10
     max_atoms: int = 512
     seed: int = 0
@@ -60,7 +59,7 @@ def _read(files, name: str) -> list:
 
 def load_data(config: FinetuneConfig) -> tuple[list, list, list]:
     """Training, validation and test structures as the config names them (test may be empty)."""
-    from cvlearn.structures.xxmd import random_split
+    from cvlearn.data.splits import random_split
 
     if config.xxmd_root and config.train_files:
         raise ValueError("finetune config: give xxmd_root or train_files, not both")
@@ -128,10 +127,10 @@ def run_finetune(config: FinetuneConfig, *, progress: bool = True) -> dict:
                      else {"kind": config.kind, "config": config.architecture})
     est = ForceFieldFinetuner(**backbone_args, head_hidden=config.head_hidden, energy_weight=config.energy_weight,
                               force_weight=config.force_weight, learning_rate=config.learning_rate,
-                              backbone_lr_factor=config.backbone_lr_factor, max_epochs=config.epochs,
+                              backbone_lr_scale=config.backbone_lr_scale, max_epochs=config.max_epochs,
                               patience=config.patience, max_atoms=config.max_atoms, seed=config.seed,
-                              progress=progress, checkpoint_path=out / "train_state.pt")
-    model = est.fit(train, val).fetch_model()
+                              progress=progress)
+    model = est.fit(train, val, checkpoint_path=out / "train_state.pt").fetch_model()
     model.save(out / "model.pt", config=asdict(config))
     metrics = {"n_train": len(train), "n_val": len(val), "n_test": len(test), "best_epoch": est.best_epoch,
                "epochs_run": len(est.history), "validation": evaluate_potential(model, val, config.max_atoms)}
@@ -154,30 +153,3 @@ def run_finetune(config: FinetuneConfig, *, progress: bool = True) -> dict:
                         f"{'pre-trained' if config.pretrained else 'from scratch'}")
     write_json_atomic(out / "metrics.json", {**metrics, "history": est.history, "config": asdict(config)})
     return metrics
-
-
-def _run(args: argparse.Namespace) -> int:
-    from cvlearn.config import load_config
-
-    config = load_config(FinetuneConfig, args.config)
-    if args.out:
-        config = FinetuneConfig(**{**asdict(config), "out": args.out})
-    metrics = run_finetune(config)
-    for split in ("validation", "test"):
-        if split in metrics:
-            m = metrics[split]
-            print(f"{split:10s} energy MAE {m['energy_mae_mev']:.2f} meV "
-                  f"({m['energy_mae_mev_per_atom']:.3f} meV/atom), "
-                  f"force MAE {m['force_mae_mev_per_angstrom']:.2f} meV/A")
-    if "nve" in metrics:
-        print(f"NVE drift  {metrics['nve']['drift_kjmol_per_ps_per_atom']:.3g} kJ/mol/ps/atom")
-    print(f"outputs:   {config.out}/model.pt, potential.pt, metrics.json, learning_curve.png")
-    return 0
-
-
-def add_finetune_parser(commands) -> None:
-    """Register ``finetune`` on the CLI's sub-parsers."""
-    p = commands.add_parser("finetune", help="fine-tune a backbone on energies + forces, export an OpenMM potential")
-    p.add_argument("--config", required=True, help="YAML/TOML file with FinetuneConfig fields (unknown keys rejected)")
-    p.add_argument("--out", help="output directory (overrides the config's out)")
-    p.set_defaults(func=_run)

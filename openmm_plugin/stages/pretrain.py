@@ -10,7 +10,6 @@ Writes ``<out>/backbone.pt`` (self-describing featurizer checkpoint), ``<out>/hi
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import time
@@ -39,7 +38,7 @@ class PretrainConfig:
     architecture: Optional[dict] = None  # fields of ETConfig / ViSNetConfig / TensorNetConfig; None = defaults
     initial_checkpoint: Optional[str] = None
     noise_sigma_angstrom: float = 0.2  # 0.2 A for MD frames (non-equilibrium), 0.05 A for minimised sets
-    epochs: int = 10
+    max_epochs: int = 10
     learning_rate: float = 1e-3
     max_atoms: int = 512
     seed: int = 0
@@ -102,7 +101,8 @@ def run_pretrain(config: PretrainConfig, *, make_corpus: bool = False, progress:
     import torch
 
     from cvlearn.io import atomic_path, write_json_atomic
-    from cvlearn.estimators.pretrainer import DenoisingPretrainer, split_structures
+    from cvlearn.data.splits import split_structures
+    from cvlearn.estimators.pretrainer import DenoisingPretrainer
     from openmm_plugin.stages.corpus import build_corpus, corpus_structures, describe, read_manifest
 
     torch.set_num_threads(int(config.threads))
@@ -129,7 +129,8 @@ def run_pretrain(config: PretrainConfig, *, make_corpus: bool = False, progress:
     logger.info("pre-training data: %s; %d train / %d validation structures", source, len(train), len(val))
     estimator = DenoisingPretrainer(
         config.kind, config.architecture, initial_checkpoint=config.initial_checkpoint,
-        noise_sigma_angstrom=config.noise_sigma_angstrom, learning_rate=config.learning_rate, epochs=config.epochs,
+        noise_sigma_angstrom=config.noise_sigma_angstrom, learning_rate=config.learning_rate,
+        max_epochs=config.max_epochs,
         max_atoms=config.max_atoms, seed=config.seed, progress=progress)
     t0 = time.perf_counter()
     estimator.fit(train, val, checkpoint_path=out / "train_state.pt")
@@ -159,24 +160,3 @@ def _jsonable(obj):
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     return obj
-
-
-def _run(args: argparse.Namespace) -> int:
-    from cvlearn.config import load_config
-
-    config = load_config(PretrainConfig, args.config) if args.config else PretrainConfig()
-    summary = run_pretrain(config, make_corpus=args.make_corpus)
-    print(f"final train loss  {summary['final_train_loss']:.5f}")
-    print(f"final val loss    {summary['final_val_loss']:.5f}")
-    print(f"training seconds  {summary['training_seconds_all_epochs']:.0f}")
-    print(f"backbone: {config.out}/backbone.pt" + (f" (installed to {config.install_to})" if config.install_to else ""))
-    return 0
-
-
-def add_pretrain_parser(commands) -> None:
-    """Register ``pretrain`` on the CLI's sub-parsers."""
-    p = commands.add_parser("pretrain", help="denoising pre-training of a featurizer backbone (checkpoint + losses)")
-    p.add_argument("--config", help="YAML/TOML file with PretrainConfig fields (unknown keys are rejected)")
-    p.add_argument("--make-corpus", action="store_true",
-                   help="simulate the MD corpus first (corpus_spec; existing runs are skipped)")
-    p.set_defaults(func=_run)

@@ -10,11 +10,11 @@ C-terminal OXT). Capping removes those 3 atoms and adds ACE (6) and NME (6): 125
 
 from __future__ import annotations
 
-from systems.alanine_dipeptide import FORCEFIELD_FILES, TEMPERATURE_K, TIMESTEP_PS, heavy_atom_indices, make_integrator
+from systems.alanine_dipeptide import FORCEFIELD_FILES, FRICTION_PER_PS, TEMPERATURE_K, TIMESTEP_PS, heavy_atom_indices
 from systems.peptides import MolecularSystem, build_peptide_system
 
 __all__ = ["SEQUENCE", "N_ATOMS", "N_ATOMS_UNCAPPED", "N_HEAVY_ATOMS", "N_RESIDUES", "TEMPERATURE_K", "TIMESTEP_PS",
-           "FORCEFIELD_FILES", "FAST_BUILD", "FAST_TIMESTEP_PS", "build", "make_integrator", "heavy_atom_indices"]
+           "FORCEFIELD_FILES", "FAST_BUILD", "FAST_TIMESTEP_PS", "FRICTION_PER_PS", "build", "heavy_atom_indices"]
 
 SEQUENCE = "PLTQEQLEAARRLKAIWEKKKNELGLSYESVADKMGMGQSAVAALFNGINALNAYNAALLAKILKVSVEEFSPSIAREIY"
 N_ATOMS = 1267  # capped (ACE/NME), with hydrogens

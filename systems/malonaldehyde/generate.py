@@ -26,7 +26,8 @@ import numpy as np
 
 from cvlearn.structures.extxyz import read_extxyz, write_extxyz
 from cvlearn.structures.records import Structure
-from cvlearn.structures.xxmd import random_split, write_xxmd
+from cvlearn.data.splits import random_split
+from cvlearn.structures.xxmd import write_xxmd
 from cvlearn.io import write_json_atomic, write_text_atomic
 from cvlearn.structures.labelling import PySCFLabeller, label_structures
 from cvlearn.units import BOHR_ANGSTROM, BOLTZMANN_KJMOL_PER_K, EV_PER_KJMOL, HARTREE_EV

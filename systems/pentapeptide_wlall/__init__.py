@@ -6,11 +6,11 @@ ff99SB-ILDN + native OBC like alanine dipeptide, so it runs fast on the Referenc
 
 from __future__ import annotations
 
-from systems.alanine_dipeptide import FORCEFIELD_FILES, TEMPERATURE_K, TIMESTEP_PS, heavy_atom_indices, make_integrator
+from systems.alanine_dipeptide import FORCEFIELD_FILES, FRICTION_PER_PS, TEMPERATURE_K, TIMESTEP_PS, heavy_atom_indices
 from systems.peptides import MolecularSystem, build_peptide_system
 
 __all__ = ["SEQUENCE", "N_ATOMS", "N_HEAVY_ATOMS", "N_RESIDUES", "TEMPERATURE_K", "TIMESTEP_PS", "FORCEFIELD_FILES",
-           "build", "make_integrator", "heavy_atom_indices"]
+           "FRICTION_PER_PS", "build", "heavy_atom_indices"]
 
 SEQUENCE = "WLALL"
 N_ATOMS = 103  # with ACE/NME caps and hydrogens

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from cvlearn.data.colvar import read_colvar, write_colvar
-from cvlearn.analysis.reweighting import delta_f_kjmol, free_energy_surface, metad_weights, well_tempered_rct
+from cvlearn.analysis.reweighting import (delta_f_kjmol, free_energy_surface, log_weights_from_bias, metad_weights,
+                                          opes_weights, weights_from_log, well_tempered_rct)
+from cvlearn.units import kt_kjmol
 
 
 def test_colvar_roundtrip_and_plumed_header(tmp_path):
@@ -52,3 +54,17 @@ def test_fes_minimum_is_zero():
     x, y = rng.normal(0, 0.5, 5000), rng.normal(1, 0.3, 5000)
     fes, xe, ye = free_energy_surface(x, y, None, 300.0, bins=30)
     assert np.nanmin(fes) == 0.0 and fes.shape == (30, 30) and len(xe) == 31
+
+
+def test_weights_from_bias_share_one_rule():
+    bias, rct = np.array([1.0, 3.0, 2.0]), np.array([0.5, 0.5, 1.0])
+    kt = kt_kjmol(300.0)
+    assert np.allclose(log_weights_from_bias(bias, 300.0, rct), (bias - rct) / kt)
+    assert np.allclose(log_weights_from_bias(bias, 300.0), bias / kt)
+    expected = np.exp((bias - rct) / kt) / np.exp((bias - rct) / kt).sum()
+    assert np.allclose(metad_weights(bias, rct, 300.0), expected)
+    assert np.allclose(opes_weights(bias, 300.0), np.exp(bias / kt) / np.exp(bias / kt).sum())
+    unnormalised = weights_from_log(np.array([1000.0, 999.0]), normalise=False)  # no overflow
+    assert unnormalised[0] == 1.0 and unnormalised[1] == pytest.approx(np.exp(-1.0))
+    with pytest.raises(ValueError, match="temperature_k"):
+        log_weights_from_bias(bias, 0.0)

@@ -18,7 +18,7 @@ def cvs():
 
 
 def test_kinetic_report_writes_pngs_and_numbers(cvs, tmp_path):
-    report = kinetic_report(cvs, lag=10, dt_ps=1.0, out_dir=tmp_path, name="toy", n_clusters=10, seed=0)
+    report = kinetic_report(cvs, lagtime=10, dt_ps=1.0, out_dir=tmp_path, name="toy", n_clusters=10, seed=0)
     for suffix in ("its", "ck_test", "vamp2_curves"):
         assert (tmp_path / f"toy_{suffix}.png").stat().st_size > 0
     saved = json.loads((tmp_path / "toy_kinetics.json").read_text())
@@ -29,7 +29,7 @@ def test_kinetic_report_writes_pngs_and_numbers(cvs, tmp_path):
 
 
 def test_slow_cv_carries_the_score_and_timescales_are_resolved(cvs):
-    by_dim = vamp2_vs_dim(cvs, lag=10)
+    by_dim = vamp2_vs_dim(cvs, lagtime=10)
     assert by_dim["vamp2"][0] > 1.3 and by_dim["vamp2"][1] == pytest.approx(by_dim["vamp2"][0], abs=0.01)
     its = implied_timescales(discretize(cvs, 8), [5, 10, 20], n_its=1)
     slow = [row[0] for row in its["timescales_ps"]]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cvlearn.analysis.transitions import count_phi_transitions
+from cvlearn.analysis.transitions import AX_BASIN_DEG, AX_CORE_DEG, count_phi_transitions, phi_basins
 
 
 def rad(*deg):
@@ -46,3 +46,11 @@ def test_bad_input_raises():
         count_phi_transitions(rad(0), eq_core_deg=(-180, 40))
     with pytest.raises(ValueError, match="ax_core_deg"):
         count_phi_transitions(rad(0), ax_core_deg=(100, 30))
+
+
+def test_phi_basins_is_the_one_basin_definition():
+    phi = np.radians([-170.0, -60.0, -1.0, 1.0, 60.0, 119.0, 121.0, 179.0, 240.0])
+    in_ax, in_eq = phi_basins(phi)
+    assert in_ax.tolist() == [False, False, False, True, True, True, False, False, False]
+    assert in_eq.tolist() == [True, True, True, False, False, False, False, False, True]  # 240° wraps to -120°
+    assert AX_BASIN_DEG[0] <= AX_CORE_DEG[0] < AX_CORE_DEG[1] <= AX_BASIN_DEG[1]  # the core lies in the basin

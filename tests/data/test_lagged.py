@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cvlearn.data.colvar import write_colvar
-from cvlearn.data.lagged import (biased_pairs, frame_weights, log_weights_from_colvar, rescaled_time,
+from cvlearn.data.lagged import (biased_pairs, frame_weights, lagged_pairs, log_weights_from_colvar, rescaled_time,
                                  rescaled_time_pairs)
 from cvlearn.estimators import VAMPNet
 from cvlearn.estimators.scores import covariances
@@ -121,7 +121,7 @@ def test_vampnet_trains_on_biased_toy_with_weights_and_rescaled_time():
     est = VAMPNet(lobe, lagtime=5, batch_size=256, max_epochs=3, progress=False, learning_rate=1e-2)
     est.fit(data[:4], data[4:], train_weights=frame_weights(log_w[:4]), validation_weights=frame_weights(log_w[4:]))
     assert est.best_val_vamp2 > 1.3
-    pairs = biased_pairs(log_w, dt_ps=0.01, lag_ps=0.05, normalise=True)
+    pairs = biased_pairs(log_w, dt_ps=0.01, lagtime_ps=0.05, normalise=True)
     est2 = VAMPNet(lobe, lagtime=5, batch_size=256, max_epochs=2, progress=False).fit(
         data[:4], data[4:], train_pairs=pairs[:4], validation_pairs=pairs[4:])
     model = est2.fetch_model()
@@ -129,3 +129,25 @@ def test_vampnet_trains_on_biased_toy_with_weights_and_rescaled_time():
     assert out.shape == (len(data[0]), 1) and torch.isfinite(out).all()
     # the slow CV separates the wells: |corr(cv, x)| is high
     assert abs(np.corrcoef(out[:, 0].numpy(), traj[0])[0, 1]) > 0.8
+
+
+def test_lagged_pairs_never_cross_boundaries():
+    # value = 1000 * trajectory + frame, so a pair across trajectories would be visible
+    lengths = [7, 2, 5]
+    arrays = [np.stack([1000 * i + np.arange(n)] * 2, axis=1) for i, n in enumerate(lengths)]
+    x0, xt = lagged_pairs(arrays, 2)
+    assert isinstance(x0, np.ndarray) and x0.shape == (5 + 0 + 3, 2)
+    assert np.all(xt - x0 == 2) and np.all(x0 // 1000 == xt // 1000)
+    t0, tt = lagged_pairs([torch.from_numpy(a) for a in arrays], 1)
+    assert isinstance(t0, torch.Tensor) and len(t0) == 6 + 1 + 4 and torch.all(tt - t0 == 1)
+
+
+def test_lagged_pairs_errors():
+    arrays = [np.zeros((5, 2)), np.zeros((3, 2))]
+    with pytest.raises(ValueError, match=r"lagtime 5 frames .* \(lengths \[5, 3\]\)"):
+        lagged_pairs(arrays, 5)
+    with pytest.raises(ValueError, match="lagtime"):
+        lagged_pairs(arrays, 0)
+    with pytest.raises(ValueError, match="per-frame shape"):
+        lagged_pairs([np.zeros((5, 2)), np.zeros((5, 3))], 1)
+    assert lagged_pairs([np.arange(4)], lagtime=3)[1].tolist() == [3]

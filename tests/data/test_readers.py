@@ -4,7 +4,8 @@ import mdtraj
 import numpy as np
 import pytest
 
-from cvlearn.data.readers import read_mdshare_ala2_npz, read_mdshare_pentapeptide, read_trajectories
+from cvlearn.data.readers import read_mdshare_ala2_npz, read_mdshare_pentapeptide
+from cvlearn.data.trajectories import load_trajectories
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_xtc_and_pdb(tmp_path):
                                       tmp_path / "pentapeptide-impl-solv.pdb")
     assert heavy[0].n_frames == 4 and heavy[0].n_atoms == 48
     assert np.allclose(heavy[0].xyz[0], traj.xyz[0][top.select("not element H")], atol=2e-3)  # XTC precision
-    full = read_trajectories([tmp_path / "pentapeptide-00-500ns-impl-solv.xtc"], tmp_path / "pentapeptide-impl-solv.pdb")
+    full = load_trajectories([tmp_path / "pentapeptide-00-500ns-impl-solv.xtc"], tmp_path / "pentapeptide-impl-solv.pdb")
     assert full[0].n_atoms == 103
     with pytest.raises(FileNotFoundError, match="nope.xtc"):
-        read_trajectories([tmp_path / "nope.xtc"], tmp_path / "pentapeptide-impl-solv.pdb")
+        load_trajectories([tmp_path / "nope.xtc"], tmp_path / "pentapeptide-impl-solv.pdb")

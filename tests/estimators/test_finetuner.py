@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from cvlearn.estimators.finetuner import ForceFieldFinetuner, evaluate_potential, structure_losses
+from cvlearn.estimators.finetuner import ForceFieldFinetuner, evaluate_potential
+from cvlearn.estimators.scores import energy_force_loss
 from tests.models.test_potential import TINY_ET, emt_structures, tiny_backbone
 
 
@@ -24,7 +25,7 @@ def finetuner(**kwargs):
 
 def loss_of(model, structures):
     """Sum over ``structures`` of the per-structure losses at the default weights (energy 1, forces 100)."""
-    return structure_losses(model, structures, 1.0, 100.0, torch.float32, torch.device("cpu"))[0].detach()
+    return energy_force_loss(model, structures, 1.0, 100.0, torch.float32, torch.device("cpu"))[0].detach()
 
 
 def test_loss_decreases_and_gradients_reach_the_backbone(data):
@@ -76,22 +77,22 @@ def test_resume_after_a_kill_reaches_the_same_state(data, tmp_path):
     train, val = data
     straight = finetuner(max_epochs=4, patience=10).fit(train, val)
     ckpt = tmp_path / "finetune.ckpt"
-    finetuner(max_epochs=2, patience=10, checkpoint_path=ckpt).fit(train, val)  # "killed" after epoch 1
-    resumed = finetuner(max_epochs=4, patience=10, checkpoint_path=ckpt).fit(train, val)
+    finetuner(max_epochs=2, patience=10).fit(train, val, checkpoint_path=ckpt)  # "killed" after epoch 1
+    resumed = finetuner(max_epochs=4, patience=10).fit(train, val, checkpoint_path=ckpt)
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3]
     expected = [r["val_loss"] for r in straight.history]
     assert [r["val_loss"] for r in resumed.history] == pytest.approx(expected, rel=1e-6)
     for k, v in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="different run"):
-        finetuner(max_epochs=4, force_weight=10.0, checkpoint_path=ckpt).fit(train, val)
+        finetuner(max_epochs=4, force_weight=10.0).fit(train, val, checkpoint_path=ckpt)
 
 
 def test_pretrained_backbone_and_frozen_backbone(data, tmp_path):
     train, val = data
     backbone = tiny_backbone(seed=7)
     backbone.save(tmp_path / "backbone.pt", note="pre-trained stand-in")
-    est = finetuner(pretrained=tmp_path / "backbone.pt", backbone_lr_factor=0.0, max_epochs=2, config=None)
+    est = finetuner(pretrained=tmp_path / "backbone.pt", backbone_lr_scale=0.0, max_epochs=2, config=None)
     for k, v in backbone.state_dict().items():
         assert torch.equal(est.model.backbone.state_dict()[k], v)
     model = est.fit(train, val).fetch_model()

@@ -53,7 +53,7 @@ def test_corpus_frames_are_angstrom_structures(corpus):
 def test_denoising_loss_decreases(corpus):
     train = list(corpus_structures(corpus, split="train", validation_every=2))
     val = list(corpus_structures(corpus, split="validation", validation_every=2))
-    est = DenoisingPretrainer("et", TINY["et"], noise_sigma_angstrom=0.2, learning_rate=3e-3, epochs=12,
+    est = DenoisingPretrainer("et", TINY["et"], noise_sigma_angstrom=0.2, learning_rate=3e-3, max_epochs=12,
                               max_atoms=100, progress=False)
     before = est.score(train)
     est.fit(train, val)
@@ -87,7 +87,7 @@ def test_backbone_plus_head_is_rotation_equivariant(kind, corpus):
 @pytest.mark.parametrize("kind", ["et", "visnet", "tensornet"])
 def test_saved_backbone_loads_strictly_into_every_featurizer(kind, corpus, tmp_path):
     frames = list(corpus_structures(corpus))
-    est = DenoisingPretrainer(kind, TINY[kind], epochs=1, max_atoms=20, progress=False).fit(frames[:2], frames[2:3])
+    est = DenoisingPretrainer(kind, TINY[kind], max_epochs=1, max_atoms=20, progress=False).fit(frames[:2], frames[2:3])
     path = tmp_path / f"{kind}.pt"
     est.save_backbone(path, corpus="test")
     meta = torch.load(path, weights_only=True)["metadata"]
@@ -107,7 +107,7 @@ def test_saved_backbone_loads_strictly_into_every_featurizer(kind, corpus, tmp_p
 def test_resume_after_a_stop_gives_the_same_state(corpus, tmp_path):
     frames = list(corpus_structures(corpus))
     train, val = frames[:24], frames[40:48]
-    kw = dict(noise_sigma_angstrom=0.2, learning_rate=2e-3, epochs=3, max_atoms=60, progress=False)
+    kw = dict(noise_sigma_angstrom=0.2, learning_rate=2e-3, max_epochs=3, max_atoms=60, progress=False)
     straight = DenoisingPretrainer("et", TINY["et"], **kw).fit(train, val)
     ckpt = tmp_path / "state.pt"
     DenoisingPretrainer("et", TINY["et"], **kw).fit(train, val, checkpoint_path=ckpt, until_epoch=1)
@@ -124,7 +124,7 @@ def test_resume_after_a_stop_gives_the_same_state(corpus, tmp_path):
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="noise_sigma_angstrom"):
         DenoisingPretrainer("et", TINY["et"], noise_sigma_angstrom=0.0)
-    with pytest.raises(ValueError, match="structures_val"):
+    with pytest.raises(ValueError, match="validation"):
         DenoisingPretrainer("et", TINY["et"]).fit([Structure(np.array([6, 8]), np.eye(2, 3))], [])
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cvlearn.estimators import VAMPModel, VAMPNet
+from cvlearn.estimators import VAMPNet
+from cvlearn.models import VAMPModel
 from cvlearn.estimators.scores import covariances, deeptime_vamp_score, vamp_score
 from cvlearn.data import lagged_pairs
 
@@ -128,7 +129,7 @@ def test_truncation_shrinks_output_dim():
 def test_input_validation():
     data = toy(2, 50, seed=3)
     estimator = VAMPNet(mlp(), lagtime=50, max_epochs=1, progress=False)
-    with pytest.raises(ValueError, match="lag 50"):
+    with pytest.raises(ValueError, match="lag(time)? 50"):
         estimator.fit(data[:1], data[1:])
     with pytest.raises(ValueError, match="train"):
         VAMPNet(mlp(), lagtime=1, progress=False).fit([], data)

@@ -9,7 +9,8 @@ from cvlearn.export import export_cv
 from cvlearn.nn.featurizers import ETFeaturizer
 from cvlearn.nn.heads import MLPHead
 from cvlearn.nn.mixers import make_mixer
-from cvlearn.nn.tokens import ResidueTokens, residue_index_of_atoms
+from cvlearn.data.selection import residue_index_of_atoms
+from cvlearn.nn.tokens import ResidueTokens
 
 TINY = {"hidden_channels": 16, "num_layers": 1, "num_rbf": 8, "num_heads": 4}
 
@@ -32,7 +33,7 @@ def test_token_head_trains_and_exports_as_the_full_chain(ala2, ala2_heavy, tmp_p
     featurizer = ETFeaturizer(z, ETConfig(**TINY), seed=0)
     tokens = ResidueTokens(residue_index_of_atoms(ala2.topology, heavy))
     trajs = _trajectories(ala2, heavy)
-    embedded = embed_frames(featurizer, tokens, trajs, chunk=64)
+    embedded = embed_frames(featurizer, tokens, trajs, chunk_size=64)
     assert [tuple(e.shape) for e in embedded] == [(150, tokens.n_tokens, 16)] * 3
     torch.manual_seed(0)
     lobe = TokenCV(make_mixer("attention", 16, n_tokens=tokens.n_tokens, n_heads=4), MLPHead(16, 2, hidden=16))
@@ -43,7 +44,8 @@ def test_token_head_trains_and_exports_as_the_full_chain(ala2, ala2_heavy, tmp_p
     assert not any(p.requires_grad for p in chain.lobe.featurizer.parameters())  # frozen
     with torch.no_grad():
         assert torch.allclose(chain(trajs[2]), model(embedded[2]), atol=1e-5)
-    cv = export_cv(chain, tmp_path / "cv.pt", atom_indices=heavy, n_particles=ala2.topology.getNumAtoms())
+    cv = export_cv(chain, tmp_path / "cv.pt", atom_indices=heavy, n_particles=ala2.topology.getNumAtoms(),
+                   frame_interval_ps=1.0)
     pos = torch.tensor(ala2.positions_nm, dtype=torch.float32)
     pos[heavy] = trajs[2][7]
     with torch.no_grad():
@@ -58,7 +60,7 @@ def test_compare_models_frozen_protocol(ala2, ala2_heavy):
     heavy, z = ala2_heavy
     trajs = _trajectories(ala2, heavy, n=4, frames=100)
     data = CompareData({"positions": trajs[:2]}, {"positions": trajs[2:3]}, {"positions": trajs[3:]}, z,
-                       residue_index_of_atoms(ala2.topology, heavy), lag=2, dim=2)
+                       residue_index_of_atoms(ala2.topology, heavy), lagtime=2, dim=2)
     featurizer = ETFeaturizer(z, ETConfig(**TINY), seed=0)
     rows = compare_models(data, kinds=("vampnet_distances", "gnn_sum", "gnn_attention"), seeds=(0, 1), head_hidden=16,
                           batch_size=64, max_epochs=2, patience=2, frozen_featurizer=featurizer)

@@ -31,7 +31,7 @@ def test_warm_start_gives_the_linear_optimum_it_reports():
     lobe.eval()
     x0, xt = lagged_pairs([lobe(t).detach() for t in train], 5)
     before = float(vamp_score(x0, xt))
-    singular_values = vamp_warm_start(lobe, train, lag=5)
+    singular_values = vamp_warm_start(lobe, train, lagtime=5)
     x0, xt = lagged_pairs([lobe(t).detach().double() for t in train], 5)
     after = float(vamp_score(x0, xt))
     predicted = 1 + sum(s * s for s in singular_values)  # exact for reversible statistics; close otherwise

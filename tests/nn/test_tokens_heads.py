@@ -3,7 +3,8 @@ import torch
 
 from cvlearn.nn.heads import MLPHead
 from cvlearn.nn.mixers import SumPool
-from cvlearn.nn.tokens import ResidueTokens, residue_index_of_atoms
+from cvlearn.data.selection import residue_index_of_atoms
+from cvlearn.nn.tokens import ResidueTokens
 
 
 def test_residue_index_follows_topology(ala2, ala2_heavy):

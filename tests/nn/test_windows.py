@@ -6,7 +6,7 @@ import torch
 
 from cvlearn.nn.featurizers import make_featurizer
 from cvlearn.data.selection import atomic_numbers, select_atoms
-from cvlearn.nn.tokens import residue_index_of_atoms
+from cvlearn.data.selection import residue_index_of_atoms
 from cvlearn.nn.windows import WindowTokens, make_token_embedder, window_atoms
 
 TINY = {"hidden_channels": 16, "num_layers": 2, "num_rbf": 8, "num_heads": 4}
@@ -58,6 +58,9 @@ def test_window_tokens_equal_each_window_alone(kind, wlall):
     featurizer = make_featurizer(kind, z, cfg, seed=0).double()
     tokens = make_token_embedder(featurizer, wlall.topology, heavy, context="window", half_width=1)
     assert isinstance(tokens, WindowTokens) and tokens.n_padded > 0
+    # the selection as a whole is kept (what an export records), outside the state dict
+    assert tokens.atomic_numbers.tolist() == z and "atomic_numbers" not in tokens.state_dict()
+    assert tokens.residue_of_atom.tolist() == residue_index_of_atoms(wlall.topology, heavy)
     rng = np.random.default_rng(1)
     pos = torch.tensor(wlall.positions_nm[heavy][None] + 0.02 * rng.normal(size=(2, len(heavy), 3)))
     x, vec = tokens.forward_with_vectors(pos)

@@ -5,7 +5,8 @@ import openmm
 import pytest
 import torch
 
-from openmm_plugin.forces import python_force_for_cv, torch_force_for_cv
+from openmm_plugin.bias import BiasSum, HarmonicRestraint, Metadynamics, OPESMetad, Wall
+from openmm_plugin.forces import CVComponent, python_bias_force, python_force_for_cv, torch_bias_force, torch_force_for_cv
 
 
 def _context(force, n_particles, positions):
@@ -68,3 +69,91 @@ def test_python_force_pickles(exported_cv64, ala2):
     copy = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(force))
     energy, _ = _energy_forces(_context(copy, 22, ala2.positions_nm))
     assert energy == pytest.approx(float(module(torch.tensor(ala2.positions_nm))[1]), rel=1e-9)
+
+
+def test_cv_component_is_the_linear_bias():
+    """The plain CV force is the bias V(s) = scale * s_k, in numpy and in its TorchScript snapshot."""
+    bias = CVComponent(3, 1, scale=2.5)
+    energy, grad = bias.energy_and_gradient(np.array([0.3, -0.7, 1.1]))
+    assert energy == pytest.approx(-1.75) and np.allclose(grad, [0.0, 2.5, 0.0])
+    assert not bias.update(np.zeros(3), 100) and bias.leaves() == [bias]
+    scripted = torch.jit.script(bias.to_torch())
+    assert float(scripted(torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64))) == pytest.approx(-1.75)
+    with pytest.raises(ValueError, match="component"):
+        CVComponent(2, 2)
+
+
+@pytest.mark.parametrize("route", ["torch", "python"])
+def test_scale_multiplies_energy_and_forces(route, exported_cv64, ala2):
+    module, _ = exported_cv64
+    make = torch_force_for_cv if route == "torch" else python_force_for_cv
+    e1, f1 = _energy_forces(_context(make(module, 0), 22, ala2.positions_nm))
+    e3, f3 = _energy_forces(_context(make(module, 0, scale=3.0), 22, ala2.positions_nm))
+    assert e3 == pytest.approx(3.0 * e1, rel=1e-9) and np.allclose(f3, 3.0 * f1, atol=1e-8)
+
+
+def _deposited_bias_sum():
+    rng = np.random.default_rng(0)
+    opes = OPESMetad(sigma=[0.3, 0.3], barrier_kjmol=20.0, pace_steps=1, temperature_k=300.0)
+    metad = Metadynamics(sigma=[0.2, 0.2], height_kjmol=1.0, pace_steps=1, temperature_k=300.0, lower=[-5, -5],
+                         upper=[5, 5])
+    for k, p in enumerate(rng.normal(scale=0.8, size=(30, 2)), start=1):
+        opes.update(p, k)
+        metad.update(p, k)
+    return BiasSum([opes, metad, Wall([0.3, 0.3], 100.0, side="upper"), HarmonicRestraint([0.0, 0.1], 30.0)])
+
+
+def test_python_and_torch_routes_agree_on_ala2_gnn_cv(exported_cv64, ala2):
+    """A real (tiny) 2-D GNN CV with OPES + metad + walls + restraint: same energies and forces both routes."""
+    cv, _ = exported_cv64
+    bias = _deposited_bias_sum()
+    results = []
+    for make in (python_bias_force, torch_bias_force):
+        system = openmm.System()
+        for _ in range(22):
+            system.addParticle(1.0)
+        system.addForce(make(cv, bias))
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(ala2.positions_nm)
+        state = context.getState(getEnergy=True, getForces=True)
+        results.append((state.getPotentialEnergy()._value, state.getForces(asNumpy=True)._value))
+    (e_py, f_py), (e_torch, f_torch) = results
+    assert abs(e_py) > 1e-3
+    assert e_py == pytest.approx(e_torch, rel=1e-9, abs=1e-9)
+    assert np.allclose(f_py, f_torch, rtol=1e-7, atol=1e-8)
+    # and forces are -dV/dx by finite differences of the numpy bias on the CV
+    pos = torch.tensor(ala2.positions_nm, requires_grad=True)
+    s = cv(pos)
+    v, dv = bias.energy_and_gradient(s.detach().numpy())
+    (grad,) = torch.autograd.grad(s, pos, grad_outputs=torch.tensor(dv))
+    assert e_py == pytest.approx(v) and np.allclose(f_py, -grad.numpy(), atol=1e-8)
+
+
+def test_compiled_python_route_equals_torchscript(exported_cv64, ala2):
+    """torch.compile of the eager twin stored in the CV file: same energy and forces in a Context, no fallback."""
+    import pickle
+
+    from cvlearn.export import load_eager_cv
+    from openmm_plugin.forces import BiasCallback
+
+    cv, path = exported_cv64
+    eager = load_eager_cv(path)
+    with pytest.raises(ValueError, match="load_eager_cv"):
+        python_bias_force(cv, _deposited_bias_sum(), compile=True)
+    results = []
+    for module, compile in ((cv, False), (eager, True)):
+        system = openmm.System()
+        for _ in range(22):
+            system.addParticle(1.0)
+        force = python_bias_force(module, _deposited_bias_sum(), compile=compile)
+        system.addForce(force)
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(ala2.positions_nm)
+        state = context.getState(getEnergy=True, getForces=True)
+        results.append((state.getPotentialEnergy()._value, state.getForces(asNumpy=True)._value))
+    (e_ts, f_ts), (e_c, f_c) = results
+    assert force.callback.evaluator._selected.fn is not force.callback.evaluator._selected.eager  # really compiled
+    assert abs(e_ts) > 1e-3 and e_c == pytest.approx(e_ts, rel=1e-9, abs=1e-9)
+    assert np.allclose(f_c, f_ts, rtol=1e-7, atol=1e-8)
+    clone = pickle.loads(pickle.dumps(force.callback))  # OpenMM pickles PythonForces (checkpoints, XML)
+    assert isinstance(clone, BiasCallback) and clone.evaluator.compiled

@@ -1,11 +1,16 @@
 import mdtraj
 import numpy as np
+import openmm
 import pytest
 
 import systems.alanine_dipeptide as ad
-from openmm_plugin.simulation import MDResult, run_md
+from openmm_plugin.simulation import MDResult, make_integrator, make_simulation, platform_by_name, run_md
 
 N_STEPS, INTERVAL = 200, 20
+
+
+def _integrator(temperature_k=ad.TEMPERATURE_K, seed=0):
+    return make_integrator(temperature_k, ad.FRICTION_PER_PS, ad.TIMESTEP_PS, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +20,7 @@ def ala2():
 
 def _run(ala2, prefix, seed=0, **kwargs):
     return run_md(
-        ala2.topology, ala2.system, ala2.positions_nm, ad.make_integrator(seed=seed),
+        ala2.topology, ala2.system, ala2.positions_nm, _integrator(seed=seed),
         out_prefix=prefix, n_steps=N_STEPS, report_interval_steps=INTERVAL, seed=seed, progress=False, **kwargs,
     )
 
@@ -56,7 +61,7 @@ def test_custom_advance_and_remainder(ala2, tmp_path):
         sim.step(n)
 
     result = run_md(
-        ala2.topology, ala2.system, ala2.positions_nm, ad.make_integrator(),
+        ala2.topology, ala2.system, ala2.positions_nm, _integrator(),
         out_prefix=tmp_path / "r", n_steps=50, report_interval_steps=20, advance=advance, progress=False,
     )
     assert steps == [20, 20, 10] and result.n_frames == 2
@@ -87,7 +92,7 @@ def test_failure_leaves_nothing_behind(ala2, tmp_path):
 )
 def test_bad_arguments_raise(ala2, tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
-        run_md(ala2.topology, ala2.system, ala2.positions_nm, ad.make_integrator(),
+        run_md(ala2.topology, ala2.system, ala2.positions_nm, _integrator(),
                out_prefix=tmp_path / "x", progress=False, **kwargs)
     assert list(tmp_path.iterdir()) == []
 
@@ -96,11 +101,38 @@ def test_existing_simulation_is_used(ala2, tmp_path):
     import openmm
     import openmm.app as app
 
-    sim = app.Simulation(ala2.topology, ala2.system, ad.make_integrator(temperature_k=400.0),
+    sim = app.Simulation(ala2.topology, ala2.system, _integrator(temperature_k=400.0),
                          openmm.Platform.getPlatformByName("Reference"))
     result = run_md(None, None, ala2.positions_nm, None, simulation=sim, minimize=True,
                     out_prefix=tmp_path / "s", n_steps=40, report_interval_steps=20, progress=False)
     assert result.n_frames == 2 and sim.currentStep == 40
     with pytest.raises(ValueError, match="integrator"):
-        run_md(None, None, None, ad.make_integrator(), simulation=sim,
+        run_md(None, None, None, _integrator(), simulation=sim,
                out_prefix=tmp_path / "t", n_steps=40, report_interval_steps=20, progress=False)
+
+
+def test_make_integrator():
+    integ = _integrator(temperature_k=600.0, seed=3)
+    assert integ.getTemperature().value_in_unit(openmm.unit.kelvin) == pytest.approx(600.0)
+    assert integ.getStepSize().value_in_unit(openmm.unit.picosecond) == pytest.approx(ad.TIMESTEP_PS)
+    assert integ.getRandomNumberSeed() != 0  # 0 would mean "random per Context" in OpenMM
+    with pytest.raises(ValueError, match="seed"):
+        _integrator(seed=-1)
+
+
+def test_make_integrator_mts():
+    integ = make_integrator(300.0, 1.0, 0.002, seed=1, bias_group=1, bias_every_steps=2)
+    assert isinstance(integ, openmm.MTSLangevinIntegrator)
+    assert integ.getStepSize().value_in_unit(openmm.unit.picosecond) == pytest.approx(0.004)
+    assert integ.getRandomNumberSeed() == 2
+    with pytest.raises(ValueError, match="bias_group"):
+        make_integrator(300.0, 1.0, 0.002, bias_every_steps=2)
+    with pytest.raises(ValueError, match="bias_every_steps"):
+        make_integrator(300.0, 1.0, 0.002, bias_group=1, bias_every_steps=0)
+
+
+def test_make_simulation_names_missing_platform(ala2):
+    with pytest.raises(ValueError, match="platform.*NoSuchPlatform"):
+        make_simulation(ala2.topology, ala2.system, _integrator(), "NoSuchPlatform")
+    assert make_simulation(ala2.topology, ala2.system, _integrator()).context.getPlatform().getName() == "Reference"
+    assert platform_by_name("Reference").getName() == "Reference"

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from cvlearn.structures import (ExtxyzFormatError, MissingLabelError, SDFFormatError, Structure, list_xxmd_splits,
-                              load_xxmd, random_split, read_extxyz, read_sdf, temporal_split, trajectory_structures,
-                              write_extxyz, write_xxmd)
+                              load_xxmd, read_extxyz, read_sdf, trajectory_structures, write_extxyz, write_xxmd)
 
 
 def _water(i: int, labelled: bool = True) -> Structure:
@@ -118,19 +117,6 @@ def test_xxmd_missing_split_lists_available(tmp_path):
         load_xxmd(tmp_path, "azo", "test")
     with pytest.raises(FileNotFoundError, match="molecule 'sti'"):
         load_xxmd(tmp_path, "sti", "train")
-
-
-def test_random_and_temporal_splits():
-    items = [_water(i) for i in range(10)]
-    train, val, test = temporal_split(items, (0.8, 0.1, 0.1))
-    assert [s.energy_ev for s in train] == [s.energy_ev for s in items[:8]] and test[0] is items[9]
-    parts = random_split(items, (0.6, 0.2, 0.2), seed=3)
-    assert [len(p) for p in parts] == [6, 2, 2]
-    assert sorted(s.energy_ev for p in parts for s in p) == sorted(s.energy_ev for s in items)
-    again = random_split(items, (0.6, 0.2, 0.2), seed=3)
-    assert [s.energy_ev for s in again[1]] == [s.energy_ev for s in parts[1]]
-    with pytest.raises(ValueError, match="sum to 1"):
-        random_split(items, (0.5, 0.1), seed=0)
 
 
 # ----------------------------------------------------------------------------------------------- SDF

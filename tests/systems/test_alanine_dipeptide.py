@@ -10,6 +10,10 @@ import systems.alanine_dipeptide as ad
 from systems.peptides import MolecularSystem, add_trans_omega_restraint, build_capped_peptide, omega_indices
 
 
+def _integrator():
+    return openmm.LangevinMiddleIntegrator(ad.TEMPERATURE_K, ad.FRICTION_PER_PS, ad.TIMESTEP_PS)
+
+
 @pytest.fixture(scope="module")
 def ala2() -> MolecularSystem:
     return ad.build()
@@ -43,19 +47,16 @@ def test_forces_constraints_energy(ala2):
     forces = [type(f).__name__ for f in ala2.system.getForces()]
     assert "GBSAOBCForce" in forces
     assert ala2.system.getNumConstraints() > 0
-    context = openmm.Context(ala2.system, ad.make_integrator(), openmm.Platform.getPlatformByName("Reference"))
+    context = openmm.Context(ala2.system, _integrator(), openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(ala2.positions_nm)
     energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
     assert math.isfinite(energy)
 
 
-def test_make_integrator():
-    integ = ad.make_integrator(temperature_k=600.0, seed=3)
-    assert integ.getTemperature().value_in_unit(openmm.unit.kelvin) == pytest.approx(600.0)
-    assert integ.getStepSize().value_in_unit(openmm.unit.picosecond) == pytest.approx(ad.TIMESTEP_PS)
-    assert integ.getRandomNumberSeed() != 0  # 0 would mean "random per Context" in OpenMM
-    with pytest.raises(ValueError, match="seed"):
-        ad.make_integrator(seed=-1)
+def test_md_settings_are_constants_only():
+    """systems/ holds the MD settings; the integrator is built in openmm_plugin.simulation (no import of it here)."""
+    assert ad.TIMESTEP_PS == pytest.approx(0.002) and ad.FRICTION_PER_PS == pytest.approx(1.0)
+    assert not hasattr(ad, "make_integrator")
 
 
 def test_build_returns_independent_copies():
@@ -89,7 +90,7 @@ def test_trans_omega_restraint():
     assert len(quads) == 2 and names == ["CH3", "C", "N", "CA"]
     index = add_trans_omega_restraint(ala2.system, ala2.topology)
     ala2.system.getForce(index).setForceGroup(31)
-    context = openmm.Context(ala2.system, ad.make_integrator(), openmm.Platform.getPlatformByName("Reference"))
+    context = openmm.Context(ala2.system, _integrator(), openmm.Platform.getPlatformByName("Reference"))
 
     def wall_energy(positions_nm):
         context.setPositions(positions_nm)
@@ -119,3 +120,14 @@ def test_build_is_reproducible_across_processes():
     runs = {subprocess.run([sys.executable, "-c", code % seed], capture_output=True, text=True, check=True).stdout.split()[-1]
             for seed in (1, 2)}
     assert len(runs) == 1
+
+
+def test_builtin_system_table():
+    from systems import BUILTIN_SYSTEMS, builtin_system
+
+    assert builtin_system("alanine_dipeptide") is ad and "alanine_dipeptide" in BUILTIN_SYSTEMS
+    for name in BUILTIN_SYSTEMS:
+        module = builtin_system(name)
+        assert module.TIMESTEP_PS > 0 and module.FRICTION_PER_PS > 0 and callable(module.build)
+    with pytest.raises(ValueError, match="system: expected one of the built-in systems"):
+        builtin_system("ubiquitin")

@@ -62,7 +62,7 @@ def test_lambda6_85_fast_md_options_reach_the_system():
     assert all(masses[i] == pytest.approx(fast_md["hydrogen_mass_amu"]) for i in hydrogens)
     total = sum(plain.getParticleMass(i).value_in_unit(u.amu) for i in range(plain.getNumParticles()))
     assert sum(masses) == pytest.approx(total)
-    integrator = lambda6_85.make_integrator(400.0, seed=0, timestep_ps=lambda6_85.FAST_TIMESTEP_PS)
+    integrator = openmm.LangevinMiddleIntegrator(400.0, lambda6_85.FRICTION_PER_PS, lambda6_85.FAST_TIMESTEP_PS)
     context = openmm.Context(fast.system, integrator, openmm.Platform.getPlatformByName("CPU"))
     context.setPositions(fast.positions_nm * u.nanometer)
     openmm.LocalEnergyMinimizer.minimize(context, 10.0, 50)

@@ -22,7 +22,20 @@ MAX_PAIRS_PER_CALL = 4096
 
 
 def checked_atomic_numbers(atomic_numbers: Sequence[int], max_z: int) -> Tensor:
-    """Atomic numbers as a long tensor, checked against the embedding table size ``max_z``."""
+    """Atomic numbers as a long tensor, checked against the embedding table, so a bad element fails before the GNN.
+
+    Parameters
+    ----------
+    atomic_numbers : sequence of int
+        One element per atom, n_atoms of them.
+    max_z : int
+        Size of the GNN's element embedding table; valid numbers are 1..max_z-1.
+
+    Returns
+    -------
+    Tensor
+        Long tensor [n_atoms].
+    """
     z = torch.as_tensor(list(atomic_numbers), dtype=torch.long)
     if z.ndim != 1 or z.numel() == 0:
         raise ValueError(f"atomic_numbers must be a non-empty 1-D sequence, got shape {tuple(z.shape)}")
@@ -32,7 +45,20 @@ def checked_atomic_numbers(atomic_numbers: Sequence[int], max_z: int) -> Tensor:
 
 
 def seeded(seed: int | None, build):
-    """Build a module with a fixed seed without disturbing the caller's random stream."""
+    """Build a module with a fixed seed without disturbing the caller's random stream.
+
+    Parameters
+    ----------
+    seed : int or None
+        Seed of the initial weights; None uses (and advances) the global stream.
+    build : callable
+        Zero-argument constructor.
+
+    Returns
+    -------
+    object
+        What ``build`` returns.
+    """
     with torch.random.fork_rng(enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
@@ -40,7 +66,12 @@ def seeded(seed: int | None, build):
 
 
 class FeaturizerBase(torch.nn.Module):
-    """Common attributes: ``atomic_numbers`` buffer, ``n_atoms``, ``hidden_channels``, ``config``."""
+    """What every featurizer shares, so tokens, windows and exports treat ET, ViSNet and TensorNet alike.
+
+    Attributes: ``atomic_numbers`` buffer [n_atoms], ``n_atoms``, ``hidden_channels`` (= n_features), ``config``
+    (the architecture dataclass) and ``gnn`` (the representation model, whose state dict checkpoints hold).
+    Subclasses implement :meth:`forward_graphs`.
+    """
 
     def _init_common(self, atomic_numbers: Sequence[int], config, max_z: int, hidden_channels: int) -> None:
         z = checked_atomic_numbers(atomic_numbers, max_z)
@@ -52,6 +83,22 @@ class FeaturizerBase(torch.nn.Module):
         self.register_buffer("atomic_numbers", z)
 
     def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        """Run G graphs of n atoms each in one GNN call.
+
+        Parameters
+        ----------
+        z : Tensor
+            Atomic numbers [G, n] (each graph its own elements; n == ``n_atoms``).
+        pos_nm : Tensor
+            Positions [G, n, 3], nm.
+
+        Returns
+        -------
+        scalars : Tensor
+            [G, n, n_features].
+        vectors : Tensor
+            Equivariant vectors [G, n, 3, n_features].
+        """
         raise NotImplementedError
 
     def _graphs_per_call(self, n_atoms: int) -> int:
@@ -84,16 +131,29 @@ class FeaturizerBase(torch.nn.Module):
 
     @torch.jit.export
     def forward_with_vectors(self, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
-        """Scalars ``[n_frames, n_atoms, F]`` and equivariant vectors ``[n_frames, n_atoms, 3, F]``."""
+        """Scalars [n_frames, n_atoms, n_features] and equivariant vectors [n_frames, n_atoms, 3, n_features]
+        from ``pos_nm`` [n_frames, n_atoms, 3] (nm)."""
         z = self.atomic_numbers.unsqueeze(0).expand(pos_nm.shape[0], self.n_atoms)
         return self.forward_graphs_bounded(z, pos_nm)
 
     def forward(self, pos_nm: Tensor) -> Tensor:
+        """Embeddings [n_frames, n_atoms, n_features] from ``pos_nm`` [n_frames, n_atoms, 3] (nm)."""
         z = self.atomic_numbers.unsqueeze(0).expand(pos_nm.shape[0], self.n_atoms)
         return self.scalars_graphs_bounded(z, pos_nm)
 
     def resized(self, atomic_numbers: Sequence[int]):
-        """The same architecture and weights for another atom list (e.g. padded sliding windows)."""
+        """The same architecture and weights for another atom list (e.g. padded sliding windows).
+
+        Parameters
+        ----------
+        atomic_numbers : sequence of int
+            Elements of the new atom list.
+
+        Returns
+        -------
+        FeaturizerBase
+            A new featurizer of the same class, weights copied, on this one's device and dtype.
+        """
         other = type(self)(atomic_numbers, self.config, seed=None)
         other.gnn.load_state_dict(self.gnn.state_dict(), strict=True)
         return other.to(self.atomic_numbers.device).to(next(self.gnn.parameters()).dtype)

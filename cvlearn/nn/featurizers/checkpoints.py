@@ -36,7 +36,20 @@ def _read(path: Path) -> dict:
 
 
 def backbone_state_dict(obj: dict, path: Path) -> dict[str, torch.Tensor]:
-    """The representation-model tensors of a geom2vec / torchmd-net checkpoint, prefix stripped."""
+    """The representation-model tensors of a geom2vec / torchmd-net checkpoint, prefix stripped.
+
+    Parameters
+    ----------
+    obj : dict
+        The loaded checkpoint (optionally Lightning-nested under ``state_dict``).
+    path : Path
+        Its file, for messages.
+
+    Returns
+    -------
+    dict of str to Tensor
+        Backbone weights; a non-zero periodic ``distance.box`` raises CheckpointMismatchError.
+    """
     state = obj.get("state_dict", obj)  # torchmd-net Lightning checkpoints nest the weights
     for prefix in REPRESENTATION_PREFIXES:
         backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -54,7 +67,22 @@ def backbone_state_dict(obj: dict, path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``module`` only if keys and shapes match exactly; otherwise list what differs."""
+    """Load ``state`` into ``module`` only if keys and shapes match exactly; otherwise list what differs.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Target.
+    state : dict of str to Tensor
+        Weights.
+    source : str
+        What ``state`` came from, for the message.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        Listing missing, unexpected and mis-shaped keys; nothing is loaded.
+    """
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -76,9 +104,23 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source:
 def load_featurizer_weights(featurizer: torch.nn.Module, path: str | Path) -> None:
     """Load backbone weights into ``featurizer`` (ET, ViSNet or TensorNet) from any supported checkpoint format.
 
-Supported: geom2vec / torchmd-net state dicts (``representation_model.*``, optionally Lightning-nested) and
-cvlearn's own checkpoints (architecture compared field by field first).
-"""
+    Supported: geom2vec / torchmd-net state dicts (``representation_model.*``, optionally Lightning-nested) and
+    cvlearn's own checkpoints (architecture compared field by field first).
+
+    Parameters
+    ----------
+    featurizer : FeaturizerBase
+        Target; its ``gnn`` receives the weights.
+    path : str or Path
+        Checkpoint file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CheckpointMismatchError
+        If the file is unreadable, holds another architecture, or its keys or shapes differ.
+    """
     path = Path(path)
     obj = _read(path)
     if obj.get("format") == CVLEARN_FORMAT:
@@ -96,7 +138,17 @@ cvlearn's own checkpoints (architecture compared field by field first).
 
 
 def save_featurizer_checkpoint(featurizer: torch.nn.Module, path: str | Path, **metadata) -> None:
-    """Write a self-describing checkpoint: architecture, units, versions and the backbone weights."""
+    """Write a self-describing checkpoint (architecture, units, versions, backbone weights), so it loads strictly.
+
+    Parameters
+    ----------
+    featurizer : FeaturizerBase
+        Source of ``config`` and ``gnn`` weights.
+    path : str or Path
+        Output file (written atomically).
+    **metadata
+        Stored under ``metadata``.
+    """
     from cvlearn import __version__
     from cvlearn.io import atomic_path
 

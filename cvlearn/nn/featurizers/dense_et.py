@@ -128,8 +128,9 @@ class DenseETFeaturizer(FeaturizerBase):
         return self.out_norm(x), vec
 
     def _check_own_elements(self, z: Tensor) -> None:
-        if not bool(torch.equal(z[0], self.atomic_numbers)):
-            raise RuntimeError("DenseETFeaturizer computes its own molecule only (atomic numbers differ)")
+        # Every graph, not only the first: the element-only terms are precomputed for this one element list.
+        if z.dim() != 2 or z.shape[1] != self.n_atoms or not bool(torch.all(z == self.atomic_numbers.unsqueeze(0))):
+            raise RuntimeError("DenseETFeaturizer computes its own molecule only (atomic numbers differ in some graph)")
 
     def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
         self._check_own_elements(z)

@@ -15,7 +15,10 @@ from cvlearn.nn.featurizers.neighbors import FixedTopologyNeighbors
 
 @dataclass(frozen=True)
 class ETConfig:
-    """Architecture of the Equivariant Transformer; stored with every checkpoint so loading is strict."""
+    """Architecture of the Equivariant Transformer; stored with every checkpoint so loading is strict.
+
+    Field names are torchmd-net's ``TorchMD_ET`` arguments (see :mod:`cvlearn.nn.featurizers`); the cutoff is Å.
+    """
 
     hidden_channels: int = 64
     num_layers: int = 2
@@ -26,6 +29,7 @@ class ETConfig:
     max_z: int = 100
 
     def as_dict(self) -> dict:
+        """The fields as a plain dict, as checkpoints store them."""
         return asdict(self)
 
 
@@ -36,8 +40,17 @@ GEOM2VEC_ET = ETConfig(hidden_channels=64, num_layers=6, num_rbf=64, cutoff_angs
 class ETFeaturizer(FeaturizerBase):
     """Per-atom scalar (and vector) embeddings of a fixed set of atoms.
 
-    ``forward(pos_nm [n_frames, n_atoms, 3]) -> [n_frames, n_atoms, F]``. Positions are converted to Å here and
-    nowhere else. Atomic numbers come from the topology and are stored as a buffer.
+    ``forward(pos_nm [n_frames, n_atoms, 3]) -> [n_frames, n_atoms, n_features]``. Positions are converted to Å
+    here and nowhere else. Atomic numbers come from the topology and are stored as a buffer.
+
+    Parameters
+    ----------
+    atomic_numbers : sequence of int
+        Elements of the featurized atoms, n_atoms of them.
+    config : ETConfig
+        Architecture.
+    seed : int or None
+        Seed of the initial weights (None: the global random stream).
     """
 
     def __init__(self, atomic_numbers: Sequence[int], config: ETConfig = ETConfig(), seed: int | None = 0):
@@ -55,7 +68,8 @@ class ETFeaturizer(FeaturizerBase):
         self.gnn.distance = FixedTopologyNeighbors(self.n_atoms, 0.0, config.cutoff_angstrom)
 
     def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
-        """``G`` graphs of ``n_atoms`` atoms (elements ``z [G, n]``, positions nm) → scalars, vectors."""
+        """``G`` graphs of ``n_atoms`` atoms (elements ``z [G, n]``, positions nm) → scalars, vectors
+        (see :meth:`FeaturizerBase.forward_graphs`)."""
         n_frames = pos_nm.shape[0]
         pos = (pos_nm * self.angstrom_per_nm).reshape(n_frames * self.n_atoms, 3)
         batch = torch.arange(n_frames, device=pos.device).repeat_interleave(self.n_atoms)

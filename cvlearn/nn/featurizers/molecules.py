@@ -22,6 +22,11 @@ class RadiusNeighbors(torch.nn.Module):
 
     Candidate pairs come from a dense same-graph mask (fine for the few thousand atoms a batch holds); the edge
     vectors are recomputed on the kept pairs only, so autograd (forces) sees no ``N x N`` tensor.
+
+    Parameters
+    ----------
+    cutoff_angstrom : float
+        Pair cutoff, Å.
     """
 
     def __init__(self, cutoff_angstrom: float):
@@ -31,6 +36,8 @@ class RadiusNeighbors(torch.nn.Module):
     def forward(
         self, pos: Tensor, batch: Optional[Tensor] = None, box: Optional[Tensor] = None
     ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Edges of ``pos`` [N, 3] (Å) within each graph of ``batch`` [N] (default: one graph):
+        ``edge_index`` [2, E], ``edge_weight`` [E] (Å), ``edge_vec`` [E, 3] (Å). A ``box`` raises."""
         if box is not None:
             raise RuntimeError("RadiusNeighbors does not apply periodic boundaries")
         n = pos.shape[0]
@@ -55,6 +62,15 @@ class MoleculeBackbone(torch.nn.Module):
 
     ``x`` is ``[N, F]`` (per-atom scalars), ``vec`` is ``[N, 3, F]`` (per-atom equivariant vectors). The
     weights live in ``self.featurizer.gnn``, so ``save`` writes a checkpoint every CV featurizer loads strictly.
+
+    Parameters
+    ----------
+    kind : {"et", "visnet", "tensornet"}
+        Architecture (see :func:`cvlearn.nn.featurizers.make_featurizer`).
+    config : dataclass, dict or None
+        Its config (None: defaults).
+    seed : int or None
+        Seed of the initial weights.
     """
 
     def __init__(self, kind: str, config=None, seed: int | None = 0):
@@ -67,9 +83,28 @@ class MoleculeBackbone(torch.nn.Module):
 
     @property
     def gnn(self) -> torch.nn.Module:
+        """The representation model whose weights checkpoints hold."""
         return self.featurizer.gnn
 
     def forward(self, z: Tensor, pos_angstrom: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor]:
+        """Per-atom features of a batch of molecules.
+
+        Parameters
+        ----------
+        z : Tensor
+            Atomic numbers [N] (all molecules concatenated).
+        pos_angstrom : Tensor
+            Positions [N, 3], Å.
+        batch : Tensor
+            Molecule index of each atom [N].
+
+        Returns
+        -------
+        x : Tensor
+            Scalars [N, n_features].
+        vec : Tensor
+            Equivariant vectors [N, 3, n_features] (ViSNet: the l = 1 part).
+        """
         out = self.featurizer.gnn(z, pos_angstrom, batch)
         x, vec = out[0], out[1]
         if self.kind == "visnet":
@@ -77,14 +112,32 @@ class MoleculeBackbone(torch.nn.Module):
         return x, vec
 
     def save(self, path: str | Path, **metadata) -> None:
-        """Self-describing backbone checkpoint (see ``save_featurizer_checkpoint``)."""
+        """Write a self-describing backbone checkpoint (see ``save_featurizer_checkpoint``).
+
+        Parameters
+        ----------
+        path : str or Path
+            Output file (written atomically).
+        **metadata
+            Stored under ``metadata`` (e.g. the training recipe).
+        """
         from cvlearn.nn.featurizers.checkpoints import save_featurizer_checkpoint
 
         save_featurizer_checkpoint(self.featurizer, path, **metadata)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "MoleculeBackbone":
-        """Rebuild from a cvlearn backbone checkpoint (architecture read from the file, weights loaded strictly)."""
+        """Rebuild from a cvlearn backbone checkpoint (architecture read from the file, weights loaded strictly).
+
+        Parameters
+        ----------
+        path : str or Path
+            A checkpoint written by :meth:`save` or ``save_featurizer_checkpoint``.
+
+        Returns
+        -------
+        MoleculeBackbone
+        """
         from cvlearn.nn.featurizers.checkpoints import load_featurizer_weights
         from cvlearn.nn.featurizers.registry import featurizer_from_checkpoint, kind_of
 

@@ -20,6 +20,13 @@ class FixedTopologyNeighbors(torch.nn.Module):
     (``edge_vec = pos[i] - pos[j]`` for ``edge_index = [i, j]``, both directions, self loops with zero length),
     with ``pos`` the flattened ``[n_frames * n_atoms, 3]`` positions of consecutive frames.
     Self loops are appended as constants, so the gradient never sees ``|0|``.
+
+    Parameters
+    ----------
+    n_atoms : int
+        Atoms per frame.
+    cutoff_lower, cutoff_upper : float
+        Distance range of the kept pairs, Å.
     """
 
     def __init__(self, n_atoms: int, cutoff_lower: float, cutoff_upper: float):
@@ -38,6 +45,8 @@ class FixedTopologyNeighbors(torch.nn.Module):
     def forward(
         self, pos: Tensor, batch: Optional[Tensor] = None, box: Optional[Tensor] = None
     ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Edges of ``pos`` [n_frames * n_atoms, 3] (Å): ``edge_index`` [2, E], ``edge_weight`` [E] (Å) and
+        ``edge_vec`` [E, 3] (Å). ``batch`` is ignored (frames are consecutive blocks); a ``box`` raises."""
         if box is not None:
             raise RuntimeError("FixedTopologyNeighbors does not apply periodic boundaries; make the molecule whole first")
         n_frames = pos.shape[0] // self.n_atoms

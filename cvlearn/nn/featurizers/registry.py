@@ -19,7 +19,18 @@ _KIND_OF_CLASS = {cls.__name__: kind for kind, (cls, _) in FEATURIZERS.items()}
 
 
 def kind_of(featurizer) -> str:
-    """The registry kind of a featurizer instance (``"et"``, ``"visnet"``, ``"tensornet"``)."""
+    """The registry kind of a featurizer instance, the short name configs and checkpoints use.
+
+    Parameters
+    ----------
+    featurizer : FeaturizerBase
+        An ET, ViSNet or TensorNet featurizer.
+
+    Returns
+    -------
+    str
+        ``"et"``, ``"visnet"`` or ``"tensornet"``.
+    """
     name = type(featurizer).__name__
     if name not in _KIND_OF_CLASS:
         raise ValueError(f"featurizer: expected one of {sorted(_KIND_OF_CLASS)}, found {name}")
@@ -27,7 +38,24 @@ def kind_of(featurizer) -> str:
 
 
 def make_featurizer(kind: str, atomic_numbers: Sequence[int], config=None, seed: int | None = 0):
-    """Build a featurizer of ``kind``; ``config`` is its config dataclass, a dict of its fields, or None (defaults)."""
+    """Build a featurizer by its short kind, so configs and the CLI need not import the classes.
+
+    Parameters
+    ----------
+    kind : {"et", "visnet", "tensornet"}
+        Architecture.
+    atomic_numbers : sequence of int
+        Elements of the featurized atoms, n_atoms of them.
+    config : dataclass, dict or None
+        The kind's config dataclass, a dict of its fields (unknown keys raise ValueError), or None (defaults).
+    seed : int or None
+        Seed of the initial weights.
+
+    Returns
+    -------
+    FeaturizerBase
+        ``forward(positions_nm [n_frames, n_atoms, 3]) -> [n_frames, n_atoms, n_features]``.
+    """
     if kind not in FEATURIZERS:
         raise ValueError(f"kind: expected one of {sorted(FEATURIZERS)}, found {kind!r}")
     cls, config_cls = FEATURIZERS[kind]
@@ -45,7 +73,22 @@ def make_featurizer(kind: str, atomic_numbers: Sequence[int], config=None, seed:
 
 
 def load_geom2vec(kind: str, atomic_numbers: Sequence[int], path: str | Path):
-    """A featurizer with geom2vec's published architecture for ``kind`` and the weights in ``path`` (strict)."""
+    """A featurizer with geom2vec's published architecture for ``kind`` and the weights in ``path`` (strict).
+
+    Parameters
+    ----------
+    kind : {"et", "visnet", "tensornet"}
+        Architecture.
+    atomic_numbers : sequence of int
+        Elements of the featurized atoms.
+    path : str or Path
+        A geom2vec / torchmd-net checkpoint.
+
+    Returns
+    -------
+    FeaturizerBase
+        In eval mode.
+    """
     from cvlearn.nn.featurizers.checkpoints import load_featurizer_weights
 
     if kind not in GEOM2VEC_CONFIGS:
@@ -56,7 +99,19 @@ def load_geom2vec(kind: str, atomic_numbers: Sequence[int], path: str | Path):
 
 
 def featurizer_from_checkpoint(path: str | Path, atomic_numbers: Sequence[int]):
-    """Rebuild a featurizer from a cvlearn self-describing checkpoint (architecture read from the file)."""
+    """Rebuild a featurizer from a cvlearn self-describing checkpoint (architecture read from the file).
+
+    Parameters
+    ----------
+    path : str or Path
+        A checkpoint written by ``save_featurizer_checkpoint``; plain state dicts raise CheckpointMismatchError.
+    atomic_numbers : sequence of int
+        Elements of the atoms to featurize (weights do not depend on them).
+
+    Returns
+    -------
+    FeaturizerBase
+    """
     from cvlearn.nn.featurizers.checkpoints import CVLEARN_FORMAT, CheckpointMismatchError, _read, load_featurizer_weights
 
     obj = _read(Path(path))

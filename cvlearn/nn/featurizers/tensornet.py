@@ -29,7 +29,10 @@ LAYOUTS = ("blocked", "interleaved")
 
 @dataclass(frozen=True)
 class TensorNetConfig:
-    """Architecture of TensorNet (torchmd-net arguments) plus the channel layout of its 3F-wide scalar outputs."""
+    """Architecture of TensorNet plus the channel layout of its 3F-wide scalar outputs; stored with every checkpoint.
+
+    Field names are torchmd-net's ``TensorNet`` arguments (see :mod:`cvlearn.nn.featurizers`); the cutoff is Å.
+    """
 
     hidden_channels: int = 64
     num_layers: int = 2
@@ -40,6 +43,7 @@ class TensorNetConfig:
     channel_layout: str = "blocked"  # torchmd-net; "interleaved" for checkpoints trained with geom2vec's code
 
     def as_dict(self) -> dict:
+        """The fields as a plain dict, as checkpoints store them."""
         return asdict(self)
 
 
@@ -92,6 +96,8 @@ def _split3(h: Tensor, hidden: int, interleaved: bool) -> Tensor:
 
 
 class TensorEmbedding(nn.Module):
+    """torchmd-net's TensorNet embedding: per-atom I + A + S tensors [N, 3, 3, F] from elements and edges."""
+
     def __init__(self, hidden: int, num_rbf: int, cutoff: float, max_z: int, interleaved: bool):
         super().__init__()
         self.hidden_channels = hidden
@@ -108,6 +114,7 @@ class TensorEmbedding(nn.Module):
         self.init_norm = nn.LayerNorm(hidden)
 
     def forward(self, z: Tensor, e0: Tensor, e1: Tensor, r: Tensor, unit: Tensor, rbf: Tensor) -> Tensor:
+        """Tensors [N, 3, 3, F] from elements ``z`` [N] and edges ``e0 → e1`` (length ``r`` Å, ``unit`` vectors, ``rbf``)."""
         n, f = z.shape[0], self.hidden_channels
         emb = self.emb(z)
         zij = self.emb2(torch.cat([emb.index_select(0, e0), emb.index_select(0, e1)], dim=1))
@@ -132,6 +139,8 @@ class TensorEmbedding(nn.Module):
 
 
 class Interaction(nn.Module):
+    """One TensorNet interaction layer (torchmd-net's pure-torch path): tensor messages along edges."""
+
     def __init__(self, hidden: int, num_rbf: int, cutoff: float, group: str, interleaved: bool):
         super().__init__()
         self.hidden_channels = hidden
@@ -144,6 +153,7 @@ class Interaction(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x: Tensor, e0: Tensor, e1: Tensor, r: Tensor, rbf: Tensor) -> Tensor:
+        """Updated tensors [N, 3, 3, F] from ``x`` [N, 3, 3, F] and edges ``e0 → e1`` (length ``r`` Å, ``rbf``)."""
         h = rbf
         for linear in self.linears_scalar:
             h = self.act(linear(h))
@@ -206,7 +216,18 @@ class TensorNetBackbone(nn.Module):
 
 
 class TensorNetFeaturizer(FeaturizerBase):
-    """TensorNet per-atom embeddings: ``forward(pos_nm [B, n, 3]) -> [B, n, F]``; vectors ``[B, n, 3, F]``."""
+    """TensorNet per-atom embeddings: ``forward(pos_nm [n_frames, n_atoms, 3]) -> [n_frames, n_atoms, n_features]``;
+    vectors ``[n_frames, n_atoms, 3, n_features]`` (axial vectors of the antisymmetric part).
+
+    Parameters
+    ----------
+    atomic_numbers : sequence of int
+        Elements of the featurized atoms, n_atoms of them.
+    config : TensorNetConfig
+        Architecture.
+    seed : int or None
+        Seed of the initial weights (None: the global random stream).
+    """
 
     def __init__(self, atomic_numbers: Sequence[int], config: TensorNetConfig = TensorNetConfig(),
                  seed: int | None = 0):
@@ -215,6 +236,7 @@ class TensorNetFeaturizer(FeaturizerBase):
         self.gnn = seeded(seed, lambda: TensorNetBackbone(config, self.n_atoms))
 
     def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        """See :meth:`FeaturizerBase.forward_graphs`."""
         n_frames = pos_nm.shape[0]
         pos = (pos_nm * self.angstrom_per_nm).reshape(n_frames * self.n_atoms, 3)
         batch = torch.arange(n_frames, device=pos.device).repeat_interleave(self.n_atoms)

@@ -30,7 +30,10 @@ from cvlearn.nn.featurizers.neighbors import FixedTopologyNeighbors
 
 @dataclass(frozen=True)
 class ViSNetConfig:
-    """Architecture of ViSNet (PyG ``ViSNetBlock`` arguments); stored with every checkpoint."""
+    """Architecture of ViSNet; stored with every checkpoint so loading is strict.
+
+    Field names are PyG ``ViSNetBlock`` arguments (see :mod:`cvlearn.nn.featurizers`); the cutoff is Å.
+    """
 
     hidden_channels: int = 64
     num_layers: int = 2
@@ -44,6 +47,7 @@ class ViSNetConfig:
     max_z: int = 100
 
     def as_dict(self) -> dict:
+        """The fields as a plain dict, as checkpoints store them."""
         return asdict(self)
 
 
@@ -71,6 +75,7 @@ class VecLayerNorm(torch.nn.Module):
             self.register_buffer("weight", weight)
 
     def max_min_norm(self, vec: Tensor) -> Tensor:
+        """Rescale vector norms per atom to [0, 1] between their min and max over channels (PyG's ``max_min``)."""
         dist = torch.norm(vec, dim=1, keepdim=True)
         if bool((dist == 0).all()):
             return torch.zeros_like(vec)
@@ -84,6 +89,7 @@ class VecLayerNorm(torch.nn.Module):
         return dist.relu() * direct
 
     def forward(self, vec: Tensor) -> Tensor:
+        """Normalised ``vec`` [N, 3 or 8, F], times the per-channel weight."""
         if self.norm_type == "max_min":
             if vec.shape[1] == 3:
                 vec = self.max_min_norm(vec)
@@ -94,6 +100,8 @@ class VecLayerNorm(torch.nn.Module):
 
 
 class NeighborEmbedding(torch.nn.Module):
+    """PyG's ViSNet neighbour embedding: each atom's embedding plus a cutoff-weighted sum over its neighbours."""
+
     def __init__(self, hidden_channels: int, num_rbf: int, cutoff: float, max_z: int):
         super().__init__()
         self.embedding = Embedding(max_z, hidden_channels)
@@ -114,6 +122,8 @@ class NeighborEmbedding(torch.nn.Module):
 
 
 class EdgeEmbedding(torch.nn.Module):
+    """PyG's ViSNet edge embedding: (x_i + x_j) times a projection of the radial basis."""
+
     def __init__(self, num_rbf: int, hidden_channels: int):
         super().__init__()
         self.edge_proj = Linear(num_rbf, hidden_channels)
@@ -121,6 +131,7 @@ class EdgeEmbedding(torch.nn.Module):
         torch.nn.init.zeros_(self.edge_proj.bias)
 
     def forward(self, src: Tensor, dst: Tensor, rbf: Tensor, x: Tensor) -> Tensor:
+        """Edge features [E, hidden_channels] from atom features ``x`` [N, hidden_channels], ``rbf`` [E, num_rbf]."""
         return (x.index_select(0, dst) + x.index_select(0, src)) * self.edge_proj(rbf)
 
 
@@ -267,7 +278,18 @@ class ViSNetBackbone(torch.nn.Module):
 
 
 class ViSNetFeaturizer(FeaturizerBase):
-    """ViSNet per-atom embeddings: ``forward(pos_nm [B, n, 3]) -> [B, n, F]``; vectors ``[B, n, 3, F]`` (l = 1 part)."""
+    """ViSNet per-atom embeddings: ``forward(pos_nm [n_frames, n_atoms, 3]) -> [n_frames, n_atoms, n_features]``;
+    vectors ``[n_frames, n_atoms, 3, n_features]`` (the l = 1 part).
+
+    Parameters
+    ----------
+    atomic_numbers : sequence of int
+        Elements of the featurized atoms, n_atoms of them.
+    config : ViSNetConfig
+        Architecture.
+    seed : int or None
+        Seed of the initial weights (None: the global random stream).
+    """
 
     def __init__(self, atomic_numbers: Sequence[int], config: ViSNetConfig = ViSNetConfig(), seed: int | None = 0):
         super().__init__()
@@ -282,7 +304,9 @@ class ViSNetFeaturizer(FeaturizerBase):
         return x.reshape(n_frames, self.n_atoms, -1), vec[:, :3].reshape(n_frames, self.n_atoms, 3, -1)
 
     def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        """See :meth:`FeaturizerBase.forward_graphs`."""
         return self._run(z, pos_nm, True)
 
     def scalars_graphs(self, z: Tensor, pos_nm: Tensor) -> Tensor:
+        """Scalars only: skips the last layer's vector update, which nobody reads."""
         return self._run(z, pos_nm, False)[0]

@@ -48,3 +48,10 @@ def test_dense_refuses_other_molecules():
     dense = DenseETFeaturizer(ETFeaturizer(Z, ETConfig(), seed=1))
     with pytest.raises(RuntimeError, match="atomic numbers differ"):
         dense.forward_graphs(torch.tensor([[1] * len(Z)]), _positions(1).float())
+    # every graph is checked, not only the first (a window embedder runs graphs of different elements)
+    own = torch.tensor(Z)
+    other = own.clone()
+    other[0] = 1
+    with pytest.raises(RuntimeError, match="atomic numbers differ"):
+        dense.scalars_graphs(torch.stack([own, other]), _positions(2).float())
+    assert dense.scalars_graphs(torch.stack([own, own]), _positions(2).float()).shape == (2, len(Z), 64)

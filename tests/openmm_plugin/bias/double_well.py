@@ -67,6 +67,7 @@ class Coordinates(torch.nn.Module):
 
 def coordinate_cv(path, dims=(0,), n_particles: int = 1, atom_indices=(0,)):
     module = export_cv(Coordinates(dims), path, atom_indices=list(atom_indices), n_particles=n_particles,
+                       atomic_numbers=[6] * len(atom_indices), residue_of_atom=[0] * len(atom_indices),
                        dtype=torch.float64)
     module.model.calls.zero_()
     return module

@@ -11,8 +11,9 @@ import torch
 from cvlearn.data.colvar import read_colvar
 from cvlearn.analysis.reweighting import free_energy_profile, metad_weights, opes_weights
 from cvlearn.units import kt_kjmol
-from openmm_plugin.bias import (BiasReporter, BiasRunner, BiasSum, HarmonicRestraint, Metadynamics, OPESExplore,
-                                OPESMetad, TorchBiasForce, Wall, python_bias_force, torch_bias_force)
+from openmm_plugin.bias import (BiasReporter, BiasRunner, BiasSum, Metadynamics, OPESExplore,
+                                OPESMetad, Wall)
+from openmm_plugin.forces import TorchBiasForce, python_bias_force
 from tests.openmm_plugin.bias import double_well as dw
 
 KT = kt_kjmol(dw.TEMPERATURE_K)
@@ -83,73 +84,6 @@ def test_double_well_free_energy_within_half_kt(method, tmp_path):
 def _energy_forces(sim, groups=None):
     state = sim.context.getState(getEnergy=True, getForces=True, groups=groups if groups is not None else -1)
     return state.getPotentialEnergy()._value, state.getForces(asNumpy=True)._value
-
-
-def _deposited_bias_sum():
-    rng = np.random.default_rng(0)
-    opes = OPESMetad(sigma=[0.3, 0.3], barrier_kjmol=20.0, pace_steps=1, temperature_k=300.0)
-    metad = Metadynamics(sigma=[0.2, 0.2], height_kjmol=1.0, pace_steps=1, temperature_k=300.0, lower=[-5, -5],
-                         upper=[5, 5])
-    for k, p in enumerate(rng.normal(scale=0.8, size=(30, 2)), start=1):
-        opes.update(p, k)
-        metad.update(p, k)
-    return BiasSum([opes, metad, Wall([0.3, 0.3], 100.0, side="upper"), HarmonicRestraint([0.0, 0.1], 30.0)])
-
-
-def test_python_and_torch_routes_agree_on_ala2_gnn_cv(exported_cv64, ala2):
-    """A real (tiny) 2-D GNN CV with OPES + metad + walls + restraint: same energies and forces both routes."""
-    cv, _ = exported_cv64
-    bias = _deposited_bias_sum()
-    results = []
-    for make in (python_bias_force, torch_bias_force):
-        system = openmm.System()
-        for _ in range(22):
-            system.addParticle(1.0)
-        system.addForce(make(cv, bias))
-        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-        context.setPositions(ala2.positions_nm)
-        state = context.getState(getEnergy=True, getForces=True)
-        results.append((state.getPotentialEnergy()._value, state.getForces(asNumpy=True)._value))
-    (e_py, f_py), (e_torch, f_torch) = results
-    assert abs(e_py) > 1e-3
-    assert e_py == pytest.approx(e_torch, rel=1e-9, abs=1e-9)
-    assert np.allclose(f_py, f_torch, rtol=1e-7, atol=1e-8)
-    # and forces are -dV/dx by finite differences of the numpy bias on the CV
-    pos = torch.tensor(ala2.positions_nm, requires_grad=True)
-    s = cv(pos)
-    v, dv = bias.energy_and_gradient(s.detach().numpy())
-    (grad,) = torch.autograd.grad(s, pos, grad_outputs=torch.tensor(dv))
-    assert e_py == pytest.approx(v) and np.allclose(f_py, -grad.numpy(), atol=1e-8)
-
-
-def test_compiled_python_route_equals_torchscript(exported_cv64, ala2):
-    """torch.compile of the eager twin stored in the CV file: same energy and forces in a Context, no fallback."""
-    import pickle
-
-    from cvlearn.export import load_eager_cv
-    from openmm_plugin.bias import BiasCallback
-
-    cv, path = exported_cv64
-    eager = load_eager_cv(path)
-    with pytest.raises(ValueError, match="load_eager_cv"):
-        python_bias_force(cv, _deposited_bias_sum(), compile=True)
-    results = []
-    for module, compile in ((cv, False), (eager, True)):
-        system = openmm.System()
-        for _ in range(22):
-            system.addParticle(1.0)
-        force = python_bias_force(module, _deposited_bias_sum(), compile=compile)
-        system.addForce(force)
-        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-        context.setPositions(ala2.positions_nm)
-        state = context.getState(getEnergy=True, getForces=True)
-        results.append((state.getPotentialEnergy()._value, state.getForces(asNumpy=True)._value))
-    (e_ts, f_ts), (e_c, f_c) = results
-    assert force.callback.evaluator._selected.fn is not force.callback.evaluator._selected.eager  # really compiled
-    assert abs(e_ts) > 1e-3 and e_c == pytest.approx(e_ts, rel=1e-9, abs=1e-9)
-    assert np.allclose(f_c, f_ts, rtol=1e-7, atol=1e-8)
-    clone = pickle.loads(pickle.dumps(force.callback))  # OpenMM pickles PythonForces (checkpoints, XML)
-    assert isinstance(clone, BiasCallback) and clone.evaluator.compiled
 
 
 def test_adaptive_torch_route_refreshes_to_the_python_bias(tmp_path):
@@ -266,14 +200,6 @@ def test_colvar_resumes_and_parses(tmp_path):
     reporter_b.close()
     again = read_colvar(tmp_path / "COLVAR")
     assert np.allclose(again["time"], colvar["time"]) and np.array_equal(again["x"], colvar["x"])
-
-
-def test_compile_needs_the_python_route():
-    from openmm_plugin.stages.bias import BiasConfig
-
-    with pytest.raises(ValueError, match="route 'python'"):
-        BiasConfig(route="torch", compile=True)
-    assert BiasConfig(route="python", compile=True).compile
 
 
 def test_runner_stops_when_the_simulation_blows_up(tmp_path):

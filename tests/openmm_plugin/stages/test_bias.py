@@ -51,6 +51,18 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
         load_config(BiasConfig, _write(tmp_path / "c.yaml", {"method": "abf"}))
     with pytest.raises(ValueError, match="multiple of mts_substeps"):
         load_config(BiasConfig, _write(tmp_path / "d.yaml", {"mts_substeps": 4, "n_steps": 1001}))
+    with pytest.raises(ValueError, match="system: expected one of the built-in systems"):
+        load_config(BiasConfig, _write(tmp_path / "e.yaml", {"system": "ubiquitin"}))
+    assert load_config(BiasConfig, _write(tmp_path / "f.yaml", {"system": "pentapeptide_wlall"})).system == "pentapeptide_wlall"
+
+
+def test_system_must_match_the_cv(exported_cv64, tmp_path):
+    """The System comes from the config's built-in system; a CV exported for another particle count is refused."""
+    from openmm_plugin.stages.bias import run_bias
+
+    _, cv_path = exported_cv64
+    with pytest.raises(ValueError, match="system pentapeptide_wlall has 103"):
+        run_bias(BiasConfig(cv=str(cv_path), out=str(tmp_path / "x"), system="pentapeptide_wlall"))
 
 
 def test_example_07_quick(tmp_path):
@@ -60,3 +72,11 @@ def test_example_07_quick(tmp_path):
     assert "COLVAR fields" in result.stdout and (tmp_path / "out" / "bias.yaml").is_file()
     config = load_config(BiasConfig, tmp_path / "out" / "bias.yaml")  # the written config loads back
     assert config.method == "opes-metad"
+
+
+def test_compile_needs_the_python_route():
+    from openmm_plugin.stages.bias import BiasConfig
+
+    with pytest.raises(ValueError, match="route 'python'"):
+        BiasConfig(route="torch", compile=True)
+    assert BiasConfig(route="python", compile=True).compile

@@ -26,7 +26,7 @@ def xxmd_root(tmp_path_factory):
 
 def test_finetune_command_writes_model_potential_metrics_and_curve(xxmd_root, tmp_path, capsys):
     config = {"xxmd_root": str(xxmd_root), "molecule": "eth", "kind": "et", "architecture": TINY_ET,
-              "head_hidden": 16, "epochs": 3, "patience": 2, "max_atoms": 90, "learning_rate": 3e-3,
+              "head_hidden": 16, "max_epochs": 3, "patience": 2, "max_atoms": 90, "learning_rate": 3e-3,
               "nve_steps": 40, "nve_timestep_fs": 0.25}
     path = tmp_path / "finetune.yaml"
     path.write_text(yaml.safe_dump(config))

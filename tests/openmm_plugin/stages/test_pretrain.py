@@ -16,7 +16,7 @@ corpus: {corpus}
 corpus_spec: {{sequences: [A], temperatures_k: [300.0, 800.0], ps_per_run: 2.0, frame_interval_ps: 0.2}}
 validation_every: 2
 architecture: {{hidden_channels: 16, num_layers: 1, num_rbf: 8, num_heads: 2}}
-epochs: 2
+max_epochs: 2
 """
 
 
@@ -34,7 +34,7 @@ def test_pretrain_command_makes_corpus_and_checkpoint(tmp_path, capsys):
     assert manifest["n_frames"] == 20 and manifest["cpu_seconds"] > 0
     meta = torch.load(out / "backbone.pt", weights_only=True)["metadata"]
     assert meta["corpus"].startswith("1 capped peptides (A)") and meta["pretraining"]["epochs"] == 2
-    assert meta["pretrain_config"]["epochs"] == 2
+    assert meta["pretrain_config"]["max_epochs"] == 2
     # a second call resumes: no epoch is trained again, the corpus is not simulated again
     before = torch.load(out / "backbone.pt", weights_only=True)["state_dict"]
     assert main(["pretrain", "--config", str(cfg), "--make-corpus"]) == 0
@@ -63,7 +63,7 @@ def test_pretrain_on_extxyz_structures(tmp_path):
     ase.io.write(path, frames, format="extxyz")
     config = PretrainConfig(out=str(tmp_path / "out"), structure_files=(str(path),), validation_fraction=0.25,
                             architecture={"hidden_channels": 16, "num_layers": 1, "num_rbf": 8, "num_heads": 2},
-                            epochs=1, noise_sigma_angstrom=0.05)
+                            max_epochs=1, noise_sigma_angstrom=0.05)
     summary = run_pretrain(config, progress=False)
     assert summary["n_train"] == 15 and summary["n_val"] == 5
     assert np.isfinite(summary["final_val_loss"])
@@ -76,9 +76,10 @@ def test_shipped_recipe_matches_the_shipped_checkpoint():
     recipe = load_config(PretrainConfig, default_recipe())
     meta = torch.load(default_checkpoint(), weights_only=True)["metadata"]
     stored = meta["pretrain_config"]
+    renamed = {"epochs": "max_epochs"}  # the shipped checkpoint was written before the rename
     for key in ("kind", "architecture", "noise_sigma_angstrom", "epochs", "learning_rate", "max_atoms", "seed",
                 "heavy_atoms_only", "validation_every"):
-        assert stored[key] == getattr(recipe, key), key
+        assert stored[key] == getattr(recipe, renamed.get(key, key)), key
     assert stored["corpus_spec"]["sequences"] == list(recipe.corpus_spec.sequences)
     assert recipe.install_to == "cvlearn/checkpoints/et_denoise_small.pt"
 
@@ -98,7 +99,7 @@ def test_pretrain_on_sdf_structures(tmp_path):
     path.write_text("".join(records))
     config = PretrainConfig(out=str(tmp_path / "out"), structure_files=(str(path),), validation_fraction=0.25,
                             architecture={"hidden_channels": 16, "num_layers": 1, "num_rbf": 8, "num_heads": 2},
-                            epochs=1, noise_sigma_angstrom=0.05)
+                            max_epochs=1, noise_sigma_angstrom=0.05)
     summary = run_pretrain(config, progress=False)
     assert summary["n_train"] == 6 and summary["n_val"] == 2
     assert np.isfinite(summary["final_val_loss"])

@@ -21,10 +21,15 @@ from cvlearn.compiling import CompiledOrEager
 
 
 class CVEvaluator:
-    """Runs an exported CV (``selected`` on the CV atoms' positions, nm) and counts its model calls.
+    """Runs an exported CV on the CV atoms' positions (nm) and counts its model calls.
 
-    ``cv``: the TorchScript module (``cvlearn.export.load_cv``) or its eager twin (``load_eager_cv``);
-    ``compile=True`` needs the eager twin.
+    Parameters
+    ----------
+    cv : torch.nn.Module
+        The TorchScript module (``cvlearn.export.load_cv``) or its eager twin (``load_eager_cv``); it must have
+        ``selected``, ``atom_indices`` and ``n_cvs``.
+    compile : bool
+        Run ``cv.selected`` through ``torch.compile`` (needs the eager twin).
     """
 
     def __init__(self, cv: torch.nn.Module, compile: bool = False):
@@ -51,13 +56,37 @@ class CVEvaluator:
         return pos.requires_grad_(grad)
 
     def values(self, positions_nm: np.ndarray) -> np.ndarray:
-        """CV values ``[n_cvs]`` (no gradient)."""
+        """CV values without gradient.
+
+        Parameters
+        ----------
+        positions_nm : np.ndarray
+            ``[n_selected, 3]`` positions of the CV atoms, nm.
+
+        Returns
+        -------
+        np.ndarray
+            ``[n_cvs]`` float64.
+        """
         self.calls += 1
         with torch.no_grad():
             return self._selected(self._positions(positions_nm, False)).numpy().astype(np.float64)
 
     def bias_energy_forces(self, positions_nm: np.ndarray, bias) -> tuple[np.ndarray, float, np.ndarray]:
-        """``(s [n_cvs], V kJ/mol, forces [n_sel, 3] kJ/mol/nm)`` with one forward and one backward."""
+        """CV, bias energy and bias forces with one forward and one backward pass.
+
+        Parameters
+        ----------
+        positions_nm : np.ndarray
+            ``[n_selected, 3]`` positions of the CV atoms, nm.
+        bias
+            Any object with ``energy_and_gradient(s) -> (V kJ/mol, dV/ds [n_cvs])``.
+
+        Returns
+        -------
+        tuple
+            ``(s [n_cvs], V kJ/mol, forces [n_selected, 3] kJ/mol/nm)``.
+        """
         self.calls += 1
         pos = self._positions(positions_nm, True)
         s = self._selected(pos)
@@ -69,7 +98,20 @@ class CVEvaluator:
         return s_np, float(energy), -grad.numpy()
 
     def jacobian(self, positions_nm: np.ndarray, batched: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """``(s [n_cvs], ds/dx [n_cvs, n_sel, 3])`` from one forward; batched VJPs or one backward per CV."""
+        """CV and its Jacobian from one forward; batched vector-Jacobian products or one backward per CV.
+
+        Parameters
+        ----------
+        positions_nm : np.ndarray
+            ``[n_selected, 3]`` positions of the CV atoms, nm.
+        batched : bool
+            One batched backward (``is_grads_batched``) instead of ``n_cvs`` backward passes.
+
+        Returns
+        -------
+        tuple
+            ``(s [n_cvs], ds/dx [n_cvs, n_selected, 3] 1/nm)``.
+        """
         self.calls += 1
         pos = self._positions(positions_nm, True)
         s = self._selected(pos)
