@@ -38,7 +38,7 @@ from cvlearn.export import export_cv, load_eager_cv  # noqa: E402
 from cvlearn.nn.featurizers import GEOM2VEC_ET, ETConfig, ETFeaturizer  # noqa: E402
 from cvlearn.nn.heads import MLPHead  # noqa: E402
 from cvlearn.nn.mixers import SumPool  # noqa: E402
-from cvlearn.data.selection import residue_index_of_atoms  # noqa: E402
+from cvlearn.data.selection import atomic_numbers, residue_index_of_atoms  # noqa: E402
 from cvlearn.nn.tokens import ResidueTokens  # noqa: E402
 from openmm_plugin.bias import BiasRunner, Metadynamics, OPESMetad  # noqa: E402
 from openmm_plugin.bias.restraints import HarmonicRestraint  # noqa: E402
@@ -53,8 +53,7 @@ ONE_LAYER_ET = ETConfig(hidden_channels=64, num_layers=1, num_rbf=32, cutoff_ang
 
 def exported_cv(molecule, config: ETConfig, n_cvs: int, directory: Path, dense_et: bool):
     heavy = ala2.heavy_atom_indices(molecule.topology)
-    z = [a.element.atomic_number for a in molecule.topology.atoms()]
-    lobe = GraphCV(ETFeaturizer([z[i] for i in heavy], config), ResidueTokens(residue_index_of_atoms(molecule.topology, heavy)),
+    lobe = GraphCV(ETFeaturizer(atomic_numbers(molecule.topology, heavy), config), ResidueTokens(residue_index_of_atoms(molecule.topology, heavy)),
                    SumPool(), MLPHead(config.hidden_channels, n_cvs))
     n_params = sum(p.numel() for p in lobe.parameters())
     path = directory / f"cv_{config.num_layers}l_{n_cvs}d_{int(dense_et)}.pt"

@@ -26,7 +26,7 @@ from benchmarks.common import RESULTS, machine, now_utc, save, targets_table  # 
 from cvlearn.estimators.baselines import CompareData, backbone_torsion_features, compare_models, markdown_table, public_rows  # noqa: E402
 from cvlearn.data import load_trajectories  # noqa: E402
 from cvlearn.nn.featurizers import ETConfig  # noqa: E402
-from cvlearn.data.selection import residue_index_of_atoms  # noqa: E402
+from cvlearn.data.selection import atomic_numbers, residue_index_of_atoms  # noqa: E402
 from systems import lambda6_85  # noqa: E402
 
 QUICK_ET = ETConfig(hidden_channels=32, num_layers=1, num_rbf=16, num_heads=4, cutoff_angstrom=5.0)
@@ -106,7 +106,7 @@ def compare_data_from_trajectories(paths, top, split, lag: int, dim: int, dt_ps:
             "distance_positions": [torch.from_numpy(trajs[i].xyz[:, dist_atoms].copy()) for i in ids],
             "torsions": [backbone_torsion_features(trajs[i]) for i in ids]}
     data = CompareData(inputs["train"], inputs["validation"], inputs["test"],
-                       [topology.atom(int(i)).element.atomic_number for i in heavy],
+                       atomic_numbers(topology, heavy),
                        residue_index_of_atoms(topology, heavy), lag, dim, dt_ps)
     return data, [trajs[i] for i in parts["test"]]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -45,6 +46,31 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` left next to ``path`` when a run was killed mid-write.
+
+    Call it only where no other process writes ``path`` (a stage opening its own run directory).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A destination that :func:`atomic_path` writes.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[a-z0-9_]{{8}}")
+    removed = [p for p in path.parent.iterdir() if p.is_file() and pattern.match(p.name)]
+    for p in removed:
+        p.unlink()
+    return removed
 
 
 def _umask() -> int:

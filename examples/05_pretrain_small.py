@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 from cvlearn.checkpoints import default_recipe  # noqa: E402
 from cvlearn.config import load_config  # noqa: E402
+from cvlearn.data.selection import atomic_numbers  # noqa: E402
 from cvlearn.nn.featurizers import featurizer_from_checkpoint  # noqa: E402
 from openmm_plugin.stages.pretrain import PretrainConfig, run_pretrain  # noqa: E402
 from systems import alanine_dipeptide  # noqa: E402
@@ -43,9 +44,8 @@ if __name__ == "__main__":
 
     molecule = alanine_dipeptide.build()
     heavy = alanine_dipeptide.heavy_atom_indices(molecule.topology)
-    atoms = list(molecule.topology.atoms())
     featurizer = featurizer_from_checkpoint(out / "pretrain" / "backbone.pt",
-                                            [atoms[i].element.atomic_number for i in heavy]).eval()
+                                            atomic_numbers(molecule.topology, heavy)).eval()
     x = featurizer(torch.as_tensor(molecule.positions_nm[heavy], dtype=torch.float32).unsqueeze(0))
     print({"final_train_loss": round(summary["final_train_loss"], 4),
            "final_val_loss": round(summary["final_val_loss"], 4),

@@ -31,16 +31,15 @@ def untrained_cv(path: Path) -> Path:
     from cvlearn.nn.featurizers import ETConfig, ETFeaturizer
     from cvlearn.nn.heads import MLPHead
     from cvlearn.nn.mixers import SumPool
-    from cvlearn.data.selection import residue_index_of_atoms
+    from cvlearn.data.selection import atomic_numbers, residue_index_of_atoms
     from cvlearn.nn.tokens import ResidueTokens
     from systems import alanine_dipeptide as ala2
 
     molecule = ala2.build()
     heavy = ala2.heavy_atom_indices(molecule.topology)
-    z = [a.element.atomic_number for a in molecule.topology.atoms()]
     torch.manual_seed(0)
     config = ETConfig(hidden_channels=32, num_layers=1, num_rbf=16, num_heads=4, cutoff_angstrom=5.0)
-    lobe = GraphCV(ETFeaturizer([z[i] for i in heavy], config), ResidueTokens(residue_index_of_atoms(molecule.topology, heavy)),
+    lobe = GraphCV(ETFeaturizer(atomic_numbers(molecule.topology, heavy), config), ResidueTokens(residue_index_of_atoms(molecule.topology, heavy)),
                    SumPool(), MLPHead(32, 2, hidden=32))
     export_cv(lobe, path, atom_indices=heavy, n_particles=molecule.topology.getNumAtoms())
     return path

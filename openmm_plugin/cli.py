@@ -4,20 +4,44 @@ Argparse only: every command builds the frozen config of its stage (from ``--con
 :func:`cvlearn.config.load_config`, or from flags) and calls the stage's ``run_*`` function, then prints a
 short summary. It lives in ``openmm_plugin`` because its commands drive MD; ``cvlearn`` itself never imports
 the engine. Stage modules are imported inside the commands, so ``cvlearn --help`` stays fast.
+
+Errors: :func:`main` is the one error boundary. An expected error prints one line on stderr,
+``cvlearn <command>: error: <file or key>: expected X, found Y``, and exits with 2 for usage and config errors
+(bad arguments, :class:`cvlearn.errors.ConfigError` and any ``ValueError`` from validation, missing or
+unusable files) or 1 for run failures (:class:`cvlearn.errors.RunError`, a simulation that blew up).
+``--verbose`` adds the traceback; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
+import traceback
+
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+_USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                 PermissionError)
 
 
-def _load(config_type, path):
+def _load(config_type, path, **overrides):
     from cvlearn.config import load_config
 
-    return load_config(config_type, path)
+    return load_config(config_type, path, {k: v for k, v in overrides.items() if v is not None})
+
+
+def _from_flags(config_type, flags: dict[str, str], **values):
+    """``config_type(**values)``; a validation error names the command-line flag instead of the field."""
+    from cvlearn.errors import ConfigError
+
+    try:
+        return config_type(**values)
+    except ValueError as err:
+        field, sep, rest = str(err).partition(": ")
+        if sep and field in flags:
+            raise ConfigError(rest, key=flags[field]) from err
+        raise
 
 
 # --- demo ----------------------------------------------------------------------------------------------------
@@ -25,6 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
     from openmm_plugin.stages.demo import QUICK, DemoConfig, run_demo
 
     config = _load(DemoConfig, args.config) if args.config else (QUICK if args.quick else DemoConfig())
+    _check_out(args.out, "--out")
     metrics = run_demo(args.out, quick=args.quick, config=config)
     keys = ("vamp2_val", "vamp2_val_deeptime", "vamp2_val_baseline_distances", "training_phi_transitions",
             "biased_phi_transitions", "deltaF_C7ax_C7eq_kjmol", "deltaF_reference_kjmol",
@@ -43,13 +68,23 @@ def _add_demo(commands) -> None:
     p.set_defaults(func=_demo)
 
 
+def _add_restart_fresh(p) -> None:
+    p.add_argument("--restart-fresh", action="store_true",
+                   help="delete this run's outputs and start over (a rerun otherwise resumes, and only under the "
+                        "same config and inputs)")
+
+
 # --- simulate ------------------------------------------------------------------------------------------------
 def _simulate(args: argparse.Namespace) -> int:
     from openmm_plugin.stages.simulate import SimulateConfig, run_simulate
 
-    result = run_simulate(SimulateConfig(system=args.system, ns=args.ns, temperature_k=args.temperature, seed=args.seed,
-                                         out=args.out, report_interval_ps=args.report_interval_ps,
-                                         platform=args.platform, fast=args.fast))
+    flags = {"system": "--system", "ns": "--ns", "temperature_k": "--temperature", "seed": "--seed", "out": "--out",
+             "report_interval_ps": "--report-interval-ps", "platform": "--platform", "fast": "--fast",
+             "checkpoint_interval_ps": "--checkpoint-interval-ps"}
+    config = _from_flags(SimulateConfig, flags, system=args.system, ns=args.ns, temperature_k=args.temperature,
+                         seed=args.seed, out=args.out, report_interval_ps=args.report_interval_ps,
+                         platform=args.platform, fast=args.fast, checkpoint_interval_ps=args.checkpoint_interval_ps)
+    result = run_simulate(config, restart_fresh=args.restart_fresh)
     print(f"trajectory: {result.trajectory_path} ({result.n_frames} frames)"
           + (" [existed, skipped]" if result.skipped else f", {result.ns_per_day:.1f} ns/day"))
     print(f"topology:   {result.topology_path}")
@@ -69,6 +104,9 @@ def _add_simulate(commands) -> None:
     p.add_argument("--platform", default="Reference", help="OpenMM platform (default Reference; λ6-85 runs faster on CPU)")
     p.add_argument("--fast", action="store_true",
                    help="the system's CPU-affordable settings (λ6-85: 1.5 nm OBC cutoff, 3-amu hydrogens, 4 fs steps)")
+    p.add_argument("--checkpoint-interval-ps", type=float, default=10.0,
+                   help="ps between OpenMM checkpoints; a rerun resumes from the last one (default 10)")
+    _add_restart_fresh(p)
     p.set_defaults(func=_simulate)
 
 
@@ -76,10 +114,18 @@ def _add_simulate(commands) -> None:
 def _bias(args: argparse.Namespace) -> int:
     from openmm_plugin.stages.bias import BiasConfig, run_bias
 
-    config = _load(BiasConfig, args.config)
-    overrides = {k: v for k, v in (("cv", args.cv), ("out", args.out)) if v is not None}
-    config = dataclasses.replace(config, **overrides)
-    summary = run_bias(config)
+    from cvlearn.errors import ConfigError
+
+    config = _load(BiasConfig, args.config, cv=args.cv, out=args.out)
+    if not config.cv:
+        raise ConfigError("required: expected the exported CV file (`cv:` in the config or --cv), found none",
+                          args.config, "cv")
+    try:
+        summary = run_bias(config, restart_fresh=args.restart_fresh)
+    except ConfigError as err:  # a value checked against the CV (σ length, components): name the file too
+        if err.source is None and err.key:
+            raise ConfigError(err.detail, args.config, err.key) from err
+        raise
     print(f"{summary['md_steps_run']} steps, {summary['ms_per_step']:.3f} ms/step, {summary['ns_per_day']:.1f} ns/day; "
           f"outputs in {config.out}")
     return 0
@@ -90,6 +136,7 @@ def _add_bias(commands) -> None:
     p.add_argument("--config", required=True, help="YAML/TOML file with BiasConfig fields (unknown keys are rejected)")
     p.add_argument("--cv", help="exported CV file (overrides the config's `cv`)")
     p.add_argument("--out", help="output directory (overrides the config's `out`)")
+    _add_restart_fresh(p)
     p.set_defaults(func=_bias)
 
 
@@ -98,19 +145,21 @@ def _fractions(text: str) -> tuple:
     try:
         fractions = tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--splits: expected comma-separated fractions such as 0.8,0.1,0.1, "
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions such as 0.8,0.1,0.1, "
                                          f"found {text!r}") from None
     if not 1 <= len(fractions) <= 3:
-        raise argparse.ArgumentTypeError(f"--splits: expected 1 to 3 fractions (train,val,test), found {text!r}")
+        raise argparse.ArgumentTypeError(f"expected 1 to 3 fractions (train,val,test), found {text!r}")
     return fractions
 
 
 def _label(args: argparse.Namespace) -> int:
     from openmm_plugin.stages.label import LabelConfig, run_label
 
-    written = run_label(LabelConfig(input=args.input, out=args.out, molecule=args.molecule, xc=args.xc,
-                                    basis=args.basis, charge=args.charge, spin=args.spin, splits=tuple(args.splits),
-                                    split_kind=args.split_kind, seed=args.seed))
+    flags = {"input": "--in", "out": "--out", "molecule": "--molecule", "splits": "--splits", "spin": "--spin",
+             "charge": "--charge", "seed": "--seed"}
+    written = run_label(_from_flags(LabelConfig, flags, input=args.input, out=args.out, molecule=args.molecule,
+                                    xc=args.xc, basis=args.basis, charge=args.charge, spin=args.spin,
+                                    splits=tuple(args.splits), split_kind=args.split_kind, seed=args.seed))
     for split, (n, path) in written.items():
         print(f"{split:6s} {n:6d}  {path}")
     return 0
@@ -157,9 +206,7 @@ def _add_pretrain(commands) -> None:
 def _finetune(args: argparse.Namespace) -> int:
     from openmm_plugin.stages.finetune import FinetuneConfig, run_finetune
 
-    config = _load(FinetuneConfig, args.config)
-    if args.out:
-        config = dataclasses.replace(config, out=args.out)
+    config = _load(FinetuneConfig, args.config, out=args.out)
     metrics = run_finetune(config)
     for split in ("validation", "test"):
         if split in metrics:
@@ -180,22 +227,93 @@ def _add_finetune(commands) -> None:
     p.set_defaults(func=_finetune)
 
 
+def _check_out(path: str, flag: str) -> None:
+    from cvlearn.config import check_output_dir
+
+    check_output_dir(path, flag)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argparse with one-line errors (``cvlearn <command>: error: ...``, exit 2) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cvlearn`` argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(prog="cvlearn", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="cvlearn", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of an expected error")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_add_demo, _add_simulate, _add_bias, _add_label, _add_pretrain, _add_finetune):
         add(commands)
+    for sub in commands.choices.values():  # ``cvlearn bias --verbose`` as well as ``cvlearn --verbose bias``
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return "; ".join(lines) or type(err).__name__
+
+
+def exit_code_of(err: BaseException) -> int | None:
+    """2 for usage/config errors, 1 for run failures, None for an unexpected error (a bug: keep the traceback).
+
+    Parameters
+    ----------
+    err : BaseException
+
+    Returns
+    -------
+    int or None
+    """
+    from cvlearn.errors import RunError
+
+    if isinstance(err, (RunError, FloatingPointError)):  # FloatingPointError: the bias runner saw a NaN CV
+        return EXIT_RUN_FAILED
+    if isinstance(err, _USAGE_ERRORS):
+        return EXIT_USAGE
+    if type(err).__name__ == "OpenMMException":  # e.g. "Particle coordinate is NaN": the run blew up
+        return EXIT_RUN_FAILED
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``cvlearn`` command; returns its exit code."""
-    args = build_parser().parse_args(argv)
+    """Run one ``cvlearn`` command; returns its exit code (0, 1 run failed, 2 usage or config error).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2, already printed)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"cvlearn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        code = exit_code_of(err)
+        if code is None:
+            raise
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        print(f"cvlearn {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -72,6 +72,25 @@ class _TorchCVComponent(torch.nn.Module):
         return self.scale * s[self.component]
 
 
+def check_cv_fits_system(cv: torch.nn.Module, system: openmm.System) -> None:
+    """Raise ``ValueError`` unless ``system`` has the particle count ``cv`` was exported for.
+
+    Checked before any Context exists: a CV on the wrong System reads the wrong atoms (PythonForce route) or
+    fails inside a running force (TorchForce route).
+
+    Parameters
+    ----------
+    cv : torch.nn.Module
+        Exported CV (``n_particles``, ``atom_indices``).
+    system : openmm.System
+        The System its force goes into.
+    """
+    n_cv, n_system = int(cv.n_particles), int(system.getNumParticles())
+    if n_cv != n_system:
+        raise ValueError(f"cv: expected a System of {n_cv} particles (the CV was exported for {n_cv}), found a System "
+                         f"of {n_system} particles")
+
+
 # --- PythonForce route ---------------------------------------------------------------------------------------
 class BiasCallback:
     """The PythonForce computation ``state -> (V kJ/mol, -dV/dx kJ/mol/nm)`` on the CV atoms; picklable.
@@ -120,7 +139,7 @@ class BiasCallback:
 
 
 def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
-                      compile: bool = False) -> openmm.PythonForce:
+                      compile: bool = False, system: openmm.System | None = None) -> openmm.PythonForce:
     """A PythonForce restricted to the CV atoms whose energy is ``bias`` on ``cv``.
 
     ``compile=True`` (pass the eager CV) compiles the CV's forward and backward with ``torch.compile``: on ala2
@@ -136,12 +155,17 @@ def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
         OpenMM force group (e.g. the slow group of an MTS integrator).
     compile : bool
         ``torch.compile`` the CV (needs the eager twin).
+    system : openmm.System, optional
+        The System the force will be added to: its particle count is checked against the CV's
+        (:func:`check_cv_fits_system`); the force sees only the CV atoms, so it cannot check this itself.
 
     Returns
     -------
     openmm.PythonForce
         The force; its :class:`BiasCallback` is ``force.callback`` (cached CV, evaluation count).
     """
+    if system is not None:
+        check_cv_fits_system(cv, system)
     callback = BiasCallback(cv, bias, compile=compile)
     force = openmm.PythonForce(callback)
     force.setParticles(callback.evaluator.atom_indices)
@@ -173,7 +197,17 @@ def python_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0, scale: f
 
 # --- TorchForce route ----------------------------------------------------------------------------------------
 class CVBias(torch.nn.Module):
-    """``positions [n_particles, 3] nm -> V(s(x))`` kJ/mol: the exported CV followed by a bias module."""
+    """``positions [n_particles, 3] nm -> V(s(x))`` kJ/mol: the exported CV followed by a bias module.
+
+    One scriptable module, so a TorchForce gets the bias and its forces (autograd) in a single call.
+
+    Parameters
+    ----------
+    cv : torch.jit.ScriptModule
+        Exported CV: positions ``[n_particles, 3]`` nm → CVs ``[n_cvs]``.
+    bias : torch.nn.Module
+        ``s [n_cvs]`` (float64) → scalar energy, kJ/mol (e.g. a bias's ``to_torch()``).
+    """
 
     def __init__(self, cv: torch.jit.ScriptModule, bias: torch.nn.Module):
         super().__init__()
@@ -264,6 +298,7 @@ class TorchBiasForce:
     """
 
     def __init__(self, system: openmm.System, cv: torch.jit.ScriptModule, bias, force_group: int | None = None):
+        check_cv_fits_system(cv, system)
         self.system = system
         self.cv = cv
         self.bias = bias

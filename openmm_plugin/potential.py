@@ -14,13 +14,13 @@ from typing import Sequence
 
 import numpy as np
 import torch  # before openmmtorch: it needs torch's libraries loaded first
-from tqdm.auto import tqdm
 
 import openmm
 import openmm.app as app
 import openmm.unit as u
 
 from cvlearn.export.potential import load_potential
+from cvlearn.progress import progress_bar
 from cvlearn.units import BOLTZMANN_KJMOL_PER_K, FS_PER_PS
 from openmm_plugin.simulation import make_integrator, platform_by_name
 
@@ -153,7 +153,7 @@ def run_potential_md(potential: str | Path, positions_nm: np.ndarray, *, n_steps
 
     record()
     done = 0
-    with tqdm(total=n_steps, desc=f"MD ({integrator})", disable=not progress) as bar:
+    with progress_bar(total=n_steps, desc=f"MD ({integrator})", disable=not progress) as bar:
         while done < n_steps:
             k = min(report_interval, n_steps - done)
             integ.step(k)

@@ -2,11 +2,10 @@
 
 :func:`make_integrator` gives a Langevin integrator (middle scheme), or an MTS Langevin integrator whose
 bias force group is evaluated every ``bias_every_steps`` inner steps; :func:`make_simulation` picks the
-platform by name. :func:`run_md`
-
-writes ``<out_prefix>.dcd`` (one frame every ``report_interval_steps``) and ``<out_prefix>.pdb``
-(topology + starting positions) atomically, and skips the run when both already exist, so a stage
-can be killed and rerun. A biased run plugs in through ``advance`` (e.g. ``meta.step``) and a CV
+platform by name. :func:`run_md` writes ``<out_prefix>.dcd`` (one frame every ``report_interval_steps``)
+and ``<out_prefix>.pdb`` (topology + starting positions), and skips the run when both already exist. The
+trajectory grows as ``<out_prefix>.part.dcd`` and is renamed at the real end; with ``checkpoint_every_steps``
+an OpenMM checkpoint (``<out_prefix>.chk.npz``) lets a killed run resume and append without duplicates. A biased run plugs in through ``advance`` (e.g. ``meta.step``) and a CV
 reporter through ``on_report``.
 """
 
@@ -14,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,8 @@ import numpy as np
 import openmm
 import openmm.app as app
 import openmm.unit as u
-from tqdm.auto import tqdm
-
-from cvlearn.io import atomic_path
+from cvlearn.io import atomic_path, remove_stale_temporaries
+from cvlearn.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,44 @@ def output_paths(out_prefix: str | Path) -> tuple[Path, Path]:
     """``(<out_prefix>.dcd, <out_prefix>.pdb)`` as Paths; the prefix may itself contain dots."""
     prefix = str(out_prefix)
     return Path(prefix + ".dcd"), Path(prefix + ".pdb")
+
+
+def partial_paths(out_prefix: str | Path) -> tuple[Path, Path]:
+    """``(<out_prefix>.part.dcd, <out_prefix>.chk.npz)``: the trajectory while it is written, and its checkpoint."""
+    prefix = str(out_prefix)
+    return Path(prefix + ".part.dcd"), Path(prefix + ".chk.npz")
+
+
+def _save_md_checkpoint(path: Path, dcd_handle, context, n_frames: int, seconds: float, start_positions,
+                        n_steps: int, report_interval_steps: int) -> None:
+    """Flush the trajectory to disk, then record the OpenMM checkpoint with the trajectory's length at that point."""
+    dcd_handle.flush()
+    os.fsync(dcd_handle.fileno())
+    state = {"openmm": np.frombuffer(context.createCheckpoint(), dtype=np.uint8),
+             "n_frames": np.array(n_frames), "dcd_bytes": np.array(dcd_handle.tell()), "seconds": np.array(seconds),
+             "start_positions_nm": np.asarray(start_positions.value_in_unit(u.nanometer), dtype=np.float64),
+             "n_steps": np.array(n_steps), "report_interval_steps": np.array(report_interval_steps)}
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **state)
+
+
+def _load_md_checkpoint(path: Path, part_path: Path, n_steps: int, report_interval_steps: int) -> dict | None:
+    """The checkpoint of an interrupted run of the same length and frame interval, or None (start over)."""
+    if not path.is_file() or not part_path.is_file():
+        return None
+    with np.load(path) as data:
+        state = {k: data[k] for k in data.files}
+    found = (int(state["n_steps"]), int(state["report_interval_steps"]))
+    if found != (n_steps, report_interval_steps):
+        raise ValueError(f"{path}: checkpoint of a run with (n_steps, report_interval_steps) = {found}, this run "
+                         f"has {(n_steps, report_interval_steps)}; delete it to start over")
+    if part_path.stat().st_size < int(state["dcd_bytes"]):
+        raise ValueError(f"{part_path}: shorter ({part_path.stat().st_size} bytes) than at the checkpoint "
+                         f"{path} ({int(state['dcd_bytes'])} bytes); delete both to start over")
+    return {"openmm": state["openmm"].tobytes(), "n_frames": int(state["n_frames"]),
+            "dcd_bytes": int(state["dcd_bytes"]), "seconds": float(state["seconds"]),
+            "start_positions_nm": state["start_positions_nm"]}
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -168,6 +206,7 @@ def run_md(
     progress: bool = True,
     desc: str = "MD",
     timestep_ps: float | None = None,
+    checkpoint_every_steps: int | None = None,
 ) -> MDResult:
     """Run ``n_steps`` of MD and write a DCD frame every ``report_interval_steps`` steps; returns an :class:`MDResult`.
 
@@ -206,6 +245,12 @@ def run_md(
         Name of the run in logs.
     timestep_ps : float, optional
         Step per ``n_steps`` unit, ps (for ns/day and the DCD header).
+    checkpoint_every_steps : int, optional
+        Save an OpenMM checkpoint (state + integrator RNG) to ``<out_prefix>.chk.npz`` at the first frame after
+        every this many steps, and resume from it when it exists: the run continues from the checkpoint and
+        appends to the trajectory, so a killed run loses at most this many steps. Only for runs whose whole state
+        lives in the Context (an ``advance`` with its own state, e.g. a bias, checkpoints itself). Without it a
+        rerun starts over.
 
     Returns
     -------
@@ -218,7 +263,11 @@ def run_md(
             f"report_interval_steps: expected at most n_steps={n_steps} (else no frame is written), "
             f"found {report_interval_steps}"
         )
+    if checkpoint_every_steps is not None:
+        checkpoint_every_steps = _check_positive_int("checkpoint_every_steps", checkpoint_every_steps)
     trajectory_path, topology_path = output_paths(out_prefix)
+    for path in (trajectory_path, topology_path, *partial_paths(out_prefix)):
+        remove_stale_temporaries(path)  # left by a kill during an atomic write of an earlier run
 
     if trajectory_path.exists() and topology_path.exists():
         from cvlearn.data.trajectories import trajectory_frame_count
@@ -268,13 +317,34 @@ def run_md(
         context.getPlatform().getName(), n_frames, trajectory_path,
     )
 
-    seconds = 0.0
-    with atomic_path(trajectory_path) as tmp_dcd:
-        with open(tmp_dcd, "wb") as handle:
-            dcd = app.DCDFile(handle, topology, timestep_ps * u.picosecond, 0, report_interval_steps)
-            bar = tqdm(total=n_steps, desc=desc, unit="step", disable=not progress, leave=False, mininterval=2.0)
+    part_path, checkpoint_path = partial_paths(out_prefix)
+    part_path.parent.mkdir(parents=True, exist_ok=True)
+    if checkpoint_every_steps is None:
+        resume = None
+    else:
+        resume = _load_md_checkpoint(checkpoint_path, part_path, n_steps, report_interval_steps)
+    if resume is not None:
+        context.loadCheckpoint(resume["openmm"])
+        start_positions = resume["start_positions_nm"] * u.nanometer
+        frames_done, seconds = resume["n_frames"], resume["seconds"]
+        logger.info("%s: resuming from %s at frame %d of %d", desc, checkpoint_path, frames_done, n_frames)
+    else:
+        frames_done, seconds = 0, 0.0
+    steps_done = frames_done * report_interval_steps
+    last_checkpoint = steps_done
+
+    try:
+        with open(part_path, "r+b" if resume is not None else "wb") as handle:
+            if resume is not None:  # drop frames written after the checkpoint, so none is duplicated
+                handle.truncate(resume["dcd_bytes"])
+                handle.seek(8)
+                handle.write(struct.pack("<i", frames_done))
+            dcd = app.DCDFile(handle, topology, timestep_ps * u.picosecond, 0, report_interval_steps,
+                              append=resume is not None)
+            bar = progress_bar(total=n_steps, initial=steps_done, desc=desc, unit="step", disable=not progress,
+                               leave=False, mininterval=2.0)
             try:
-                for frame in range(n_frames):
+                for frame in range(frames_done, n_frames):
                     t0 = time.perf_counter()
                     advance(simulation, report_interval_steps)
                     seconds += time.perf_counter() - t0
@@ -285,7 +355,12 @@ def run_md(
                         on_report(simulation, frame)
                     bar.update(report_interval_steps)
                     done = (frame + 1) * report_interval_steps
-                    bar.set_postfix(ns_per_day=f"{done * timestep_ps * _NS_PER_PS / seconds * _SECONDS_PER_DAY:.1f}")
+                    bar.set_postfix(ns_per_day=f"{done * timestep_ps * _NS_PER_PS / max(seconds, 1e-9) * _SECONDS_PER_DAY:.1f}")
+                    if checkpoint_every_steps is not None and done - last_checkpoint >= checkpoint_every_steps \
+                            and frame + 1 < n_frames:
+                        _save_md_checkpoint(checkpoint_path, handle, context, frame + 1, seconds, start_positions,
+                                            n_steps, report_interval_steps)
+                        last_checkpoint = done
                 if remainder:
                     t0 = time.perf_counter()
                     advance(simulation, remainder)
@@ -293,9 +368,16 @@ def run_md(
                     bar.update(remainder)
             finally:
                 bar.close()
+    except BaseException:
+        if checkpoint_every_steps is None:  # nothing to resume from: leave nothing behind
+            part_path.unlink(missing_ok=True)
+        raise
     with atomic_path(topology_path) as tmp_pdb:
         with open(tmp_pdb, "w") as handle:
             app.PDBFile.writeFile(topology, start_positions, handle)
+    os.replace(part_path, trajectory_path)  # the trajectory appears complete or not at all
+    if checkpoint_path.exists():
+        checkpoint_path.unlink()
 
     ms_per_step = seconds * 1000.0 / n_steps
     ns_per_day = n_steps * timestep_ps * _NS_PER_PS / seconds * _SECONDS_PER_DAY if seconds > 0 else math.inf

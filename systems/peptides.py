@@ -22,7 +22,19 @@ _ONE_LETTER = set("ACDEFGHIKLMNPQRSTVWY")
 
 @dataclass(frozen=True)
 class MolecularSystem:
-    """Everything an MD run needs: topology, OpenMM System and starting positions (nm)."""
+    """Everything an MD run needs: topology, OpenMM System and starting positions (nm).
+
+    Attributes
+    ----------
+    topology : openmm.app.Topology
+        All atoms, hydrogens included.
+    system : openmm.System
+        Forces in kJ/mol and nm, constraints included.
+    positions_nm : np.ndarray
+        Starting positions ``[n_particles, 3]``, float64, nm.
+    name : str
+        Short name of the system (e.g. for output folders).
+    """
 
     topology: app.Topology
     system: openmm.System
@@ -79,7 +91,22 @@ def build_capped_peptide(sequence: str, forcefield: app.ForceField,
                          backbone: str = "extended") -> tuple[app.Topology, np.ndarray]:
     """Build ACE-<sequence>-NME in an extended (or ideal α-helical) conformation, with hydrogens from ``forcefield``.
 
-    Returns the topology and positions in nm as float64 ``[n_atoms, 3]``.
+    Hydrogens are placed with Python's ``random`` seeded to 0 (state restored), so builds are reproducible.
+
+    Parameters
+    ----------
+    sequence : str
+        One-letter amino-acid codes (case-insensitive), without caps.
+    forcefield : openmm.app.ForceField
+        Supplies the hydrogen templates.
+    backbone : {"extended", "helix"}
+        Starting conformation (helix: φ = -57°, ψ = -47°).
+
+    Returns
+    -------
+    topology : openmm.app.Topology
+    positions_nm : np.ndarray
+        ``[n_particles, 3]`` float64, nm.
     """
     if not isinstance(sequence, str) or not sequence:
         raise ValueError(f"sequence: expected a non-empty one-letter amino-acid string, found {sequence!r}")
@@ -104,7 +131,18 @@ def build_capped_peptide(sequence: str, forcefield: app.ForceField,
 
 
 def omega_indices(topology: app.Topology) -> list[list[int]]:
-    """Atom indices CA(i)-C(i)-N(i+1)-CA(i+1) of every peptide bond (CH3 of ACE, C of NME at the caps)."""
+    """Atom indices CA(i)-C(i)-N(i+1)-CA(i+1) of every peptide bond (CH3 of ACE, C of NME at the caps).
+
+    Parameters
+    ----------
+    topology : openmm.app.Topology
+        Capped peptide; each chain's consecutive residues are taken as bonded.
+
+    Returns
+    -------
+    list of list of int
+        ``[n_bonds, 4]`` System atom indices, one ω torsion per peptide bond.
+    """
     out = []
     for chain in topology.chains():
         residues = list(chain.residues())
@@ -135,6 +173,17 @@ def add_trans_omega_restraint(
     High-temperature runs (700-800 K), used to sample φ transitions quickly, also flip peptide bonds
     to cis, a slower artefact a learned CV would otherwise latch onto. Energy
     ``k * max(0, cos ω - cos ω_min)^2``. Returns the index of the added force.
+
+    Parameters
+    ----------
+    system : openmm.System
+        Receives one ``CustomTorsionForce`` named ``TransOmegaRestraint``.
+    topology : openmm.app.Topology
+        Source of the ω torsions (:func:`omega_indices`).
+    min_abs_omega_deg : float
+        Wall position |ω_min|, degrees, in [90, 180).
+    force_constant_kjmol : float
+        k, kJ/mol.
     """
     if not 90.0 <= min_abs_omega_deg < 180.0:
         raise ValueError(f"min_abs_omega_deg: expected a value in [90, 180), found {min_abs_omega_deg!r}")
@@ -165,6 +214,23 @@ def build_peptide_system(
     ``hydrogen_mass_amu`` repartitions mass onto hydrogens (for 4 fs steps), which is what makes an 80-residue
     protein affordable on a CPU. Minimisation runs on the Reference platform so MD starts from a relaxed
     structure, not ideal geometry.
+
+    Parameters
+    ----------
+    sequence, name : str
+        One-letter sequence (without caps) and the system's name.
+    forcefield_files : tuple of str
+        OpenMM force-field XML files (e.g. an implicit-solvent set).
+    backbone : {"extended", "helix"}
+        Starting conformation.
+    minimize, max_iterations, tolerance_kjmol_per_nm
+        Whether to minimise, its iteration cap (0: until converged) and tolerance, kJ/mol/nm.
+    cutoff_nm, hydrogen_mass_amu : float or None
+        Non-periodic cutoff, nm, and hydrogen mass, amu (None: no cutoff / standard masses).
+
+    Returns
+    -------
+    MolecularSystem
     """
     forcefield = app.ForceField(*forcefield_files)
     topology, positions_nm = build_capped_peptide(sequence, forcefield, backbone=backbone)

@@ -22,9 +22,10 @@ def ala2():
 def ala2_heavy(ala2):
     from systems import alanine_dipeptide
 
+    from cvlearn.data.selection import atomic_numbers
+
     heavy = alanine_dipeptide.heavy_atom_indices(ala2.topology)
-    z = [a.element.atomic_number for a in ala2.topology.atoms()]
-    return heavy, [z[i] for i in heavy]
+    return heavy, atomic_numbers(ala2.topology, heavy)
 
 
 def make_tiny_cv(topology, heavy, z, n_cvs=2, seed=0):

@@ -16,6 +16,20 @@ def well_tempered_rct(bias_grid_kjmol: np.ndarray, bias_factor: float, temperatu
     """c(t) of Tiwary & Parrinello (2015) from the bias on a uniform grid of the CV space (kJ/mol).
 
     c(t) = kT ln[ ∫ exp(γ/(γ-1) V/kT) ds / ∫ exp(V/((γ-1) kT)) ds ]; frames are then weighted by exp((V - c)/kT).
+
+    Parameters
+    ----------
+    bias_grid_kjmol : np.ndarray
+        Bias V(s, t) at one time on a uniform grid of the CV space, any shape (flattened), kJ/mol.
+    bias_factor : float
+        Well-tempered bias factor γ > 1.
+    temperature_k : float
+        Temperature, K.
+
+    Returns
+    -------
+    float
+        c(t), kJ/mol.
     """
     kt = kt_kjmol(temperature_k)
     v = np.asarray(bias_grid_kjmol, dtype=np.float64).ravel() / kt
@@ -88,7 +102,22 @@ def metad_weights(bias_kjmol: np.ndarray, rct_kjmol: np.ndarray, temperature_k: 
 
 
 def delta_f_kjmol(in_a: np.ndarray, in_b: np.ndarray, weights: np.ndarray, temperature_k: float) -> float:
-    """F(A) - F(B) = -kT ln(P_A / P_B) from boolean state masks and frame weights."""
+    """F(A) - F(B) = -kT ln(P_A / P_B) from boolean state masks and frame weights.
+
+    Parameters
+    ----------
+    in_a, in_b : np.ndarray
+        Boolean masks ``[n_frames]`` of the frames in states A and B.
+    weights : np.ndarray
+        ``[n_frames]`` frame weights (e.g. exp(β(V − c)); unnormalised is fine).
+    temperature_k : float
+        Temperature, K.
+
+    Returns
+    -------
+    float
+        ΔF in kJ/mol; NaN when either state has zero weight.
+    """
     weights = np.asarray(weights, dtype=np.float64)
     p_a, p_b = weights[np.asarray(in_a)].sum(), weights[np.asarray(in_b)].sum()
     if p_a <= 0 or p_b <= 0:
@@ -98,7 +127,24 @@ def delta_f_kjmol(in_a: np.ndarray, in_b: np.ndarray, weights: np.ndarray, tempe
 
 def free_energy_surface(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, temperature_k: float,
                         bins: int = 36, range_xy=((-np.pi, np.pi), (-np.pi, np.pi))):
-    """Weighted 2-D histogram → F(x, y) in kJ/mol (minimum 0, NaN where unvisited), with bin edges."""
+    """Weighted 2-D histogram → F(x, y) in kJ/mol (minimum 0, NaN where unvisited), with bin edges.
+
+    Parameters
+    ----------
+    x, y : np.ndarray
+        ``[n_frames]`` coordinates (default range ±π: torsions in radians).
+    weights : np.ndarray or None
+        ``[n_frames]`` frame weights; None for an unbiased run.
+    temperature_k : float
+        Temperature, K.
+    bins, range_xy
+        Bins per axis and ``((x_min, x_max), (y_min, y_max))``.
+
+    Returns
+    -------
+    fes, x_edges, y_edges : np.ndarray
+        F ``[bins, bins]`` (kJ/mol, indexed ``[x_bin, y_bin]``) and edges ``[bins + 1]`` each.
+    """
     hist, xe, ye = np.histogram2d(x, y, bins=bins, range=range_xy, weights=weights, density=True)
     with np.errstate(divide="ignore"):
         fes = -kt_kjmol(temperature_k) * np.log(hist)
@@ -125,7 +171,24 @@ def opes_weights(bias_kjmol: np.ndarray, temperature_k: float) -> np.ndarray:
 
 def free_energy_profile(x: np.ndarray, weights: np.ndarray | None, temperature_k: float, bins: int = 50,
                         range_x: tuple[float, float] | None = None):
-    """Weighted 1-D histogram → F(x) in kJ/mol (minimum 0, NaN where unvisited) and bin centres."""
+    """Weighted 1-D histogram → F(x) in kJ/mol (minimum 0, NaN where unvisited) and bin centres.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        ``[n_frames]`` values of one CV.
+    weights : np.ndarray or None
+        ``[n_frames]`` frame weights; None for an unbiased run.
+    temperature_k : float
+        Temperature, K.
+    bins, range_x
+        Bin count and ``(x_min, x_max)`` (None: the data range).
+
+    Returns
+    -------
+    fes, centres : np.ndarray
+        F ``[bins]`` (kJ/mol) and bin centres ``[bins]``.
+    """
     hist, edges = np.histogram(x, bins=bins, range=range_x, weights=weights, density=True)
     with np.errstate(divide="ignore"):
         fes = -kt_kjmol(temperature_k) * np.log(hist)

@@ -250,7 +250,21 @@ def biased_pairs(log_weights: Sequence[np.ndarray], dt_ps: float, lagtime_ps: fl
 @dataclass
 class BiasedRun:
     """A biased run ready for learning: selected-atom positions ``[n_frames, n_atoms, 3]`` (nm, float32),
-    β(V − c) ``[n_frames]``, frame times ``[n_frames]`` (ps) and the frame interval ``dt_ps`` (ps)."""
+    β(V − c) ``[n_frames]``, frame times ``[n_frames]`` (ps) and the frame interval ``dt_ps`` (ps).
+
+    Attributes
+    ----------
+    positions : torch.Tensor
+        ``[n_frames, n_atoms, 3]`` nm, float32, selected atoms only.
+    log_weights : np.ndarray
+        ``[n_frames]`` β(V − c) (dimensionless), the reweighting log-weights.
+    time_ps : np.ndarray
+        ``[n_frames]`` frame times, ps.
+    dt_ps : float
+        Frame interval, ps.
+    trajectory : mdtraj.Trajectory
+        The kept frames with all atoms, for analysis.
+    """
 
     positions: torch.Tensor
     log_weights: np.ndarray

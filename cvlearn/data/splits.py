@@ -16,7 +16,15 @@ T = TypeVar("T")
 
 
 class Segment(NamedTuple):
-    """Frames ``start:stop`` of trajectory number ``traj``."""
+    """Frames ``start:stop`` of trajectory number ``traj``.
+
+    Attributes
+    ----------
+    traj : int
+        Index of the trajectory in the list being split.
+    start, stop : int
+        Half-open frame range (frames, not ps).
+    """
 
     traj: int
     start: int

@@ -25,11 +25,11 @@ from typing import Iterator, Sequence
 import mdtraj
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cvlearn.compiling import CompiledOrEager
-from cvlearn.data.trajectories import iter_trajectory
+from cvlearn.data.trajectories import check_distinct_paths, iter_trajectory
 from cvlearn.io import atomic_path, write_json_atomic
+from cvlearn.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +190,7 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
     for name, value in (("chunk_frames", chunk_frames), ("batch_frames", batch_frames), ("stride", stride)):
         if isinstance(value, bool) or int(value) != value or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, found {value!r}")
+    check_distinct_paths([s for s in sources if isinstance(s, (str, Path))], "sources")
     out_dir = Path(out_dir)
     indices = None if atom_indices is None else np.asarray(atom_indices, dtype=np.int64)
     settings = {
@@ -221,7 +222,7 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
         entry = {"id": traj_dir.name, "source": _describe(source), "chunks": [], "n_frames": 0}
         manifest["trajectories"].append(entry)
         chunks = _chunks_of(source, top, indices, chunk_frames, stride)
-        bar = tqdm(desc=f"embed {traj_dir.name}", unit="frame", disable=not progress, leave=False)
+        bar = progress_bar(desc=f"embed {traj_dir.name}", unit="frame", disable=not progress, leave=False)
         for ci, (xyz, time) in enumerate(chunks):
             tokens_path = traj_dir / f"c{ci:05d}.tokens.npy"
             if not tokens_path.exists():

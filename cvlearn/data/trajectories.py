@@ -111,7 +111,13 @@ def _iter_checked(path: Path, topology: mdtraj.Topology, top_name: str, atoms: n
         try:
             chunk = next(chunks)
         except StopIteration:
+            if start == 0:
+                raise ValueError(f"trajectory {str(path)!r}: expected at least one frame (stride {stride}), "
+                                 "found none") from None
             return
+        except OSError as err:  # mdtraj/dcdplugin: "Could not open file" for an empty or truncated file
+            raise ValueError(f"trajectory {str(path)!r}: expected a readable {path.suffix or 'trajectory'} file with "
+                             f"at least one frame, found an empty or unreadable file ({err})") from err
         except ValueError as err:  # mdtraj's atom-count message names neither file
             n_file = _file_atom_count(path)
             if n_file is not None and n_file != topology.n_atoms:
@@ -158,6 +164,7 @@ def load_trajectories(traj_paths: Sequence[str | os.PathLike], top: str | os.Pat
     if len(traj_paths) == 0:
         raise ValueError("traj_paths: expected at least one trajectory file, found an empty sequence")
     stride = _check_stride(stride)
+    check_distinct_paths(traj_paths)
     topology, top_name = read_topology(top)
     atoms = resolve_selection(topology, selection)  # validate once, before any file is read
     trajectories = []
@@ -169,6 +176,25 @@ def load_trajectories(traj_paths: Sequence[str | os.PathLike], top: str | os.Pat
         logger.info("loaded %s: %d frames, %d atoms", path, traj.n_frames, traj.n_atoms)
         trajectories.append(traj)
     return trajectories
+
+
+def check_distinct_paths(paths: Sequence[str | os.PathLike], key: str = "traj_paths") -> None:
+    """Raise ``ValueError`` if two entries name the same file (after resolving), which would count its frames twice.
+
+    Parameters
+    ----------
+    paths : sequence of str or path
+        Trajectory (or structure) files.
+    key : str
+        The argument or config key, for the message.
+    """
+    seen: dict[Path, str] = {}
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise ValueError(f"{key}: expected distinct files, found {str(path)!r} twice"
+                             + (f" (also as {seen[resolved]!r})" if seen[resolved] != str(path) else ""))
+        seen[resolved] = str(path)
 
 
 def trajectory_frame_count(path: str | os.PathLike, top: str | os.PathLike | mdtraj.Topology) -> int:

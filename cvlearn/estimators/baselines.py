@@ -38,7 +38,18 @@ _MIXER_OF = {"gnn_sum": "sum", "gnn_mlp_mixer": "mlp_mixer", "gnn_attention": "a
 
 
 def backbone_torsion_features(traj) -> np.ndarray:
-    """[T, 4 n] sin/cos of every backbone φ and ψ (mdtraj): the periodic-safe TICA input."""
+    """[T, 4 n] sin/cos of every backbone φ and ψ (mdtraj): the periodic-safe TICA input.
+
+    Parameters
+    ----------
+    traj : mdtraj.Trajectory
+        ``T`` frames of a protein/peptide with at least one φ or ψ.
+
+    Returns
+    -------
+    np.ndarray
+        ``[T, 2 (n_phi + n_psi)]``: sines of all φ then ψ, followed by their cosines (dimensionless).
+    """
     import mdtraj
 
     angles = np.concatenate([mdtraj.compute_phi(traj)[1], mdtraj.compute_psi(traj)[1]], axis=1)
@@ -90,7 +101,26 @@ class CompareData:
 
 def build_lobe(kind: str, data: CompareData, *, featurizer_config=None, head_hidden: int = 64,
                seed: int = 0, mixer_kwargs: dict | None = None) -> torch.nn.Module:
-    """The network for ``kind`` with ``data.dim`` outputs (seed the call for a reproducible init)."""
+    """The network for ``kind`` with ``data.dim`` outputs (seed the call for a reproducible init).
+
+    Parameters
+    ----------
+    kind : str
+        ``"vampnet_distances"`` or a GNN kind (``"gnn_sum"``, ``"gnn_mlp_mixer"``, ``"gnn_attention"``).
+    data : CompareData
+        Supplies atoms, residue map and ``dim``.
+    featurizer_config : ETConfig, optional
+        ET architecture of GNN kinds (default: 64 channels, 2 layers, 5 Å cutoff).
+    head_hidden, seed : int
+        Hidden width of the MLP head; seed of the featurizer's initial weights.
+    mixer_kwargs : dict, optional
+        Extra arguments of :func:`make_mixer`.
+
+    Returns
+    -------
+    torch.nn.Module
+        Positions ``[n_frames, n_atoms, 3]`` nm → ``[n_frames, data.dim]`` lobe outputs.
+    """
     if kind == "vampnet_distances":
         n_atoms = data.get("train", "distance_positions")[0].shape[1]
         return DistanceCV(n_atoms, MLPHead(n_atoms * (n_atoms - 1) // 2, data.dim, hidden=head_hidden))
@@ -106,7 +136,24 @@ def build_lobe(kind: str, data: CompareData, *, featurizer_config=None, head_hid
 
 def token_lobe(kind: str, data: CompareData, width: int, head_hidden: int = 64,
                mixer_kwargs: dict | None = None) -> TokenCV:
-    """Mixer + head of GNN ``kind`` on stored tokens of ``width`` channels (the frozen-featurizer protocol)."""
+    """Mixer + head of GNN ``kind`` on stored tokens of ``width`` channels (the frozen-featurizer protocol).
+
+    Parameters
+    ----------
+    kind : str
+        ``"gnn_sum"``, ``"gnn_mlp_mixer"`` or ``"gnn_attention"`` (4 heads unless ``mixer_kwargs`` says).
+    data : CompareData
+        Supplies the residue map (token count) and ``dim``.
+    width, head_hidden : int
+        Token features ``n_features`` and the head's hidden width.
+    mixer_kwargs : dict, optional
+        Extra arguments of :func:`make_mixer`.
+
+    Returns
+    -------
+    TokenCV
+        Tokens ``[n_frames, n_tokens, width]`` → ``[n_frames, data.dim]``.
+    """
     if kind not in _MIXER_OF:
         raise ValueError(f"kind: expected one of {sorted(_MIXER_OF)}, found {kind!r}")
     n_tokens = max(data.residue_of_atom) + 1
@@ -117,7 +164,22 @@ def token_lobe(kind: str, data: CompareData, width: int, head_hidden: int = 64,
 
 
 def tica_scores(data: CompareData) -> tuple[float, float, list[np.ndarray]]:
-    """deeptime TICA on torsion features: (test VAMP-2 of the first ``dim`` ICs, seconds, test outputs)."""
+    """deeptime TICA on torsion features: (test VAMP-2 of the first ``dim`` ICs, seconds, test outputs).
+
+    Parameters
+    ----------
+    data : CompareData
+        Needs ``"torsions"`` in ``train`` and ``test``; TICA is fitted at ``data.lagtime`` frames.
+
+    Returns
+    -------
+    score : float
+        VAMP-2 of the test ICs at the same lag.
+    seconds : float
+        Wall time of fit and transform.
+    outputs : list of np.ndarray
+        Per test trajectory ``[T_i, dim]`` ICs.
+    """
     from deeptime.decomposition import TICA
 
     started = time.perf_counter()
@@ -204,11 +266,37 @@ def compare_models(data: CompareData, kinds: Sequence[str] = KINDS, seeds: Seque
 
 
 def public_rows(rows: Sequence[dict]) -> list[dict]:
-    """Rows without the private (model/array) entries, for JSON."""
+    """Rows without the private (model/array) entries, for JSON.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Result rows of :func:`compare_models`; keys starting with ``_`` are private.
+
+    Returns
+    -------
+    list of dict
+        Shallow copies without the ``_`` keys.
+    """
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
 def markdown_table(rows: Sequence[dict], title: str = "") -> str:
+    """Markdown table of :func:`compare_models` rows: test VAMP-2 mean ± std, seeds, s/seed, parameter count.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Result rows (need ``name``, ``values``, ``vamp2_mean``, ``vamp2_std``, ``seeds``, ``seconds_per_seed``,
+        ``n_params``; ``protocol`` optional).
+    title : str
+        Bold line above the table; none when empty.
+
+    Returns
+    -------
+    str
+        The table, newline-terminated.
+    """
     lines = ([f"**{title}**", ""] if title else []) + [
         "| model | protocol | test VAMP-2 (mean ± std) | seeds | s/seed | parameters |", "|---|---|---|---|---|---|"]
     for r in rows:

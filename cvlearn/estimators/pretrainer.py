@@ -22,8 +22,8 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from cvlearn.progress import progress_bar
 from cvlearn.structures.records import Structure, bounded_batches, collate
 from cvlearn.nn.featurizers.molecules import MoleculeBackbone
 from cvlearn.estimators.scores import denoising_loss
@@ -42,6 +42,11 @@ class EquivariantNoiseHead(torch.nn.Module):
     A gated equivariant read-out: the vector channels are mixed linearly (acting on the channel axis only, so
     rotations commute with it), each mixed channel is scaled by a gate computed from invariants (the scalar
     features and the mixed channels' norms), and the gated channels are summed with learnt weights.
+
+    Parameters
+    ----------
+    hidden_channels : int
+        Feature width F of the backbone's scalars ``x`` and vectors ``vec``.
     """
 
     def __init__(self, hidden_channels: int):
@@ -218,7 +223,7 @@ class DenoisingPretrainer:
             self.backbone.train(), self.head.train()
             order = torch.randperm(len(train), generator=shuffle).tolist()
             total = 0.0
-            bar = tqdm(total=len(train), desc=f"denoise epoch {epoch}", unit="struct", disable=not self.progress,
+            bar = progress_bar(total=len(train), desc=f"denoise epoch {epoch}", unit="struct", disable=not self.progress,
                        leave=False, mininterval=2.0)
             for group in bounded_batches((train[i] for i in order), self.max_atoms):
                 loss = self._loss(group, noise)

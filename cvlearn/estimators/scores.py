@@ -74,6 +74,7 @@ def inv_sqrt_split(c: torch.Tensor, epsilon: float, mode: str = "trunc") -> torc
     ``"trunc"`` drops eigenvalues below epsilon (as ``deeptime.numeric.spd_eig``: the default, and what the
     covariance-based VAMP/TICA estimators do); ``"regularize"`` uses |eig(C + epsilon I)|; ``"clamp"`` uses
     max(eig, epsilon). The last two keep every direction (full rank, smoother gradients, slightly biased).
+    ``c``: symmetric covariance [d, d] (float64 in the scores); ``epsilon``: eigenvalue cutoff, same units as c.
     """
     if mode not in COVARIANCE_MODES:
         raise ValueError(f"mode: expected one of {list(COVARIANCE_MODES)}, found {mode!r}")
@@ -178,7 +179,7 @@ def vamp_score(
 
 
 def vamp2_loss(x0: torch.Tensor, xt: torch.Tensor, epsilon: float = 1e-6, **kwargs) -> torch.Tensor:
-    """Training loss: minus the VAMP-2 score."""
+    """Training loss: minus the VAMP-2 score (float64 scalar, differentiable); arguments as :func:`vamp_score`."""
     return -vamp_score(x0, xt, r=2, epsilon=epsilon, **kwargs)
 
 
@@ -246,7 +247,7 @@ def vampe_score(
     truncation happens; its gradient differs, and scored on other data it measures the Koopman model's
     approximation error (see :func:`vamp_score_cv`). deeptime's numpy ``CovarianceKoopmanModel.score('E')``
     is the reference; its torch ``vampnet`` VAMPE transposes the Koopman matrix before pairing U and V,
-    which gives slightly different numbers for non-reversible data.
+    which gives slightly different numbers for non-reversible data. Arguments and float64 result as :func:`vamp_score`.
     """
     _check_dim(dim)
     x0, xt, weights = _as_f64(x0, xt, weights)
@@ -261,12 +262,12 @@ def vampe_score(
 
 
 def vamp1_score(x0, xt, epsilon: float = 1e-6, dim: int | None = None, *, weights=None, mode: str = "trunc"):
-    """VAMP-1: 1 + sum of singular values (nuclear norm of the half-weighted Koopman matrix)."""
+    """VAMP-1: 1 + sum of singular values (nuclear norm of the half-weighted Koopman matrix); see :func:`vamp_score`."""
     return vamp_score(x0, xt, r=1, epsilon=epsilon, dim=dim, weights=weights, mode=mode)
 
 
 def vamp2_score(x0, xt, epsilon: float = 1e-6, dim: int | None = None, *, weights=None, mode: str = "trunc"):
-    """VAMP-2: 1 + sum of squared singular values (kinetic variance for reversible dynamics)."""
+    """VAMP-2: 1 + sum of squared singular values (kinetic variance for reversible dynamics); see :func:`vamp_score`."""
     return vamp_score(x0, xt, r=2, epsilon=epsilon, dim=dim, weights=weights, mode=mode)
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from cvlearn.io import atomic_path
+from cvlearn.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,17 @@ LR_SCHEDULES = ("cosine", "plateau", "exponential")
 
 
 def save_run_state(path: Path, state: dict) -> None:
-    """Write ``state`` (weights, optimizer, RNG, history, ...) to ``path`` atomically."""
+    """Write ``state`` (weights, optimizer, RNG, history, ...) to ``path`` atomically.
+
+    Why atomic: a run killed mid-write must leave the previous resumable state, not a truncated file.
+
+    Parameters
+    ----------
+    path : Path
+        Destination file (written via a temporary file, then moved into place).
+    state : dict
+        Anything ``torch.save`` accepts.
+    """
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -104,7 +114,15 @@ def make_scheduler(schedule, optimizer: torch.optim.Optimizer, *, learning_rate:
 
 @contextlib.contextmanager
 def no_tf32(device: torch.device):
-    """TF32 matmuls (Ampere+) keep ~10 mantissa bits: covariance inverses and VAMP scores need float32/64."""
+    """TF32 matmuls (Ampere+) keep ~10 mantissa bits: covariance inverses and VAMP scores need float32/64.
+
+    Context manager: turns TF32 off for CUDA matmuls and cuDNN inside the block and restores the old flags.
+
+    Parameters
+    ----------
+    device : torch.device or str
+        Device of the computation; a no-op unless it is CUDA.
+    """
     if torch.device(device).type != "cuda":
         yield
         return
@@ -118,7 +136,17 @@ def no_tf32(device: torch.device):
 
 
 def check_count(name: str, value, low: int) -> None:
-    """Raise ValueError unless ``value`` is an integer (not a bool) >= ``low``."""
+    """Raise ValueError unless ``value`` is an integer (not a bool) >= ``low``.
+
+    Parameters
+    ----------
+    name : str
+        Argument name, for the message.
+    value
+        The value checked (e.g. a count of epochs or frames).
+    low : int
+        Smallest allowed value.
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name}: expected an integer >= {low}, found {value!r}")
 
@@ -256,7 +284,7 @@ class Trainer:
         if path is not None and path.is_file():
             first_epoch, best_state, done = self._resume(path)
         last = self.max_epochs if until_epoch is None else min(self.max_epochs, int(until_epoch))
-        bar = tqdm(range(first_epoch, last), desc=self.what, disable=not self.progress or done)
+        bar = progress_bar(range(first_epoch, last), desc=self.what, disable=not self.progress or done)
         with no_tf32(self.device):
             for epoch in ([] if done else bar):
                 started = time.perf_counter()

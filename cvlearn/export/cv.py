@@ -85,7 +85,18 @@ class ProjectedCV(VAMPModel):
 
     Returns float64; :class:`ExportedCV` casts once, to the caller's dtype. (``VAMPModel`` casts back to the
     lobe's dtype, which for a float32 export would round the projected CVs to float32.) Constructed like
-    ``VAMPModel``; only ``forward`` differs.
+    ``VAMPModel``; only ``forward`` differs: positions nm ``[n_frames, n_atoms, 3]`` → CVs ``[n_frames, n_cvs]``.
+
+    Parameters
+    ----------
+    lobe : torch.nn.Module
+        Frames → lobe outputs ``[n_frames, n_outputs]``, in the export dtype.
+    mean, projection : Tensor
+        ``[n_outputs]`` and ``[n_outputs, n_cvs]``, stored as float64.
+    singular_values : Tensor
+        ``[n_cvs]`` VAMP singular values (dimensionless).
+    lagtime : int
+        Lag time in frames the projection was fitted at.
     """
 
     def forward(self, x: Tensor) -> Tensor:

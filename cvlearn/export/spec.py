@@ -179,7 +179,15 @@ class CVSpec:
 
 
 def package_versions() -> dict[str, Any]:
-    """cvlearn's and torch's versions, and OpenMM's where it is importable (cvlearn does not need it)."""
+    """cvlearn's and torch's versions, and OpenMM's where it is importable (cvlearn does not need it).
+
+    Recorded in an export's spec so a CV file says what produced it.
+
+    Returns
+    -------
+    dict of str to str
+        ``{"cvlearn": ..., "torch": ...}``, plus ``"openmm"`` when OpenMM imports.
+    """
     import torch
 
     import cvlearn
@@ -218,6 +226,22 @@ def _model_selection(model, n_selected: int) -> tuple[Optional[list], Optional[l
 def selection_of(model, atom_indices, topology, atomic_numbers, residue_of_atom) -> tuple[list, list]:
     """Elements and residue map of the selected atoms: given > topology > model; elements must agree.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The CV model; its featurizer / token modules may record elements and residues.
+    atom_indices : sequence of int
+        The ``n_selected`` atoms the CV reads.
+    topology : mdtraj.Topology or openmm.app.Topology or None
+        Source of elements and residues of ``atom_indices``.
+    atomic_numbers, residue_of_atom : sequence of int or None
+        Explicit values, ``[n_selected]`` each; take precedence.
+
+    Returns
+    -------
+    atomic_numbers, residue_of_atom : list of int
+        ``[n_selected]`` each, from the first source that knows them.
+
     Raises
     ------
     ValueError
@@ -255,6 +279,22 @@ def featurizer_identity(model, checkpoint=None) -> tuple[str, dict, str]:
 
     The weights' hash covers the representation network only (``gnn``), so a window embedder's resized copy and
     the featurizer it was made from hash alike; a ``checkpoint`` file, when given, is hashed instead.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The CV model; its first :class:`FeaturizerBase` submodule is described.
+    checkpoint : str or Path, optional
+        Weights file whose SHA-256 replaces the weights' hash.
+
+    Returns
+    -------
+    architecture : str
+        Class name of the featurizer (or of the lobe / model when there is none).
+    config : dict
+        Architecture settings (empty without a featurizer).
+    digest : str
+        Hex SHA-256.
     """
     from cvlearn.data.store import file_sha256, weights_sha256
     from cvlearn.models.cv import VAMPModel
@@ -278,6 +318,18 @@ def featurizer_identity(model, checkpoint=None) -> tuple[str, dict, str]:
 
 def lag_times(model, lagtime_ps, frame_interval_ps) -> tuple[Optional[float], Optional[float]]:
     """``(lagtime_ps, frame_interval_ps)`` with the model's lag in frames (``model.lagtime``) reconciled.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The CV model; an ``int`` ``lagtime`` attribute (frames) marks it as lagged.
+    lagtime_ps, frame_interval_ps : float or None
+        Lag time and time between training frames, ps; one is derived from the other when missing.
+
+    Returns
+    -------
+    lagtime_ps, frame_interval_ps : float or None
+        Both in ps (unchanged, possibly None, for a model without a lag in frames).
 
     Raises
     ------

@@ -16,7 +16,15 @@ from torch import Tensor
 
 @contextlib.contextmanager
 def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
-    """Put ``modules`` in eval mode for the block and restore each one's own training flag afterwards."""
+    """Put ``modules`` in eval mode for the block and restore each one's own training flag afterwards.
+
+    Why: evaluation inside training (dropout off) must not leave a module in the wrong mode, even on error.
+
+    Parameters
+    ----------
+    *modules : torch.nn.Module
+        Modules switched to eval for the duration of the ``with`` block.
+    """
     flags = [m.training for m in modules]
     for m in modules:
         m.eval()

@@ -24,7 +24,21 @@ CHECKPOINT_FORMAT = "cvlearn-energy-model-v1"
 
 
 def energy_head(in_features: int, hidden: int) -> torch.nn.Sequential:
-    """Per-atom energy MLP on the backbone's scalar features (scriptable: used as is by the export)."""
+    """Per-atom energy MLP on the backbone's scalar features (scriptable: used as is by the export).
+
+    Parameters
+    ----------
+    in_features : int
+        Width of the per-atom scalar features ``[N, in_features]``.
+    hidden : int
+        Hidden width (SiLU activation).
+
+    Returns
+    -------
+    torch.nn.Sequential
+        ``[N, in_features] -> [N, 1]``: dimensionless per-atom output, times the energy scale (eV) plus the
+        per-element reference gives the atom's energy.
+    """
     return torch.nn.Sequential(torch.nn.Linear(in_features, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 1))
 
 

@@ -36,6 +36,8 @@ class SumPool(torch.nn.Module):
     """Sum over tokens: no parameters, invariant to the token order, works for any token count.
 
     The baseline every learned mixer must beat; with residue tokens it equals pooling all atoms.
+    Takes no constructor parameters; ``forward`` maps tokens ``[n_frames, n_tokens, n_features]`` to
+    ``[n_frames, n_features]``.
     """
 
     def forward(self, tokens: Tensor) -> Tensor:
@@ -56,7 +58,19 @@ class _MLP(torch.nn.Module):
 
 
 class MixerBlock(torch.nn.Module):
-    """x + TokenMLP(LN(x))ᵀ, then x + ChannelMLP(LN(x)): residual, pre-norm."""
+    """x + TokenMLP(LN(x))ᵀ, then x + ChannelMLP(LN(x)): residual, pre-norm; shape-preserving.
+
+    Parameters
+    ----------
+    n_tokens : int
+        Token count (fixed: the token MLP has one input per token).
+    n_features : int
+        Features per token; input and output are ``[n_frames, n_tokens, n_features]``.
+    token_hidden, channel_hidden : int
+        Hidden widths of the token-mixing and channel-mixing MLPs.
+    dropout : float
+        Dropout probability inside both MLPs.
+    """
 
     def __init__(self, n_tokens: int, n_features: int, token_hidden: int, channel_hidden: int, dropout: float):
         super().__init__()
@@ -124,7 +138,20 @@ class MLPMixer(torch.nn.Module):
 
 
 class SelfAttentionLayer(torch.nn.Module):
-    """Pre-norm transformer encoder layer: x + MHA(LN(x)), then x + FF(LN(x))."""
+    """Pre-norm transformer encoder layer: x + MHA(LN(x)), then x + FF(LN(x)); written out by hand so
+    scripted, eager and OpenMM numbers agree and it stays twice differentiable.
+
+    Parameters
+    ----------
+    n_features : int
+        Features per token; input and output are ``[n_frames, n_tokens, n_features]``.
+    n_heads : int
+        Attention heads; must divide ``n_features`` (else ``ValueError``).
+    ff_hidden : int
+        Hidden width of the feed-forward MLP.
+    dropout : float
+        Dropout probability on attention weights, attention output and the feed-forward MLP.
+    """
 
     def __init__(self, n_features: int, n_heads: int, ff_hidden: int, dropout: float):
         super().__init__()

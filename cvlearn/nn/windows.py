@@ -28,7 +28,21 @@ _DUMMY_SPACING_NM = 10.0
 
 
 def window_atoms(residue_of_atom: Sequence[int], half_width: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per token t: (atom indices of the window, boolean mask of the centre residue's atoms within it)."""
+    """Per token t: (atom indices of the window, boolean mask of the centre residue's atoms within it).
+
+    Parameters
+    ----------
+    residue_of_atom : sequence of int
+        0-based token (residue) index of each selected atom, length ``n_atoms``.
+    half_width : int
+        Residues on each side of the centre residue (>= 0); windows are clipped at the chain ends.
+
+    Returns
+    -------
+    list of (ndarray, ndarray)
+        One pair per token (``max(residue_of_atom) + 1`` tokens): int64 atom indices ``[n_window]`` into the
+        selection and a bool mask ``[n_window]`` marking the centre residue's atoms.
+    """
     if isinstance(half_width, bool) or int(half_width) != half_width or half_width < 0:
         raise ValueError(f"half_width: expected an integer >= 0 (residues on each side), found {half_width!r}")
     res = np.asarray(list(residue_of_atom), dtype=np.int64)
@@ -49,6 +63,17 @@ class WindowTokens(torch.nn.Module):
     ``residue_of_atom`` maps each of its atoms to a 0-based token. Pooling is ``sum`` or ``mean`` over the
     centre residue's atoms. ``atomic_numbers`` and ``residue_of_atom`` keep the whole selection (the inner
     featurizer holds one window's elements), for what :func:`cvlearn.export.export_cv` records.
+
+    Parameters
+    ----------
+    featurizer : torch.nn.Module
+        A :class:`~cvlearn.nn.featurizers.base.FeaturizerBase` over the selected atoms (resized per window).
+    residue_of_atom : sequence of int
+        0-based token index of each of the featurizer's ``n_atoms`` atoms.
+    half_width : int
+        Residues on each side of each token's residue.
+    reduce : {"sum", "mean"}
+        Pooling of the centre residue's atom features into its token.
     """
 
     def __init__(self, featurizer: torch.nn.Module, residue_of_atom: Sequence[int], half_width: int = 2,
@@ -120,7 +145,26 @@ class WindowTokens(torch.nn.Module):
 
 def make_token_embedder(featurizer: torch.nn.Module, topology, atom_indices: Sequence[int], context: str = "molecule",
                         half_width: int = 2, reduce: str = "sum") -> torch.nn.Module:
-    """Tokens of the selected atoms: ``context="molecule"`` (one graph) or ``"window"`` (±``half_width`` residues)."""
+    """Tokens of the selected atoms: ``context="molecule"`` (one graph) or ``"window"`` (±``half_width`` residues).
+
+    Parameters
+    ----------
+    featurizer : torch.nn.Module
+        Featurizer over the selected atoms.
+    topology : mdtraj.Topology or openmm.app.Topology
+        Topology holding ``atom_indices``; gives each atom its residue (token).
+    atom_indices : sequence of int
+        Selected atoms, in the featurizer's order.
+    context : {"molecule", "window"}
+        One whole-molecule graph (:class:`MoleculeTokens`) or per-residue windows (:class:`WindowTokens`).
+    half_width, reduce
+        Window half width in residues (``"window"`` only) and token pooling (``"sum"`` or ``"mean"``).
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps positions ``[n_frames, n_atoms, 3]`` nm to tokens ``[n_frames, n_tokens, n_features]``.
+    """
     residue_of_atom = residue_index_of_atoms(topology, atom_indices)
     if context == "molecule":
         return MoleculeTokens(featurizer, residue_of_atom, reduce)

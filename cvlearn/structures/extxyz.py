@@ -25,11 +25,17 @@ ENERGY_KEYS = ("energy", "total_energy", "free_energy")
 
 
 class ExtxyzFormatError(ValueError):
-    """A frame that ASE cannot parse (bad atom count, bad number, truncated frame)."""
+    """A frame that ASE cannot parse (bad atom count, bad number, truncated frame).
+
+    Raised by :func:`iter_extxyz` / :func:`read_extxyz`, naming the file and frame index.
+    """
 
 
 class MissingLabelError(ValueError):
-    """A frame without energy or forces where labels are required."""
+    """A frame without energy or forces where labels are required.
+
+    Raised by :func:`iter_extxyz` / :func:`read_extxyz` when ``require_labels=True`` and a frame lacks either.
+    """
 
 
 def _energy(atoms) -> float | None:
@@ -82,6 +88,9 @@ def iter_extxyz(source: str | os.PathLike | IO[str], name: str | None = None, re
         except StopIteration:
             return
         except Exception as exc:  # ASE raises XYZError, ValueError, IndexError, ... for malformed frames
+            where = _locate_bad_frame(source) if isinstance(source, (str, os.PathLike)) else None
+            if where is not None:  # ASE indexes the whole file first, so its frame index can be wrong
+                raise ExtxyzFormatError(f"{label}: {where}") from exc
             raise ExtxyzFormatError(f"{label}: frame {index} could not be parsed as extxyz "
                                     f"({type(exc).__name__}: {exc})") from exc
         source_id = f"{label}#{index}"
@@ -98,6 +107,35 @@ def iter_extxyz(source: str | os.PathLike | IO[str], name: str | None = None, re
         except ValueError as exc:
             raise ExtxyzFormatError(f"{label}: frame {index}: {exc}") from exc
         index += 1
+
+
+def _locate_bad_frame(path: str | os.PathLike) -> str | None:
+    """Frame and line of the first frame whose atom count does not fit the file (only called after a failure)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        lines = handle.readlines()
+    line, frame, previous = 0, 0, None
+    while line < len(lines):
+        header = lines[line].strip()
+        if not header:
+            line += 1
+            continue
+        try:
+            n_atoms = int(header)
+        except ValueError:
+            after = (f" after frame {frame - 1} (line {previous[0] + 1}), which declares {previous[1]} atoms"
+                     if previous else "")
+            return (f"frame {frame} could not be parsed as extxyz (line {line + 1}: expected an atom count, found "
+                    f"{header[:40]!r}{after})")
+        atoms = lines[line + 2:line + 2 + n_atoms]
+        counts = [len(a.split()) for a in atoms]
+        if len(atoms) < n_atoms or (counts and min(counts) < 4):
+            found = next((i for i, c in enumerate(counts) if c < 4), len(atoms))
+            return (f"frame {frame} could not be parsed as extxyz (line {line + 1}: expected {n_atoms} atom lines, "
+                    f"found {found} before line {line + 3 + found})")
+        previous = (line, n_atoms)
+        line += 2 + n_atoms
+        frame += 1
+    return None
 
 
 def read_extxyz(path: str | os.PathLike, require_labels: bool = True) -> Iterator[Structure]:

@@ -17,6 +17,7 @@ from typing import Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
+from cvlearn.errors import RunError
 from cvlearn.structures.records import Structure
 from cvlearn.io import write_text_atomic
 from cvlearn.units import BOHR_ANGSTROM, HARTREE_EV
@@ -27,13 +28,28 @@ __all__ = ["Labeller", "PySCFLabeller", "ASECalculatorLabeller", "LabellingError
 log = logging.getLogger(__name__)
 
 
-class LabellingError(RuntimeError):
-    """A geometry whose label could not be computed (e.g. SCF did not converge)."""
+class LabellingError(RunError):
+    """A geometry whose label could not be computed (e.g. SCF did not converge).
+
+    Raised when a labeller fails on one structure; :func:`label_structures` can skip and record such geometries.
+    """
 
 
 @runtime_checkable
 class Labeller(Protocol):
-    """Anything that maps a ``Structure`` (Å) to ``(energy_ev, forces_ev_per_angstrom [n, 3])``."""
+    """Anything that maps a ``Structure`` (Å) to ``(energy_ev, forces_ev_per_angstrom [n, 3])``.
+
+    A protocol, so PySCF, ASE calculators or test doubles label alike.
+
+    Methods
+    -------
+    __call__(structure)
+        Energy (eV, float) and forces ``[n_atoms, 3]`` (eV/Å) of one structure; may raise
+        :class:`LabellingError`.
+    describe()
+        Short text naming the method and settings; stored in the partial-label file, so a resume with
+        another labeller is refused.
+    """
 
     def __call__(self, structure: Structure) -> tuple[float, np.ndarray]: ...
 
@@ -220,7 +236,7 @@ def label_structures(structures: Iterable[Structure], labeller: Labeller, out_ex
     list of Structure
         The labelled structures in input order (eV, eV/Å).
     """
-    from tqdm import tqdm
+    from cvlearn.progress import progress_bar
 
     from cvlearn.structures.extxyz import write_extxyz
 
@@ -244,7 +260,7 @@ def label_structures(structures: Iterable[Structure], labeller: Labeller, out_ex
     todo = [i for i in range(len(structures)) if i not in entries]
     if entries:
         log.info("resuming: %d of %d geometries already labelled in %s", len(entries), len(structures), partial_path)
-    for i in tqdm(todo, desc="labelling", disable=not progress):
+    for i in progress_bar(todo, desc="labelling", disable=not progress):
         s = structures[i]
         start, start_cpu = time.perf_counter(), time.process_time()
         try:

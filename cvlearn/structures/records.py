@@ -53,7 +53,21 @@ class Structure:
 
 
 class GraphBatch(NamedTuple):
-    """Concatenated molecules: ``z [N]``, ``pos [N, 3]`` (Å), ``batch [N]`` graph index, optional labels."""
+    """Concatenated molecules: ``z [N]``, ``pos [N, 3]`` (Å), ``batch [N]`` graph index, optional labels.
+
+    One flat graph list so a GNN runs molecules of any sizes in one call (built by :func:`collate`).
+
+    Attributes
+    ----------
+    z, batch : Tensor
+        Atomic numbers and 0-based graph index of each atom, ``[N]`` (long).
+    pos : Tensor
+        Positions ``[N, 3]``, Å.
+    n_graphs : int
+        Number of molecules G.
+    energy, forces : Tensor or None
+        Energies ``[G]`` (eV, float64) and forces ``[N, 3]`` (eV/Å), or None when some structure is unlabelled.
+    """
 
     z: Tensor
     pos: Tensor

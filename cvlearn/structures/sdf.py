@@ -22,7 +22,10 @@ HEADER_LINES = 3  # name, program/timestamp, comment
 
 
 class SDFFormatError(ValueError):
-    """A record that is not a well-formed V2000 molfile."""
+    """A record that is not a well-formed V2000 molfile.
+
+    Raised by :func:`read_sdf` on V3000 records, bad counts or atom lines, unknown elements or truncated records.
+    """
 
 
 def _atomic_number(symbol: str, where: str) -> int:

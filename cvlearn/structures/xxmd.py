@@ -48,7 +48,20 @@ def split_of_file(name: str) -> str:
 
 
 def xxmd_file_name(molecule: str, split: str) -> str:
-    """``<molecule>_<split>.xyz``, the name :func:`split_of_file` reads back."""
+    """``<molecule>_<split>.xyz``, the name :func:`split_of_file` reads back.
+
+    Parameters
+    ----------
+    molecule : str
+        Molecule name as xxMD spells it, e.g. ``"mal"``.
+    split : str
+        Split name, e.g. ``"train"``.
+
+    Returns
+    -------
+    str
+        The file name (no directory).
+    """
     return f"{molecule}_{split}.xyz"
 
 

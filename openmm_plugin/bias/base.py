@@ -14,7 +14,22 @@ import torch
 
 
 def as_cv_vector(name: str, values, n_cvs: int | None = None) -> np.ndarray:
-    """A float64 vector of per-CV parameters; a scalar is broadcast to ``n_cvs`` entries."""
+    """A float64 vector of per-CV parameters; a scalar is broadcast to ``n_cvs`` entries.
+
+    Parameters
+    ----------
+    name : str
+        Parameter name, for the error message.
+    values : float or sequence of float
+        Scalar or ``[n_cvs]`` values, in the CVs' units; must be finite.
+    n_cvs : int, optional
+        Expected length (None: any length).
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_cvs]`` float64.
+    """
     array = np.atleast_1d(np.asarray(values, dtype=np.float64))
     if n_cvs is not None and array.size == 1 and n_cvs > 1:
         array = np.full(n_cvs, float(array[0]))
@@ -26,7 +41,20 @@ def as_cv_vector(name: str, values, n_cvs: int | None = None) -> np.ndarray:
 
 
 def periods_vector(periods, n_cvs: int) -> np.ndarray:
-    """Per-CV period (0 = not periodic) from None, a scalar or a sequence with None entries."""
+    """Per-CV period (0 = not periodic) from None, a scalar or a sequence with None entries.
+
+    Parameters
+    ----------
+    periods : None, float or sequence of (float or None)
+        Periods in CV units (e.g. 2π for a torsion in radians); None or 0 means not periodic.
+    n_cvs : int
+        Number of CV components.
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_cvs]`` float64 periods, >= 0.
+    """
     if periods is None:
         return np.zeros(n_cvs)
     if np.isscalar(periods):
@@ -38,7 +66,20 @@ def periods_vector(periods, n_cvs: int) -> np.ndarray:
 
 
 def wrap_difference(d: np.ndarray, periods: np.ndarray) -> np.ndarray:
-    """Minimum-image difference along periodic CVs (periods > 0), unchanged along the others."""
+    """Minimum-image difference along periodic CVs (periods > 0), unchanged along the others.
+
+    Parameters
+    ----------
+    d : np.ndarray
+        Differences ``[..., n_cvs]`` in CV units.
+    periods : np.ndarray
+        ``[n_cvs]`` periods (0 = not periodic), broadcast against ``d``.
+
+    Returns
+    -------
+    np.ndarray
+        ``d`` wrapped into ``[-period/2, period/2]`` along periodic components; same shape.
+    """
     if not np.any(periods > 0):
         return d
     safe = np.where(periods > 0, periods, 1.0)
@@ -212,6 +253,14 @@ class BiasSum(Bias):
 
 
 class TorchBiasSum(torch.nn.Module):
+    """Sum of frozen bias modules: the TorchScript form of :class:`BiasSum`, ``s [n_cvs] -> V`` (kJ/mol).
+
+    Parameters
+    ----------
+    modules : sequence of torch.nn.Module
+        Scriptable terms, each ``s [n_cvs] -> scalar`` energy in kJ/mol.
+    """
+
     def __init__(self, modules: Sequence[torch.nn.Module]):
         super().__init__()
         self.terms = torch.nn.ModuleList(modules)
@@ -224,7 +273,20 @@ class TorchBiasSum(torch.nn.Module):
 
 
 def torch_wrap_difference(d: torch.Tensor, periods: torch.Tensor) -> torch.Tensor:
-    """Minimum image along CVs with ``periods > 0`` (TorchScript counterpart of :func:`wrap_difference`)."""
+    """Minimum image along CVs with ``periods > 0`` (TorchScript counterpart of :func:`wrap_difference`).
+
+    Parameters
+    ----------
+    d : torch.Tensor
+        Differences ``[..., n_cvs]`` in CV units.
+    periods : torch.Tensor
+        ``[n_cvs]`` periods (0 = not periodic).
+
+    Returns
+    -------
+    torch.Tensor
+        Wrapped differences, same shape as ``d``.
+    """
     safe = torch.where(periods > 0, periods, torch.ones_like(periods))
     return torch.where(periods > 0, d - safe * torch.round(d / safe), d)
 

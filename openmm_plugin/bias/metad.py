@@ -175,7 +175,21 @@ class Metadynamics(AdaptiveBias):
 
 
 class TorchGaussianSum(torch.nn.Module):
-    """Frozen metadynamics bias: exact sum of its Gaussians (TorchScript route)."""
+    """Frozen metadynamics bias: exact sum of its Gaussians (TorchScript route).
+
+    ``forward(s [n_cvs])`` returns V(s) = Σ_k h_k exp(-|Δ_k/σ|²/2) in kJ/mol (float64), Δ minimum-imaged.
+
+    Parameters
+    ----------
+    centers : array_like
+        ``[n_gaussians, n_cvs]`` Gaussian centres, CV units.
+    sigma : array_like
+        ``[n_cvs]`` widths, CV units.
+    heights : array_like
+        ``[n_gaussians]`` heights, kJ/mol.
+    periods : array_like
+        ``[n_cvs]`` periods (0 = not periodic).
+    """
 
     def __init__(self, centers, sigma, heights, periods):
         super().__init__()

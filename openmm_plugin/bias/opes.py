@@ -225,17 +225,49 @@ class OPES(AdaptiveBias):
 
 
 def OPESMetad(**kwargs) -> OPES:
-    """OPES_METAD: well-tempered target from the reweighted (unbiased) KDE."""
+    """OPES_METAD: well-tempered target from the reweighted (unbiased) KDE.
+
+    Parameters
+    ----------
+    **kwargs
+        Keyword arguments of :class:`OPES` except ``explore`` (``sigma`` in CV units, ``barrier_kjmol`` kJ/mol,
+        ``pace_steps``, ``temperature_k`` K, ...).
+
+    Returns
+    -------
+    OPES
+        With ``explore=False``.
+    """
     return OPES(explore=False, **kwargs)
 
 
 def OPESExplore(**kwargs) -> OPES:
-    """OPES_METAD_EXPLORE: well-tempered target from the KDE of the sampled (biased) distribution."""
+    """OPES_METAD_EXPLORE: well-tempered target from the KDE of the sampled (biased) distribution.
+
+    Parameters
+    ----------
+    **kwargs
+        Keyword arguments of :class:`OPES` except ``explore`` (``sigma`` in CV units, ``barrier_kjmol`` kJ/mol,
+        ``pace_steps``, ``temperature_k`` K, ...).
+
+    Returns
+    -------
+    OPES
+        With ``explore=True``.
+    """
     return OPES(explore=True, **kwargs)
 
 
 class TorchOPES(torch.nn.Module):
-    """Frozen OPES bias (TorchScript route): compressed kernels, Z, normalisation and ε as buffers."""
+    """Frozen OPES bias (TorchScript route): compressed kernels, Z, normalisation and ε as buffers.
+
+    ``forward(s [n_cvs])`` returns V(s) in kJ/mol (float64), equal to the OPES bias at the time of the snapshot.
+
+    Parameters
+    ----------
+    opes : OPES
+        The adaptive bias to freeze (later depositions do not reach this module).
+    """
 
     def __init__(self, opes: OPES):
         super().__init__()

@@ -4,7 +4,9 @@ Fields are named as PLUMED prints them (``<label>.bias``, ``<label>.rct``, ``ope
 files feed :func:`cvlearn.analysis.reweighting.metad_weights` / ``opes_weights`` and PLUMED tools alike.
 It is an OpenMM reporter (``simulation.reporters.append``) and also an ``on_report(simulation, frame)``
 callable for :func:`openmm_plugin.simulation.run_md`. The file is rewritten atomically every
-``flush_every`` reports and on :meth:`close`; when resuming it keeps the rows older than its first report.
+``flush_every`` reports, at every bias checkpoint (``BiasRunner(on_save=reporter.flush)``) and on :meth:`close`.
+When resuming, :meth:`keep_until` cuts the file back to the checkpoint's time, so it holds every row up to the
+checkpoint and none after; without that call the rows older than the first new report are kept.
 """
 
 from __future__ import annotations
@@ -64,12 +66,26 @@ class BiasReporter:
         self.flush_every = max(1, int(flush_every))
         self._resume = resume and self.path.is_file()
 
-    def _load_previous(self, time_ps: float) -> None:
+    def _load_previous(self, time_ps: float, keep_equal: bool = False) -> None:
         columns = read_colvar(self.path)
         if list(columns) != self.fields:
             raise ValueError(f"{self.path}: existing COLVAR has fields {list(columns)}, this run writes {self.fields}")
         table = np.column_stack([columns[f] for f in self.fields]) if columns["time"].size else np.zeros((0, len(self.fields)))
-        self.rows = [list(r) for r in table if r[0] < time_ps - 1e-9]  # rows before this report's time
+        limit = time_ps + 1e-9 if keep_equal else time_ps - 1e-9
+        self.rows = [list(r) for r in table if r[0] < limit]
+
+    def keep_until(self, time_ps: float) -> None:
+        """Resume at ``time_ps`` (ps, the restored checkpoint's time): keep the file's rows up to it, drop later ones.
+
+        Rows after a checkpoint were written by a run that was then killed; the resumed run writes them again.
+        Call it once, before the first report (e.g. right after ``BiasRunner.restore``, or at time 0 for a start).
+        """
+        if self._resume:
+            self._load_previous(float(time_ps), keep_equal=True)
+            self._resume = False
+            self.flush()
+        else:
+            self.rows = [r for r in self.rows if r[0] < float(time_ps) + 1e-9]
 
     # OpenMM reporter protocol
     def describeNextReport(self, simulation):
@@ -97,6 +113,9 @@ class BiasReporter:
         self.report(simulation)
 
     def flush(self) -> None:
+        """Rewrite the file with every row so far (atomically); before the first report of a resume, keep it."""
+        if self._resume:
+            return
         write_colvar(self.path, self.fields, np.asarray(self.rows).reshape(-1, len(self.fields)))
 
     close = flush

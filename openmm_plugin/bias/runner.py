@@ -50,11 +50,15 @@ class BiasRunner:
         Steps between reading the other walkers' depositions (default: the smallest pace).
     on_update : callable, optional
         ``on_update(simulation)`` after the bias changed (e.g. ``TorchBiasForce.refresh``).
+    on_save : callable, optional
+        ``on_save()`` right before each checkpoint is written (e.g. ``BiasReporter.flush``), so the time series
+        on disk always reach the checkpoint.
     """
 
     def __init__(self, bias, *, cv=None, callback=None, save_path: str | Path | None = None,
                  save_every_steps: int | None = None, walkers_dir: str | Path | None = None, walker_id: int = 0,
-                 sync_every_steps: int | None = None, on_update: Callable | None = None):
+                 sync_every_steps: int | None = None, on_update: Callable | None = None,
+                 on_save: Callable[[], None] | None = None):
         if callback is None and cv is None:
             raise ValueError("BiasRunner: give the PythonForce `callback` (cached CV values) or the `cv` module")
         self.bias = bias
@@ -71,6 +75,7 @@ class BiasRunner:
         self.sync_every_steps = sync_every_steps or (min(paces) if paces else None)
         self.applied: dict[str, int] = {}  # "<label>.walker<id>" -> rows of that file already replayed
         self.on_update = on_update
+        self.on_save = on_save
         self._last_callback_evaluations = -1
         if self.walkers_dir is not None:
             self.walkers_dir.mkdir(parents=True, exist_ok=True)
@@ -172,8 +177,11 @@ class BiasRunner:
         path = Path(path) if path is not None else self.save_path
         if path is None:
             raise ValueError("BiasRunner.save: no path given and no save_path configured")
+        if self.on_save is not None:
+            self.on_save()
         state = self.state_dict()
         if simulation is not None:
+            state["runner/step"] = np.array(simulation.currentStep)  # for people and tests: where it stands
             state["openmm/checkpoint"] = np.frombuffer(simulation.context.createCheckpoint(), dtype=np.uint8)
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as handle:

@@ -62,11 +62,24 @@ def learned_cv_sigma(cv: torch.jit.ScriptModule, cv_range: tuple[float, float], 
                      temperature_k: float, *, component: int = 0, min_fraction: float = 0.05) -> tuple[float, float]:
     """Kernel width for one CV component: ``max(unbiased std, min_fraction * range)``; also returns the std.
 
-    ``cv_range`` is ``(lo, hi)`` of the component in training; the other arguments are those of
-    :func:`unbiased_cv_std`. Returns ``(sigma, std)`` in CV units.
-
     A VAMP CV is nearly flat inside a basin (measured on ala2 at 300 K: std 0.04 for a CV spanning 5.5 units),
     so the in-basin spread alone gives hills so narrow that the bias forces blow the simulation up.
+
+    Parameters
+    ----------
+    cv_range : (float, float)
+        ``(lo, hi)`` of the component in training, CV units.
+    component : int
+        CV component in ``[0, n_cvs)``.
+    min_fraction : float
+        Floor on sigma as a fraction of ``hi - lo``.
+    cv, topology, system, positions_nm, integrator, temperature_k
+        As :func:`unbiased_cv_std` (default 2000 steps on the Reference platform).
+
+    Returns
+    -------
+    sigma, std : float
+        Kernel width and unbiased std of the component, CV units.
     """
     fluctuation = float(unbiased_cv_std(cv, topology, system, positions_nm, integrator, temperature_k)[component])
     lo, hi = cv_range

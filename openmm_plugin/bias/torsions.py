@@ -17,7 +17,15 @@ from cvlearn.export import export_cv
 
 
 class Torsions(torch.nn.Module):
-    """``[B, n_selected, 3] -> [B, n_torsions]`` dihedral angles of quadruples of *selected-atom* indices."""
+    """``[B, n_selected, 3] -> [B, n_torsions]`` dihedral angles of quadruples of *selected-atom* indices.
+
+    Positions in nm (any length unit works: angles are scale-free); angles in radians on [-π, π].
+
+    Parameters
+    ----------
+    quadruples : sequence of 4-sequences of int
+        ``[n_torsions, 4]`` atom indices into the selection (not System indices).
+    """
 
     def __init__(self, quadruples: Sequence[Sequence[int]]):
         super().__init__()

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from cvlearn.config import check_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class CorpusSpec:
     frame_interval_ps: float = 0.5
     seed: int = 0
 
+    def __post_init__(self):
+        check_ranges(self, positive=("temperatures_k", "ps_per_run", "frame_interval_ps"), non_negative=("seed",))
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["sequences"], d["temperatures_k"] = list(self.sequences), list(self.temperatures_k)
@@ -57,7 +61,7 @@ def build_corpus(out: str | Path, spec: CorpusSpec = CorpusSpec(), *, platform: 
     Runs whose DCD + PDB exist are skipped (resume after a kill). Each run's cost (process CPU seconds, so a
     shared machine does not inflate it) is kept in ``<run>.cost.json``; the manifest sums them (``cpu_seconds``).
     """
-    from tqdm.auto import tqdm
+    from cvlearn.progress import progress_bar
 
     from cvlearn.io import write_json_atomic
     from openmm_plugin.simulation import make_integrator, run_md
@@ -75,7 +79,7 @@ def build_corpus(out: str | Path, spec: CorpusSpec = CorpusSpec(), *, platform: 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     runs = []
     jobs = [(s, t) for s in spec.sequences for t in spec.temperatures_k]
-    bar = tqdm(total=len(jobs), desc="corpus MD", unit="run", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="corpus MD", unit="run", disable=not progress)
     try:
         for sequence in spec.sequences:
             name = molecule_name(sequence)

@@ -27,6 +27,7 @@ import mdtraj
 import numpy as np
 import torch
 
+from cvlearn.config import check_ranges
 from cvlearn.data.colvar import read_colvar
 from cvlearn.analysis.plots import plot_cvs_on_phi_psi, plot_fes_panels, plot_time_series, plot_training_curves
 from cvlearn.analysis.reweighting import delta_f_kjmol, free_energy_surface, metad_weights
@@ -34,6 +35,7 @@ from cvlearn.analysis.transitions import count_phi_transitions, phi_basins
 from cvlearn.models.cv import DistanceCV, GraphCV, fit_head_scaler
 from cvlearn.data import lagged_pairs, load_trajectories, split_by_trajectory, take_segments
 from cvlearn.estimators import VAMPNet
+from cvlearn.estimators.multiseed import model_outputs
 from cvlearn.export import export_cv, load_cv
 from cvlearn.nn.featurizers import ETConfig, ETFeaturizer
 from cvlearn.nn.heads import MLPHead
@@ -46,7 +48,7 @@ from openmm_plugin.bias import BiasReporter, BiasRunner, Metadynamics, OnCompone
 from openmm_plugin.bias.sigma import learned_cv_sigma
 from openmm_plugin.bias.torsions import export_torsion_cv
 from openmm_plugin.forces import python_bias_force
-from openmm_plugin.simulation import BIAS_GROUP, make_integrator, run_md
+from openmm_plugin.simulation import BIAS_GROUP, make_integrator, platform_by_name, run_md
 from systems import alanine_dipeptide as ala2
 from systems.peptides import add_trans_omega_restraint
 
@@ -65,7 +67,7 @@ class DemoConfig:
     train_ns_per_trajectory: float = 1.5
     frame_interval_ps: float = 1.0
     # learning
-    lag_ps: float = 5.0
+    lagtime_ps: float = 5.0
     n_cvs: int = 2
     featurizer: ETConfig = ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom=5.0)
     head_hidden: int = 64
@@ -91,9 +93,19 @@ class DemoConfig:
     reweight_skip_fraction: float = 0.1
     timing_steps: int = 20000
 
+    def __post_init__(self):
+        check_ranges(self, positive=("train_temperature_k", "train_ns_per_trajectory", "frame_interval_ps", "lagtime_ps",
+                                     "learning_rate", "temperature_k", "biased_ns", "reference_ns", "height_kjmol",
+                                     "deposit_interval_ps", "sigma_cv", "sigma_torsion_rad"),
+                     at_least_one=("n_train_trajectories", "n_cvs", "head_hidden", "max_epochs", "patience",
+                                   "batch_size", "bias_every_steps", "grid_bins", "timing_steps"),
+                     non_negative=("min_epochs", "seed", "sigma_min_fraction", "cv_margin_fraction"),
+                     fraction=("validation_fraction", "reweight_skip_fraction"))
+        platform_by_name(self.platform)  # "platform: expected one of the installed OpenMM platforms [...]"
+
 
 QUICK = DemoConfig(
-    n_train_trajectories=2, train_ns_per_trajectory=0.1, frame_interval_ps=0.5, lag_ps=1.0,
+    n_train_trajectories=2, train_ns_per_trajectory=0.1, frame_interval_ps=0.5, lagtime_ps=1.0,
     featurizer=ETConfig(hidden_channels=32, num_layers=1, num_rbf=16, num_heads=4, cutoff_angstrom=5.0),
     head_hidden=32, max_epochs=3, patience=2, biased_ns=0.01, reference_ns=0.01, deposit_interval_ps=0.1,
     timing_steps=1000,
@@ -143,8 +155,7 @@ def _fit(lobe, train, val, lag, cfg: DemoConfig, name: str):
 
 
 def _outputs(model, trajs: list[torch.Tensor]) -> list[np.ndarray]:
-    with torch.no_grad():
-        return [torch.cat([model(t[i:i + 2048]) for i in range(0, len(t), 2048)]).double().numpy() for t in trajs]
+    return [y.numpy() for y in model_outputs(model, trajs)]
 
 
 def learn_cv(cfg: DemoConfig, out: Path, traj_paths: list[Path], top_path: Path, molecule) -> dict:
@@ -155,7 +166,7 @@ def learn_cv(cfg: DemoConfig, out: Path, traj_paths: list[Path], top_path: Path,
     positions = [torch.from_numpy(t.xyz[:, heavy].astype(np.float32)) for t in trajs]
     train_seg, val_seg = split_by_trajectory([len(p) for p in positions], cfg.validation_fraction, cfg.seed)
     train, val = take_segments(positions, train_seg), take_segments(positions, val_seg)
-    lag = _steps(cfg.lag_ps, cfg.frame_interval_ps)
+    lag = _steps(cfg.lagtime_ps, cfg.frame_interval_ps)
 
     torch.manual_seed(cfg.seed)
     atomic_numbers = element_numbers(topology, heavy)
@@ -175,7 +186,7 @@ def learn_cv(cfg: DemoConfig, out: Path, traj_paths: list[Path], top_path: Path,
     }
     train_out = np.concatenate(_outputs(model, positions))
     export_cv(model, out / "cv.pt", atom_indices=heavy, n_particles=topology.getNumAtoms(), topology=topology,
-              dtype=torch.float32, lagtime_ps=cfg.lag_ps, frame_interval_ps=cfg.frame_interval_ps,
+              dtype=torch.float32, lagtime_ps=cfg.lagtime_ps, frame_interval_ps=cfg.frame_interval_ps,
               cv_range=[(float(train_out[:, k].min()), float(train_out[:, k].max())) for k in range(train_out.shape[1])],
               extra={"system": "alanine_dipeptide", "singular_values": [float(s) for s in model.singular_values]})
     all_frames = mdtraj.join(trajs)
@@ -328,7 +339,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
         "vamp2_val_deeptime": learned["vamp2_val_deeptime"],
         "vamp2_val_baseline_distances": learned["vamp2_val_baseline_distances"],
         "n_cvs": cfg.n_cvs,
-        "lagtime_ps": cfg.lag_ps,
+        "lagtime_ps": cfg.lagtime_ps,
         "training_phi_transitions": learned["training_phi_transitions"],
         "training_temperature_k": cfg.train_temperature_k,
         "training_ns": cfg.n_train_trajectories * cfg.train_ns_per_trajectory,

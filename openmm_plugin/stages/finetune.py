@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from cvlearn.config import check_ranges
+from cvlearn.data.trajectories import check_distinct_paths
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +52,13 @@ class FinetuneConfig:
     export_dtype: str = "float32"
     nve_steps: int = 400  # short NVE check of the exported potential (0 = skip)
     nve_timestep_fs: float = 0.5
+
+    def __post_init__(self):
+        check_ranges(self, positive=("learning_rate", "nve_timestep_fs"), fraction=("validation_fraction",),
+                     at_least_one=("n_train", "head_hidden", "max_epochs", "patience", "max_atoms", "threads"),
+                     non_negative=("energy_weight", "force_weight", "backbone_lr_scale", "nve_steps", "seed"))
+        check_distinct_paths([*self.train_files, *self.val_files, *self.test_files],
+                             "train_files/val_files/test_files")  # a file in two splits leaks test data
 
 
 def _read(files, name: str) -> list:

@@ -41,6 +41,8 @@ class LabelConfig:
             raise ValueError(f"splits: expected 1 to 3 fractions (train,val,test), found {self.splits!r}")
         if self.split_kind not in ("random", "temporal"):
             raise ValueError(f"split_kind: expected 'random' or 'temporal', found {self.split_kind!r}")
+        if any(not 0 <= f <= 1 for f in self.splits) or sum(self.splits) > 1 + 1e-9:
+            raise ValueError(f"splits: expected fractions in [0, 1] summing to at most 1, found {self.splits!r}")
 
 
 def run_label(config: LabelConfig) -> dict:
@@ -55,11 +57,14 @@ def run_label(config: LabelConfig) -> dict:
     dict
         ``{split: (n_structures, path)}`` of the written ``<out>/xxMD-DFT/<molecule>/<molecule>_<split>.xyz``.
     """
+    from cvlearn.config import check_input_file, check_output_dir
     from cvlearn.structures.extxyz import read_extxyz
     from cvlearn.data.splits import random_split, temporal_split
     from cvlearn.structures.xxmd import write_xxmd
     from cvlearn.structures.labelling import PySCFLabeller, label_structures
 
+    check_input_file(config.input, "input", "geometry file")
+    check_output_dir(config.out, "out")
     geoms = list(read_extxyz(config.input, require_labels=False))
     if not geoms:
         raise ValueError(f"input {config.input}: no geometries found")

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from cvlearn.config import check_ranges
+from cvlearn.data.trajectories import check_distinct_paths
 from openmm_plugin.stages.corpus import CorpusSpec
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,12 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 1  # small graphs run fastest on one torch thread
     install_to: Optional[str] = None  # copy the backbone checkpoint here as well
+
+    def __post_init__(self):
+        check_ranges(self, positive=("noise_sigma_angstrom", "learning_rate"), fraction=("validation_fraction",),
+                     at_least_one=("validation_every", "stride", "max_epochs", "max_atoms", "threads"),
+                     non_negative=("seed",))
+        check_distinct_paths(self.structure_files, "structure_files")
 
 
 def _read_structure_files(paths, heavy_atoms_only: bool):

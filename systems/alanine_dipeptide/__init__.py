@@ -36,6 +36,11 @@ def build() -> MolecularSystem:
 
     Built fresh on every call (about 0.3 s, so nothing is cached); minimised once on the Reference
     platform (to 1 kJ/mol/nm) so MD starts from a relaxed structure, not PeptideBuilder's ideal geometry.
+
+    Returns
+    -------
+    MolecularSystem
+        ``N_ATOMS`` (22) particles; positions ``[n_particles, 3]`` nm.
     """
     return build_peptide_system("A", "alanine_dipeptide", FORCEFIELD_FILES, tolerance_kjmol_per_nm=1.0)
 
@@ -50,7 +55,18 @@ def _find_atom(topology: app.Topology, res_name: str, atom_name: str) -> int:
 
 
 def phi_psi_indices(topology: app.Topology) -> tuple[list[int], list[int]]:
-    """Atom indices of the backbone torsions: phi = C(ACE)-N-CA-C, psi = N-CA-C-N(NME)."""
+    """Atom indices of the backbone torsions: phi = C(ACE)-N-CA-C, psi = N-CA-C-N(NME).
+
+    Parameters
+    ----------
+    topology : openmm.app.Topology
+        Alanine dipeptide (one ACE, ALA and NME residue each).
+
+    Returns
+    -------
+    phi, psi : list of int
+        Four System atom indices each.
+    """
     c_ace = _find_atom(topology, "ACE", "C")
     n, ca, c = (_find_atom(topology, "ALA", name) for name in ("N", "CA", "C"))
     n_nme = _find_atom(topology, "NME", "N")
@@ -58,7 +74,18 @@ def phi_psi_indices(topology: app.Topology) -> tuple[list[int], list[int]]:
 
 
 def heavy_atom_indices(topology: app.Topology) -> list[int]:
-    """Indices of all atoms that are not hydrogen (10 for alanine dipeptide)."""
+    """Indices of all atoms that are not hydrogen (10 for alanine dipeptide).
+
+    Parameters
+    ----------
+    topology : openmm.app.Topology
+        Any peptide topology (the pentapeptide and λ6-85 modules reuse this function).
+
+    Returns
+    -------
+    list of int
+        Ascending System atom indices of the heavy atoms.
+    """
     from cvlearn.data.selection import HEAVY_ATOMS, select_atoms
 
     return select_atoms(topology, HEAVY_ATOMS).tolist()

@@ -32,6 +32,19 @@ def build(minimize: bool = True, max_iterations: int = 100, cutoff_nm: float | N
           hydrogen_mass_amu: float | None = None) -> MolecularSystem:
     """Capped λ6-85 as an ideal helix, amber99sb-ildn + OBC, HBond constraints, briefly minimised.
 
-    No cutoff unless ``cutoff_nm``; ``hydrogen_mass_amu`` for 4 fs steps (see ``FAST_BUILD``)."""
+    No cutoff unless ``cutoff_nm``; ``hydrogen_mass_amu`` for 4 fs steps (see ``FAST_BUILD``).
+
+    Parameters
+    ----------
+    minimize, max_iterations
+        Minimise on the Reference platform, for at most ``max_iterations`` steps (0: until converged).
+    cutoff_nm, hydrogen_mass_amu : float or None
+        Non-periodic cutoff, nm, and hydrogen mass, amu.
+
+    Returns
+    -------
+    MolecularSystem
+        ``N_ATOMS`` (1267) particles; positions ``[n_particles, 3]`` nm.
+    """
     return build_peptide_system(SEQUENCE, "lambda6_85", FORCEFIELD_FILES, backbone="helix", minimize=minimize,
                                 max_iterations=max_iterations, cutoff_nm=cutoff_nm, hydrogen_mass_amu=hydrogen_mass_amu)

@@ -14,7 +14,18 @@ MOLECULE = "mal"
 
 
 def dataset_path() -> Path:
-    """Root of the shipped data set in xxMD layout: pass it to ``cvlearn.structures.load_xxmd(root, "mal", split)``."""
+    """Root of the shipped data set in xxMD layout: pass it to ``cvlearn.structures.load_xxmd(root, "mal", split)``.
+
+    Returns
+    -------
+    Path
+        The ``data`` folder holding ``xxMD-DFT/mal/`` (positions Å, energies eV, forces eV/Å).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the data set has not been generated.
+    """
     path = Path(__file__).resolve().parent / "data"
     if not (path / "xxMD-DFT" / MOLECULE).is_dir():
         raise FileNotFoundError(f"malonaldehyde data set missing at {path}/xxMD-DFT/{MOLECULE}; regenerate it with "

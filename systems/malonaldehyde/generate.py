@@ -100,7 +100,19 @@ def _hessian_hartree_bohr2(positions: np.ndarray) -> np.ndarray:
 def normal_modes(positions: np.ndarray, hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mass-weighted eigen-decomposition with translations/rotations projected out.
 
-    Returns (eigenvalues omega^2 in Hartree/(Bohr^2 amu) [3n-6], mass-weighted mode vectors [3n, 3n-6]).
+    Parameters
+    ----------
+    positions : np.ndarray
+        ``[n_atoms, 3]`` geometry of the minimum, Å (masses from ``NUMBERS``).
+    hessian : np.ndarray
+        ``[3n, 3n]`` Cartesian Hessian at ``positions``, Hartree/Bohr².
+
+    Returns
+    -------
+    omega2 : np.ndarray
+        ``[3n-6]`` eigenvalues omega^2 in Hartree/(Bohr^2 amu), ascending.
+    modes : np.ndarray
+        ``[3n, 3n-6]`` mass-weighted mode vectors (columns).
     """
     from ase.data import atomic_masses
 
@@ -138,7 +150,21 @@ def sample_geometries(minimum: np.ndarray, omega2: np.ndarray, modes: np.ndarray
                       ) -> tuple[list[Structure], int]:
     """Normal-mode Boltzmann samples at TEMPERATURES_K plus proton-transfer-path geometries (module doc).
 
-    Returns the structures (``source`` names the kind: ``path``, ``nm300K``, ...) and the number of redrawn clashes.
+    Parameters
+    ----------
+    minimum : np.ndarray
+        ``[n_atoms, 3]`` minimum geometry, Å.
+    omega2, modes : np.ndarray
+        ``[3n-6]`` and ``[3n, 3n-6]`` from :func:`normal_modes` (all omega2 > 0, else RuntimeError).
+    n, seed : int
+        Number of geometries and RNG seed (sampling is deterministic given both).
+
+    Returns
+    -------
+    structures : list of Structure
+        Unlabelled, positions Å; ``source`` names the kind (``path``, ``nm300K``, ...) and index.
+    redrawn : int
+        Number of draws rejected for an interatomic distance below ``MIN_DISTANCE_ANGSTROM``.
     """
     from ase.data import atomic_masses
 
@@ -201,6 +227,20 @@ Read them with `cvlearn.structures.load_xxmd(systems.malonaldehyde.dataset_path(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: optimise, Hessian, sample, label (M06/6-31G*) and write the xxMD data set, resumably.
+
+    Intermediate files go to ``--work`` so an interrupted run picks up where it stopped.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (``--n``, ``--out``, ``--work``, ``--seed``); None reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        Exit status, 0 on success.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=320, help="number of geometries to sample and label")
     parser.add_argument("--out", default="systems/malonaldehyde/data", help="output root (xxMD layout)")

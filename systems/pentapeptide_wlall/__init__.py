@@ -19,5 +19,16 @@ N_RESIDUES = 7  # ACE + 5 + NME
 
 
 def build(minimize: bool = True) -> MolecularSystem:
-    """ACE-WLALL-NME, extended start, amber99sb-ildn + OBC, no cutoff, HBond constraints, minimised."""
+    """ACE-WLALL-NME, extended start, amber99sb-ildn + OBC, no cutoff, HBond constraints, minimised.
+
+    Parameters
+    ----------
+    minimize : bool
+        Minimise on the Reference platform (to 10 kJ/mol/nm) before returning.
+
+    Returns
+    -------
+    MolecularSystem
+        ``N_ATOMS`` (103) particles; positions ``[n_particles, 3]`` nm.
+    """
     return build_peptide_system(SEQUENCE, "pentapeptide_wlall", FORCEFIELD_FILES, minimize=minimize)

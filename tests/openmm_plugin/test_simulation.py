@@ -136,3 +136,28 @@ def test_make_simulation_names_missing_platform(ala2):
         make_simulation(ala2.topology, ala2.system, _integrator(), "NoSuchPlatform")
     assert make_simulation(ala2.topology, ala2.system, _integrator()).context.getPlatform().getName() == "Reference"
     assert platform_by_name("Reference").getName() == "Reference"
+
+
+def test_interrupted_run_resumes_from_its_checkpoint_without_duplicate_frames(ala2, tmp_path):
+    """A run stopped after its checkpoint at step 100 (frames past it already written) continues from there: the
+    trajectory equals an uninterrupted run's, frame for frame; checkpoint and partial file are gone at the end."""
+    reference = _run(ala2, tmp_path / "ref", checkpoint_every_steps=100)
+    calls = []
+
+    def crash_at_frame_7(sim, n):
+        calls.append(n)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        sim.step(n)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(ala2, tmp_path / "cut", advance=crash_at_frame_7, checkpoint_every_steps=100)
+    assert (tmp_path / "cut.part.dcd").is_file() and (tmp_path / "cut.chk.npz").is_file()
+    resumed = _run(ala2, tmp_path / "cut", checkpoint_every_steps=100)
+    a = mdtraj.load(str(reference.trajectory_path), top=str(reference.topology_path))
+    b = mdtraj.load(str(resumed.trajectory_path), top=str(resumed.topology_path))
+    assert a.n_frames == b.n_frames == 10
+    np.testing.assert_array_equal(a.xyz, b.xyz)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.dcd", "cut.pdb", "ref.dcd", "ref.pdb"]
+    with pytest.raises(ValueError, match="checkpoint_every_steps"):
+        _run(ala2, tmp_path / "x", checkpoint_every_steps=0)

@@ -12,6 +12,10 @@ strictly against them, geom2vec and torchmd-net checkpoints are described in the
 know them. Everything outside these configs follows the house rule.
 """
 
+from cvlearn.nn.featurizers.quiet_warp import quiet_warp
+
+quiet_warp()  # before torchmd-net imports warp: no start-up banner
+
 from cvlearn.nn.featurizers.checkpoints import CheckpointMismatchError, load_featurizer_weights, save_featurizer_checkpoint
 from cvlearn.nn.featurizers.equivariant_transformer import GEOM2VEC_ET, ETConfig, ETFeaturizer
 from cvlearn.nn.featurizers.neighbors import FixedTopologyNeighbors

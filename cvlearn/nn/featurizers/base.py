@@ -68,9 +68,18 @@ def seeded(seed: int | None, build):
 class FeaturizerBase(torch.nn.Module):
     """What every featurizer shares, so tokens, windows and exports treat ET, ViSNet and TensorNet alike.
 
-    Attributes: ``atomic_numbers`` buffer [n_atoms], ``n_atoms``, ``hidden_channels`` (= n_features), ``config``
-    (the architecture dataclass) and ``gnn`` (the representation model, whose state dict checkpoints hold).
-    Subclasses implement :meth:`forward_graphs`.
+    Subclasses implement :meth:`forward_graphs`; positions come in as nm and are converted to Å inside.
+
+    Attributes
+    ----------
+    atomic_numbers : Tensor
+        Buffer ``[n_atoms]`` of the featurized atoms' elements.
+    n_atoms, hidden_channels : int
+        Atom count and per-atom feature width (= n_features).
+    config
+        The architecture dataclass (e.g. :class:`ETConfig`).
+    gnn : torch.nn.Module
+        The representation model, whose state dict checkpoints hold.
     """
 
     def _init_common(self, atomic_numbers: Sequence[int], config, max_z: int, hidden_channels: int) -> None:

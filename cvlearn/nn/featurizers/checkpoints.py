@@ -20,7 +20,11 @@ CVLEARN_FORMAT = "cvlearn-featurizer-v1"
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the featurizer it is loaded into."""
+    """A checkpoint does not fit the featurizer it is loaded into.
+
+    Raised when a checkpoint file is unreadable or not a tensor dict, was trained with a periodic box, holds another
+    architecture, or its keys/shapes do not match the featurizer's backbone.
+    """
 
 
 def _read(path: Path) -> dict:

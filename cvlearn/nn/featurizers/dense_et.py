@@ -29,7 +29,20 @@ from cvlearn.nn.featurizers.equivariant_transformer import ETFeaturizer
 
 
 class DenseETLayer(torch.nn.Module):
-    """One ``EquivariantMultiHeadAttention`` (distance influence on keys and values) over all pairs."""
+    """One ``EquivariantMultiHeadAttention`` (distance influence on keys and values) over all pairs.
+
+    Shares/copies the weights of ``layer``; ``forward`` maps ``x`` ``[B, n, F]`` and ``vec`` ``[B, n, 3, F]`` to
+    the updates ``(dx, dvec)`` of the same shapes, from dense pair tensors (distances in Å).
+
+    Parameters
+    ----------
+    layer : torch.nn.Module
+        A torchmd-net attention layer with ``distance_influence='both'`` and no ``vector_cutoff``.
+    first : bool
+        Whether this is the first layer (``vec`` is zero on entry; q, k, v are precomputed from ``x0``).
+    x0 : Tensor or None
+        Element embeddings ``[1, n, F]`` of the molecule, used when ``first``.
+    """
 
     def __init__(self, layer: torch.nn.Module, first: bool, x0: Optional[Tensor]):
         super().__init__()
@@ -86,7 +99,16 @@ class DenseETLayer(torch.nn.Module):
 
 
 class DenseETFeaturizer(FeaturizerBase):
-    """``ETFeaturizer`` for its own molecule on dense pair tensors: same numbers, same interface, fewer ops."""
+    """``ETFeaturizer`` for its own molecule on dense pair tensors: same numbers, same interface, fewer ops.
+
+    ``forward(pos_nm [n_frames, n_atoms, 3])`` (nm; Å inside) returns ``[n_frames, n_atoms, n_features]``; graphs
+    with other elements than the source featurizer's are refused.
+
+    Parameters
+    ----------
+    et : ETFeaturizer
+        Source featurizer (weights deep-copied); ``neighbor_embedding=True`` is not supported.
+    """
 
     def __init__(self, et: ETFeaturizer):
         super().__init__()

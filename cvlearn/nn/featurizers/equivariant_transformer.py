@@ -18,6 +18,17 @@ class ETConfig:
     """Architecture of the Equivariant Transformer; stored with every checkpoint so loading is strict.
 
     Field names are torchmd-net's ``TorchMD_ET`` arguments (see :mod:`cvlearn.nn.featurizers`); the cutoff is Å.
+
+    Attributes
+    ----------
+    hidden_channels, num_layers, num_rbf, num_heads : int
+        Feature width (= n_features), attention layers, radial basis size, attention heads.
+    cutoff_angstrom : float
+        Neighbour cutoff, Å.
+    neighbor_embedding : bool
+        Whether to add torchmd-net's neighbour embedding after the element embedding.
+    max_z : int
+        Size of the element embedding table.
     """
 
     hidden_channels: int = 64

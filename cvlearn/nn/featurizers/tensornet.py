@@ -32,6 +32,19 @@ class TensorNetConfig:
     """Architecture of TensorNet plus the channel layout of its 3F-wide scalar outputs; stored with every checkpoint.
 
     Field names are torchmd-net's ``TensorNet`` arguments (see :mod:`cvlearn.nn.featurizers`); the cutoff is Å.
+
+    Attributes
+    ----------
+    hidden_channels, num_layers, num_rbf : int
+        Feature width F (= n_features), interaction layers, radial basis size.
+    cutoff_angstrom : float
+        Neighbour cutoff, Å.
+    max_z : int
+        Size of the element embedding table.
+    equivariance_group : str
+        ``"O(3)"`` or ``"SO(3)"``.
+    channel_layout : str
+        ``"blocked"`` (torchmd-net) or ``"interleaved"`` (geom2vec-trained checkpoints) split of 3F-wide outputs.
     """
 
     hidden_channels: int = 64
@@ -96,7 +109,19 @@ def _split3(h: Tensor, hidden: int, interleaved: bool) -> Tensor:
 
 
 class TensorEmbedding(nn.Module):
-    """torchmd-net's TensorNet embedding: per-atom I + A + S tensors [N, 3, 3, F] from elements and edges."""
+    """torchmd-net's TensorNet embedding: per-atom I + A + S tensors [N, 3, 3, F] from elements and edges.
+
+    Parameters
+    ----------
+    hidden, num_rbf : int
+        Feature width F and radial basis size.
+    cutoff : float
+        Cosine cutoff radius, Å.
+    max_z : int
+        Size of the element embedding table.
+    interleaved : bool
+        Channel layout of the 3F-wide scalar MLP output (see :class:`TensorNetConfig`).
+    """
 
     def __init__(self, hidden: int, num_rbf: int, cutoff: float, max_z: int, interleaved: bool):
         super().__init__()
@@ -139,7 +164,19 @@ class TensorEmbedding(nn.Module):
 
 
 class Interaction(nn.Module):
-    """One TensorNet interaction layer (torchmd-net's pure-torch path): tensor messages along edges."""
+    """One TensorNet interaction layer (torchmd-net's pure-torch path): tensor messages along edges.
+
+    Parameters
+    ----------
+    hidden, num_rbf : int
+        Feature width F and radial basis size.
+    cutoff : float
+        Cosine cutoff radius, Å.
+    group : str
+        ``"O(3)"`` (symmetric product) or ``"SO(3)"``.
+    interleaved : bool
+        Channel layout of the 3F-wide edge factors (see :class:`TensorNetConfig`).
+    """
 
     def __init__(self, hidden: int, num_rbf: int, cutoff: float, group: str, interleaved: bool):
         super().__init__()
@@ -179,7 +216,18 @@ class Interaction(nn.Module):
 
 
 class TensorNetBackbone(nn.Module):
-    """TensorNet representation model; state-dict keys equal torchmd-net's ``TensorNet`` minus ``distance.box``."""
+    """TensorNet representation model; state-dict keys equal torchmd-net's ``TensorNet`` minus ``distance.box``.
+
+    ``forward(z [N], pos [N, 3] Å, batch [N])`` (frames flattened) returns scalars ``[N, F]`` and axial vectors
+    ``[N, 3, F]``.
+
+    Parameters
+    ----------
+    config : TensorNetConfig
+        Architecture (``channel_layout`` and ``equivariance_group`` are checked).
+    n_atoms : int
+        Atoms per graph, for the fixed-topology all-pairs neighbour list.
+    """
 
     def __init__(self, config: TensorNetConfig, n_atoms: int):
         super().__init__()

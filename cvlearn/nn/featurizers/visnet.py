@@ -33,6 +33,21 @@ class ViSNetConfig:
     """Architecture of ViSNet; stored with every checkpoint so loading is strict.
 
     Field names are PyG ``ViSNetBlock`` arguments (see :mod:`cvlearn.nn.featurizers`); the cutoff is Å.
+
+    Attributes
+    ----------
+    hidden_channels, num_layers, num_rbf, num_heads : int
+        Feature width (= n_features), message-passing layers, radial basis size, attention heads.
+    cutoff_angstrom : float
+        Neighbour cutoff, Å.
+    lmax : int
+        Spherical-harmonic order of the vectors, 1 (3 components) or 2 (8 components).
+    vecnorm_type : str
+        ``"none"`` or ``"max_min"``; ``trainable_vecnorm`` makes its per-channel weight a parameter.
+    trainable_rbf : bool
+        Whether the radial basis is trained.
+    max_z : int
+        Size of the element embedding table.
     """
 
     hidden_channels: int = 64
@@ -60,7 +75,17 @@ def _cosine_cutoff(d: Tensor, cutoff: float) -> Tensor:
 
 
 class VecLayerNorm(torch.nn.Module):
-    """PyG's ``VecLayerNorm`` with a string (not Optional) norm type, so it scripts."""
+    """PyG's ``VecLayerNorm`` with a string (not Optional) norm type, so it scripts.
+
+    Parameters
+    ----------
+    hidden_channels : int
+        Channels F of the vectors ``[N, 3 or 8, F]``.
+    trainable : bool
+        Whether the per-channel weight is a parameter (else a buffer of ones).
+    norm_type : {"none", "max_min"}
+        ``"max_min"`` rescales per-atom vector norms; ``"none"`` only applies the weight.
+    """
 
     def __init__(self, hidden_channels: int, trainable: bool, norm_type: str):
         super().__init__()
@@ -100,7 +125,17 @@ class VecLayerNorm(torch.nn.Module):
 
 
 class NeighborEmbedding(torch.nn.Module):
-    """PyG's ViSNet neighbour embedding: each atom's embedding plus a cutoff-weighted sum over its neighbours."""
+    """PyG's ViSNet neighbour embedding: each atom's embedding plus a cutoff-weighted sum over its neighbours.
+
+    Parameters
+    ----------
+    hidden_channels, num_rbf : int
+        Atom feature width and radial basis size (``rbf`` is ``[E, num_rbf]``).
+    cutoff : float
+        Cosine cutoff radius, Å (same unit as the edge lengths ``r`` ``[E]``).
+    max_z : int
+        Size of the element embedding table.
+    """
 
     def __init__(self, hidden_channels: int, num_rbf: int, cutoff: float, max_z: int):
         super().__init__()
@@ -122,7 +157,15 @@ class NeighborEmbedding(torch.nn.Module):
 
 
 class EdgeEmbedding(torch.nn.Module):
-    """PyG's ViSNet edge embedding: (x_i + x_j) times a projection of the radial basis."""
+    """PyG's ViSNet edge embedding: (x_i + x_j) times a projection of the radial basis.
+
+    Parameters
+    ----------
+    num_rbf : int
+        Radial basis size of ``rbf`` ``[E, num_rbf]``.
+    hidden_channels : int
+        Width of atom and edge features.
+    """
 
     def __init__(self, num_rbf: int, hidden_channels: int):
         super().__init__()
@@ -136,7 +179,19 @@ class EdgeEmbedding(torch.nn.Module):
 
 
 class ViSLayer(torch.nn.Module):
-    """PyG's ``ViS_MP`` (no vertex features) with explicit gather/scatter: messages flow ``j = src → i = dst``."""
+    """PyG's ``ViS_MP`` (no vertex features) with explicit gather/scatter: messages flow ``j = src → i = dst``.
+
+    Parameters
+    ----------
+    num_heads, hidden_channels : int
+        Attention heads and feature width; ``num_heads`` must divide ``hidden_channels``.
+    cutoff : float
+        Cosine cutoff radius on edge lengths, Å.
+    vecnorm_type, trainable_vecnorm
+        Passed to :class:`VecLayerNorm`.
+    last_layer : bool
+        The last layer has no edge-feature update (``f_proj``/``w_*_proj`` are None).
+    """
 
     def __init__(self, num_heads: int, hidden_channels: int, cutoff: float, vecnorm_type: str,
                  trainable_vecnorm: bool, last_layer: bool):
@@ -220,7 +275,18 @@ class ViSLayer(torch.nn.Module):
 
 
 class ViSNetBackbone(torch.nn.Module):
-    """ViSNet representation model; state-dict keys equal PyG's ``ViSNetBlock`` (``distance``/``sphere`` hold no weights)."""
+    """ViSNet representation model; state-dict keys equal PyG's ``ViSNetBlock`` (``distance``/``sphere`` hold no weights).
+
+    ``forward(z [N], pos [N, 3] Å, batch [N])`` (frames flattened) returns scalars ``[N, hidden_channels]`` and
+    vectors ``[N, 3 or 8, hidden_channels]``.
+
+    Parameters
+    ----------
+    config : ViSNetConfig
+        Architecture (``lmax`` must be 1 or 2).
+    n_atoms : int
+        Atoms per graph, for the fixed-topology all-pairs neighbour list.
+    """
 
     def __init__(self, config: ViSNetConfig, n_atoms: int):
         super().__init__()

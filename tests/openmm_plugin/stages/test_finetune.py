@@ -61,8 +61,8 @@ def test_config_subsets_and_splits(xxmd_root):
         load_data(FinetuneConfig())
 
 
-def test_unknown_config_keys_are_rejected(tmp_path):
+def test_unknown_config_keys_are_rejected(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("xxmd_root: x\nforce_weigth: 10\n")
-    with pytest.raises(ValueError, match="force_weigth"):
-        main(["finetune", "--config", str(path)])
+    assert main(["finetune", "--config", str(path)]) == 2  # one line, exit 2
+    assert "force_weigth" in capsys.readouterr().err

@@ -16,6 +16,5 @@ def test_config_validates_splits():
 
 
 def test_cli_rejects_bad_fractions(capsys):
-    with pytest.raises(SystemExit):
-        main(["label", "--in", "a.xyz", "--out", "o", "--molecule", "m", "--splits", "a,b"])
+    assert main(["label", "--in", "a.xyz", "--out", "o", "--molecule", "m", "--splits", "a,b"]) == 2
     assert "--splits" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+"""Run records: resume only under the same config and inputs, refuse with the difference, finished only at the end."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from cvlearn.run_dir import RunMismatchError, describe_difference, file_sha256, open_run
+
+
+@dataclass(frozen=True)
+class _Config:
+    out: str = "runs/x"
+    sigma: tuple = (0.1,)
+    n_steps: int = 100
+
+
+def test_new_run_then_resume_then_finished(tmp_path):
+    cv = tmp_path / "cv.pt"
+    cv.write_bytes(b"weights")
+    run = open_run(tmp_path / "run.json", _Config(), {"cv": cv})
+    assert not run.resumed and not run.finished
+    again = open_run(tmp_path / "run.json", _Config(out="moved"), {"cv": cv})  # `out` may change
+    assert again.resumed and not again.finished
+    again.mark_finished(n_steps=100)
+    assert open_run(tmp_path / "run.json", _Config(), {"cv": cv}).finished
+
+
+def test_changed_config_or_input_is_refused_with_the_difference(tmp_path):
+    cv = tmp_path / "cv.pt"
+    cv.write_bytes(b"weights")
+    open_run(tmp_path / "run.json", _Config(), {"cv": cv})
+    with pytest.raises(RunMismatchError, match=r"sigma: \[0\.1\] -> \[0\.3\].*--restart-fresh.*--out"):
+        open_run(tmp_path / "run.json", _Config(sigma=(0.3,)), {"cv": cv})
+    cv.write_bytes(b"other weights")
+    with pytest.raises(RunMismatchError, match=r"inputs\.cv: sha256:[0-9a-f]{64} -> sha256:"):
+        open_run(tmp_path / "run.json", _Config(), {"cv": cv})
+
+
+def test_restart_fresh_deletes_the_outputs(tmp_path):
+    open_run(tmp_path / "run.json", _Config(), outputs=[tmp_path / "COLVAR"])
+    (tmp_path / "COLVAR").write_text("#! FIELDS time\n")
+    (tmp_path / "keep.txt").write_text("not ours")
+    run = open_run(tmp_path / "run.json", _Config(n_steps=5), outputs=[tmp_path / "COLVAR"], restart_fresh=True)
+    assert not run.resumed and not (tmp_path / "COLVAR").exists() and (tmp_path / "keep.txt").exists()
+
+
+def test_outputs_without_a_record_are_refused(tmp_path):
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(RunMismatchError, match="outputs of an unrecorded run exist"):
+        open_run(tmp_path / "run.json", _Config(), outputs=[tmp_path / "summary.json"])
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
+    stale = tmp_path / ".COLVAR.ab12cd_9"
+    stale.write_text("half")
+    open_run(tmp_path / "run.json", _Config(), outputs=[tmp_path / "COLVAR"])
+    assert not stale.exists()
+
+
+def test_difference_and_hash_helpers(tmp_path):
+    assert describe_difference({"a": {"b": 1}, "c": 2}, {"a": {"b": 2}, "d": 3}) == [
+        "a.b: 1 -> 2", "c: 2 -> <none>", "d: <none> -> 3"]
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    assert file_sha256(path) == "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
