@@ -77,6 +77,7 @@ class BiasRunner:
         self.on_update = on_update
         self.on_save = on_save
         self._last_callback_evaluations = -1
+        self._system_checked = False
         if self.walkers_dir is not None:
             self.walkers_dir.mkdir(parents=True, exist_ok=True)
 
@@ -104,6 +105,11 @@ class BiasRunner:
         n_steps = int(n_steps)
         if n_steps < 0:
             raise ValueError(f"n_steps: expected >= 0, found {n_steps}")
+        if not self._system_checked:  # a CV on the wrong System reads the wrong atoms silently: refuse before MD
+            from openmm_plugin.forces import check_cv_fits_system
+
+            check_cv_fits_system(self.evaluator.cv, simulation.system)
+            self._system_checked = True
         periods = self._events()
         end = simulation.currentStep + n_steps
         while simulation.currentStep < end:

@@ -258,6 +258,30 @@ def test_api_particle_mismatch_raises_before_any_context(cv_path, wlall):
     assert wlall.system.getNumForces() == n_forces  # nothing was added
 
 
+def test_api_runner_refuses_a_cv_of_another_system_before_any_step(cv_path):
+    """Built without ``system=``, the force cannot see the System; BiasRunner.step checks before the first MD step."""
+    import openmm
+
+    from cvlearn.export import load_cv
+    from openmm_plugin.bias import BiasRunner, Metadynamics
+    from openmm_plugin.forces import python_bias_force
+    from openmm_plugin.simulation import make_integrator, make_simulation
+    from systems import pentapeptide_wlall
+
+    molecule = pentapeptide_wlall.build()
+    cv, _ = load_cv(cv_path)
+    bias = Metadynamics(sigma=[0.1, 0.1], height_kjmol=1.0, pace_steps=10, temperature_k=300.0, lower=[-5, -5],
+                        upper=[5, 5])
+    force = python_bias_force(cv, bias)
+    molecule.system.addForce(force)
+    simulation = make_simulation(molecule.topology, molecule.system, make_integrator(300.0, 1.0, 0.002), "Reference")
+    simulation.context.setPositions(molecule.positions_nm)
+    with pytest.raises(ValueError, match=r"cv: expected a System of 22 particles .* found a System of 103 particles"):
+        BiasRunner(bias, callback=force.callback).step(simulation, 10)
+    assert simulation.currentStep == 0 and force.callback.evaluations == 0
+    assert isinstance(simulation.system, openmm.System)
+
+
 def test_api_run_bias_validates_before_compute(cv_path, tmp_path):
     from openmm_plugin.stages.bias import BiasConfig, MetadParams, build_bias, run_bias
 
