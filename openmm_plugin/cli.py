@@ -50,7 +50,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     config = _load(DemoConfig, args.config) if args.config else (QUICK if args.quick else DemoConfig())
     _check_out(args.out, "--out")
-    metrics = run_demo(args.out, quick=args.quick, config=config)
+    metrics = run_demo(args.out, quick=args.quick, config=config, restart_fresh=args.restart_fresh)
     keys = ("vamp2_val", "vamp2_val_deeptime", "vamp2_val_baseline_distances", "training_phi_transitions",
             "biased_phi_transitions", "deltaF_C7ax_C7eq_kjmol", "deltaF_reference_kjmol",
             "ms_per_step_unbiased", "ms_per_step_biased")
@@ -65,6 +65,7 @@ def _add_demo(commands) -> None:
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (< 3 minutes)")
     p.add_argument("--config", help="YAML/TOML file with DemoConfig fields (unknown keys are rejected)")
+    _add_restart_fresh(p)
     p.set_defaults(func=_demo)
 
 
@@ -138,6 +139,25 @@ def _add_bias(commands) -> None:
     p.add_argument("--out", help="output directory (overrides the config's `out`)")
     _add_restart_fresh(p)
     p.set_defaults(func=_bias)
+
+
+# --- analyze -------------------------------------------------------------------------------------------------
+def _analyze(args: argparse.Namespace) -> int:
+    from openmm_plugin.stages.analyze import AnalyzeConfig, run_analyze
+
+    config = _load(AnalyzeConfig, args.config, out=args.out)
+    summary = run_analyze(config)
+    for pair, d in summary["deltaF"].items():
+        print(f"dF {pair:24s} {d['kjmol']} +- {d['stderr_kjmol']} kJ/mol ({d['n_blocks_used']} blocks)")
+    print(f"{summary['n_frames']} frames from {summary['n_walkers']} walker(s); report: {config.out}/report.md")
+    return 0
+
+
+def _add_analyze(commands) -> None:
+    p = commands.add_parser("analyze", help="COLVARs of biased walkers -> reweighted FES, dF between regions, errors")
+    p.add_argument("--config", required=True, help="YAML/TOML file with AnalyzeConfig fields (unknown keys rejected)")
+    p.add_argument("--out", help="output directory (overrides the config's out)")
+    p.set_defaults(func=_analyze)
 
 
 # --- label ---------------------------------------------------------------------------------------------------
@@ -227,6 +247,30 @@ def _add_finetune(commands) -> None:
     p.set_defaults(func=_finetune)
 
 
+# --- check ---------------------------------------------------------------------------------------------------
+def _check(args: argparse.Namespace) -> int:
+    from openmm_plugin.stages.check import CheckConfig, format_table, raise_on_failure, run_check
+
+    flags = {"cv": "cv", "pdb": "--pdb", "system": "--system", "json_out": "--json", "seed": "--seed"}
+    config = _from_flags(CheckConfig, flags, cv=args.cv, pdb=args.pdb, system=args.system, json_out=args.json,
+                         seed=args.seed)
+    rows = run_check(config)
+    print(format_table(rows))
+    raise_on_failure(rows, args.cv)
+    return 0
+
+
+def _add_check(commands) -> None:
+    p = commands.add_parser("check", help="physics checks of an exported CV on a PDB: finite-difference forces, "
+                                          "invariance, float32, Python vs engine")
+    p.add_argument("cv", help="exported CV file (cv.pt)")
+    p.add_argument("--pdb", required=True, help="PDB with all the System's particles")
+    p.add_argument("--system", help="serialized OpenMM System XML (default: a force-free System from the PDB)")
+    p.add_argument("--json", help="also write the result table as JSON to this file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the perturbed configurations (default 0)")
+    p.set_defaults(func=_check)
+
+
 def _check_out(path: str, flag: str) -> None:
     from cvlearn.config import check_output_dir
 
@@ -246,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging, and the traceback of an expected error")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_demo, _add_simulate, _add_bias, _add_label, _add_pretrain, _add_finetune):
+    for add in (_add_demo, _add_simulate, _add_bias, _add_analyze, _add_label, _add_pretrain, _add_finetune, _add_check):
         add(commands)
     for sub in commands.choices.values():  # ``cvlearn bias --verbose`` as well as ``cvlearn --verbose bias``
         sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -73,14 +73,22 @@ def partial_paths(out_prefix: str | Path) -> tuple[Path, Path]:
 
 
 def _save_md_checkpoint(path: Path, dcd_handle, context, n_frames: int, seconds: float, start_positions,
-                        n_steps: int, report_interval_steps: int) -> None:
-    """Flush the trajectory to disk, then record the OpenMM checkpoint with the trajectory's length at that point."""
+                        n_steps: int, report_interval_steps: int, checkpoint_state=None) -> None:
+    """Flush the trajectory (and ``checkpoint_state.on_save``, e.g. a COLVAR) to disk, then record the OpenMM
+    checkpoint with the trajectory's length and ``checkpoint_state.state_dict()`` (e.g. the hills) in one file."""
+    extra = {}
+    if checkpoint_state is not None:
+        if getattr(checkpoint_state, "on_save", None) is not None:
+            checkpoint_state.on_save()
+        extra = {f"state/{k}": v for k, v in checkpoint_state.state_dict().items()}
     dcd_handle.flush()
     os.fsync(dcd_handle.fileno())
-    state = {"openmm": np.frombuffer(context.createCheckpoint(), dtype=np.uint8),
+    checkpoint = context.createCheckpoint()
+    context.loadCheckpoint(checkpoint)  # go on as a resumed run would: no forces cached from before (e.g. new hills)
+    state = {"openmm": np.frombuffer(checkpoint, dtype=np.uint8),
              "n_frames": np.array(n_frames), "dcd_bytes": np.array(dcd_handle.tell()), "seconds": np.array(seconds),
              "start_positions_nm": np.asarray(start_positions.value_in_unit(u.nanometer), dtype=np.float64),
-             "n_steps": np.array(n_steps), "report_interval_steps": np.array(report_interval_steps)}
+             "n_steps": np.array(n_steps), "report_interval_steps": np.array(report_interval_steps), **extra}
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **state)
@@ -101,7 +109,8 @@ def _load_md_checkpoint(path: Path, part_path: Path, n_steps: int, report_interv
                          f"{path} ({int(state['dcd_bytes'])} bytes); delete both to start over")
     return {"openmm": state["openmm"].tobytes(), "n_frames": int(state["n_frames"]),
             "dcd_bytes": int(state["dcd_bytes"]), "seconds": float(state["seconds"]),
-            "start_positions_nm": state["start_positions_nm"]}
+            "start_positions_nm": state["start_positions_nm"],
+            "state": {k[6:]: v for k, v in state.items() if k.startswith("state/")}}
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -207,6 +216,7 @@ def run_md(
     desc: str = "MD",
     timestep_ps: float | None = None,
     checkpoint_every_steps: int | None = None,
+    checkpoint_state=None,
 ) -> MDResult:
     """Run ``n_steps`` of MD and write a DCD frame every ``report_interval_steps`` steps; returns an :class:`MDResult`.
 
@@ -248,9 +258,11 @@ def run_md(
     checkpoint_every_steps : int, optional
         Save an OpenMM checkpoint (state + integrator RNG) to ``<out_prefix>.chk.npz`` at the first frame after
         every this many steps, and resume from it when it exists: the run continues from the checkpoint and
-        appends to the trajectory, so a killed run loses at most this many steps. Only for runs whose whole state
-        lives in the Context (an ``advance`` with its own state, e.g. a bias, checkpoints itself). Without it a
-        rerun starts over.
+        appends to the trajectory, so a killed run loses at most this many steps. State outside the Context (an
+        ``advance`` such as ``BiasRunner.step``) needs ``checkpoint_state``. Without it a rerun starts over.
+    checkpoint_state : object, optional
+        E.g. a ``BiasRunner``: its ``state_dict()`` goes into the same checkpoint, ``load_state_dict(state, source)``
+        restores it, and its ``on_save()`` (e.g. ``BiasReporter.flush``) runs first, so a COLVAR reaches the checkpoint.
 
     Returns
     -------
@@ -325,6 +337,8 @@ def run_md(
         resume = _load_md_checkpoint(checkpoint_path, part_path, n_steps, report_interval_steps)
     if resume is not None:
         context.loadCheckpoint(resume["openmm"])
+        if checkpoint_state is not None:
+            checkpoint_state.load_state_dict(resume["state"], str(checkpoint_path))
         start_positions = resume["start_positions_nm"] * u.nanometer
         frames_done, seconds = resume["n_frames"], resume["seconds"]
         logger.info("%s: resuming from %s at frame %d of %d", desc, checkpoint_path, frames_done, n_frames)
@@ -359,7 +373,7 @@ def run_md(
                     if checkpoint_every_steps is not None and done - last_checkpoint >= checkpoint_every_steps \
                             and frame + 1 < n_frames:
                         _save_md_checkpoint(checkpoint_path, handle, context, frame + 1, seconds, start_positions,
-                                            n_steps, report_interval_steps)
+                                            n_steps, report_interval_steps, checkpoint_state)
                         last_checkpoint = done
                 if remainder:
                     t0 = time.perf_counter()

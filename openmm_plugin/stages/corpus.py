@@ -7,7 +7,8 @@ short Langevin MD at several temperatures (amber99sb-ildn + native OBC, the alan
 platform). Hot runs (500, 800 K) widen the geometries beyond one basin, as the GNN meets them in biased MD.
 
 Layout: ``<corpus>/<molecule>/T<K>_s<seed>.dcd`` + ``.pdb`` (``openmm_plugin.simulation.run_md`` output, skipped
-when present, so a killed build resumes) and ``<corpus>/corpus.json`` (settings, frame counts, CPU seconds).
+when present; an unfinished run resumes from its checkpoint, so a killed build loses little) and
+``<corpus>/corpus.json`` (settings, frame counts, CPU seconds).
 ``corpus_structures`` streams the frames back as ``Structure`` records in Å.
 """
 
@@ -55,10 +56,11 @@ def molecule_name(sequence: str) -> str:
 
 
 def build_corpus(out: str | Path, spec: CorpusSpec = CorpusSpec(), *, platform: str = "Reference",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, checkpoint_interval_ps: float = 10.0) -> dict:
     """Simulate every (sequence, temperature) of ``spec`` into ``out`` and write the manifest; returns it.
 
-    Runs whose DCD + PDB exist are skipped (resume after a kill). Each run's cost (process CPU seconds, so a
+    Runs whose DCD + PDB exist are skipped; an unfinished run resumes from its last checkpoint (one every
+    ``checkpoint_interval_ps``, :func:`run_md`'s), appending to its trajectory, so a kill loses at most that much. Each run's cost (process CPU seconds, so a
     shared machine does not inflate it) is kept in ``<run>.cost.json``; the manifest sums them (``cpu_seconds``).
     """
     from cvlearn.progress import progress_bar
@@ -73,6 +75,8 @@ def build_corpus(out: str | Path, spec: CorpusSpec = CorpusSpec(), *, platform: 
     if not spec.ps_per_run >= spec.frame_interval_ps > 0:
         raise ValueError(f"spec: expected ps_per_run >= frame_interval_ps > 0, found {spec.ps_per_run}, "
                          f"{spec.frame_interval_ps}")
+    if not checkpoint_interval_ps > 0:
+        raise ValueError(f"checkpoint_interval_ps: expected a positive number, found {checkpoint_interval_ps!r}")
     out = Path(out)
     n_steps = max(1, round(spec.ps_per_run / TIMESTEP_PS))
     interval = max(1, min(n_steps, round(spec.frame_interval_ps / TIMESTEP_PS)))
@@ -95,7 +99,8 @@ def build_corpus(out: str | Path, spec: CorpusSpec = CorpusSpec(), *, platform: 
                     None if molecule is None else molecule.positions_nm,
                     make_integrator(temperature, FRICTION_PER_PS, TIMESTEP_PS, seed=seed) if molecule is not None else None,
                     out_prefix=prefix, n_steps=n_steps, report_interval_steps=interval, platform=platform,
-                    seed=seed, temperature_k=temperature, progress=False, desc=f"MD {name} {temperature:g} K")
+                    seed=seed, temperature_k=temperature, progress=False, desc=f"MD {name} {temperature:g} K",
+                    checkpoint_every_steps=max(1, round(checkpoint_interval_ps / TIMESTEP_PS)))
                 cost_path = Path(f"{prefix}.cost.json")
                 if not result.skipped:  # what this run cost, kept next to it so a resumed build still knows
                     write_json_atomic(cost_path, {"cpu_seconds": time.process_time() - run_cpu0,

@@ -40,6 +40,7 @@ from cvlearn.export import export_cv, load_cv
 from cvlearn.nn.featurizers import ETConfig, ETFeaturizer
 from cvlearn.nn.heads import MLPHead
 from cvlearn.io import write_json_atomic, write_text_atomic
+from cvlearn.run_dir import open_run
 from cvlearn.estimators.scores import deeptime_vamp_score, vamp_score
 from cvlearn.nn.mixers import SumPool
 from cvlearn.data.selection import atomic_numbers as element_numbers, residue_index_of_atoms
@@ -92,11 +93,13 @@ class DemoConfig:
     cv_margin_fraction: float = 0.3
     reweight_skip_fraction: float = 0.1
     timing_steps: int = 20000
+    checkpoint_interval_ps: float = 50.0  # every MD sub-run checkpoints this often: a killed demo resumes from there
 
     def __post_init__(self):
         check_ranges(self, positive=("train_temperature_k", "train_ns_per_trajectory", "frame_interval_ps", "lagtime_ps",
                                      "learning_rate", "temperature_k", "biased_ns", "reference_ns", "height_kjmol",
-                                     "deposit_interval_ps", "sigma_cv", "sigma_torsion_rad"),
+                                     "deposit_interval_ps", "sigma_cv", "sigma_torsion_rad",
+                                     "checkpoint_interval_ps"),
                      at_least_one=("n_train_trajectories", "n_cvs", "head_hidden", "max_epochs", "patience",
                                    "batch_size", "bias_every_steps", "grid_bins", "timing_steps"),
                      non_negative=("min_epochs", "seed", "sigma_min_fraction", "cv_margin_fraction"),
@@ -108,7 +111,7 @@ QUICK = DemoConfig(
     n_train_trajectories=2, train_ns_per_trajectory=0.1, frame_interval_ps=0.5, lagtime_ps=1.0,
     featurizer=ETConfig(hidden_channels=32, num_layers=1, num_rbf=16, num_heads=4, cutoff_angstrom=5.0),
     head_hidden=32, max_epochs=3, patience=2, biased_ns=0.01, reference_ns=0.01, deposit_interval_ps=0.1,
-    timing_steps=1000,
+    timing_steps=1000, checkpoint_interval_ps=2.0,
 )
 
 
@@ -137,7 +140,8 @@ def simulate_training_data(cfg: DemoConfig, out: Path, molecule) -> tuple[list[P
                         _integrator(cfg.train_temperature_k, seed),
                         out_prefix=out / "train" / f"traj{i}", n_steps=n_steps, report_interval_steps=interval,
                         platform=cfg.platform, seed=seed, temperature_k=cfg.train_temperature_k,
-                        desc=f"training MD {i + 1}/{cfg.n_train_trajectories} at {cfg.train_temperature_k:.0f} K")
+                        desc=f"training MD {i + 1}/{cfg.n_train_trajectories} at {cfg.train_temperature_k:.0f} K",
+                        checkpoint_every_steps=_steps(cfg.checkpoint_interval_ps, ala2.TIMESTEP_PS))
         paths.append(result.trajectory_path)
         if not result.skipped:
             ms_per_step.append(result.ms_per_step)
@@ -226,8 +230,9 @@ def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None, mole
 
     Both go through cvlearn's engine: one PythonForce evaluates the CV once per (outer) step, :class:`BiasRunner`
     deposits, :class:`BiasReporter` writes the COLVAR (``metad.bias`` = V(s,t), ``metad.rct`` = c(t)) at every
-    trajectory frame. ``<name>.json`` is written last and marks the stage complete; without it, partial outputs
-    are redone.
+    trajectory frame. Every ``checkpoint_interval_ps`` one checkpoint (:func:`run_md`'s, holding the runner's hills)
+    is written after the COLVAR is flushed, so a killed run resumes there; the reporter then keeps the COLVAR rows
+    up to it and rewrites the later ones. ``<name>.json`` is written last and marks the stage complete.
     """
     prefix, colvar, marker = out / name, out / f"{name}.colvar", out / f"{name}.json"
     if marker.exists():
@@ -253,14 +258,16 @@ def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None, mole
     force = python_bias_force(cv, bias, force_group=BIAS_GROUP)
     system.addForce(force)
     seed = cfg.seed * 1000 + 101
-    runner = BiasRunner(bias, callback=force.callback)
     report_steps = _steps(cfg.frame_interval_ps, outer_ps)
-    reporter = BiasReporter(colvar, bias, force.callback.evaluator, report_steps, cv_names=cv_names, resume=False)
+    # resume=True: the rows older than the first new report are kept (those up to the checkpoint, none on a start)
+    reporter = BiasReporter(colvar, bias, force.callback.evaluator, report_steps, cv_names=cv_names, resume=True)
+    runner = BiasRunner(bias, callback=force.callback, on_save=reporter.flush)
     ns = cfg.biased_ns if cv_path is not None else cfg.reference_ns
     result = run_md(molecule.topology, system, molecule.positions_nm, _integrator(cfg.temperature_k, seed, k),
                     out_prefix=prefix, n_steps=_steps(ns * 1000.0, outer_ps), report_interval_steps=report_steps,
                     platform=cfg.platform, seed=seed, temperature_k=cfg.temperature_k, advance=runner.step,
-                    on_report=reporter, timestep_ps=outer_ps, desc=f"metadynamics: {name}")
+                    on_report=reporter, timestep_ps=outer_ps, desc=f"metadynamics: {name}",
+                    checkpoint_every_steps=_steps(cfg.checkpoint_interval_ps, outer_ps), checkpoint_state=runner)
     reporter.close()
     summary = {"ns": ns, "ms_per_step": result.ms_per_step * ala2.TIMESTEP_PS / outer_ps, "sigma": sigma,
                "trajectory": str(result.trajectory_path), "topology": str(result.topology_path), "colvar": str(colvar),
@@ -295,17 +302,28 @@ def measure_unbiased_speed(cfg: DemoConfig, out: Path, molecule) -> float:
     return result.ms_per_step
 
 
-def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoConfig | None = None) -> dict:
+BIASED_RUNS = ("biased_reference_phi_psi", "biased_learned_cv")
+_OUTPUTS = ("train", "timing", "cv.pt", "learning.json", "metrics.json", "report.md", "cv_on_phi_psi.png",
+            "training_curve.png", "fes_phi_psi.png", "phi_time_series.png", f"{BIASED_RUNS[0]}_cv.pt",
+            *(run + suffix for run in BIASED_RUNS
+              for suffix in (".dcd", ".pdb", ".colvar", ".json", ".part.dcd", ".chk.npz")))
+
+
+def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoConfig | None = None, *,
+             restart_fresh: bool = False) -> dict:
     """Run every stage and write ``report.md``, ``metrics.json``, PNGs and ``cv.pt`` to ``out``.
 
     Parameters
     ----------
     out : str or Path
-        Output directory; finished stages found there are skipped (a killed demo resumes).
+        Output directory, recorded in ``<out>/run.json``: a rerun under the same config resumes (finished stages
+        reused, others from their last checkpoint); under another it is refused with the difference.
     quick : bool
         Use :data:`QUICK` when ``config`` is None (a smoke test of a few minutes).
     config : DemoConfig, optional
         All settings.
+    restart_fresh : bool
+        Delete the demo's outputs in ``out`` and start over.
 
     Returns
     -------
@@ -316,6 +334,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
     cfg = config or (QUICK if quick else DemoConfig())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    open_run(out / "run.json", cfg, outputs=[out / name for name in _OUTPUTS], restart_fresh=restart_fresh,
+             ignore=("checkpoint_interval_ps",))  # the checkpoint interval does not change any result
     torch.set_num_threads(1)  # tiny per-step graphs: thread sync costs more than it saves (measured 15x)
     started = time.perf_counter()
     metrics_path = out / "learning.json"
@@ -326,8 +346,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
     else:
         learned = learn_cv(cfg, out, traj_paths, top_path, molecule)
         write_json_atomic(metrics_path, learned)
-    reference = biased_run(cfg, out, "biased_reference_phi_psi", None, molecule)
-    learned_run = biased_run(cfg, out, "biased_learned_cv", out / "cv.pt", molecule)
+    reference = biased_run(cfg, out, BIASED_RUNS[0], None, molecule)
+    learned_run = biased_run(cfg, out, BIASED_RUNS[1], out / "cv.pt", molecule)
     ref_an, cv_an = analyse_biased(cfg, reference), analyse_biased(cfg, learned_run)
     plot_fes_panels([("metadynamics on learned CV (reweighted)", *cv_an["fes"]),
                      ("reference: metadynamics on φ/ψ (reweighted)", *ref_an["fes"])], out / "fes_phi_psi.png")
@@ -335,26 +355,16 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
                       "φ/ψ bias (reference)": (ref_an["time"], np.degrees(ref_an["phi"]))},
                      out / "phi_time_series.png", "φ (deg)")
     metrics = {
-        "vamp2_val": learned["vamp2_val"],
-        "vamp2_val_deeptime": learned["vamp2_val_deeptime"],
-        "vamp2_val_baseline_distances": learned["vamp2_val_baseline_distances"],
-        "n_cvs": cfg.n_cvs,
-        "lagtime_ps": cfg.lagtime_ps,
-        "training_phi_transitions": learned["training_phi_transitions"],
-        "training_temperature_k": cfg.train_temperature_k,
+        **{key: learned[key] for key in ("vamp2_val", "vamp2_val_deeptime", "vamp2_val_baseline_distances")},
+        "n_cvs": cfg.n_cvs, "lagtime_ps": cfg.lagtime_ps,
+        "training_phi_transitions": learned["training_phi_transitions"], "training_temperature_k": cfg.train_temperature_k,
         "training_ns": cfg.n_train_trajectories * cfg.train_ns_per_trajectory,
-        "biased_ns": cfg.biased_ns,
-        "biased_phi_transitions": int(cv_an["transitions"]),
-        "reference_ns": cfg.reference_ns,
-        "reference_phi_transitions": int(ref_an["transitions"]),
-        "deltaF_C7ax_C7eq_kjmol": cv_an["delta_f"],
-        "deltaF_reference_kjmol": ref_an["delta_f"],
+        "biased_ns": cfg.biased_ns, "biased_phi_transitions": int(cv_an["transitions"]),
+        "reference_ns": cfg.reference_ns, "reference_phi_transitions": int(ref_an["transitions"]),
+        "deltaF_C7ax_C7eq_kjmol": cv_an["delta_f"], "deltaF_reference_kjmol": ref_an["delta_f"],
         "ms_per_step_unbiased": measure_unbiased_speed(cfg, out, molecule),
-        "ms_per_step_biased": learned_run["ms_per_step"],
-        "ms_per_step_reference": reference["ms_per_step"],
-        "bias_every_steps": cfg.bias_every_steps,
-        "quick": quick,
-        "config": dataclasses.asdict(cfg),
+        "ms_per_step_biased": learned_run["ms_per_step"], "ms_per_step_reference": reference["ms_per_step"],
+        "bias_every_steps": cfg.bias_every_steps, "quick": quick, "config": dataclasses.asdict(cfg),
         "wall_seconds": time.perf_counter() - started,
     }
     write_json_atomic(out / "metrics.json", metrics)
@@ -363,13 +373,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
     return metrics
 
 
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def render_report(m: dict) -> str:
-    rows = [k for k in m if k not in ("config",)]
-    table = "\n".join(f"| `{k}` | {_fmt(m[k])} |" for k in rows)
+    table = "\n".join(f"| `{k}` | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in m.items() if k != "config")
     return f"""# cvlearn demo: alanine dipeptide
 
 Training data: {m['training_ns']:.3g} ns of unbiased MD at {m['training_temperature_k']:.0f} K (peptide bonds held
