@@ -253,3 +253,65 @@ def plot_fes_cvs(cv1: np.ndarray, cv2: np.ndarray, weights, temperature_k: float
     fig.colorbar(mesh, ax=ax, label="F (kJ/mol)")
     ax.set(xlabel="CV 1", ylabel="CV 2", title=title)
     _save(fig, path)
+
+
+def plot_profile_with_error(x: np.ndarray, fes: np.ndarray, err: np.ndarray, path: str | Path, xlabel: str) -> None:
+    """One free-energy profile with its error band (e.g. block standard error), to judge which features are real.
+
+    Parameters
+    ----------
+    x, fes, err : np.ndarray
+        ``[n_bins]`` bin centres (CV units), F and its error (kJ/mol).
+    path : str or Path
+        Output PNG.
+    xlabel : str
+        Name of the CV.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(x, fes, color="C0")
+    ax.fill_between(x, fes - err, fes + err, color="C0", alpha=0.3, label="± block standard error")
+    ax.set(xlabel=xlabel, ylabel="F (kJ/mol)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_fes_2d(fes: np.ndarray, x_edges: np.ndarray, y_edges: np.ndarray, path: str | Path, xlabel: str,
+                ylabel: str) -> None:
+    """A 2-D free-energy surface on its bin edges.
+
+    Parameters
+    ----------
+    fes : np.ndarray
+        ``[n_x, n_y]`` F (kJ/mol; NaN where empty).
+    x_edges, y_edges : np.ndarray
+        ``[n_x + 1]``, ``[n_y + 1]`` bin edges (CV units).
+    path : str or Path
+        Output PNG.
+    xlabel, ylabel : str
+        Names of the two CVs.
+    """
+    fig, ax = plt.subplots(figsize=(5.0, 3.8), constrained_layout=True)
+    mesh = ax.pcolormesh(x_edges, y_edges, fes.T, cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label="F (kJ/mol)")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    _save(fig, path)
+
+
+def plot_delta_f_against_time(times_ps: np.ndarray, series: Mapping[str, np.ndarray], path: str | Path) -> None:
+    """ΔF between regions against simulated time, one line per region pair: flat means converged.
+
+    Parameters
+    ----------
+    times_ps : np.ndarray
+        ``[n_points]`` times (ps).
+    series : mapping of str to np.ndarray
+        Per region pair, ``[n_points]`` ΔF (kJ/mol).
+    path : str or Path
+        Output PNG.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for pair, values in series.items():
+        ax.plot(times_ps, values, "o-", label=pair)
+    ax.set(xlabel="time (ps)", ylabel="ΔF (kJ/mol)")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -9,7 +9,6 @@ fields, reweighted the same way. Everything is validated (files, fields, regions
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -17,11 +16,12 @@ from typing import Optional
 
 import numpy as np
 
+from cvlearn.analysis.plots import plot_delta_f_against_time, plot_fes_2d, plot_profile_with_error
 from cvlearn.analysis.reweighting import (delta_f_kjmol, free_energy_profile, free_energy_surface,
                                           log_weights_from_bias, weights_from_log)
 from cvlearn.config import check_input_file, check_output_dir, check_ranges
 from cvlearn.data.colvar import read_colvar
-from cvlearn.io import atomic_path, write_json_atomic, write_text_atomic
+from cvlearn.io import write_json_atomic, write_text_atomic
 from cvlearn.units import kt_kjmol
 
 METHODS = ("opes", "metad")
@@ -240,7 +240,7 @@ def run_analyze(config: AnalyzeConfig) -> dict:
         err[~np.isfinite(fes)] = np.nan
         name = f"fes_1d_{f}.dat"
         _write_table(out / name, f"{f} F_kjmol stderr_kjmol", np.column_stack([x, fes, err]))
-        _plot_profile(out / f"fes_1d_{f}.png", x, fes, err, f)
+        plot_profile_with_error(x, fes, err, out / f"fes_1d_{f}.png", xlabel=f)
         outputs += [name, f"fes_1d_{f}.png"]
     if len(config.fields) == 2:
         fx, fy = config.fields
@@ -249,7 +249,7 @@ def run_analyze(config: AnalyzeConfig) -> dict:
         xc, yc = 0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1])
         grid = np.column_stack([np.repeat(xc, len(yc)), np.tile(yc, len(xc)), fes2.ravel()])
         _write_table(out / "fes_2d.dat", f"{fx} {fy} F_kjmol", grid)
-        _plot_surface(out / "fes_2d.png", fes2, xe, ye, fx, fy)
+        plot_fes_2d(fes2, xe, ye, out / "fes_2d.png", xlabel=fx, ylabel=fy)
         outputs += ["fes_2d.dat", "fes_2d.png"]
 
     delta = {}
@@ -265,7 +265,7 @@ def run_analyze(config: AnalyzeConfig) -> dict:
         times, series = _delta_f_against_time(walkers, config)
         _write_table(out / "deltaF_vs_time.dat", "time_ps " + " ".join(f"dF_{p}_kjmol" for p in series),
                      np.column_stack([times, *series.values()]))
-        _plot_against_time(out / "deltaF_vs_time.png", times, series)
+        plot_delta_f_against_time(times, series, out / "deltaF_vs_time.png")
         outputs += ["deltaF_vs_time.dat", "deltaF_vs_time.png"]
     summary = {"deltaF": delta, "n_frames": int(len(weights)), "n_walkers": len(walkers),
                "temperature_k": config.temperature_k, "method": config.method,
@@ -313,47 +313,3 @@ def _report(config: AnalyzeConfig, summary: dict) -> str:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-
-
-def _plot_profile(path, x, fes, err, name) -> None:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(x, fes, color="C0")
-    ax.fill_between(x, fes - err, fes + err, color="C0", alpha=0.3, label="± block standard error")
-    ax.set(xlabel=name, ylabel="F (kJ/mol)")
-    ax.legend(fontsize=8)
-    _save(plt, fig, path)
-
-
-def _plot_surface(path, fes, xe, ye, fx, fy) -> None:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5.0, 3.8), constrained_layout=True)
-    mesh = ax.pcolormesh(xe, ye, fes.T, cmap="viridis")
-    fig.colorbar(mesh, ax=ax, label="F (kJ/mol)")
-    ax.set(xlabel=fx, ylabel=fy)
-    _save(plt, fig, path)
-
-
-def _plot_against_time(path, times, series) -> None:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for pair, values in series.items():
-        ax.plot(times, values, "o-", label=pair)
-    ax.set(xlabel="time (ps)", ylabel="ΔF (kJ/mol)")
-    ax.legend(fontsize=8)
-    _save(plt, fig, path)
