@@ -7,6 +7,7 @@ killed run leaves either the old file or the new one, and "output exists" means 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -104,3 +105,22 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
         Anything ``json.dumps`` accepts.
     """
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks), to record which input a run, store or model came from.
+
+    Parameters
+    ----------
+    path : str or path
+
+    Returns
+    -------
+    str
+        Hex SHA-256 digest.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -10,7 +10,6 @@ early stays resumable.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from cvlearn.errors import ConfigError
+from cvlearn.io import file_sha256 as io_file_sha256
 from cvlearn.io import remove_stale_temporaries, write_json_atomic
 
 __all__ = ["Run", "RunMismatchError", "describe_difference", "file_sha256", "open_run"]
@@ -30,12 +30,8 @@ class RunMismatchError(ConfigError):
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """``sha256:<hex>`` of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
+    """``sha256:<hex>`` of a file's bytes (the form run records store)."""
+    return "sha256:" + io_file_sha256(path)
 
 
 def _jsonable(value):

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cvlearn.checkpoints import default_checkpoint  # noqa: E402
 from cvlearn.nn.featurizers import featurizer_from_checkpoint  # noqa: E402
 from cvlearn.data.selection import HEAVY_ATOMS, atomic_numbers, select_atoms  # noqa: E402
-from cvlearn.data.store import EmbeddingStore, LaggedTokenPairs, embed_trajectories, file_sha256  # noqa: E402
+from cvlearn.data.store import EmbeddingStore, LaggedTokenPairs, embed_trajectories  # noqa: E402
+from cvlearn.io import file_sha256  # noqa: E402
 from cvlearn.data.trajectories import read_topology  # noqa: E402
 from cvlearn.nn.windows import make_token_embedder  # noqa: E402
 from openmm_plugin.stages.simulate import SimulateConfig, run_simulate  # noqa: E402

@@ -296,7 +296,8 @@ def featurizer_identity(model, checkpoint=None) -> tuple[str, dict, str]:
     digest : str
         Hex SHA-256.
     """
-    from cvlearn.data.store import file_sha256, weights_sha256
+    from cvlearn.data.store import weights_sha256
+    from cvlearn.io import file_sha256
     from cvlearn.models.cv import VAMPModel
     from cvlearn.nn.featurizers.base import FeaturizerBase
 
