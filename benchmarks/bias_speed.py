@@ -9,9 +9,16 @@ each deposition). Also: the cost of one TorchForce refresh and of the CV-gradien
 OpenMM. Models are untrained with the stated architectures (cost does not depend on the weights):
 the demo's 2-layer ET as cvlearn exports it (dense ET) and on torchmd-net's edge list, a 1-layer ET (the
 fewer-layers trade-off; its CV quality is measured by the demo run in docs/demo_1layer), and the naive
-geom2vec-sized 6-layer ET (edge list).
+geom2vec-sized 6-layer ET (edge list). Classic CVs (issue 17): OPES on φ/ψ through the native route
+(CustomTorsionForces + tabulated bias in a CustomCVForce, refreshed at deposition) against unbiased MD and
+against the same φ/ψ through the PythonForce route, in one run (``--native-only`` runs just these rows).
 
-    python benchmarks/bias_speed.py [--quick]
+User systems (issue 15, ``--rows water,wlall``; :mod:`benchmarks._bias_speed_systems`): OPES on a CV learned by
+``cvlearn learn`` through ``openmm_plugin.bias_cv`` against unbiased MD, in explicit water (alanine dipeptide, 721
+atoms, PME, CPU platform, 1 thread) and on WLALL with the windowed and the whole-molecule context; written to
+``results/bias_speed_user_systems[_quick].{json,md}`` (the other result files are left as they are).
+
+    python benchmarks/bias_speed.py [--quick] [--native-only | --rows water,wlall]
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import openmm.unit as unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, now_utc, quick_main, targets_table  # noqa: E402
+from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
 
 from cvlearn.models.cv import GraphCV  # noqa: E402
 from cvlearn.export import export_cv, load_eager_cv  # noqa: E402
@@ -40,7 +47,8 @@ from cvlearn.nn.heads import MLPHead  # noqa: E402
 from cvlearn.nn.mixers import SumPool  # noqa: E402
 from cvlearn.data.selection import atomic_numbers, residue_index_of_atoms  # noqa: E402
 from cvlearn.nn.tokens import ResidueTokens  # noqa: E402
-from openmm_plugin.bias import BiasRunner, Metadynamics, OPESMetad  # noqa: E402
+from openmm_plugin.bias import BiasRunner, Metadynamics, OPESMetad, native_bias_force  # noqa: E402
+from openmm_plugin.bias.torsions import export_torsion_cv  # noqa: E402
 from openmm_plugin.bias.restraints import HarmonicRestraint  # noqa: E402
 from openmm_plugin.cv_evaluation import CVEvaluator  # noqa: E402
 from openmm_plugin.forces import TorchBiasForce, python_bias_force, python_force_for_cv  # noqa: E402
@@ -137,6 +145,109 @@ def gradient_strategies(molecule, cv, n_calls: int, eager=None) -> list[dict]:
     return rows
 
 
+NATIVE_SIGMA_RAD = 0.15  # OPES kernels on φ/ψ (PLUMED's ala2 example)
+NATIVE_BINS = 128  # per torsion: spacing 2π/128 = 0.049 rad ≈ σ/3
+
+
+def _phi_psi_forces(molecule):
+    forces = []
+    for quad in ala2.phi_psi_indices(molecule.topology):
+        force = openmm.CustomTorsionForce("theta")
+        force.addTorsion(*[int(a) for a in quad], [])
+        forces.append(force)
+    return forces
+
+
+def _phi_psi_opes(pace: int):
+    return OPESMetad(sigma=[NATIVE_SIGMA_RAD] * 2, barrier_kjmol=30.0, pace_steps=pace, temperature_k=300.0,
+                     periods=[2 * np.pi] * 2)
+
+
+def _best_of(simulation, n_steps: int, advance=None, repeats: int = 3) -> dict:
+    """The fastest of ``repeats`` timings (the CPUs are shared: the minimum is the least disturbed one)."""
+    results = [time_steps(simulation, n_steps, advance) for _ in range(repeats)]
+    best = min(results, key=lambda r: r["ms_per_step"])
+    return {**best, "ms_per_step_repeats": [r["ms_per_step"] for r in results]}
+
+
+def native_rows(molecule, n_md: int, n_model: int, pace: int, directory: Path) -> tuple[list[dict], dict]:
+    """φ/ψ OPES: unbiased; native route (tabulated CustomCVForce, refresh at deposition); PythonForce route.
+    Unbiased and native are timed best of 3 (the ratio is the target)."""
+    rows = []
+
+    def add(name, route, result, extra=None):
+        rows.append({"name": name, "route": route, "model": "-", "n_cvs": 2 if "phi/psi" in name else 0,
+                     "torch_threads": torch.get_num_threads(), "model_calls_per_step": None, **result, **(extra or {})})
+        print(f"{name:72s} {result['ms_per_step']:8.3f} ms/step {result['ns_per_day']:9.1f} ns/day", flush=True)
+
+    add("unbiased (native-route reference)", "-",
+        _best_of(_simulation(molecule, copy.deepcopy(molecule.system), _integrator()), n_md))
+    system = copy.deepcopy(molecule.system)
+    bias = _phi_psi_opes(pace)
+    native = native_bias_force(_phi_psi_forces(molecule), bias, NATIVE_BINS, -np.pi, np.pi, True,
+                               force_group=BIAS_GROUP, system=system, cv_names=["phi", "psi"])
+    simulation = _simulation(molecule, system, _integrator())
+    runner = BiasRunner(bias, native=native)
+    result = _best_of(simulation, n_md, runner.step)
+    start = time.perf_counter()
+    for _ in range(5):
+        native.refresh(simulation)
+    refresh_ms = (time.perf_counter() - start) / 5 * 1e3
+    add("cvlearn native: opes on phi/psi (CustomTorsionForce + tabulated CustomCVForce)",
+        "native (CustomCVForce table, cvlearn.bias)", result,
+        {"depositions": len(bias.records), "kernels": len(bias.heights), "grid_bins": NATIVE_BINS})
+    system = copy.deepcopy(molecule.system)
+    bias = _phi_psi_opes(pace)
+    cv = export_torsion_cv(directory / "phi_psi.pt", ala2.phi_psi_indices(molecule.topology), molecule.topology)
+    force = python_bias_force(cv, bias, force_group=BIAS_GROUP)
+    system.addForce(force)
+    simulation = _simulation(molecule, system, _integrator())
+    runner = BiasRunner(bias, callback=force.callback)
+    add("cvlearn PythonForce: opes on phi/psi (TorchScript torsion CV)", "PythonForce (cvlearn.bias)",
+        time_steps(simulation, n_model, runner.step))
+    print(f"native table refresh (OPES on a {NATIVE_BINS}x{NATIVE_BINS} periodic grid + updateParametersInContext): "
+          f"{refresh_ms:.2f} ms", flush=True)
+    return rows, {"native_refresh_ms": refresh_ms}
+
+
+def native_targets(rows: list[dict]) -> list[dict]:
+    by = {r["name"]: r["ms_per_step"] for r in rows}
+    native = by["cvlearn native: opes on phi/psi (CustomTorsionForce + tabulated CustomCVForce)"]
+    ratio = native / by["unbiased (native-route reference)"]
+    python = by["cvlearn PythonForce: opes on phi/psi (TorchScript torsion CV)"]
+    return [
+        {"name": "classic CV at native speed: OPES on phi/psi, native route / unbiased", "value": ratio,
+         "target": 2.0, "unit": "x", "met": ratio <= 2.0},
+        {"name": "OPES on phi/psi: PythonForce route / native route, for comparison", "value": python / native,
+         "target": None, "unit": "x", "met": None},
+    ]
+
+
+def run_native(quick: bool) -> dict:
+    """Only the classic-CV rows (``--native-only``)."""
+    n_md, n_model, pace = (5000, 500, 500) if quick else (50000, 2000, 500)  # PACE 500, as PLUMED's ala2 example
+    torch.set_num_threads(1)
+    molecule = ala2.build()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, extra = native_rows(molecule, n_md, n_model, pace, Path(tmp))
+    return {"benchmark": "bias_speed_native", "date": now_utc(), "machine": machine(),
+            "settings": {"quick": quick, "openmm_platform": "Reference", "system": "alanine dipeptide, amber99sbildn + OBC",
+                         "timestep_fs": 2.0, "deposit_every_steps": pace, "steps_timed_md": n_md,
+                         "steps_timed_with_model": n_model, "torch_threads": 1,
+                         "note": f"OPES barrier 30 kJ/mol, sigma {NATIVE_SIGMA_RAD} rad, grid {NATIVE_BINS}^2 periodic"},
+            "rows": rows, **extra, "targets": native_targets(rows)}
+
+
+def markdown_native(result: dict) -> str:
+    lines = [f"# bias_speed --native-only ({result['date']}, {result['machine']['cpu_count']} CPUs, "
+             f"quick={result['settings']['quick']})", "", result["settings"]["note"], "",
+             "| run | route | ms/step | ns/day |", "|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['route']} | {r['ms_per_step']:.4f} | {r['ns_per_day']:.1f} |" for r in result["rows"]]
+    lines += ["", f"Native table refresh: {result['native_refresh_ms']:.2f} ms per deposition"]
+    lines += targets_table(result["targets"])
+    return "\n".join(lines) + "\n"
+
+
 def run(quick: bool) -> dict:
     n_md = 2000 if quick else 20000
     n_model = 200 if quick else 2000
@@ -210,6 +321,8 @@ def run(quick: bool) -> dict:
             for k in (1, 2):
                 cvlearn_python("1-layer", d, "opes", k=k)
         cvlearn_python("naive", 2, "opes")
+        classic, classic_extra = native_rows(molecule, n_md, n_model, pace, tmp)
+        rows += classic
 
         refresh_ms = {}
         for d in (1, 2):
@@ -267,6 +380,7 @@ def run(quick: bool) -> dict:
          "value": ratio_2d_compiled, "target": 1.2, "unit": "x", "met": ratio_2d_compiled <= 1.2},
         {"name": "2-D / 1-D cost, naive app.Metadynamics route (demo ET), for comparison", "value": ratio_2d_naive,
          "target": None, "unit": "x", "met": None},
+        *native_targets(classic),
     ]
     return {
         "benchmark": "bias_speed",
@@ -280,6 +394,7 @@ def run(quick: bool) -> dict:
         "models": models,
         "rows": rows,
         "torch_refresh_ms": refresh_ms,
+        **classic_extra,
         "gradient_strategies": strategies,
         "targets": targets,
     }
@@ -305,4 +420,27 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    quick_main("bias_speed", __doc__, run, markdown)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--native-only", action="store_true", help="only the classic-CV (phi/psi) rows")
+    parser.add_argument("--rows", default=None, help="only the user-system rows, comma-separated: water, wlall "
+                        "(written to results/bias_speed_user_systems)")
+    args = parser.parse_args()
+    if args.rows is not None:
+        from benchmarks._bias_speed_systems import ROW_SETS, markdown_user_systems, run_user_systems
+
+        row_sets = [r.strip() for r in args.rows.split(",") if r.strip()]
+        unknown = sorted(set(row_sets) - set(ROW_SETS))
+        if not row_sets or unknown or args.native_only:
+            parser.error(f"--rows: expected a comma-separated subset of {list(ROW_SETS)} (without --native-only), "
+                         f"found {args.rows!r}")
+        result = run_user_systems(row_sets, args.quick)
+        save("bias_speed_user_systems", args.quick, result, markdown_user_systems(result))
+    elif args.native_only:
+        result = run_native(args.quick)
+        save("bias_speed_native", args.quick, result, markdown_native(result))
+    else:
+        result = run(args.quick)
+        save("bias_speed", args.quick, result, markdown(result))

@@ -55,7 +55,8 @@ def main() -> None:
     out = Path(args.out)
     cv_path = Path(args.cv) if args.cv else (out / "cv.pt" if (out / "cv.pt").is_file() else untrained_cv(out / "cv.pt"))
     config = BiasConfig(
-        cv=str(cv_path), out=str(out), method="opes-metad", route="python", components=(0,),
+        cv=str(cv_path), system="alanine_dipeptide", out=str(out), method="opes-metad", route="python",
+        components=(0,),
         n_steps=10_000 if args.quick else 2_500_000, report_interval_steps=100 if args.quick else 500,
         save_every_steps=2_000 if args.quick else 50_000, mts_substeps=4,
         opes=OPESParams(sigma=(0.05,), barrier_kjmol=30.0, pace_steps=200 if args.quick else 500),

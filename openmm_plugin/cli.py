@@ -113,11 +113,13 @@ def _add_simulate(commands) -> None:
 
 # --- bias ----------------------------------------------------------------------------------------------------
 def _bias(args: argparse.Namespace) -> int:
-    from openmm_plugin.stages.bias import BiasConfig, run_bias
+    from openmm_plugin.stages.bias import BiasConfig, quick_config, run_bias
 
     from cvlearn.errors import ConfigError
 
     config = _load(BiasConfig, args.config, cv=args.cv, out=args.out)
+    if args.quick:
+        config = quick_config(config)
     if not config.cv:
         raise ConfigError("required: expected the exported CV file (`cv:` in the config or --cv), found none",
                           args.config, "cv")
@@ -133,10 +135,12 @@ def _bias(args: argparse.Namespace) -> int:
 
 
 def _add_bias(commands) -> None:
-    p = commands.add_parser("bias", help="bias a learned CV on a built-in system: metad, OPES, restraints, walls")
+    p = commands.add_parser("bias", help="bias a learned CV on a built-in system, a System XML + PDB or force-field "
+                                         "files + PDB: metad, OPES, restraints, walls")
     p.add_argument("--config", required=True, help="YAML/TOML file with BiasConfig fields (unknown keys are rejected)")
     p.add_argument("--cv", help="exported CV file (overrides the config's `cv`)")
     p.add_argument("--out", help="output directory (overrides the config's `out`)")
+    p.add_argument("--quick", action="store_true", help="a smoke test: 2,000 MD steps, frequent rows and depositions")
     _add_restart_fresh(p)
     p.set_defaults(func=_bias)
 
@@ -158,6 +162,33 @@ def _add_analyze(commands) -> None:
     p.add_argument("--config", required=True, help="YAML/TOML file with AnalyzeConfig fields (unknown keys rejected)")
     p.add_argument("--out", help="output directory (overrides the config's out)")
     p.set_defaults(func=_analyze)
+
+
+# --- learn ---------------------------------------------------------------------------------------------------
+def _learn(args: argparse.Namespace) -> int:
+    from openmm_plugin.stages.learn import LearnConfig, run_learn
+
+    config = _load(LearnConfig, args.config, out=args.out)
+    metrics = run_learn(config, quick=args.quick, restart_fresh=args.restart_fresh)
+    if not metrics:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
+    print(f"validation VAMP-2 {metrics['vamp2_val']:.4f} (deeptime {metrics['vamp2_val_deeptime']}), "
+          f"best seed {metrics['best_seed']}, lag {metrics['lag_frames']} frames")
+    for name, row in metrics["baselines"].items():
+        print(f"baseline {name:20s} {row.get('skipped') or format(row['vamp2_val'], '.4f')}")
+    print(f"cv: {config.out}/cv.pt; report: {config.out}/report.md")
+    return 0
+
+
+def _add_learn(commands) -> None:
+    p = commands.add_parser("learn", help="learn a CV from your trajectories (pre-trained GNN, VAMPNet), export it, "
+                                          "compare with baselines")
+    p.add_argument("--config", required=True, help="YAML/TOML file with LearnConfig fields (unknown keys rejected)")
+    p.add_argument("--out", help="output directory (overrides the config's out)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: at most 3 epochs, patience 2, the first seed only")
+    _add_restart_fresh(p)
+    p.set_defaults(func=_learn)
 
 
 # --- label ---------------------------------------------------------------------------------------------------
@@ -290,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging, and the traceback of an expected error")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_demo, _add_simulate, _add_bias, _add_analyze, _add_label, _add_pretrain, _add_finetune, _add_check):
+    for add in (_add_demo, _add_simulate, _add_learn, _add_bias, _add_analyze, _add_label, _add_pretrain, _add_finetune,
+                _add_check):
         add(commands)
     for sub in commands.choices.values():  # ``cvlearn bias --verbose`` as well as ``cvlearn --verbose bias``
         sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -10,6 +10,9 @@ BiasVariable per component (``app.Metadynamics``) costs d forwards and d backwar
 fuses the per-step forward and backward into a few C++ kernels, where TorchScript dispatches ~1,100 tiny ops
 (ala2, 2-layer dense ET: 0.70 vs 2.01 ms per forward + backward, measured in bias_speed). The first call compiles (~30 s on
 2 cores); if compiling fails, the evaluator says why and stays eager.
+
+A periodic CV (``cv.periodic``, exported with ``periodic=True``) takes the box vectors ``box_nm [3, 3]`` with every
+call and makes its molecule whole itself; a non-periodic CV ignores a box, so callers may always pass it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class CVEvaluator:
                           else cv.selected)
         self.n_cvs = int(cv.n_cvs)
         self.atom_indices = [int(i) for i in cv.atom_indices.tolist()]
+        self.periodic = bool(getattr(cv, "periodic", False))  # files exported before periodic CVs lack it
         self.calls = 0
 
     def _positions(self, positions_nm: np.ndarray, grad: bool) -> torch.Tensor:
@@ -55,13 +59,31 @@ class CVEvaluator:
                              f"({len(self.atom_indices)}, 3), found {tuple(pos.shape)}")
         return pos.requires_grad_(grad)
 
-    def values(self, positions_nm: np.ndarray) -> np.ndarray:
+    def _box(self, box_nm) -> torch.Tensor | None:
+        """The box as a float64 tensor for a periodic CV (None for a non-periodic one, which ignores it)."""
+        if not self.periodic:
+            return None
+        if box_nm is None:
+            raise ValueError("box_nm: this CV is periodic (exported with periodic=True): pass the box vectors "
+                             "[3, 3] nm, e.g. state.getPeriodicBoxVectors(asNumpy=True)")
+        box = torch.from_numpy(np.array(box_nm, dtype=np.float64))
+        if box.shape != (3, 3):
+            raise ValueError(f"box_nm: expected box vectors of shape (3, 3) nm, found {tuple(box.shape)}")
+        return box
+
+    def _call(self, pos: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
+        # Without a box, one argument: CV files exported before periodic CVs take ``selected(positions)`` only.
+        return self._selected(pos) if box is None else self._selected(pos, box)
+
+    def values(self, positions_nm: np.ndarray, box_nm: np.ndarray | None = None) -> np.ndarray:
         """CV values without gradient.
 
         Parameters
         ----------
         positions_nm : np.ndarray
             ``[n_selected, 3]`` positions of the CV atoms, nm.
+        box_nm : np.ndarray, optional
+            ``[3, 3]`` periodic box vectors (rows), nm; required by a periodic CV, ignored by others.
 
         Returns
         -------
@@ -70,9 +92,27 @@ class CVEvaluator:
         """
         self.calls += 1
         with torch.no_grad():
-            return self._selected(self._positions(positions_nm, False)).numpy().astype(np.float64)
+            return self._call(self._positions(positions_nm, False), self._box(box_nm)).numpy().astype(np.float64)
 
-    def bias_energy_forces(self, positions_nm: np.ndarray, bias) -> tuple[np.ndarray, float, np.ndarray]:
+    def values_from_context(self, context) -> np.ndarray:
+        """CV values at an OpenMM Context's current state: its CV atoms' positions, and its box for a periodic CV.
+
+        Parameters
+        ----------
+        context : openmm.Context
+
+        Returns
+        -------
+        np.ndarray
+            ``[n_cvs]`` float64.
+        """
+        state = context.getState(getPositions=True)
+        positions = np.asarray(state.getPositions(asNumpy=True)._value)[self.atom_indices]
+        box = np.asarray(state.getPeriodicBoxVectors(asNumpy=True)._value) if self.periodic else None
+        return self.values(positions, box)
+
+    def bias_energy_forces(self, positions_nm: np.ndarray, bias,
+                           box_nm: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
         """CV, bias energy and bias forces with one forward and one backward pass.
 
         Parameters
@@ -81,6 +121,8 @@ class CVEvaluator:
             ``[n_selected, 3]`` positions of the CV atoms, nm.
         bias
             Any object with ``energy_and_gradient(s) -> (V kJ/mol, dV/ds [n_cvs])``.
+        box_nm : np.ndarray, optional
+            ``[3, 3]`` periodic box vectors (rows), nm; required by a periodic CV, ignored by others.
 
         Returns
         -------
@@ -88,8 +130,8 @@ class CVEvaluator:
             ``(s [n_cvs], V kJ/mol, forces [n_selected, 3] kJ/mol/nm)``.
         """
         self.calls += 1
-        pos = self._positions(positions_nm, True)
-        s = self._selected(pos)
+        pos, box = self._positions(positions_nm, True), self._box(box_nm)
+        s = self._call(pos, box)
         s_np = s.detach().numpy().astype(np.float64)
         energy, dv_ds = bias.energy_and_gradient(s_np)
         if not np.any(dv_ds):
@@ -97,7 +139,8 @@ class CVEvaluator:
         (grad,) = torch.autograd.grad(s, pos, grad_outputs=torch.from_numpy(np.asarray(dv_ds)).to(s.dtype))
         return s_np, float(energy), -grad.numpy()
 
-    def jacobian(self, positions_nm: np.ndarray, batched: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def jacobian(self, positions_nm: np.ndarray, batched: bool = True,
+                 box_nm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """CV and its Jacobian from one forward; batched vector-Jacobian products or one backward per CV.
 
         Parameters
@@ -106,6 +149,8 @@ class CVEvaluator:
             ``[n_selected, 3]`` positions of the CV atoms, nm.
         batched : bool
             One batched backward (``is_grads_batched``) instead of ``n_cvs`` backward passes.
+        box_nm : np.ndarray, optional
+            ``[3, 3]`` periodic box vectors (rows), nm; required by a periodic CV, ignored by others.
 
         Returns
         -------
@@ -113,8 +158,8 @@ class CVEvaluator:
             ``(s [n_cvs], ds/dx [n_cvs, n_selected, 3] 1/nm)``.
         """
         self.calls += 1
-        pos = self._positions(positions_nm, True)
-        s = self._selected(pos)
+        pos, box = self._positions(positions_nm, True), self._box(box_nm)
+        s = self._call(pos, box)
         eye = torch.eye(self.n_cvs, dtype=s.dtype)
         if batched:
             (jac,) = torch.autograd.grad(s, pos, grad_outputs=eye, is_grads_batched=True)

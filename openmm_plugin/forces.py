@@ -17,12 +17,16 @@ The plain CV component as a force (energy = ``scale * s_k``, forces = ``-scale â
 from __future__ import annotations
 
 import io
+import logging
+from typing import Optional
 
 import numpy as np
 import openmm
 import torch
 
 from openmm_plugin.cv_evaluation import CVEvaluator
+
+logger = logging.getLogger(__name__)
 
 
 # --- the linear bias V(s) = scale * s_k ----------------------------------------------------------------------
@@ -72,23 +76,43 @@ class _TorchCVComponent(torch.nn.Module):
         return self.scale * s[self.component]
 
 
+def _system_is_periodic(system: openmm.System) -> bool:
+    """Whether a force of ``system`` other than cvlearn's own (named ``cvlearn ...``) uses periodic boundaries."""
+    return any(force.usesPeriodicBoundaryConditions() for force in system.getForces()
+               if not force.getName().startswith("cvlearn "))
+
+
 def check_cv_fits_system(cv: torch.nn.Module, system: openmm.System) -> None:
-    """Raise ``ValueError`` unless ``system`` has the particle count ``cv`` was exported for.
+    """Raise ``ValueError`` unless ``system`` has the particle count and the periodicity ``cv`` was exported for.
 
     Checked before any Context exists: a CV on the wrong System reads the wrong atoms (PythonForce route) or
-    fails inside a running force (TorchForce route).
+    fails inside a running force (TorchForce route). A periodic CV needs a periodic System (its box); a
+    non-periodic CV in a periodic System runs, but reads a molecule split by the box edge as it comes, so it
+    logs a warning.
 
     Parameters
     ----------
     cv : torch.nn.Module
-        Exported CV (``n_particles``, ``atom_indices``).
+        Exported CV (``n_particles``, ``atom_indices``, ``periodic``).
     system : openmm.System
-        The System its force goes into.
+        The System its force goes into (cvlearn's own forces in it are ignored for the periodicity).
     """
     n_cv, n_system = int(cv.n_particles), int(system.getNumParticles())
     if n_cv != n_system:
         raise ValueError(f"cv: expected a System of {n_cv} particles (the CV was exported for {n_cv}), found a System "
                          f"of {n_system} particles")
+    cv_periodic, system_periodic = bool(getattr(cv, "periodic", False)), _system_is_periodic(system)
+    if cv_periodic and not system_periodic:
+        raise ValueError(f"cv: {_cv_name(cv)} is periodic (forward takes box vectors) but the System has no periodic "
+                         "box; export it with periodic=False for a non-periodic System")
+    if system_periodic and not cv_periodic:
+        logger.warning("cv: %s is not periodic but the System has periodic boundaries: its values and forces are "
+                       "wrong whenever the molecule crosses the box edge; export it with periodic=True",
+                       _cv_name(cv))
+
+
+def _cv_name(cv: torch.nn.Module) -> str:
+    return f"the CV on {len(cv.atom_indices)} atoms" if hasattr(cv, "atom_indices") else "the CV"
 
 
 # --- PythonForce route ---------------------------------------------------------------------------------------
@@ -113,13 +137,17 @@ class BiasCallback:
         if bias.n_cvs != self.evaluator.n_cvs:
             raise ValueError(f"bias {bias.label!r} acts on {bias.n_cvs} CVs but the CV module has {self.evaluator.n_cvs}")
         self.bias = bias
+        self.guard = None
         self.last_cv: np.ndarray | None = None
         self.last_energy_kjmol = float("nan")
         self.evaluations = 0
 
     def __call__(self, state: openmm.State):
         positions = np.asarray(state.getPositions(asNumpy=True)._value)
-        s, energy, forces = self.evaluator.bias_energy_forces(positions, self.bias)
+        box = np.asarray(state.getPeriodicBoxVectors(asNumpy=True)._value) if self.evaluator.periodic else None
+        s, energy, forces = self.evaluator.bias_energy_forces(positions, self.bias, box_nm=box)
+        if self.guard is not None:  # openmm_plugin.bias.guard.ForceGuard, set by BiasRunner(guard=...)
+            forces = self.guard.apply(forces)
         self.last_cv, self.last_energy_kjmol = s, energy
         self.evaluations += 1
         return energy, forces
@@ -169,6 +197,7 @@ def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
     callback = BiasCallback(cv, bias, compile=compile)
     force = openmm.PythonForce(callback)
     force.setParticles(callback.evaluator.atom_indices)
+    force.setUsesPeriodicBoundaryConditions(callback.evaluator.periodic)  # the State then carries the box
     force.setName(f"cvlearn bias {bias.label}")
     if force_group is not None:
         force.setForceGroup(int(force_group))
@@ -195,11 +224,38 @@ def python_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0, scale: f
     return python_bias_force(cv, CVComponent(int(cv.n_cvs), component, scale))
 
 
+def import_openmmtorch():
+    """``openmmtorch``, with its kernels registered whatever the import order.
+
+    OpenMM loads its plugins when ``openmm`` is first imported; imported before torch, the TorchForce kernels fail
+    to load (libOpenMMTorchReference needs torch's libnvrtc), and every Context with a TorchForce then fails with
+    "does not support all required kernels". Those libraries are loaded again here, after torch.
+    """
+    import re
+
+    import openmmtorch
+
+    for failure in openmm.Platform.getPluginLoadFailures():
+        found = re.match(r"Error loading library (\S*libOpenMMTorch(?:Reference|CPU)\S*?):", failure)
+        if found and found.group(1) not in _RELOADED:
+            _RELOADED.add(found.group(1))
+            try:
+                openmm.Platform.loadPluginLibrary(found.group(1))
+            except Exception as err:  # noqa: BLE001 (any loader error: the Context reports the missing kernel)
+                logger.warning("could not load the TorchForce kernels %s: %s", found.group(1), err)
+    return openmmtorch
+
+
+_RELOADED: set = set()
+
+
 # --- TorchForce route ----------------------------------------------------------------------------------------
 class CVBias(torch.nn.Module):
-    """``positions [n_particles, 3] nm -> V(s(x))`` kJ/mol: the exported CV followed by a bias module.
+    """``positions [n_particles, 3] nm, box [3, 3] nm or None -> V(s(x))`` kJ/mol: the exported CV and a bias.
 
-    One scriptable module, so a TorchForce gets the bias and its forces (autograd) in a single call.
+    One scriptable module, so a TorchForce gets the bias and its forces (autograd) in a single call. A periodic
+    CV gets the box the TorchForce passes (``setUsesPeriodicBoundaryConditions(True)``); ``periodic`` is a
+    TorchScript constant, so a CV file exported before periodic CVs (``forward(positions)`` only) still scripts.
 
     Parameters
     ----------
@@ -209,13 +265,20 @@ class CVBias(torch.nn.Module):
         ``s [n_cvs]`` (float64) â†’ scalar energy, kJ/mol (e.g. a bias's ``to_torch()``).
     """
 
+    __constants__ = ["periodic"]
+
     def __init__(self, cv: torch.jit.ScriptModule, bias: torch.nn.Module):
         super().__init__()
         self.cv = cv
         self.bias = bias
+        self.periodic = bool(getattr(cv, "periodic", False))
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.bias(self.cv(positions).to(torch.float64)).to(positions.dtype)
+    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.periodic:
+            s = self.cv(positions, box)
+        else:
+            s = self.cv(positions)
+        return self.bias(s.to(torch.float64)).to(positions.dtype)
 
 
 def scripted_cv_bias(cv: torch.jit.ScriptModule, bias) -> torch.jit.ScriptModule:
@@ -231,7 +294,8 @@ def scripted_cv_bias(cv: torch.jit.ScriptModule, bias) -> torch.jit.ScriptModule
     Returns
     -------
     torch.jit.ScriptModule
-        ``positions [n_particles, 3] nm -> V`` kJ/mol (a 0-d tensor in the positions' dtype).
+        ``positions [n_particles, 3] nm, box [3, 3] nm or None -> V`` kJ/mol (a 0-d tensor in the positions'
+        dtype).
     """
     if bias.n_cvs != int(cv.n_cvs):
         raise ValueError(f"bias {bias.label!r} acts on {bias.n_cvs} CVs but the CV module has {int(cv.n_cvs)}")
@@ -254,9 +318,8 @@ def torch_bias_force(cv: torch.jit.ScriptModule, bias, force_group: int | None =
     -------
     openmmtorch.TorchForce
     """
-    import openmmtorch  # after torch (openmmtorch needs torch's CUDA libraries loaded first)
-
-    force = openmmtorch.TorchForce(scripted_cv_bias(cv, bias))
+    force = import_openmmtorch().TorchForce(scripted_cv_bias(cv, bias))
+    force.setUsesPeriodicBoundaryConditions(bool(getattr(cv, "periodic", False)))  # then forward gets the box
     force.setName(f"cvlearn torch bias {bias.label}")
     if force_group is not None:
         force.setForceGroup(int(force_group))

@@ -43,8 +43,9 @@ def potential_system(atomic_numbers: Sequence[int], potential: str | Path | torc
     -------
     openmm.System
     """
-    import openmmtorch
+    from openmm_plugin.forces import import_openmmtorch
 
+    openmmtorch = import_openmmtorch()
     module = load_potential(potential)[0] if isinstance(potential, (str, Path)) else potential
     n = getattr(module, "n_atoms", len(atomic_numbers))
     if n != len(atomic_numbers):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BUILTIN_SYSTEMS = ("alanine_dipeptide", "pentapeptide_wlall", "lambda6_85")
+BUILTIN_SYSTEMS = ("alanine_dipeptide", "alanine_dipeptide_water", "pentapeptide_wlall", "lambda6_85")
 
 __all__ = ["BUILTIN_SYSTEMS", "builtin_system"]
 

@@ -58,3 +58,13 @@ def test_using_the_pieces_runs_as_written(tmp_path):
 
     _, spec = load_cv(tmp_path / "cv.pt")
     assert spec.n_cvs == 2 and spec.n_particles == 22 and spec.cv_range_training is not None
+
+
+def test_your_own_system_section_shows_the_shipped_configs():
+    """The section's YAML blocks are the files its commands run (tests/test_examples.py runs those with --quick)."""
+    section = README.split("## Your own system", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```yaml\n(.*?)^```", section, flags=re.S | re.M)
+    bash = re.findall(r"^```bash\n(.*?)^```", section, flags=re.S | re.M)[0]
+    commands = re.findall(r"cvlearn (learn|bias|analyze) +--config (\S+)", bash)
+    assert [stage for stage, _ in commands] == ["learn", "bias", "analyze"]
+    assert blocks == [(ROOT / path).read_text() for _, path in commands]

@@ -16,7 +16,7 @@ _SUBMODULE_OF = {
                      "protein_observables", "vamp2_vs_dim", "vamp2_vs_lag"], "kinetics"),
     **dict.fromkeys(["delta_f_kjmol", "free_energy_profile", "free_energy_surface", "log_weights_from_bias",
                      "metad_weights", "opes_weights", "weights_from_log", "well_tempered_rct"], "reweighting"),
-    **dict.fromkeys(["plot_ck_test", "plot_cvs_on_phi_psi", "plot_cvs_over_observables", "plot_fes_cvs",
+    **dict.fromkeys(["plot_ck_test", "plot_cvs_on_phi_psi", "plot_cvs_on_plane", "plot_cvs_over_observables", "plot_fes_cvs",
                      "plot_delta_f_against_time", "plot_fes_2d", "plot_fes_panels", "plot_free_energy_profiles",
                      "plot_implied_timescales", "plot_profile_with_error", "plot_time_series", "plot_training_curves",
                      "plot_vamp_curves"], "plots"),

@@ -67,6 +67,31 @@ def plot_cvs_on_phi_psi(phi: np.ndarray, psi: np.ndarray, cvs: np.ndarray, path:
     _save(fig, path)
 
 
+def plot_cvs_on_plane(x: np.ndarray, y: np.ndarray, cvs: np.ndarray, path: str | Path, xlabel: str, ylabel: str,
+                      title: str = "") -> None:
+    """Each CV component as colour over any plane (e.g. the two slowest TICA coordinates), hexbin-averaged.
+
+    Parameters
+    ----------
+    x, y : np.ndarray
+        Coordinates of the plane, shape [n_frames] (any units, named by the labels).
+    cvs : np.ndarray
+        CV values, shape [n_frames, n_cvs]; one panel per column (mean CV per hexagon).
+    path : str or Path
+        Output PNG.
+    xlabel, ylabel, title : str
+        Axis labels and a figure title.
+    """
+    cvs = np.asarray(cvs).reshape(len(cvs), -1)
+    n = cvs.shape[1]
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.8), squeeze=False, constrained_layout=True)
+    for k, ax in enumerate(axes[0]):
+        hb = ax.hexbin(x, y, C=cvs[:, k], reduce_C_function=np.mean, gridsize=40, cmap="coolwarm", mincnt=1)
+        fig.colorbar(hb, ax=ax, label=f"CV {k + 1}")
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{title}: CV {k + 1}" if title else f"CV {k + 1}")
+    _save(fig, path)
+
+
 def plot_fes_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str | Path,
                     vmax_kjmol: float = 40.0) -> None:
     """Free-energy surfaces over φ/ψ side by side on one colour scale, to compare runs.

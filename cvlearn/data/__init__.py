@@ -37,13 +37,14 @@ from cvlearn.data.splits import (
     temporal_split,
 )
 from cvlearn.data.store import EmbeddingStore, LaggedTokenPairs, embed_trajectories
-from cvlearn.data.trajectories import iter_trajectory, load_trajectories, read_topology, trajectory_frame_count
+from cvlearn.data.trajectories import (iter_trajectory, load_trajectories, peek_trajectory, read_topology,
+                                      trajectory_frame_count)
 
 __all__ = [
     "BiasedRun", "EmbeddingStore", "HEAVY_ATOMS", "LaggedTokenPairs", "PAIR_METHODS", "Segment",
     "as_mdtraj_topology", "atomic_numbers", "biased_pairs", "embed_trajectories", "every_nth_split",
     "frame_weights", "iter_trajectory", "lagged_pairs", "load_biased_run", "load_trajectories",
-    "log_weights_from_colvar", "random_split", "read_colvar", "read_mdshare_ala2_npz", "read_mdshare_pentapeptide",
+    "log_weights_from_colvar", "peek_trajectory", "random_split", "read_colvar", "read_mdshare_ala2_npz", "read_mdshare_pentapeptide",
     "read_topology", "rescaled_time", "rescaled_time_pairs", "residue_index_of_atoms", "resolve_selection",
     "select_atoms", "split_by_trajectory", "split_structures", "take_segments", "temporal_split",
     "trajectory_frame_count", "write_colvar",

@@ -11,6 +11,11 @@ Every file is written atomically, so after a kill a chunk is either complete or 
 settings skips finished chunks (it still reads their frames, which is cheap next to the GNN). A rerun with other
 settings into the same directory raises instead of mixing embeddings. Readers memory-map chunks, so training
 holds at most a chunk or two in memory.
+
+Under ``torchrun`` (:mod:`cvlearn.distributed`) whole trajectories are shared out over the ranks (by size, the
+same assignment on every rank); each rank writes its own chunks, and rank 0 writes the manifest, identical to a
+single process's, once all are done. Finished chunks are recognised by their files, so a killed run resumes
+with any number of ranks.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import mdtraj
 import numpy as np
 import torch
 
+from cvlearn import distributed
 from cvlearn.compiling import CompiledOrEager
 from cvlearn.data.trajectories import check_distinct_paths, iter_trajectory
 from cvlearn.io import atomic_path, write_json_atomic
@@ -126,7 +132,8 @@ def _describe(source) -> str:
 def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: str | Path, *, top=None,
                        atom_indices: Sequence[int] | None = None, chunk_frames: int = 1000, batch_frames: int = 64,
                        stride: int = 1, vectors: bool = False, metadata: dict | None = None,
-                       progress: bool = True, max_chunks: int | None = None, compile: bool = False) -> Path:
+                       progress: bool = True, max_chunks: int | None = None, compile: bool = False,
+                       shard: bool | None = None) -> Path:
     """Featurize every source into ``out_dir``; resumable. Returns the manifest path.
 
     ``embedder``: selected-atom positions nm ``[B, n_sel, 3]`` → tokens ``[B, T, F]`` (``MoleculeTokens`` /
@@ -135,6 +142,7 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
     ``[T, n_sel, 3]`` (nm). ``atom_indices`` selects atoms of files/Trajectories. ``metadata`` (featurizer kind,
     config, checkpoint hash, selection string, ...) is stored and must match on resume. ``max_chunks`` stops after
     that many newly computed chunks (for tests of resumption). ``compile``: see :func:`inference_forward`.
+    Under a process group every rank calls this with the same arguments (see the module docstring).
 
     Parameters
     ----------
@@ -157,9 +165,12 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
     progress : bool
         Show progress bars.
     max_chunks : int or None
-        Stop after this many newly computed chunks.
+        Stop after this many newly computed chunks (per rank).
     compile : bool
         See :func:`inference_forward`.
+    shard : bool or None
+        Share the sources out over the ranks of the process group; None: whenever one of more than one rank is
+        initialised.
 
     Returns
     -------
@@ -194,23 +205,32 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
         if differ:
             raise ValueError(f"store {out_dir}: exists with other settings ({differ}); use a new directory or "
                              "delete it (embeddings of different featurizers must not be mixed)")
+    shard = distributed.is_distributed() if shard is None else bool(shard) and distributed.is_distributed()
+    mine = range(len(sources))
+    if shard:
+        mine = distributed.shard_indices(len(sources), distributed.rank(), distributed.world_size(),
+                                         [_size_hint(s) for s in sources])
+        if distributed.is_rank0() and not manifest_path.exists():  # claims the directory for these settings
+            write_json_atomic(manifest_path, {"settings": settings, "trajectories": []})
+        distributed.barrier()
     manifest = {"settings": settings, "trajectories": []}
     module = embedder.eval()
     forward = inference_forward(module, vectors, compile)
-    computed = 0
-    for ti, source in enumerate(sources):
+    computed, stopped = 0, False
+    for ti in mine:
+        source = sources[ti]
         traj_dir = out_dir / f"t{ti:04d}"
         entry = {"id": traj_dir.name, "source": _describe(source), "chunks": [], "n_frames": 0}
         manifest["trajectories"].append(entry)
         chunks = _chunks_of(source, top, indices, chunk_frames, stride)
-        bar = progress_bar(desc=f"embed {traj_dir.name}", unit="frame", disable=not progress, leave=False)
+        bar = progress_bar(desc=f"embed {traj_dir.name}", unit="frame", leave=False,
+                           disable=not progress or not distributed.is_rank0())
         for ci, (xyz, time) in enumerate(chunks):
             tokens_path = traj_dir / f"c{ci:05d}.tokens.npy"
             if not tokens_path.exists():
                 if max_chunks is not None and computed >= max_chunks:
-                    bar.close()
-                    write_json_atomic(manifest_path, manifest)
-                    return manifest_path
+                    stopped = True
+                    break
                 outs, vecs = [], []
                 pos = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32))
                 for start in range(0, pos.shape[0], batch_frames):
@@ -230,11 +250,31 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
                                     "time_ps": [float(time[0]), float(time[-1])]})
             entry["n_frames"] += int(len(time))
             bar.update(len(time))
-            write_json_atomic(manifest_path, manifest)
+            if not shard:
+                write_json_atomic(manifest_path, manifest)
         bar.close()
-    manifest["complete"] = True
-    write_json_atomic(manifest_path, manifest)
+        if stopped:
+            break
+    if shard:  # every rank's entries, back in source order; rank 0 writes
+        gathered = distributed.all_gather_object((manifest["trajectories"], stopped))
+        manifest["trajectories"] = sorted((e for part, _ in gathered for e in part), key=lambda e: int(e["id"][1:]))
+        stopped = any(flag for _, flag in gathered)
+    if not stopped:
+        manifest["complete"] = True
+    if distributed.is_rank0() or not shard:
+        write_json_atomic(manifest_path, manifest)
+    if shard:
+        distributed.barrier()  # the manifest exists before any rank reads the store
     return manifest_path
+
+
+def _size_hint(source) -> float:
+    """Cost of featurizing a source, for balancing ranks: bytes of a file, frames of an array or Trajectory."""
+    if isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"trajectory file {str(source)!r} does not exist")
+        return float(Path(source).stat().st_size)
+    return float(len(source))
 
 
 class EmbeddingStore:

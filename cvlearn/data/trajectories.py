@@ -64,8 +64,8 @@ def _file_atom_count(path: Path) -> int | None:
 
 
 def iter_trajectory(path: str | os.PathLike, top: str | os.PathLike | mdtraj.Topology, *,
-                    selection: Selection = None, stride: int = 1,
-                    chunk_frames: int = 1000) -> Iterator[mdtraj.Trajectory]:
+                    selection: Selection = None, stride: int = 1, chunk_frames: int = 1000,
+                    make_whole: bool = False) -> Iterator[mdtraj.Trajectory]:
     """Stream one trajectory file in validated chunks (``mdtraj.iterload``), optionally on selected atoms.
 
     Each chunk is checked before it is yielded: the file's atom count must equal the topology's, and every
@@ -83,6 +83,10 @@ def iter_trajectory(path: str | os.PathLike, top: str | os.PathLike | mdtraj.Top
         Keep every ``stride``-th frame.
     chunk_frames : int
         Frames per chunk (after stride); 0 reads the whole file at once.
+    make_whole : bool
+        Make molecules broken across the periodic box whole (``mdtraj.Trajectory.make_molecules_whole``, bonds
+        of the topology) in chunks that carry unit cells, before the selection: a featurizer must never see a
+        bond stretched across the box.
 
     Returns
     -------
@@ -94,11 +98,11 @@ def iter_trajectory(path: str | os.PathLike, top: str | os.PathLike | mdtraj.Top
         raise ValueError(f"chunk_frames: expected an integer >= 0, found {chunk_frames!r}")
     topology, top_name = read_topology(top)
     return _iter_checked(Path(path), topology, top_name, resolve_selection(topology, selection), stride,
-                         int(chunk_frames))
+                         int(chunk_frames), make_whole)
 
 
 def _iter_checked(path: Path, topology: mdtraj.Topology, top_name: str, atoms: np.ndarray | None, stride: int,
-                  chunk_frames: int) -> Iterator[mdtraj.Trajectory]:
+                  chunk_frames: int, make_whole: bool = False) -> Iterator[mdtraj.Trajectory]:
     sub_top = topology if atoms is None else topology.subset(atoms)
     if not path.is_file():
         raise FileNotFoundError(f"trajectory file {str(path)!r} does not exist")
@@ -133,6 +137,8 @@ def _iter_checked(path: Path, topology: mdtraj.Topology, top_name: str, atoms: n
             raise ValueError(f"trajectory {str(path)!r} has non-finite (NaN/inf) coordinates in frame {bad * stride} "
                              f"of the file (frame {bad} after stride {stride})")
         start += chunk.n_frames
+        if make_whole and chunk.unitcell_vectors is not None:
+            chunk.make_molecules_whole(inplace=True)
         if atoms is not None:
             chunk = mdtraj.Trajectory(chunk.xyz[:, atoms], sub_top, time=chunk.time,
                                       unitcell_lengths=chunk.unitcell_lengths, unitcell_angles=chunk.unitcell_angles)
@@ -140,7 +146,8 @@ def _iter_checked(path: Path, topology: mdtraj.Topology, top_name: str, atoms: n
 
 
 def load_trajectories(traj_paths: Sequence[str | os.PathLike], top: str | os.PathLike | mdtraj.Topology, *,
-                      selection: Selection = None, stride: int = 1) -> list[mdtraj.Trajectory]:
+                      selection: Selection = None, stride: int = 1,
+                      make_whole: bool = False) -> list[mdtraj.Trajectory]:
     """Load whole trajectory files, each validated against the topology (see :func:`iter_trajectory`).
 
     Parameters
@@ -153,6 +160,8 @@ def load_trajectories(traj_paths: Sequence[str | os.PathLike], top: str | os.Pat
         mdtraj selection string or atom indices; None keeps every atom.
     stride : int
         Keep every ``stride``-th frame.
+    make_whole : bool
+        Make molecules whole in frames with unit cells (see :func:`iter_trajectory`).
 
     Returns
     -------
@@ -169,7 +178,7 @@ def load_trajectories(traj_paths: Sequence[str | os.PathLike], top: str | os.Pat
     atoms = resolve_selection(topology, selection)  # validate once, before any file is read
     trajectories = []
     for path in traj_paths:
-        chunks = list(_iter_checked(Path(path), topology, top_name, atoms, stride, 0))
+        chunks = list(_iter_checked(Path(path), topology, top_name, atoms, stride, 0, make_whole))
         if not chunks:
             raise ValueError(f"trajectory {str(path)!r}: expected at least one frame (stride {stride}), found none")
         traj = chunks[0] if len(chunks) == 1 else mdtraj.join(chunks, check_topology=False)
@@ -213,3 +222,56 @@ def trajectory_frame_count(path: str | os.PathLike, top: str | os.PathLike | mdt
         Frames in the file.
     """
     return sum(chunk.n_frames for chunk in iter_trajectory(path, top))
+
+
+_AKMA_TIME_PS = 0.04888821  # CHARMM's AKMA time unit in ps (OpenMM's DCDFile writes the step in it)
+_FORMATS_WITH_TIMES = (".xtc", ".trr", ".h5", ".nc", ".ncdf", ".netcdf", ".lh5", ".dtr")
+
+
+def peek_trajectory(path: str | os.PathLike) -> tuple[int | None, int | None, float | None]:
+    """(frames, atoms per frame, ps between frames) of a trajectory file, read cheaply from its header.
+
+    Why: a stage validates lag times, atom counts and COLVAR lengths before it reads any coordinates. mdtraj gives
+    DCD frames the times 0, 1, 2, ... whatever the file says, so the DCD interval is read from the CHARMM header
+    (frames saved every NSAVC steps of DELTA AKMA time units); formats that store times give them per frame.
+
+    Parameters
+    ----------
+    path : str or path
+        A trajectory file.
+
+    Returns
+    -------
+    n_frames, n_atoms : int or None
+        None where the format cannot tell without reading everything.
+    frame_interval_ps : float or None
+        From a DCD header, or from the first two stored times of formats that store them; None otherwise
+        (formats without times, a single frame, a header without a time step).
+    """
+    path = Path(path)
+    n_frames = n_atoms = interval = None
+    try:
+        with mdtraj.open(str(path)) as handle:
+            n_frames = int(len(handle))
+    except Exception:  # formats without a cheap length
+        n_frames = None
+    n_atoms = _file_atom_count(path)
+    suffix = path.suffix.lower()
+    if suffix == ".dcd":
+        with open(path, "rb") as handle:
+            header = handle.read(92)
+        if len(header) == 92 and header[4:8] == b"CORD":
+            nsavc = int(np.frombuffer(header[16:20], dtype="<i4")[0])
+            delta = float(np.frombuffer(header[44:48], dtype="<f4")[0])
+            if nsavc > 0 and delta > 0:
+                interval = float(f"{nsavc * delta * _AKMA_TIME_PS:.6g}")  # float32 header: 0.1000000003
+    elif suffix in _FORMATS_WITH_TIMES:
+        try:
+            with mdtraj.open(str(path)) as handle:
+                first = handle.read(n_frames=2)
+            times = [x for x in first if isinstance(x, np.ndarray) and x.ndim == 1] if isinstance(first, tuple) else []
+            if times and len(times[0]) == 2 and times[0][1] > times[0][0]:
+                interval = float(times[0][1] - times[0][0])
+        except Exception:  # only a convenience: callers then ask for frame_interval_ps
+            interval = None
+    return n_frames, n_atoms, interval

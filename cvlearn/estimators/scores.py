@@ -4,8 +4,7 @@ denoising loss of pre-training and the energy + force loss of fine-tuning.
 VAMP conventions matched to deeptime 0.4.5 (``deeptime.decomposition.VAMP`` + ``CovarianceKoopmanModel.score``):
 
 * covariances as ``VAMP.covariance_estimator``: ``Covariance(remove_data_mean=True, bessels_correction=False)``,
-  i.e. x_0 and x_t are each centred on their own (weighted) mean and sums are divided by N (sum of weights),
-  not N - 1;
+  i.e. x_0 and x_t are each centred on their own (weighted) mean and sums are divided by N (sum of weights), not N - 1;
 * ``numeric.spd_eig`` truncation: eigenvalues of C00 and Ctt with ``|lambda| < epsilon`` are dropped, and if
   the smallest eigenvalue is negative the cutoff is raised to ``max(epsilon, -lambda_min + 1e-16)``;
 * the score is ``1 + sum_i s_i**r`` over the min(rank0, rankt) singular values of
@@ -34,24 +33,34 @@ def _check_pairs(x0: torch.Tensor, xt: torch.Tensor, weights: torch.Tensor | Non
 
 
 def covariances(
-    x0: torch.Tensor, xt: torch.Tensor, weights: torch.Tensor | None = None
+    x0: torch.Tensor, xt: torch.Tensor, weights: torch.Tensor | None = None, *, reduce=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean-free C00, C0t, Ctt of time-lagged pairs, normalised by the total weight (no Bessel correction).
 
     ``weights`` (one per pair, e.g. reweighting factors of a biased run) weight both the means and the
-    sums, as deeptime's ``Covariance.fit(..., weights=w)`` does.
+    sums, as deeptime's ``Covariance.fit(..., weights=w)`` does. ``reduce`` (``cvlearn.distributed.all_reduce_sum``)
+    sums over ranks that each hold a slice of the pairs, in two collectives: 1 + 2d weighted sums (global means),
+    then 3d² products centred on them (as in one process). Every rank gets the union's covariances; averaging
+    per-rank covariances (or scores) would not. ``reduce`` as ``Tensor -> its sum over ranks``, differentiable.
 
     Parameters
     ----------
     x0, xt : Tensor [n_pairs, d]
         Features at t and t + lagtime.
     weights : Tensor [n_pairs], optional
+    reduce : callable, optional
 
     Returns
     -------
     c00, c0t, ctt : Tensor [d, d]
     """
     _check_pairs(x0, xt, weights)
+    if reduce is not None:
+        w, d = torch.ones_like(x0[:, :1]) if weights is None else weights.to(x0.dtype).unsqueeze(1), x0.shape[1]
+        first = reduce(torch.cat([w.sum(0), (w * x0).sum(0), (w * xt).sum(0)]))
+        x0c, xtc = x0 - first[1:d + 1] / first[0], xt - first[d + 1:] / first[0]
+        c = reduce(torch.stack([x0c.T @ (w * x0c), x0c.T @ (w * xtc), xtc.T @ (w * xtc)])) / first[0]
+        return c[0], c[1], c[2]
     if weights is None:
         x0c = x0 - x0.mean(dim=0, keepdim=True)
         xtc = xt - xt.mean(dim=0, keepdim=True)
@@ -132,6 +141,7 @@ def vamp_score(
     *,
     weights: torch.Tensor | None = None,
     mode: str = "trunc",
+    reduce=None,
 ) -> torch.Tensor:
     """VAMP-r score of the features (x_t, x_{t+lag}): 1 + sum of the ``dim`` largest singular values ** r.
 
@@ -154,6 +164,8 @@ def vamp_score(
         Pair weights (e.g. reweighting factors of a biased run).
     mode : {"trunc", "regularize", "clamp"}
         Covariance inverse, see :func:`inv_sqrt_split`.
+    reduce : callable, optional
+        Sum over ranks (:func:`covariances`): score of the union of the ranks' pairs (not the mean of their scores).
 
     Returns
     -------
@@ -162,13 +174,9 @@ def vamp_score(
     """
     if isinstance(r, bool) or not isinstance(r, numbers.Real) or r < 1:
         raise ValueError(f"r: expected a number >= 1 (VAMP-r), found {r!r}")
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-        raise ValueError(f"dim: expected None or an integer >= 1, found {dim!r}")
-    x0 = torch.as_tensor(x0).to(torch.float64)
-    xt = torch.as_tensor(xt).to(torch.float64)
-    if weights is not None:
-        weights = torch.as_tensor(weights).to(device=x0.device, dtype=torch.float64)
-    c00, c0t, ctt = covariances(x0, xt, weights)
+    _check_dim(dim)
+    x0, xt, weights = _as_f64(x0, xt, weights)
+    c00, c0t, ctt = covariances(x0, xt, weights, reduce=reduce)
     k = inv_sqrt_split(c00, epsilon, mode).T @ c0t @ inv_sqrt_split(ctt, epsilon, mode)
     if r == 2 and dim is None:
         return 1.0 + (k * k).sum()  # = sum s_i**2; avoids the SVD and its gradient
@@ -194,10 +202,8 @@ def deeptime_vamp_score(
         Per-trajectory features.
     lagtime : int
         Lag time in frames.
-    r : float
-        VAMP-r exponent.
-    epsilon : float
-        Eigenvalue cutoff of the covariance inverses.
+    r, epsilon : float
+        VAMP-r exponent; eigenvalue cutoff of the covariance inverses.
 
     Returns
     -------
@@ -206,11 +212,8 @@ def deeptime_vamp_score(
     """
     from deeptime.decomposition import VAMP
 
-    arrays = []
-    for a in list_of_arrays:
-        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-        arrays.append(a.astype(np.float64).reshape(len(a), -1))
-    arrays = [a for a in arrays if len(a) > lagtime]  # deeptime would skip these too, with a warning
+    arrays = [a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in list_of_arrays]
+    arrays = [a.astype(np.float64).reshape(len(a), -1) for a in arrays if len(a) > lagtime]  # deeptime skips these too
     if not arrays:
         raise ValueError(f"lagtime {lagtime} frames ≥ length of every trajectory "
                          f"(lengths {[len(a) for a in list_of_arrays]})")
@@ -219,11 +222,8 @@ def deeptime_vamp_score(
 
 
 def _as_f64(x0, xt, weights):
-    x0 = torch.as_tensor(x0).to(torch.float64)
-    xt = torch.as_tensor(xt).to(torch.float64)
-    if weights is not None:
-        weights = torch.as_tensor(weights).to(device=x0.device, dtype=torch.float64)
-    return x0, xt, weights
+    x0, xt = torch.as_tensor(x0).to(torch.float64), torch.as_tensor(xt).to(torch.float64)
+    return x0, xt, None if weights is None else torch.as_tensor(weights).to(device=x0.device, dtype=torch.float64)
 
 
 def _check_dim(dim) -> None:
@@ -239,6 +239,7 @@ def vampe_score(
     *,
     weights: torch.Tensor | None = None,
     mode: str = "trunc",
+    reduce=None,
 ) -> torch.Tensor:
     """VAMP-E score (Wu & Noé 2020, eq. 30), mean-free: 1 + tr(2 S Uᵀ C0t V − S Uᵀ C00 U S Vᵀ Ctt V).
 
@@ -251,7 +252,7 @@ def vampe_score(
     """
     _check_dim(dim)
     x0, xt, weights = _as_f64(x0, xt, weights)
-    c00, c0t, ctt = covariances(x0, xt, weights)
+    c00, c0t, ctt = covariances(x0, xt, weights, reduce=reduce)
     s, u, v = koopman_svd(c00, c0t, ctt, epsilon, mode)
     keep = s > epsilon
     s, u, v = s[keep], u[:, keep], v[:, keep]
@@ -261,21 +262,21 @@ def vampe_score(
     return 1.0 + torch.trace(2.0 * sd @ u.T @ c0t @ v - sd @ u.T @ c00 @ u @ sd @ v.T @ ctt @ v)
 
 
-def vamp1_score(x0, xt, epsilon: float = 1e-6, dim: int | None = None, *, weights=None, mode: str = "trunc"):
+def vamp1_score(x0, xt, epsilon: float = 1e-6, dim: int | None = None, *, weights=None, mode="trunc", reduce=None):
     """VAMP-1: 1 + sum of singular values (nuclear norm of the half-weighted Koopman matrix); see :func:`vamp_score`."""
-    return vamp_score(x0, xt, r=1, epsilon=epsilon, dim=dim, weights=weights, mode=mode)
+    return vamp_score(x0, xt, r=1, epsilon=epsilon, dim=dim, weights=weights, mode=mode, reduce=reduce)
 
 
-def vamp2_score(x0, xt, epsilon: float = 1e-6, dim: int | None = None, *, weights=None, mode: str = "trunc"):
+def vamp2_score(x0, xt, epsilon: float = 1e-6, dim: int | None = None, *, weights=None, mode="trunc", reduce=None):
     """VAMP-2: 1 + sum of squared singular values (kinetic variance for reversible dynamics); see :func:`vamp_score`."""
-    return vamp_score(x0, xt, r=2, epsilon=epsilon, dim=dim, weights=weights, mode=mode)
+    return vamp_score(x0, xt, r=2, epsilon=epsilon, dim=dim, weights=weights, mode=mode, reduce=reduce)
 
 
 SCORES = {"vamp1": vamp1_score, "vamp2": vamp2_score, "vampe": vampe_score}
 
 
 def score_function(name: str):
-    """The score ``f(x0, xt, epsilon, dim=None, *, weights=None, mode="trunc")`` for ``"vamp1"|"vamp2"|"vampe"``."""
+    """Score ``f(x0, xt, epsilon, dim=None, *, weights=None, mode="trunc", reduce=None)`` of "vamp1"|"vamp2"|"vampe"."""
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in SCORES:
         raise ValueError(f"score: expected one of {list(SCORES)}, found {name!r}")

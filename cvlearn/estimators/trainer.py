@@ -6,6 +6,10 @@ loop, the learning-rate schedule, early stopping on a monitored validation numbe
 ``min_epochs``/``patience``, a progress bar, the history, and one checkpoint file per run written atomically after
 every epoch. A run whose checkpoint exists resumes after its last epoch, but only when the checkpoint's format tag
 and every setting that shapes the run match; otherwise it refuses, naming what differs.
+
+Under ``torchrun`` (:mod:`cvlearn.distributed`) every rank runs the loop; rank 0's epoch numbers are broadcast so
+the history, schedule and early-stopping decisions are identical on all ranks, and only rank 0 writes the checkpoint
+(every rank reads it to resume, so it must sit on a shared filesystem).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from cvlearn import distributed
 from cvlearn.io import atomic_path
 from cvlearn.progress import progress_bar
 
@@ -284,11 +289,12 @@ class Trainer:
         if path is not None and path.is_file():
             first_epoch, best_state, done = self._resume(path)
         last = self.max_epochs if until_epoch is None else min(self.max_epochs, int(until_epoch))
-        bar = progress_bar(range(first_epoch, last), desc=self.what, disable=not self.progress or done)
+        bar = progress_bar(range(first_epoch, last), desc=self.what,
+                           disable=not self.progress or done or not distributed.is_rank0())
         with no_tf32(self.device):
             for epoch in ([] if done else bar):
                 started = time.perf_counter()
-                numbers = run_epoch(epoch)
+                numbers = distributed.broadcast_object(run_epoch(epoch))  # same decisions on every rank
                 row = {"epoch": epoch, **numbers, "lr": self.optimizer.param_groups[0]["lr"],
                        "seconds": time.perf_counter() - started}
                 self.history.append(row)
@@ -308,12 +314,13 @@ class Trainer:
                     else:
                         self.stale += 1
                     stop = self._should_stop(epoch)
-                if path is not None:
+                if path is not None and distributed.is_rank0():
                     self._save(path, epoch, best_state, stop)
                 if stop:
                     logger.info("early stop after epoch %d: no improvement for %d epochs", epoch, self.stale)
                     break
         bar.close()
+        distributed.barrier()  # the last checkpoint is on disk before any rank goes on
         if self.monitor is not None:
             for name, m in self.modules.items():
                 m.load_state_dict(best_state[name])

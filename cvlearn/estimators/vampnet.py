@@ -8,6 +8,16 @@ Biased data: ``fit(..., train_weights=[w_i per frame])`` weights the pair (x_t, 
 of its *instantaneous* frame w_t (reweighting the start of each pair to equilibrium; valid when the bias
 barely changes the dynamics within one lag, e.g. a quasi-static bias), or ``train_pairs`` gives explicit
 (i0, it, weight) pairs per trajectory, e.g. built on a rescaled time axis by :mod:`cvlearn.data.lagged`.
+
+Under ``torchrun`` (a process group from :func:`cvlearn.distributed.init_from_env`) every rank holds the data, draws
+the same global batches (same seed) and takes its contiguous slice of each; the lobe runs inside
+``DistributedDataParallel``. The score is computed from covariance sums all-reduced with an autograd-aware
+collective, so loss and gradient are those of the global batch (the mean of per-rank VAMP scores is not the VAMP
+score of the union). Backward of that collective sums the ranks' identical upstream gradients, giving each rank
+``world_size`` times its share; DDP's average divides that back out, so no extra scaling is applied (checked by
+tests/estimators/test_vampnet_distributed.py). Validation pairs are sharded the same way. Dropout masks are drawn per
+rank, so a lobe with dropout does not reproduce the single-process run exactly; batch norm sees per-rank
+statistics (use SyncBatchNorm).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from typing import Callable, Sequence
 import torch
 
 from cvlearn.data import lagged_pairs
+from cvlearn.distributed import all_reduce_sum, is_distributed, rank, world_size, wrap_ddp
 from cvlearn.estimators.scores import COVARIANCE_MODES, covariances, koopman_svd, score_function, vamp_score
 from cvlearn.estimators.trainer import LR_SCHEDULES, Trainer, check_count, make_scheduler
 from cvlearn.models.cv import VAMPModel
@@ -139,12 +150,15 @@ class VAMPNet:
     lr_schedule : None, str or callable
         See :func:`~cvlearn.estimators.trainer.make_scheduler` (cosine to 1 % over ``max_epochs``; plateau
         halves after ``patience // 2`` stale epochs).
+    distributed : bool or None
+        Train data-parallel over the ranks of the process group (see the module docstring); None: whenever a
+        group of more than one rank is initialised. False trains independently on every rank.
     """
 
     def __init__(self, lobe: torch.nn.Module, *, lagtime: int, learning_rate: float = 1e-3, batch_size: int = 1024,
                  max_epochs: int = 50, patience: int = 10, epsilon: float = 1e-6, seed: int = 0, device: str = "cpu",
                  weight_decay: float = 0.0, progress: bool = True, score: str = "vamp2", mode: str = "trunc",
-                 lr_schedule: str | Callable | None = None, min_epochs: int = 0):
+                 lr_schedule: str | Callable | None = None, min_epochs: int = 0, distributed: bool | None = None):
         for name, value, low in (("lagtime", lagtime, 1), ("batch_size", batch_size, 2),
                                  ("max_epochs", max_epochs, 1), ("patience", patience, 1), ("min_epochs", min_epochs, 0)):
             check_count(name, value, low)
@@ -172,6 +186,7 @@ class VAMPNet:
         self.progress = progress
         self.mode = mode
         self.lr_schedule = lr_schedule
+        self.distributed = distributed
         self.history: list[dict] = []
         self.best_epoch: int = -1
         self.best_val_score: float = float("-inf")
@@ -184,13 +199,25 @@ class VAMPNet:
         return evaluate_chunked(self.lobe, frames, chunk_size=max(self.batch_size, 1024), modules=(self.lobe,),
                                 device=self.device)
 
-    def _eval(self, y: torch.Tensor, pairs: tuple, r) -> float:
+    def _eval(self, y: torch.Tensor, pairs: tuple, r, reduce=None) -> float:
         i0, it, w = pairs
         w = None if w is None else w.to(y.device)
         if isinstance(r, str):
             fn = score_function(r)
-            return float(fn(y[i0], y[it], self.epsilon, weights=w, mode=self.mode))
-        return float(vamp_score(y[i0], y[it], r=r, epsilon=self.epsilon, weights=w, mode=self.mode))
+            return float(fn(y[i0], y[it], self.epsilon, weights=w, mode=self.mode, reduce=reduce))
+        return float(vamp_score(y[i0], y[it], r=r, epsilon=self.epsilon, weights=w, mode=self.mode, reduce=reduce))
+
+    def _sharded_eval(self, frames: torch.Tensor, pairs: tuple, scores: Sequence, reduce) -> list[float]:
+        """Scores of ``pairs``; under a group each rank evaluates the frames of its slice of the pairs only."""
+        if reduce is None:
+            y = self._outputs(frames)
+            return [self._eval(y, pairs, r) for r in scores]
+        i0, it, w = pairs
+        sel = torch.tensor_split(torch.arange(len(i0)), world_size())[rank()]
+        need, inverse = torch.unique(torch.cat([i0[sel], it[sel]]), return_inverse=True)
+        y = self._outputs(frames[need])
+        local = (inverse[:len(sel)], inverse[len(sel):], None if w is None else w[sel])
+        return [self._eval(y, local, r, reduce) for r in scores]
 
     def score(self, data: Sequence[torch.Tensor], r: float | str = 2, *, weights=None,
               pairs: PairSpec | None = None) -> float:
@@ -256,10 +283,16 @@ class VAMPNet:
         val_pairs = _weighted_pair_indices(validation, self.lagtime, "validation", validation_weights, validation_pairs)
         n_pairs = len(i0)
         n_batches = max(1, n_pairs // self.batch_size)  # equal batches of batch_size..2*batch_size-1 pairs
+        shard = is_distributed() if self.distributed is None else bool(self.distributed) and is_distributed()
+        reduce, n_ranks, me = (all_reduce_sum, world_size(), rank()) if shard else (None, 1, 0)
+        if shard and min(self.batch_size, len(val_pairs[0])) < n_ranks:
+            raise ValueError(f"batch_size ({self.batch_size}) and validation pairs ({len(val_pairs[0])}): expected "
+                             f"at least one per rank ({n_ranks} ranks)")
 
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
         self.lobe.to(self.device)
+        model = wrap_ddp(self.lobe, self.device) if shard else self.lobe  # broadcasts rank 0's weights
         # A lobe may ask for per-part learning rates (e.g. a gently fine-tuned pre-trained featurizer).
         params = (self.lobe.param_groups(self.learning_rate) if hasattr(self.lobe, "param_groups")
                   else [p for p in self.lobe.parameters() if p.requires_grad])
@@ -280,19 +313,20 @@ class VAMPNet:
             self.lobe.train()
             total = 0.0
             for batch in torch.tensor_split(torch.randperm(n_pairs, generator=generator), n_batches):
-                b0, bt = i0[batch].to(self.device), it[batch].to(self.device)
-                y = self.lobe(torch.cat([train_frames[b0], train_frames[bt]]))
-                bw = None if w is None else w[batch].to(self.device)
-                score = self._score_fn(y[:len(batch)], y[len(batch):], self.epsilon, weights=bw, mode=self.mode)
+                mine = torch.tensor_split(batch, n_ranks)[me]  # this rank's slice of the global batch
+                b0, bt = i0[mine].to(self.device), it[mine].to(self.device)
+                y = model(torch.cat([train_frames[b0], train_frames[bt]]))
+                bw = None if w is None else w[mine].to(self.device)
+                score = self._score_fn(y[:len(mine)], y[len(mine):], self.epsilon, weights=bw, mode=self.mode,
+                                       reduce=reduce)  # the global batch's score: covariance sums all-reduced
                 trainer.step(-score, epoch, hint=" or a larger epsilon")
                 total += float(score.detach()) * len(batch)
             if hasattr(self.lobe, "recalibrate"):
                 # Normalisation statistics that lag a moving featurizer make eval-mode scores noisy;
                 # a lobe may refresh them on training frames before it is evaluated.
                 self.lobe.recalibrate(train_frames[recalibration_frames].to(self.device))
-            y_val = self._outputs(val_frames)
-            val_score = self._eval(y_val, val_pairs, name)
-            val_vamp2 = val_score if name == "vamp2" else self._eval(y_val, val_pairs, 2)
+            scores = self._sharded_eval(val_frames, val_pairs, [name] if name == "vamp2" else [name, 2], reduce)
+            val_score, val_vamp2 = scores[0], scores[-1]
             return {f"train_{name}": total / n_pairs, f"val_{name}": val_score, "val_vamp2": val_vamp2}
 
         trainer.fit(run_epoch, checkpoint_path=checkpoint_path)

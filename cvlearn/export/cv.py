@@ -1,6 +1,9 @@
 """Export a trained CV chain as one self-contained TorchScript module (the contract with the MD engine).
 
-``forward(positions [n_particles, 3] in nm, float32 or float64) -> CVs [n_cvs]`` in the positions' dtype.
+``forward(positions [n_particles, 3] in nm, float32 or float64, box [3, 3] nm or None) -> CVs [n_cvs]`` in the
+positions' dtype. A periodic CV (``periodic=True`` at export, for explicit-solvent Systems) needs the box and makes
+its molecule whole first (:mod:`cvlearn.export.whole`); a non-periodic one ignores a box, so engines can always
+pass it.
 The module carries its atom indices, so the engine passes all particles and nobody slices by hand; its
 neighbour search is plain torch, so it loads in a process that never imported torchmd-net. The typed contract
 (:class:`~cvlearn.export.spec.CVSpec`: selection, elements, residue map, lag, training range, featurizer
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor
 
 from cvlearn.export.spec import CVSpec, featurizer_identity, lag_times, package_versions, selection_of
+from cvlearn.export.whole import MakeWhole, topology_bonds
 from cvlearn.io import atomic_path
 from cvlearn.models.cv import VAMPModel
 
@@ -116,28 +120,43 @@ class ExportedCV(torch.nn.Module):
         Particles ``forward`` takes.
     n_cvs : int
         Components returned.
+    periodic : bool
+        Take box vectors and make the selection whole before the model (see :mod:`cvlearn.export.whole`).
+    bonds : sequence of (int, int), optional
+        Bonded pairs in selection order, the spanning tree's edges (periodic CVs only).
     """
 
-    def __init__(self, model: torch.nn.Module, atom_indices: Sequence[int], n_particles: int, n_cvs: int):
+    periodic = False  # class default (a bool): eager twins pickled before periodic CVs load as non-periodic
+
+    def __init__(self, model: torch.nn.Module, atom_indices: Sequence[int], n_particles: int, n_cvs: int,
+                 periodic: bool = False, bonds: Optional[Sequence[tuple[int, int]]] = None):
         super().__init__()
         indices = _checked_indices(atom_indices, n_particles)
         self.model = model
         self.n_particles = int(n_particles)
         self.n_cvs = int(n_cvs)
+        self.periodic = bool(periodic)
         self.register_buffer("atom_indices", indices)
         # Zero-size tensor whose dtype is the model's: inputs are cast to it, outputs back to the input's.
         self.register_buffer("model_dtype", torch.zeros(0, dtype=next(model.parameters()).dtype))
+        # A non-periodic CV carries an empty tree (TorchScript needs the submodule, not its n^2 path matrix).
+        self.whole = MakeWhole(len(indices), bonds) if self.periodic else MakeWhole(0)
 
-    def forward(self, positions: Tensor) -> Tensor:
+    def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
         if positions.dim() != 2 or positions.shape[0] != self.n_particles or positions.shape[1] != 3:
             raise RuntimeError(
                 f"expected positions of shape [{self.n_particles}, 3] (all particles, nm), got {list(positions.shape)}"
             )
-        return self.selected(positions.index_select(0, self.atom_indices))
+        return self.selected(positions.index_select(0, self.atom_indices), box)
 
     @torch.jit.export
-    def selected(self, positions: Tensor) -> Tensor:
-        """CVs from the positions of the selected atoms only ``[n_selected, 3]`` (nm)."""
+    def selected(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
+        """CVs from the positions of the selected atoms only ``[n_selected, 3]`` (nm); box ``[3, 3]`` nm or None."""
+        if self.periodic:
+            if box is None:
+                raise RuntimeError("this CV is periodic and needs the box: pass box vectors, forward(positions_nm, "
+                                   "box_nm [3, 3]), and on a TorchForce call setUsesPeriodicBoundaryConditions(True)")
+            positions = self.whole(positions, box)
         cvs = self.model(positions.to(self.model_dtype.dtype).unsqueeze(0)).squeeze(0)
         return cvs.to(positions.dtype)
 
@@ -175,13 +194,28 @@ def _cv_range(eager: ExportedCV, n_cvs: int, training_frames, training_outputs, 
     return [[float(out[:, k].min()), float(out[:, k].max())] for k in range(n_cvs)]
 
 
+def _periodic_bonds(periodic: bool, bonds, topology, atom_indices) -> Optional[list]:
+    """The selection-order bonds a periodic CV's spanning tree uses (None for a non-periodic CV)."""
+    if not periodic:
+        if bonds is not None:
+            raise ValueError("export_cv: bonds= is used only by periodic CVs; pass periodic=True or drop bonds=")
+        return None
+    if bonds is None:
+        if topology is None:
+            raise ValueError("export_cv: periodic=True needs the bonds among the selected atoms: pass topology= "
+                             "(mdtraj or OpenMM) or bonds=")
+        return topology_bonds(topology, atom_indices)
+    return [(int(a), int(b)) for a, b in bonds]
+
+
 def export_cv(model: torch.nn.Module, path: str | Path, *, atom_indices: Sequence[int], n_particles: int,
               topology=None, atomic_numbers: Sequence[int] | None = None,
               residue_of_atom: Sequence[int] | None = None, lagtime_ps: float | None = None,
               frame_interval_ps: float | None = None, training_frames=None, training_outputs=None,
               cv_range=None, component_periods: Sequence[float | None] | None = None,
               featurizer_checkpoint: str | Path | None = None, dtype: torch.dtype = torch.float32,
-              extra: dict | None = None, dense_et: bool = True) -> torch.jit.ScriptModule:
+              extra: dict | None = None, dense_et: bool = True, periodic: bool = False,
+              bonds: Sequence[tuple[int, int]] | None = None) -> torch.jit.ScriptModule:
     """Script ``model`` into an :class:`ExportedCV` file that carries its :class:`CVSpec`.
 
     Parameters
@@ -219,6 +253,13 @@ def export_cv(model: torch.nn.Module, path: str | Path, *, atom_indices: Sequenc
     dense_et : bool
         Swap small Equivariant Transformer featurizers for the dense form (identical numbers, cheaper per MD
         step; see :mod:`cvlearn.nn.featurizers.dense_et`).
+    periodic : bool
+        For Systems with periodic boundaries (explicit solvent): ``forward(positions, box)`` makes the selected
+        molecule whole along a spanning tree of its bonds before the model (:mod:`cvlearn.export.whole`).
+        ``training_frames`` are taken as whole already (as the model was trained on them).
+    bonds : sequence of (int, int), optional
+        Periodic CVs: bonded pairs in selection order (positions in ``atom_indices``); default: the topology's
+        bonds among the selected atoms.
 
     Returns
     -------
@@ -226,6 +267,7 @@ def export_cv(model: torch.nn.Module, path: str | Path, *, atom_indices: Sequenc
         The scripted :class:`ExportedCV`; ``load_cv(path)`` returns it with its :class:`CVSpec`.
     """
     _checked_indices(atom_indices, n_particles)
+    bonds = _periodic_bonds(periodic, bonds, topology, atom_indices)
     z, residues = selection_of(model, atom_indices, topology, atomic_numbers, residue_of_atom)
     architecture, config, digest = featurizer_identity(model, featurizer_checkpoint)
     lagtime_ps, frame_interval_ps = lag_times(model, lagtime_ps, frame_interval_ps)
@@ -236,12 +278,12 @@ def export_cv(model: torch.nn.Module, path: str | Path, *, atom_indices: Sequenc
     with torch.no_grad():
         probe = model(torch.randn(1, len(atom_indices), 3, dtype=dtype))
     n_cvs = int(probe.shape[-1])
-    eager = ExportedCV(model, atom_indices, n_particles, n_cvs)
+    eager = ExportedCV(model, atom_indices, n_particles, n_cvs, periodic=periodic, bonds=bonds)
     spec = CVSpec(n_particles=n_particles, atom_indices=atom_indices, atomic_numbers=z, residue_of_atom=residues,
                   n_cvs=n_cvs, dtype=str(dtype).replace("torch.", ""), featurizer_architecture=architecture,
                   featurizer_sha256=digest, lagtime_ps=lagtime_ps, frame_interval_ps=frame_interval_ps,
                   cv_range_training=_cv_range(eager, n_cvs, training_frames, training_outputs, cv_range),
-                  periodic=False, component_periods=component_periods, featurizer_config=config,
+                  periodic=periodic, bonds=bonds, component_periods=component_periods, featurizer_config=config,
                   dense_et=swapped, versions=package_versions(), extra=extra or {})
     scripted = torch.jit.script(eager)
     buffer = io.BytesIO()

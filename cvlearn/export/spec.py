@@ -62,7 +62,11 @@ class CVSpec:
     cv_range_training : tuple of (float, float) or None
         Per component ``(min, max)`` of the CV over the training frames; None when not known.
     periodic : bool
-        Whether ``forward`` takes box vectors (periodic systems). False for every CV cvlearn exports today.
+        Whether ``forward`` takes box vectors (Systems with periodic boundaries) and makes the selection whole
+        before the model; such a CV refuses to run without a box. False in files written before periodic CVs.
+    bonds : tuple of (int, int) or None
+        Periodic CVs: the bonded pairs, in selection order, whose spanning tree makes the selection whole; None
+        for non-periodic CVs.
     component_periods : tuple of (float or None)
         ``[n_cvs]`` period of each component (e.g. 2π for a torsion, radians), None where it does not wrap.
     featurizer_config : dict
@@ -91,6 +95,7 @@ class CVSpec:
     frame_interval_ps: Optional[float] = None
     cv_range_training: Optional[tuple] = None
     periodic: bool = False
+    bonds: Optional[tuple] = None
     component_periods: Optional[tuple] = None
     featurizer_config: dict = field(default_factory=dict)
     dense_et: tuple = ()
@@ -133,6 +138,12 @@ class CVSpec:
                              f"found {self.component_periods!r}")
         set_("component_periods", periods)
         set_("periodic", bool(self.periodic))
+        if self.bonds is not None:
+            bonds = tuple((int(a), int(b)) for a, b in self.bonds)
+            if not self.periodic or any(not (0 <= a < n and 0 <= b < n) or a == b for a, b in bonds):
+                raise ValueError(f"CVSpec.bonds: expected pairs of distinct positions in [0, {n}) on a periodic CV, "
+                                 f"found {self.bonds!r} (periodic={self.periodic})")
+            set_("bonds", bonds)
         set_("dense_et", tuple(str(s) for s in self.dense_et))
         for name in ("featurizer_config", "versions", "units", "extra"):
             set_(name, _plain(name, getattr(self, name)))

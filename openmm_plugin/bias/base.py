@@ -86,6 +86,14 @@ def wrap_difference(d: np.ndarray, periods: np.ndarray) -> np.ndarray:
     return np.where(periods > 0, d - safe * np.round(d / safe), d)
 
 
+def grid_points(axes: Sequence[np.ndarray], n_cvs: int) -> np.ndarray:
+    """``[n_points, n_cvs]`` points of the grid ``axes[0] x axes[1] x ...`` in C order (``ij`` indexing)."""
+    if len(axes) != n_cvs:
+        raise ValueError(f"axes: expected {n_cvs} grid axes (one per CV), found {len(axes)}")
+    mesh = np.meshgrid(*[np.asarray(a, dtype=np.float64) for a in axes], indexing="ij")
+    return np.stack([m.reshape(-1) for m in mesh], axis=1)
+
+
 class Bias:
     """A bias potential on an ``n_cvs``-dimensional CV. Static biases only implement ``energy_and_gradient``.
 
@@ -132,6 +140,25 @@ class Bias:
     def to_torch(self) -> torch.nn.Module:
         """A scriptable module ``s [n_cvs] -> V`` equal to this bias *now* (a frozen snapshot)."""
         raise NotImplementedError(f"{type(self).__name__} has no TorchScript form")
+
+    def energy_on_grid(self, axes: Sequence[np.ndarray]) -> np.ndarray:
+        """V (kJ/mol) at every point of the grid ``axes[0] x axes[1] x ...``: the table of the native route.
+
+        This generic version calls :meth:`energy_and_gradient` point by point (fine for static biases, which
+        :class:`openmm_plugin.bias.native.NativeBiasForce` tabulates once); adaptive biases vectorise it.
+
+        Parameters
+        ----------
+        axes : sequence of np.ndarray
+            ``n_cvs`` 1-D arrays of grid coordinates, CV units.
+
+        Returns
+        -------
+        np.ndarray
+            ``[len(axes[0]), len(axes[1]), ...]`` float64 (``ij`` indexing).
+        """
+        points = grid_points(axes, self.n_cvs)
+        return np.array([self.energy_and_gradient(p)[0] for p in points]).reshape([len(a) for a in axes])
 
     def leaves(self) -> list["Bias"]:
         return [self]
@@ -251,6 +278,9 @@ class BiasSum(Bias):
     def to_torch(self):
         return TorchBiasSum([b.to_torch() for b in self.biases])
 
+    def energy_on_grid(self, axes):
+        return sum(b.energy_on_grid(axes) for b in self.biases)
+
 
 class TorchBiasSum(torch.nn.Module):
     """Sum of frozen bias modules: the TorchScript form of :class:`BiasSum`, ``s [n_cvs] -> V`` (kJ/mol).
@@ -345,6 +375,14 @@ class OnComponents(Bias):
 
     def to_torch(self):
         return _TorchOnComponents(self.inner.to_torch(), self.components)
+
+    def energy_on_grid(self, axes):
+        if len(axes) != self.n_cvs:
+            raise ValueError(f"axes: expected {self.n_cvs} grid axes (one per CV), found {len(axes)}")
+        sub = self.inner.energy_on_grid([axes[c] for c in self.components])
+        sub = sub.transpose(np.argsort(self.components))  # its axes in increasing component order
+        shape = [len(axes[i]) if i in self.components else 1 for i in range(self.n_cvs)]
+        return np.broadcast_to(sub.reshape(shape), [len(a) for a in axes]).copy()
 
 
 class _TorchOnComponents(torch.nn.Module):

@@ -122,6 +122,22 @@ class Metadynamics(AdaptiveBias):
             return self._grid_interpolate(s)
         return self._kernel_sum(s)
 
+    def energy_on_grid(self, axes):
+        """V on a grid: the accumulated grid itself when ``axes`` are this bias's axes (no cost), else the exact
+        kernel sum, separable per axis (``Σ_k h_k Π_i g_ki``, one BLAS contraction)."""
+        axes = [np.asarray(a, dtype=np.float64) for a in axes]
+        if len(axes) != self.n_cvs:
+            raise ValueError(f"axes: expected {self.n_cvs} grid axes (one per CV), found {len(axes)}")
+        if all(a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(axes, self.axes)):
+            return self.grid.copy()
+        factors = [np.exp(-0.5 * (wrap_difference(a[None, :] - self.centers[:, i, None], self.periods[i])
+                                  / self.sigma[i]) ** 2) for i, a in enumerate(axes)]
+        letters = "abc"[:self.n_cvs] if self.n_cvs <= 3 else None
+        if letters is None:
+            return super().energy_on_grid(axes)
+        spec = "k," + ",".join(f"k{c}" for c in letters) + "->" + letters
+        return np.einsum(spec, self.heights, *factors, optimize=True).reshape([len(a) for a in axes])
+
     # --- deposition ----------------------------------------------------------------------------------
     def record_width(self) -> int:
         return 1 + self.n_cvs  # height, centre

@@ -10,8 +10,13 @@ exploration, noisier reweighting. Both follow PLUMED's implementation: kernels t
 ``kernel_cutoff`` (value at cutoff subtracted), merged into the nearest kernel when closer than
 ``compression_threshold`` (in units of that kernel's σ, recursively), Z = mean over compressed kernel
 centres of the normalised KDE, sums initialised at ε^(prefactor) with counter 1, no deposition at step 0.
-σ is fixed at ``sigma`` and shrinks as neff^(-1/(4+d)) (explore: counter) unless ``fixed_sigma``;
-PLUMED's adaptive-σ estimate (SIGMA=ADAPTIVE) is not implemented: give σ (e.g. the CV's std in a basin).
+σ starts at ``sigma`` and shrinks as neff^(-1/(4+d)) (explore: counter) unless ``fixed_sigma``.
+``sigma="adaptive"`` is PLUMED's SIGMA=ADAPTIVE with ADAPTIVE_SIGMA_STRIDE (OPESmetad.cpp, PLUMED 2.8/2.9,
+``update()``): every sampled step, Welford's update with an exponentially decaying mean (τ = min(samples,
+stride)), ``av += Δ/τ; M2 += Δ·(s - av)``; no deposition before ``stride`` steps; then σ = sqrt(M2/n) (explore)
+or sqrt(M2/n / γ) with M2 multiplied by γ once at the first deposition (metad: the first estimate is unbiased),
+before the neff rescaling; SIGMA_MIN floors each σ and the height is divided by each σ's rescaling factor.
+PLUMED samples every MD step; ``adaptive_sigma_sample_steps`` > 1 samples less often (τ counted in samples).
 Components for COLVAR: rct = kT ln(Σw/N), zed, neff = (1+Σw)²/(1+Σw²), nker.
 """
 
@@ -29,8 +34,8 @@ class OPES(AdaptiveBias):
 
     Parameters
     ----------
-    sigma : float or sequence of float
-        ``[n_cvs]`` initial kernel widths, CV units.
+    sigma : float or sequence of float or "adaptive"
+        ``[n_cvs]`` initial kernel widths, CV units; ``"adaptive"``: PLUMED's SIGMA=ADAPTIVE (module docstring).
     barrier_kjmol : float
         ΔE, the barrier to overcome, kJ/mol.
     pace_steps : int
@@ -49,16 +54,36 @@ class OPES(AdaptiveBias):
         Keep ``sigma`` (no adaptive shrinking).
     label : str, optional
         Prefix of the COLVAR fields (default ``opes`` / ``opes_explore``).
+    adaptive_sigma_stride : int, optional
+        PLUMED's ADAPTIVE_SIGMA_STRIDE in steps (>= ``pace_steps``; default 10 x pace); needs ``sigma="adaptive"``
+        (or None), as PLUMED.
+    adaptive_sigma_sample_steps : int
+        Steps between CV samples of the adaptive σ (1 = every step, as PLUMED).
+    n_cvs : int, optional
+        Number of CVs with ``sigma="adaptive"`` (default 1).
+    sigma_min : float or sequence of float, optional
+        PLUMED's SIGMA_MIN: no kernel narrower than this, CV units.
     """
 
     def __init__(self, *, sigma, barrier_kjmol: float, pace_steps: int, temperature_k: float,
                  bias_factor: float | None = None, explore: bool = False, periods=None,
                  compression_threshold: float = 1.0, kernel_cutoff: float | None = None,
-                 epsilon: float | None = None, fixed_sigma: bool = False, label: str | None = None):
-        sigma = as_cv_vector("sigma", sigma)
+                 epsilon: float | None = None, fixed_sigma: bool = False, label: str | None = None,
+                 adaptive_sigma_stride: int | None = None, adaptive_sigma_sample_steps: int = 1,
+                 n_cvs: int | None = None, sigma_min=None):
+        adaptive = isinstance(sigma, str) or sigma is None
+        if adaptive and str(sigma).lower() not in ("adaptive", "none"):
+            raise ValueError(f"sigma: expected kernel widths or 'adaptive', found {sigma!r}")
+        if not adaptive and adaptive_sigma_stride is not None:
+            raise ValueError(f"adaptive_sigma_stride: needs sigma='adaptive' (as PLUMED), found sigma={sigma!r}")
+        sigma = np.ones(int(n_cvs or 1)) if adaptive else as_cv_vector("sigma", sigma)
+        if n_cvs is not None and int(n_cvs) != sigma.size:
+            raise ValueError(f"n_cvs: {n_cvs} does not match the {sigma.size} sigma values {sigma.tolist()}")
         if np.any(sigma <= 0):
             raise ValueError(f"sigma: expected positive kernel widths, found {sigma}")
         super().__init__(sigma.size, label or ("opes_explore" if explore else "opes"), pace_steps)
+        self.sigma_min = None if sigma_min is None else as_cv_vector("sigma_min", sigma_min, self.n_cvs)
+        self._init_adaptive(adaptive, adaptive_sigma_stride, adaptive_sigma_sample_steps)
         if barrier_kjmol <= 0 or temperature_k <= 0:
             raise ValueError(f"{self.label}: expected barrier_kjmol > 0 and temperature_k > 0, "
                              f"found {barrier_kjmol}, {temperature_k}")
@@ -74,7 +99,9 @@ class OPES(AdaptiveBias):
             raise ValueError(f"{self.label}: bias_factor=inf is not compatible with OPES-explore")
         self.bias_factor = gamma
         self.prefactor = (gamma - 1.0) if self.explore else (1.0 if np.isinf(gamma) else 1.0 - 1.0 / gamma)
-        self.sigma0 = sigma * (np.sqrt(gamma) if self.explore else 1.0)
+        if self.adaptive_sigma and np.isinf(gamma):
+            raise ValueError(f"{self.label}: bias_factor=inf is not compatible with sigma='adaptive' (as PLUMED)")
+        self.sigma0 = None if self.adaptive_sigma else sigma * (np.sqrt(gamma) if self.explore else 1.0)
         self.periods = periods_vector(periods, self.n_cvs)
         self.epsilon = float(np.exp(-self.barrier_kjmol / self.prefactor / self.kbt) if epsilon is None else epsilon)
         default_cutoff = np.sqrt(2.0 * self.barrier_kjmol / self.kbt / (1.0 if self.explore else self.prefactor))
@@ -118,6 +145,23 @@ class OPES(AdaptiveBias):
         arg = prob / self.zed + self.epsilon
         return float(self.kbt * self.prefactor * np.log(arg)), self.kbt * self.prefactor / arg * dprob / self.zed
 
+    def energy_on_grid(self, axes):
+        """V at every grid point (kJ/mol, ``[len(axes[0]), ...]``): each truncated kernel is added on the
+        sub-grid inside its cutoff only (per-axis distances, outer sums), so the cost is ~n_kernels x (cutoff box)."""
+        axes = [np.asarray(a, dtype=np.float64) for a in axes]
+        if len(axes) != self.n_cvs:
+            raise ValueError(f"axes: expected {self.n_cvs} grid axes (one per CV), found {len(axes)}")
+        prob = np.zeros([len(a) for a in axes])
+        for h, c, sig in zip(self.heights, self.centers, self.sigmas):
+            d2 = [(wrap_difference(a - c[i], self.periods[i]) / sig[i]) ** 2 for i, a in enumerate(axes)]
+            near = [np.flatnonzero(x < self.cutoff2) for x in d2]
+            if any(len(n) == 0 for n in near):
+                continue
+            norm2 = sum(x[n].reshape([-1 if j == i else 1 for j in range(self.n_cvs)])
+                        for i, (x, n) in enumerate(zip(d2, near)))
+            prob[np.ix_(*near)] += np.where(norm2 < self.cutoff2, h * (np.exp(-0.5 * norm2) - self.val_at_cutoff), 0.0)
+        return self.kbt * self.prefactor * np.log(prob / self.kde_norm / self.zed + self.epsilon)
+
     # --- deposition ----------------------------------------------------------------------------------
     def record_width(self) -> int:
         return 2 + 2 * self.n_cvs  # log-weight βV, kernel height, centre, sigma
@@ -126,15 +170,63 @@ class OPES(AdaptiveBias):
         v, _ = self.energy_and_gradient(s)
         log_weight = v / self.kbt
         height = 1.0 if self.explore else np.exp(log_weight)
-        sigma = self.sigma0.copy()
+        sigma = self._adaptive_sigma() if self.adaptive_sigma else self.sigma0.copy()
         if not self.fixed_sigma:
             # neff after this deposition (explore: number of kernels), as PLUMED.
             w = np.exp(log_weight)
             size = self.counter + 1 if self.explore else (1 + self.sum_weights + w) ** 2 / (1 + self.sum_weights2 + w * w)
-            rescale = (size * (self.n_cvs + 2.0) / 4.0) ** (-1.0 / (4 + self.n_cvs))
+            rescale = np.full(self.n_cvs, (size * (self.n_cvs + 2.0) / 4.0) ** (-1.0 / (4 + self.n_cvs)))
+            if self.sigma_min is not None:
+                rescale = np.maximum(rescale, self.sigma_min / sigma)
             sigma = sigma * rescale
-            height /= rescale ** self.n_cvs
+            height /= np.prod(rescale)
         return np.concatenate([[log_weight, height], s, sigma])
+
+    # --- adaptive sigma (PLUMED SIGMA=ADAPTIVE) ------------------------------------------------------
+    def _init_adaptive(self, adaptive: bool, stride, sample_steps) -> None:
+        self.adaptive_sigma = bool(adaptive or stride is not None)
+        self.sample_steps = None
+        if not self.adaptive_sigma:
+            return
+        stride = 10 * self.pace_steps if stride is None else stride
+        for name, value in (("adaptive_sigma_stride", stride), ("adaptive_sigma_sample_steps", sample_steps)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"{self.label}: {name}: expected a positive integer, found {value!r}")
+        if stride < self.pace_steps:
+            raise ValueError(f"{self.label}: adaptive_sigma_stride: expected >= pace_steps={self.pace_steps} (as PLUMED), "
+                             f"found {stride}")
+        self.adaptive_sigma_stride, self.sample_steps = int(stride), int(sample_steps)
+        self.tau_samples = max(1, self.adaptive_sigma_stride // self.sample_steps)
+        self.av_cv, self.av_m2 = np.zeros(self.n_cvs), np.zeros(self.n_cvs)
+        self.n_samples, self.m2_adjusted = 0, False
+
+    def observe(self, s: np.ndarray) -> None:
+        """One CV sample for the adaptive σ: PLUMED's Welford update with an exponentially decaying mean."""
+        self.n_samples += 1
+        tau = min(self.n_samples, self.tau_samples)
+        diff = wrap_difference(s - self.av_cv, self.periods)
+        self.av_cv = self.av_cv + diff / tau
+        self.av_m2 = self.av_m2 + diff * wrap_difference(s - self.av_cv, self.periods)
+
+    def _adaptive_sigma(self) -> np.ndarray:
+        if self.n_samples == 0:
+            raise ValueError(f"{self.label}: adaptive sigma has no CV samples yet (call update every sample step)")
+        if self.explore:
+            sigma = np.sqrt(self.av_m2 / self.n_samples)
+        else:
+            if not self.m2_adjusted:  # the very first estimate is from unbiased sampling: av_M2 /= (1 - prefactor)
+                self.av_m2 = self.av_m2 * self.bias_factor
+                self.m2_adjusted = True
+            sigma = np.sqrt(self.av_m2 / self.n_samples / self.bias_factor)
+        floor = self.sigma_min if self.sigma_min is not None else 1e-6  # PLUMED: 1e-6 when no SIGMA_MIN
+        return np.maximum(sigma, floor)
+
+    def update(self, s, step):
+        if self.adaptive_sigma and step > 0 and step % self.sample_steps == 0:
+            self.observe(self.check_cv(s))
+            if self.n_samples < self.tau_samples and self.counter == 1:
+                return False  # no bias before σ is measured (PLUMED: counter_ > 1 when restarting)
+        return super().update(s, step)
 
     def apply_record(self, row):
         d = self.n_cvs
@@ -204,8 +296,11 @@ class OPES(AdaptiveBias):
 
     def state_dict(self):
         scalars = np.array([self.counter, self.sum_weights, self.sum_weights2, self.zed])
-        return {"heights": self.heights.copy(), "centers": self.centers.copy(), "sigmas": self.sigmas.copy(),
-                "scalars": scalars, "records": self.records.copy()}
+        state = {"heights": self.heights.copy(), "centers": self.centers.copy(), "sigmas": self.sigmas.copy(),
+                 "scalars": scalars, "records": self.records.copy()}
+        if self.adaptive_sigma:
+            state["adaptive"] = np.concatenate([[self.n_samples, float(self.m2_adjusted)], self.av_cv, self.av_m2])
+        return state
 
     def load_state_dict(self, state):
         for key in ("heights", "centers", "sigmas", "scalars", "records"):
@@ -219,6 +314,13 @@ class OPES(AdaptiveBias):
         self.sigmas = np.array(state["sigmas"], dtype=np.float64).reshape(-1, self.n_cvs)
         self.counter, self.sum_weights, self.sum_weights2, self.zed = (float(x) for x in state["scalars"])
         self.records = np.array(state["records"], dtype=np.float64).reshape(-1, self.record_width())
+        if self.adaptive_sigma:
+            if "adaptive" not in state or np.asarray(state["adaptive"]).size != 2 + 2 * self.n_cvs:
+                raise ValueError(f"{self.label}: state has no adaptive-sigma estimate for {self.n_cvs} CVs "
+                                 f"(saved without sigma='adaptive'?); keys found: {sorted(state)}")
+            a = np.asarray(state["adaptive"], dtype=np.float64)
+            self.n_samples, self.m2_adjusted = int(a[0]), bool(a[1])
+            self.av_cv, self.av_m2 = a[2:2 + self.n_cvs].copy(), a[2 + self.n_cvs:].copy()
 
     def to_torch(self):
         return TorchOPES(self)

@@ -6,7 +6,10 @@ one evaluation at the current positions), updates the bias, and, every ``save_ev
 the whole bias state plus the OpenMM checkpoint (positions, velocities, RNG, step) atomically to one
 ``.npz``; :meth:`BiasRunner.restore` resumes from it exactly. With ``walkers_dir``, each walker writes
 its own deposition records to ``<walkers_dir>/<label>.walker<id>.npz`` (atomically) and replays the
-new rows of the others' files, as ``app.Metadynamics``'s ``biasDir`` does.
+new rows of the others' files, as ``app.Metadynamics``'s ``biasDir`` does. With ``native`` (a
+:class:`openmm_plugin.bias.native.NativeBiasForce`), the CV comes from the Context's ``CustomCVForce`` and each
+change of the bias refreshes its table. With ``guard`` (:class:`openmm_plugin.bias.guard.ForceGuard`), capped bias
+forces are logged, and a tripped ``"stop"`` guard saves ``<save_path stem>.stopped.npz`` and raises ``RunError``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import openmm.unit as unit
 
+from cvlearn.errors import RunError
 from cvlearn.io import atomic_path
 from openmm_plugin.cv_evaluation import CVEvaluator
 
@@ -53,17 +56,27 @@ class BiasRunner:
     on_save : callable, optional
         ``on_save()`` right before each checkpoint is written (e.g. ``BiasReporter.flush``), so the time series
         on disk always reach the checkpoint.
+    native : openmm_plugin.bias.native.NativeBiasForce, optional
+        The native route (OpenMM CVs, tabulated bias) instead of ``cv``/``callback``; refreshed at each change.
+    guard : openmm_plugin.bias.guard.ForceGuard, optional
+        The bias-force cap; set as ``callback.guard`` for the PythonForce, logged, and checked for ``"stop"``.
     """
 
     def __init__(self, bias, *, cv=None, callback=None, save_path: str | Path | None = None,
                  save_every_steps: int | None = None, walkers_dir: str | Path | None = None, walker_id: int = 0,
                  sync_every_steps: int | None = None, on_update: Callable | None = None,
-                 on_save: Callable[[], None] | None = None):
-        if callback is None and cv is None:
-            raise ValueError("BiasRunner: give the PythonForce `callback` (cached CV values) or the `cv` module")
+                 on_save: Callable[[], None] | None = None, native=None, guard=None):
+        if sum(x is not None for x in (cv, callback, native)) != 1:
+            raise ValueError("BiasRunner: give exactly one of the PythonForce `callback` (cached CV values), the `cv` "
+                             "module (TorchForce route) or `native` (NativeBiasForce)")
         self.bias = bias
         self.callback = callback
-        self.evaluator = callback.evaluator if callback is not None else CVEvaluator(cv)
+        self.native = native
+        self.guard = guard
+        if guard is not None and callback is not None:
+            callback.guard = guard  # BiasCallback.__call__ caps its forces with it
+        self._guard_logged = 0
+        self.evaluator = native if native is not None else callback.evaluator if callback is not None else CVEvaluator(cv)
         self.save_path = None if save_path is None else Path(save_path)
         if save_every_steps is not None and self.save_path is None:
             raise ValueError("BiasRunner: save_every_steps needs save_path")
@@ -74,6 +87,9 @@ class BiasRunner:
         paces = [b.pace_steps for b in self.adaptive]
         self.sync_every_steps = sync_every_steps or (min(paces) if paces else None)
         self.applied: dict[str, int] = {}  # "<label>.walker<id>" -> rows of that file already replayed
+        if native is not None:
+            user_update = on_update
+            on_update = native.refresh if user_update is None else (lambda sim: (native.refresh(sim), user_update(sim)))
         self.on_update = on_update
         self.on_save = on_save
         self._last_callback_evaluations = -1
@@ -83,22 +99,31 @@ class BiasRunner:
 
     # --- stepping ------------------------------------------------------------------------------------
     def _events(self) -> list[int]:
-        periods = [b.pace_steps for b in self.adaptive]
+        periods = [b.pace_steps for b in self.adaptive] + self._sample_steps()
+        if self.guard is not None and self.guard.mode == "stop":
+            periods.append(self.guard.check_every_steps)
         if self.save_every_steps:
             periods.append(self.save_every_steps)
         if self.walkers_dir is not None and self.sync_every_steps:
             periods.append(self.sync_every_steps)
         return periods
 
+    def _sample_steps(self) -> list[int]:
+        """Steps between CV samples of biases that observe more often than they deposit (OPES adaptive σ)."""
+        return [b.sample_steps for b in self.adaptive if getattr(b, "sample_steps", None)]
+
+    def _due(self, step: int) -> bool:
+        return any(step % p == 0 for p in [b.pace_steps for b in self.adaptive] + self._sample_steps())
+
     def current_cv(self, simulation) -> np.ndarray:
         """CV at the last force evaluation if the PythonForce ran since the last call, else evaluated once now."""
+        if self.native is not None:
+            return self.native.values_from_context(simulation.context)
         cb = self.callback
         if cb is not None and cb.last_cv is not None and cb.evaluations != self._last_callback_evaluations:
             self._last_callback_evaluations = cb.evaluations
             return cb.last_cv
-        state = simulation.context.getState(getPositions=True)
-        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        return self.evaluator.values(np.asarray(positions)[self.evaluator.atom_indices])
+        return self.evaluator.values_from_context(simulation.context)  # with the box for a periodic CV
 
     def step(self, simulation, n_steps: int) -> None:
         """Advance ``simulation`` by ``n_steps`` (outer) steps, depositing, syncing and saving when due."""
@@ -106,9 +131,12 @@ class BiasRunner:
         if n_steps < 0:
             raise ValueError(f"n_steps: expected >= 0, found {n_steps}")
         if not self._system_checked:  # a CV on the wrong System reads the wrong atoms silently: refuse before MD
-            from openmm_plugin.forces import check_cv_fits_system
+            if self.native is not None:
+                self.native.check_system(simulation.system)
+            else:
+                from openmm_plugin.forces import check_cv_fits_system
 
-            check_cv_fits_system(self.evaluator.cv, simulation.system)
+                check_cv_fits_system(self.evaluator.cv, simulation.system)
             self._system_checked = True
         periods = self._events()
         end = simulation.currentStep + n_steps
@@ -117,7 +145,7 @@ class BiasRunner:
             next_event = min([(now // p + 1) * p for p in periods] + [end])
             simulation.step(next_event - now)
             now = simulation.currentStep
-            if any(now % b.pace_steps == 0 for b in self.adaptive):
+            if self._due(now):
                 cv = self.current_cv(simulation)
                 if not np.all(np.isfinite(cv)):  # stop here, not after hours of NaN steps and a NaN bias
                     raise FloatingPointError(f"step {now}: the CV is {cv.tolist()}; the simulation has blown up "
@@ -132,6 +160,25 @@ class BiasRunner:
                     self.on_update(simulation)
             if self.save_every_steps and now % self.save_every_steps == 0:
                 self.save(simulation)
+            if self.guard is not None:  # last: a stopped state includes this step's deposition, as a checkpoint
+                self._check_guard(simulation)
+
+    # --- bias-force guard ----------------------------------------------------------------------------
+    def _check_guard(self, simulation) -> None:
+        guard = self.guard
+        if guard.n_capped > self._guard_logged:
+            log = logger.warning if self._guard_logged == 0 else logger.info
+            log("step %d: %s", simulation.currentStep, guard.summary())
+            self._guard_logged = guard.n_capped
+        if guard.tripped:
+            where = "no save_path configured, nothing saved"
+            if self.save_path is not None:
+                stopped = self.save_path.with_name(self.save_path.name.removesuffix(".npz") + ".stopped.npz")
+                where = f"state at the stop saved to {self.save(simulation, stopped)}"
+                if self.save_path.is_file():
+                    where += f"; last regular checkpoint {self.save_path}"
+            raise RunError(f"step {simulation.currentStep}: {guard.summary()} ({where}); the bias or the CV is too "
+                           "steep here: lower the bias (height, barrier), widen sigma, add walls, or use mode='cap'")
 
     # --- multiple walkers ----------------------------------------------------------------------------
     def _walker_file(self, label: str, walker: int) -> Path:
@@ -168,6 +215,8 @@ class BiasRunner:
         state["runner/format"] = np.array(_FORMAT)
         state["runner/applied_keys"] = np.array(sorted(self.applied), dtype=str)
         state["runner/applied_rows"] = np.array([self.applied[k] for k in sorted(self.applied)], dtype=np.int64)
+        if self.guard is not None:
+            state.update({f"guard/{k}": v for k, v in self.guard.state_dict().items()})
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray], source: str = "state") -> None:
@@ -177,6 +226,9 @@ class BiasRunner:
         self.bias.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bias/")})
         self.applied = {str(k): int(n) for k, n in zip(state["runner/applied_keys"], state["runner/applied_rows"])}
         self._last_callback_evaluations = -1
+        if self.guard is not None and "guard/counts" in state:
+            self.guard.load_state_dict({"counts": state["guard/counts"]})
+            self._guard_logged = self.guard.n_capped
 
     def save(self, simulation=None, path: str | Path | None = None) -> Path:
         """Bias state (+ the OpenMM checkpoint of ``simulation``) to one ``.npz``, atomically."""

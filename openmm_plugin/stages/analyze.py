@@ -9,6 +9,7 @@ fields, reweighted the same way. Everything is validated (files, fields, regions
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -23,6 +24,8 @@ from cvlearn.config import check_input_file, check_output_dir, check_ranges
 from cvlearn.data.colvar import read_colvar
 from cvlearn.io import write_json_atomic, write_text_atomic
 from cvlearn.units import kt_kjmol
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("opes", "metad")
 
@@ -143,11 +146,18 @@ def _load_walkers(config: AnalyzeConfig) -> list[_Walker]:
         log_w = log_weights_from_bias(columns[bias][start:], config.temperature_k,
                                       None if rct is None else rct[start:])
         walkers.append(_Walker(path, {k: v[start:] for k, v in columns.items()}, log_w))
-    for name, box in (config.regions or {}).items():
-        if not any(_in_region(w.columns, box).any() for w in walkers):
-            raise ValueError(f"regions.{name}: expected frames inside {box}, found none in "
-                             f"{sum(len(w.log_w) for w in walkers)} frames")
     return walkers
+
+
+def unvisited_regions(walkers, config) -> list[str]:
+    """Regions no kept frame lies in: their ΔF is undefined (null) and said so, not an error, because analysing a
+    run that is still going (or a short one) is normal; a typo in a region (degrees for radians) shows here too."""
+    names = [name for name, box in (config.regions or {}).items()
+             if not any(_in_region(w.columns, box).any() for w in walkers)]
+    for name in names:
+        logger.warning("regions.%s: no frame inside %s among %d frames: its ΔF is undefined (null)", name,
+                       config.regions[name], sum(len(w.log_w) for w in walkers))
+    return names
 
 
 def _observables(config: AnalyzeConfig, traj_path: str, colvar_path: Path, columns: dict) -> dict:
@@ -225,6 +235,7 @@ def run_analyze(config: AnalyzeConfig) -> dict:
     """
     out = check_output_dir(config.out, "out")
     walkers = _load_walkers(config)
+    unvisited = unvisited_regions(walkers, config)
     kt = kt_kjmol(config.temperature_k)
     columns, weights = _pool(walkers, lambda n: slice(0, n))
     blocks = [_pool(walkers, _block(b, config.n_blocks)) for b in range(config.n_blocks)]
@@ -269,7 +280,7 @@ def run_analyze(config: AnalyzeConfig) -> dict:
         outputs += ["deltaF_vs_time.dat", "deltaF_vs_time.png"]
     summary = {"deltaF": delta, "n_frames": int(len(weights)), "n_walkers": len(walkers),
                "temperature_k": config.temperature_k, "method": config.method,
-               "effective_sample_size": float(1.0 / np.sum(weights ** 2))}
+               "effective_sample_size": float(1.0 / np.sum(weights ** 2)), "unvisited_regions": unvisited}
     write_json_atomic(out / "deltaF.json", summary)
     outputs += ["deltaF.json", "report.md"]
     summary["outputs"] = outputs
@@ -305,6 +316,8 @@ def _report(config: AnalyzeConfig, summary: dict) -> str:
         lines += [f"| {pair} | {_fmt(d['kjmol'])} ± {_fmt(d['stderr_kjmol'])} ({d['n_blocks_used']} blocks) |"
                   for pair, d in summary["deltaF"].items()]
         lines += ["", "![ΔF against time](deltaF_vs_time.png)", ""]
+    if summary["unvisited_regions"]:
+        lines += [f"No frame lies in region(s) {', '.join(summary['unvisited_regions'])}: their ΔF is undefined.", ""]
     lines += [f"![F({f})](fes_1d_{f}.png)" for f in config.fields]
     if len(config.fields) == 2:
         lines.append("![F 2-D](fes_2d.png)")

@@ -8,9 +8,11 @@ user's own PDB, so a CV is checked before hours of biased MD depend on it:
 3. the float32 evaluation agrees with float64, relative to the CV's training range;
 4. the CV from Python equals the CV from the engine (energy and forces), through both routes (PythonForce,
    TorchForce) in a Reference-platform Context;
-5. periodic-image invariance, for periodic CVs (none exist yet: the row says "not applicable").
+5. periodic-image invariance, for periodic CVs: moving selected atoms by integer combinations of the box
+   vectors leaves the CV unchanged (non-periodic CVs: "not applicable").
 
-Each runs on the PDB positions and a few seeded small perturbations of them.
+Each runs on the PDB positions and a few seeded small perturbations of them. A periodic CV is evaluated with the
+box of the PDB (CRYST1) or else the System XML's default box, everywhere: in Python and in periodic Contexts.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import openmm.app as app
 import torch
 
 from cvlearn.config import check_input_file, check_ranges
-from cvlearn.errors import RunError
+from cvlearn.errors import ConfigError, RunError
 from cvlearn.export import load_cv, load_eager_cv
 from cvlearn.io import write_json_atomic
 from openmm_plugin.forces import check_cv_fits_system, python_force_for_cv, torch_force_for_cv
@@ -97,7 +99,8 @@ def read_inputs(config: CheckConfig):
     Returns
     -------
     tuple
-        ``(module, spec, positions_nm, system)``.
+        ``(module, spec, positions_nm, system, box_nm)``; ``box_nm`` ``[3, 3]`` nm for a periodic CV (from the
+        PDB's CRYST1, else the System's default box), None for a non-periodic one.
     """
     module, spec = load_cv(check_input_file(config.cv, "cv", "exported CV"))
     pdb_path = check_input_file(config.pdb, "--pdb", "PDB file")
@@ -125,7 +128,23 @@ def read_inputs(config: CheckConfig):
         system = openmm.System()
         for atom in pdb.topology.atoms():
             system.addParticle(atom.element.mass if atom.element is not None else 0.0)
-    return module, spec, positions, system
+    box = _periodic_box(spec, pdb, system if config.system else None, config)
+    if box is not None:
+        system.setDefaultPeriodicBoxVectors(*box)
+    return module, spec, positions, system, box
+
+
+def _periodic_box(spec, pdb: app.PDBFile, system: Optional[openmm.System], config: CheckConfig):
+    """The box ``[3, 3]`` nm a periodic CV is checked in: the PDB's CRYST1, else the System XML's default box."""
+    if not spec.periodic:
+        return None
+    vectors = pdb.topology.getPeriodicBoxVectors()
+    if vectors is None and system is not None and system.usesPeriodicBoundaryConditions():
+        vectors = system.getDefaultPeriodicBoxVectors()
+    if vectors is None:
+        raise ConfigError(f"{config.pdb} has no box (CRYST1 record) and no periodic --system was given, but the CV "
+                          f"{config.cv} is periodic and needs box vectors", key="--pdb")
+    return np.array([[v.value_in_unit(openmm.unit.nanometer)[i] for i in range(3)] for v in vectors])
 
 
 def configurations(positions_nm: np.ndarray, config: CheckConfig) -> list[np.ndarray]:
@@ -146,17 +165,23 @@ def float64_cv(path: str, module: torch.jit.ScriptModule, spec) -> tuple[torch.n
     return eager, f"{spec.dtype} network cast to float64"
 
 
-def _value_and_jacobian(cv, positions_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _call(cv, positions, box: Optional[np.ndarray]) -> torch.Tensor:
+    """``cv(positions)``, with the box (in the positions' dtype) for a periodic CV."""
+    positions = torch.as_tensor(positions)
+    return cv(positions) if box is None else cv(positions, torch.tensor(box, dtype=positions.dtype))
+
+
+def _value_and_jacobian(cv, positions_nm: np.ndarray, box=None) -> tuple[np.ndarray, np.ndarray]:
     """``(s [n_cvs], ds/dx [n_cvs, n_particles, 3])`` in float64 by autograd."""
     pos = torch.tensor(positions_nm, dtype=torch.float64, requires_grad=True)
-    s = cv(pos)
+    s = _call(cv, pos, box)
     jac = [torch.autograd.grad(s[k], pos, retain_graph=k < s.shape[0] - 1)[0] for k in range(s.shape[0])]
     return s.detach().numpy(), torch.stack(jac).numpy()
 
 
-def _fd_error(cv, positions_nm: np.ndarray, atoms: list[int], h: float) -> float:
+def _fd_error(cv, positions_nm: np.ndarray, atoms: list[int], h: float, box=None) -> float:
     """Max over components of ``||grad - fd|| / ||grad||`` on the selected atoms (central differences)."""
-    _, jac = _value_and_jacobian(cv, positions_nm)
+    _, jac = _value_and_jacobian(cv, positions_nm, box)
     fd = np.zeros((jac.shape[0], len(atoms), 3))
     with torch.no_grad():
         for a, atom in enumerate(atoms):
@@ -164,10 +189,23 @@ def _fd_error(cv, positions_nm: np.ndarray, atoms: list[int], h: float) -> float
                 plus, minus = positions_nm.copy(), positions_nm.copy()
                 plus[atom, axis] += h
                 minus[atom, axis] -= h
-                fd[:, a, axis] = (cv(torch.tensor(plus)) - cv(torch.tensor(minus))).numpy() / (2 * h)
+                fd[:, a, axis] = (_call(cv, plus, box) - _call(cv, minus, box)).numpy() / (2 * h)
     auto = jac[:, atoms]
     norms = np.maximum(np.linalg.norm(auto.reshape(len(auto), -1), axis=1), 1e-12)
     return float(np.max(np.linalg.norm((auto - fd).reshape(len(auto), -1), axis=1) / norms))
+
+
+def _made_whole(cv, positions_nm: np.ndarray, atoms: list[int], box: Optional[np.ndarray]) -> np.ndarray:
+    """The positions with the CV's selection made whole by the CV's own tree (periodic CVs; else unchanged).
+
+    A rotation of a molecule split by the box edge is no rigid motion of it, so the rotation check needs it whole.
+    """
+    if box is None:
+        return positions_nm
+    out = positions_nm.copy()
+    with torch.no_grad():
+        out[atoms] = cv.whole(torch.tensor(positions_nm[atoms]), torch.tensor(box)).numpy()
+    return out
 
 
 def _rigid_motion(positions_nm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -180,8 +218,23 @@ def _rigid_motion(positions_nm: np.ndarray, rng: np.random.Generator) -> np.ndar
     return (positions_nm - centre) @ q.T + centre + rng.uniform(-2.0, 2.0, size=3)
 
 
-def _engine_error(make_force, module, system: openmm.System, configs, n_cvs: int) -> float:
-    """Max relative mismatch of a Context's energy/forces with the Python CV and −gradient, over components."""
+def _image_change(cv, configs, atoms: list[int], box: np.ndarray, rng: np.random.Generator) -> float:
+    """Max ``|ds|`` when about half the selected atoms move by random integer combinations of the box vectors."""
+    worst = 0.0
+    with torch.no_grad():
+        for x in configs:
+            moved = x.copy()
+            chosen = rng.choice(atoms, size=max(1, len(atoms) // 2), replace=False)
+            moved[chosen] += rng.integers(-2, 3, size=(len(chosen), 3)) @ box
+            worst = max(worst, float(np.max(np.abs((_call(cv, x, box) - _call(cv, moved, box)).numpy()))))
+    return worst
+
+
+def _engine_error(make_force, module, system: openmm.System, configs, n_cvs: int, box=None) -> float:
+    """Max relative mismatch of a Context's energy/forces with the Python CV and −gradient, over components.
+
+    With a ``box`` (periodic CV) the Context is periodic (the CV force declares it) and gets that box.
+    """
     worst = 0.0
     for k in range(n_cvs):
         test_system = copy.deepcopy(system)
@@ -190,13 +243,15 @@ def _engine_error(make_force, module, system: openmm.System, configs, n_cvs: int
         test_system.addForce(force)
         context = openmm.Context(test_system, openmm.VerletIntegrator(0.001),
                                  openmm.Platform.getPlatformByName("Reference"))
+        if box is not None:
+            context.setPeriodicBoxVectors(*box)
         for positions in configs:
             context.setPositions(positions)
             state = context.getState(getEnergy=True, getForces=True, groups={_CV_GROUP})
             energy = state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
             forces = np.asarray(state.getForces(asNumpy=True).value_in_unit(
                 openmm.unit.kilojoule_per_mole / openmm.unit.nanometer))
-            s, jac = _value_and_jacobian(module, positions)
+            s, jac = _value_and_jacobian(module, positions, box)
             worst = max(worst, abs(energy - s[k]) / max(abs(s[k]), 1.0),
                         float(np.linalg.norm(forces + jac[k]) / max(np.linalg.norm(jac[k]), 1e-12)))
         del context
@@ -220,19 +275,20 @@ def run_check(config: CheckConfig) -> list[CheckRow]:
     ValueError, FileNotFoundError
         Bad inputs: a missing file, not a CV file, a PDB or System with another particle count than the CV's.
     """
-    module, spec, positions, system = read_inputs(config)
+    module, spec, positions, system, box = read_inputs(config)
     configs = configurations(positions, config)
     atoms = list(spec.atom_indices)
     cv64, how = float64_cv(config.cv, module, spec)
     rows = [_row(f"finite-difference forces, float64 ({how}; max |grad-fd|/|grad|)",
-                 max(_fd_error(cv64, x, atoms, config.fd_step_nm) for x in configs), config.fd_rtol)]
+                 max(_fd_error(cv64, x, atoms, config.fd_step_nm, box) for x in configs), config.fd_rtol)]
 
     rng = np.random.default_rng(config.seed + 1)
     with torch.no_grad():
-        change = max(float(np.max(np.abs(cv64(torch.tensor(x)).numpy()
-                                         - cv64(torch.tensor(_rigid_motion(x, rng))).numpy()))) for x in configs)
-        s64 = [cv64(torch.tensor(x)).numpy() for x in configs]
-        s32 = [module(torch.tensor(x, dtype=torch.float32)).to(torch.float64).numpy() for x in configs]
+        whole = [_made_whole(cv64, x, atoms, box) for x in configs]
+        change = max(float(np.max(np.abs(_call(cv64, x, box).numpy()
+                                         - _call(cv64, _rigid_motion(x, rng), box).numpy()))) for x in whole)
+        s64 = [_call(cv64, x, box).numpy() for x in configs]
+        s32 = [_call(module, torch.tensor(x, dtype=torch.float32), box).to(torch.float64).numpy() for x in configs]
     rows.append(_row("rigid-motion invariance, float64 (max |ds|)", change, config.invariance_atol))
     if spec.cv_range_training is not None:
         width = np.array([max(hi - lo, 1e-12) for lo, hi in spec.cv_range_training])
@@ -243,18 +299,22 @@ def run_check(config: CheckConfig) -> list[CheckRow]:
                      max(float(np.max(np.abs(a - b) / c)) for a, b, c in zip(s32, s64, scales)), config.float32_rtol))
 
     rows.append(_row("Python vs engine, PythonForce (energy and forces, rel.)",
-                     _engine_error(python_force_for_cv, module, system, configs, spec.n_cvs), config.engine_rtol))
+                     _engine_error(python_force_for_cv, module, system, configs, spec.n_cvs, box), config.engine_rtol))
     label = "Python vs engine, TorchForce (energy and forces, rel.)"
     try:
-        import openmmtorch  # noqa: F401  (after torch; the route imports it again)
+        from openmm_plugin.forces import import_openmmtorch
+
+        import_openmmtorch()
     except Exception as err:  # any import failure (missing, ABI mismatch) is a skip, not a failed check
         rows.append(CheckRow(label, None, config.engine_rtol, f"skipped (openmmtorch does not import: {err})"))
     else:
-        rows.append(_row(label, _engine_error(torch_force_for_cv, module, system, configs, spec.n_cvs),
+        rows.append(_row(label, _engine_error(torch_force_for_cv, module, system, configs, spec.n_cvs, box),
                          config.engine_rtol))
 
-    if spec.periodic:
-        rows.append(CheckRow("periodic images", None, None, "skipped (periodic-image check not implemented yet)"))
+    if box is not None:
+        rows.append(_row("periodic-image invariance, float64 (max |ds|)",
+                         _image_change(cv64, configs, atoms, box, np.random.default_rng(config.seed + 2)),
+                         config.invariance_atol))
     else:
         rows.append(CheckRow("periodic images", None, None, "not applicable (CV is not periodic)"))
     if config.json_out:

@@ -2,8 +2,9 @@
 
 Stages (each skips work whose outputs exist, so a killed demo resumes):
 1. training data: unbiased MD at an elevated temperature, where the slow φ flip happens often enough;
-2. learning: a VAMPNet on an Equivariant Transformer over heavy atoms → residue tokens → sum → MLP head,
-   and the classic baseline (the same head on heavy-atom pairwise distances), split by whole trajectory;
+2. learning: ``cvlearn learn`` with its defaults (the shipped denoising-pre-trained Equivariant Transformer,
+   frozen, over heavy atoms → residue tokens → sum → MLP head → VAMP), beside the classic baselines (VAMPNet on
+   heavy-atom distances, TICA on φ/ψ), split by whole trajectory;
 3. export: one TorchScript CV file;
 4. biasing at 300 K with cvlearn's own engine (:mod:`openmm_plugin.bias`, one model call per step whatever the
    CV dimension): well-tempered metadynamics on the learned CV (PythonForce route, bias evaluated every
@@ -29,22 +30,13 @@ import torch
 
 from cvlearn.config import check_ranges
 from cvlearn.data.colvar import read_colvar
-from cvlearn.analysis.plots import plot_cvs_on_phi_psi, plot_fes_panels, plot_time_series, plot_training_curves
+from cvlearn.analysis.plots import plot_cvs_on_phi_psi, plot_fes_panels, plot_time_series
 from cvlearn.analysis.reweighting import delta_f_kjmol, free_energy_surface, metad_weights
 from cvlearn.analysis.transitions import count_phi_transitions, phi_basins
-from cvlearn.models.cv import DistanceCV, GraphCV, fit_head_scaler
-from cvlearn.data import lagged_pairs, load_trajectories, split_by_trajectory, take_segments
-from cvlearn.estimators import VAMPNet
-from cvlearn.estimators.multiseed import model_outputs
-from cvlearn.export import export_cv, load_cv
-from cvlearn.nn.featurizers import ETConfig, ETFeaturizer
-from cvlearn.nn.heads import MLPHead
-from cvlearn.io import write_json_atomic, write_text_atomic
+from cvlearn.data import load_trajectories
+from cvlearn.export import load_cv, load_eager_cv
+from cvlearn.io import atomic_path, write_json_atomic, write_text_atomic
 from cvlearn.run_dir import open_run
-from cvlearn.estimators.scores import deeptime_vamp_score, vamp_score
-from cvlearn.nn.mixers import SumPool
-from cvlearn.data.selection import atomic_numbers as element_numbers, residue_index_of_atoms
-from cvlearn.nn.tokens import ResidueTokens
 from openmm_plugin.bias import BiasReporter, BiasRunner, Metadynamics, OnComponents
 from openmm_plugin.bias.sigma import learned_cv_sigma
 from openmm_plugin.bias.torsions import export_torsion_cv
@@ -69,8 +61,7 @@ class DemoConfig:
     frame_interval_ps: float = 1.0
     # learning
     lagtime_ps: float = 5.0
-    n_cvs: int = 2
-    featurizer: ETConfig = ETConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff_angstrom=5.0)
+    n_cvs: int = 2  # learning: `cvlearn learn` defaults (shipped pre-trained ET, frozen; sum mixer; MLP head)
     head_hidden: int = 64
     max_epochs: int = 30
     patience: int = 8
@@ -108,9 +99,7 @@ class DemoConfig:
 
 
 QUICK = DemoConfig(
-    n_train_trajectories=2, train_ns_per_trajectory=0.1, frame_interval_ps=0.5, lagtime_ps=1.0,
-    featurizer=ETConfig(hidden_channels=32, num_layers=1, num_rbf=16, num_heads=4, cutoff_angstrom=5.0),
-    head_hidden=32, max_epochs=3, patience=2, biased_ns=0.01, reference_ns=0.01, deposit_interval_ps=0.1,
+    n_train_trajectories=2, train_ns_per_trajectory=0.1, frame_interval_ps=0.5, lagtime_ps=1.0, head_hidden=32, max_epochs=3, patience=2, biased_ns=0.01, reference_ns=0.01, deposit_interval_ps=0.1,
     timing_steps=1000, checkpoint_interval_ps=2.0,
 )
 
@@ -148,59 +137,39 @@ def simulate_training_data(cfg: DemoConfig, out: Path, molecule) -> tuple[list[P
     return paths, out / "train" / "traj0.pdb", ms_per_step
 
 
-def _fit(lobe, train, val, lag, cfg: DemoConfig, name: str):
-    log.info("training %s (lag %d frames)", name, lag)
-    frames = torch.cat(train)
-    fit_head_scaler(lobe, frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(cfg.seed))[:4096]])
-    estimator = VAMPNet(lobe, lagtime=lag, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
-                        max_epochs=cfg.max_epochs, patience=cfg.patience, min_epochs=min(cfg.min_epochs, cfg.max_epochs),
-                        seed=cfg.seed).fit(train, val)
-    return estimator, estimator.fetch_model()
+def learn_cv(cfg: DemoConfig, out: Path, traj_paths: list[Path], top_path: Path, restart_fresh: bool = False) -> dict:
+    """``cvlearn learn`` on the training runs (its defaults: the shipped pre-trained ET, frozen; one seed), the CV
+    copied to ``out/cv.pt``; returns the scores and the φ transitions in the training data.
 
+    The learning step is the user's command (:func:`openmm_plugin.stages.learn.run_learn`), in ``out/learn``
+    (report, metrics, figures and the embedding store there), not a demo-only recipe."""
+    from openmm_plugin.stages.learn import LearnConfig, run_learn
 
-def _outputs(model, trajs: list[torch.Tensor]) -> list[np.ndarray]:
-    return [y.numpy() for y in model_outputs(model, trajs)]
-
-
-def learn_cv(cfg: DemoConfig, out: Path, traj_paths: list[Path], top_path: Path, molecule) -> dict:
-    """Train the GNN CV and the distance baseline; export the CV; return the numbers and plot data."""
-    topology = molecule.topology  # OpenMM topology: the index helpers of systems/ speak OpenMM
-    heavy = ala2.heavy_atom_indices(topology)
+    config = LearnConfig(out=str(out / "learn"), topology=str(top_path), trajectories=tuple(map(str, traj_paths)),
+                         frame_interval_ps=cfg.frame_interval_ps, selection="not element H",
+                         lagtime_ps=cfg.lagtime_ps, n_cvs=cfg.n_cvs, seeds=(cfg.seed,),
+                         validation_fraction=cfg.validation_fraction,
+                         observables={"phi": "phi 0", "psi": "psi 0"}, max_epochs=cfg.max_epochs,
+                         patience=cfg.patience, min_epochs=min(cfg.min_epochs, cfg.max_epochs),
+                         batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, head_hidden=cfg.head_hidden)
+    learned = run_learn(config, restart_fresh=restart_fresh)
+    with atomic_path(out / "cv.pt") as tmp:
+        shutil.copyfile(out / "learn" / "cv.pt", tmp)
     trajs = load_trajectories(traj_paths, top_path)
-    positions = [torch.from_numpy(t.xyz[:, heavy].astype(np.float32)) for t in trajs]
-    train_seg, val_seg = split_by_trajectory([len(p) for p in positions], cfg.validation_fraction, cfg.seed)
-    train, val = take_segments(positions, train_seg), take_segments(positions, val_seg)
-    lag = _steps(cfg.lagtime_ps, cfg.frame_interval_ps)
-
-    torch.manual_seed(cfg.seed)
-    atomic_numbers = element_numbers(topology, heavy)
-    featurizer = ETFeaturizer(atomic_numbers, cfg.featurizer, seed=cfg.seed)
-    lobe = GraphCV(featurizer, ResidueTokens(residue_index_of_atoms(topology, heavy)), SumPool(),
-                   MLPHead(cfg.featurizer.hidden_channels, cfg.n_cvs, hidden=cfg.head_hidden))
-    gnn_estimator, model = _fit(lobe, train, val, lag, cfg, "GNN CV")
-    baseline_head = MLPHead(len(heavy) * (len(heavy) - 1) // 2, cfg.n_cvs, hidden=cfg.head_hidden)
-    baseline_estimator, baseline = _fit(DistanceCV(len(heavy), baseline_head), train, val, lag, cfg, "distance baseline")
-
-    val_out = _outputs(model, val)
-    x0, xt = lagged_pairs([torch.from_numpy(v) for v in val_out], lag)
-    scores = {
-        "vamp2_val": float(vamp_score(x0, xt, r=2)),
-        "vamp2_val_deeptime": float(deeptime_vamp_score(val_out, lag, r=2)),
-        "vamp2_val_baseline_distances": float(baseline_estimator.score(val, r=2)),
-    }
-    train_out = np.concatenate(_outputs(model, positions))
-    export_cv(model, out / "cv.pt", atom_indices=heavy, n_particles=topology.getNumAtoms(), topology=topology,
-              dtype=torch.float32, lagtime_ps=cfg.lagtime_ps, frame_interval_ps=cfg.frame_interval_ps,
-              cv_range=[(float(train_out[:, k].min()), float(train_out[:, k].max())) for k in range(train_out.shape[1])],
-              extra={"system": "alanine_dipeptide", "singular_values": [float(s) for s in model.singular_values]})
+    _, spec = load_cv(out / "cv.pt")
+    eager = load_eager_cv(out / "cv.pt")
+    frames = torch.from_numpy(np.concatenate([t.xyz[:, list(spec.atom_indices)] for t in trajs]).astype(np.float32))
+    with torch.no_grad():
+        cvs = torch.cat([eager.model(frames[i:i + 1024]) for i in range(0, len(frames), 1024)]).double().numpy()
     all_frames = mdtraj.join(trajs)
-    phi = mdtraj.compute_phi(all_frames)[1][:, 0]
-    psi = mdtraj.compute_psi(all_frames)[1][:, 0]
-    plot_cvs_on_phi_psi(phi, psi, train_out, out / "cv_on_phi_psi.png")
-    plot_training_curves({"GNN (ET) CV": gnn_estimator.history, "distance baseline": baseline_estimator.history},
-                         out / "training_curve.png")
-    return {**scores, "training_phi_transitions": int(sum(count_phi_transitions(
-        mdtraj.compute_phi(t)[1][:, 0]) for t in trajs)), "lag_frames": lag}
+    plot_cvs_on_phi_psi(mdtraj.compute_phi(all_frames)[1][:, 0], mdtraj.compute_psi(all_frames)[1][:, 0], cvs,
+                        out / "cv_on_phi_psi.png")
+    distances = learned["baselines"].get("vampnet_distances", {})
+    return {"vamp2_val": learned["vamp2_val"], "vamp2_val_deeptime": learned["vamp2_val_deeptime"],
+            "vamp2_val_baseline_distances": distances.get("vamp2_val"),
+            "vamp2_val_baseline_tica_torsions": learned["baselines"].get("tica_torsions", {}).get("vamp2_val"),
+            "training_phi_transitions": int(sum(count_phi_transitions(mdtraj.compute_phi(t)[1][:, 0])
+                                                for t in trajs)), "lag_frames": learned["lag_frames"]}
 
 
 def _cv_bounds(spec, margin: float) -> tuple[float, float]:
@@ -303,8 +272,7 @@ def measure_unbiased_speed(cfg: DemoConfig, out: Path, molecule) -> float:
 
 
 BIASED_RUNS = ("biased_reference_phi_psi", "biased_learned_cv")
-_OUTPUTS = ("train", "timing", "cv.pt", "learning.json", "metrics.json", "report.md", "cv_on_phi_psi.png",
-            "training_curve.png", "fes_phi_psi.png", "phi_time_series.png", f"{BIASED_RUNS[0]}_cv.pt",
+_OUTPUTS = ("train", "timing", "learn", "cv.pt", "learning.json", "metrics.json", "report.md", "cv_on_phi_psi.png", "fes_phi_psi.png", "phi_time_series.png", f"{BIASED_RUNS[0]}_cv.pt",
             *(run + suffix for run in BIASED_RUNS
               for suffix in (".dcd", ".pdb", ".colvar", ".json", ".part.dcd", ".chk.npz")))
 
@@ -344,7 +312,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
     if (out / "cv.pt").exists() and metrics_path.exists():
         learned = json.loads(metrics_path.read_text())
     else:
-        learned = learn_cv(cfg, out, traj_paths, top_path, molecule)
+        learned = learn_cv(cfg, out, traj_paths, top_path, restart_fresh=restart_fresh)
         write_json_atomic(metrics_path, learned)
     reference = biased_run(cfg, out, BIASED_RUNS[0], None, molecule)
     learned_run = biased_run(cfg, out, BIASED_RUNS[1], out / "cv.pt", molecule)
@@ -355,7 +323,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
                       "φ/ψ bias (reference)": (ref_an["time"], np.degrees(ref_an["phi"]))},
                      out / "phi_time_series.png", "φ (deg)")
     metrics = {
-        **{key: learned[key] for key in ("vamp2_val", "vamp2_val_deeptime", "vamp2_val_baseline_distances")},
+        **{key: learned[key] for key in ("vamp2_val", "vamp2_val_deeptime", "vamp2_val_baseline_distances",
+                                         "vamp2_val_baseline_tica_torsions")},
         "n_cvs": cfg.n_cvs, "lagtime_ps": cfg.lagtime_ps,
         "training_phi_transitions": learned["training_phi_transitions"], "training_temperature_k": cfg.train_temperature_k,
         "training_ns": cfg.n_train_trajectories * cfg.train_ns_per_trajectory,
@@ -379,7 +348,7 @@ def render_report(m: dict) -> str:
 
 Training data: {m['training_ns']:.3g} ns of unbiased MD at {m['training_temperature_k']:.0f} K (peptide bonds held
 trans by a flat-bottom restraint) with
-{m['training_phi_transitions']} φ transitions. CV: Equivariant Transformer over heavy atoms → residue
+{m['training_phi_transitions']} φ transitions. CV (`cvlearn learn` defaults): the shipped pre-trained Equivariant Transformer, frozen, over heavy atoms → residue
 tokens → sum → MLP → VAMP projection ({m['n_cvs']} CVs, lag {m['lagtime_ps']} ps). Biased: well-tempered
 metadynamics at 300 K on CV 1 (bias force every {m['bias_every_steps']} steps, MTS Langevin) and the
 reference on φ/ψ, both reweighted with c(t). ΔF is F(C7ax: 0 < φ < 120°) − F(C7eq: φ < 0).
@@ -394,5 +363,7 @@ reference on φ/ψ, both reweighted with c(t). ΔF is F(C7ax: 0 < φ < 120°) �
 
 ![φ during the biased runs](phi_time_series.png)
 
-![training curves](training_curve.png)
+![training curves](learn/training_curves.png)
+
+The learning step's own report (baselines, implied timescales, CK test): [learn/report.md](learn/report.md).
 """

@@ -74,12 +74,13 @@ def phi_psi_indices(topology: app.Topology) -> tuple[list[int], list[int]]:
 
 
 def heavy_atom_indices(topology: app.Topology) -> list[int]:
-    """Indices of all atoms that are not hydrogen (10 for alanine dipeptide).
+    """Indices of the solute's atoms that are not hydrogen (10 for alanine dipeptide); water is left out.
 
     Parameters
     ----------
     topology : openmm.app.Topology
-        Any peptide topology (the pentapeptide and λ6-85 modules reuse this function).
+        Any peptide topology, solvated or not (the pentapeptide, λ6-85 and explicit-water modules reuse this
+        function).
 
     Returns
     -------
@@ -88,4 +89,4 @@ def heavy_atom_indices(topology: app.Topology) -> list[int]:
     """
     from cvlearn.data.selection import HEAVY_ATOMS, select_atoms
 
-    return select_atoms(topology, HEAVY_ATOMS).tolist()
+    return select_atoms(topology, f"({HEAVY_ATOMS}) and not water").tolist()

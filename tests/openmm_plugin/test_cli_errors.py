@@ -43,8 +43,9 @@ def _assert_one_line(lines: list[str], command: str, pattern: str) -> None:
 
 def _bias_yaml(tmp_path: Path, cv_path, name: str = "bias.yaml", **changes) -> Path:
     """A minimal, valid ``cvlearn bias`` config (metad on the 2-D CV, 20 steps) with ``changes`` applied."""
-    config = {"cv": str(cv_path), "out": str(tmp_path / "run"), "method": "metad", "n_steps": 20,
-              "report_interval_steps": 10, "save_every_steps": 20, "metad": {"pace_steps": 10}}
+    config = {"cv": str(cv_path), "system": "alanine_dipeptide", "out": str(tmp_path / "run"), "method": "metad",
+              "n_steps": 20, "report_interval_steps": 10, "save_every_steps": 20,
+              "metad": {"pace_steps": 10, "lower": [-5.0], "upper": [5.0]}}
     for key, value in changes.items():
         if value is None:
             config.pop(key, None)
@@ -140,7 +141,7 @@ MATRIX = [  # (id, argv builder, exit code, pattern of the one line)
     ("config-suffix", lambda tmp_path, cv: ["bias", "--config", cv], 2,
      r"config file .*\.pt: expected a \.yaml, \.yml or \.toml file, found '\.pt'"),
     ("cv-missing", _bias(cv="nothere.pt"), 2, r"cv: exported CV 'nothere\.pt' does not exist"),
-    ("cv-not-a-cv", _write_yaml("cv: {here}\nout: {out}\n"), 2,
+    ("cv-not-a-cv", _write_yaml("cv: {here}\nout: {out}\nsystem: alanine_dipeptide\n"), 2,
      r"bias\.yaml is not a TorchScript file written by cvlearn"),
     ("cv-of-another-system", _bias(system="pentapeptide_wlall"), 2,
      r"cv64\.pt: CV expects 22 particles, system pentapeptide_wlall has 103"),
@@ -199,10 +200,12 @@ def test_negative_n_steps_leaves_nothing_behind_and_the_corrected_rerun_runs(cv_
 
 
 def test_minimal_metad_config_on_a_2d_cv_runs(cv_path, tmp_path, capsys):
-    """Only ``cv`` and ``method: metad`` (+ short run lengths): σ, lower and upper broadcast to both components."""
+    """Only ``cv``, ``system`` and ``method: metad`` (+ short run lengths, and bounds: this CV file has no training
+    range): σ, lower and upper broadcast to both components."""
     path = tmp_path / "minimal.yaml"
-    path.write_text(f"cv: {cv_path}\nout: {tmp_path / 'run'}\nmethod: metad\nn_steps: 20\nreport_interval_steps: 10\n"
-                    "save_every_steps: 20\nmetad:\n  pace_steps: 10\n")
+    path.write_text(f"cv: {cv_path}\nsystem: alanine_dipeptide\nout: {tmp_path / 'run'}\nmethod: metad\nn_steps: 20\n"
+                    "report_interval_steps: 10\nsave_every_steps: 20\nmetad:\n  pace_steps: 10\n  lower: [-5.0]\n"
+                    "  upper: [5.0]\n")
     code, lines = _cli(capsys, "bias", "--config", path)
     assert code == 0, lines
     from cvlearn.data.colvar import read_colvar
@@ -288,7 +291,7 @@ def test_api_run_bias_validates_before_compute(cv_path, tmp_path):
     with pytest.raises(ValueError, match=r"^n_steps: expected an integer >= 1, found -100$"):
         BiasConfig(cv=str(cv_path), n_steps=-100)
     with pytest.raises(ConfigError, match=r"^cv: required: expected the path of the exported CV"):
-        run_bias(BiasConfig(out=str(tmp_path / "run"), n_steps=20))
+        run_bias(BiasConfig(out=str(tmp_path / "run"), n_steps=20, system="alanine_dipeptide"))
     with pytest.raises(ValueError, match=r"^temperature_k: expected a value > 0, found 0"):
         BiasConfig(cv=str(cv_path), temperature_k=0.0)
     with pytest.raises(ValueError, match=r"^platform: expected one of the installed OpenMM platforms"):
@@ -297,15 +300,17 @@ def test_api_run_bias_validates_before_compute(cv_path, tmp_path):
     with pytest.raises(ConfigError, match=r"^out: expected a directory, found a file"):
         BiasConfig(cv=str(cv_path), out=str(tmp_path / "file"))
     with pytest.raises(FileNotFoundError, match=r"^cv: exported CV '.*nothere\.pt' does not exist"):
-        run_bias(BiasConfig(cv=str(tmp_path / "nothere.pt"), out=str(tmp_path / "run")))
+        run_bias(BiasConfig(cv=str(tmp_path / "nothere.pt"), out=str(tmp_path / "run"), system="alanine_dipeptide"))
     assert not (tmp_path / "run").exists()
-    minimal = BiasConfig(cv=str(cv_path), method="metad")  # default σ, lower, upper broadcast to a 2-D CV
+    minimal = BiasConfig(cv=str(cv_path), method="metad", system="alanine_dipeptide",
+                         metad=MetadParams(lower=(-5.0,), upper=(5.0,)))  # σ, lower, upper broadcast to a 2-D CV
     bias = build_bias(minimal, n_cvs=2)
     assert bias.n_cvs == 2 and list(bias.sigma) == [0.1, 0.1] and list(bias.lower) == [-5.0, -5.0]
     with pytest.raises(ConfigError, match=r"^metad\.sigma: expected 1 or 2 values"):
-        build_bias(BiasConfig(cv=str(cv_path), method="metad", metad=MetadParams(sigma=(0.1, 0.2, 0.3))), n_cvs=2)
+        build_bias(BiasConfig(cv=str(cv_path), method="metad", system="alanine_dipeptide",
+                              metad=MetadParams(sigma=(0.1, 0.2, 0.3))), n_cvs=2)
     with pytest.raises(ConfigError, match=r"^components: expected component indices in \[0, 2\)"):
-        build_bias(BiasConfig(cv=str(cv_path), components=(2,)), n_cvs=2)
+        build_bias(BiasConfig(cv=str(cv_path), components=(2,), system="alanine_dipeptide"), n_cvs=2)
 
 
 def test_api_negative_sigma_is_rejected_by_every_builder():

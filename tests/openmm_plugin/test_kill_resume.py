@@ -88,7 +88,8 @@ def test_killed_simulate_resumes_to_the_uninterrupted_run(tmp_path):
 
 
 def _bias_config(cv_path, out, **changes) -> dict:
-    config = {"cv": str(cv_path), "out": str(out), "method": "metad", "route": "python", "n_steps": 2400,
+    config = {"cv": str(cv_path), "system": "alanine_dipeptide", "out": str(out), "method": "metad", "route": "python",
+              "n_steps": 2400,
               "report_interval_steps": 40, "save_every_steps": 200, "components": [0],
               "metad": {"sigma": [0.1], "height_kjmol": 1.0, "pace_steps": 40, "lower": [-10.0], "upper": [10.0]}}
     for key, value in changes.items():
@@ -132,7 +133,14 @@ def test_killed_bias_resumes_to_the_uninterrupted_run(exported_cv64, tmp_path):
         assert hills and set(hills) == {k for k in a.files if k.startswith("bias/")}
         for key in hills:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    _only(out, {"COLVAR", "bias_state.npz", "final.pdb", "summary.json", "run.json"})
+    # the trajectory: frame k at COLVAR row k, every frame once, the uninterrupted run's coordinates
+    import mdtraj
+
+    ours = mdtraj.load(str(out / "trajectory.dcd"), top=str(out / "final.pdb"))
+    ref = mdtraj.load(str(tmp_path / "ref" / "trajectory.dcd"), top=str(tmp_path / "ref" / "final.pdb"))
+    assert ours.n_frames == ref.n_frames == ref_colvar.shape[0]
+    np.testing.assert_array_equal(ours.xyz, ref.xyz)
+    _only(out, {"COLVAR", "trajectory.dcd", "bias_state.npz", "final.pdb", "summary.json", "run.json"})
     assert run_bias(_config_from(config_path)) == json.loads(json.dumps(summary))  # finished: skipped
 
     changed = tmp_path / "changed.yaml"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_plugin.bias import BiasSum, HarmonicRestraint, Metadynamics, OPESExplore, OPESMetad, Wall
+from openmm_plugin.bias import BiasSum, HarmonicRestraint, Metadynamics, OnComponents, OPESExplore, OPESMetad, Wall
 
 
 def _fd_gradient(bias, s, h=1e-6):
@@ -111,3 +111,24 @@ def test_bias_sum_and_errors():
         BiasSum([HarmonicRestraint([0.0], 1.0), HarmonicRestraint([0.0, 1.0], 1.0, label="r2")])
     with pytest.raises(ValueError, match="expected a CV vector of 1"):
         total.energy_and_gradient([1.0, 2.0])
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_energy_on_grid_equals_the_pointwise_bias(index):
+    """The native route's table source: every bias's grid equals its energy at the grid points."""
+    bias = _all_biases()[index]
+    axes = [np.linspace(-np.pi, np.pi, 13, endpoint=False), np.linspace(-1.5, 1.5, 9)]
+    grid = bias.energy_on_grid(axes)
+    assert grid.shape == (13, 9)
+    expected = [[bias.energy_and_gradient([a, b])[0] for b in axes[1]] for a in axes[0]]
+    assert np.allclose(grid, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_metad_energy_on_its_own_axes_is_its_grid_and_components_broadcast():
+    metad = _all_biases()[4]
+    assert np.array_equal(metad.energy_on_grid(metad.axes), metad.grid)
+    inner = _deposited(OPESMetad(sigma=0.1, barrier_kjmol=20.0, pace_steps=10, temperature_k=300), [[0.1], [0.3]])
+    on_second = OnComponents(inner, [1], 2)
+    axes = [np.linspace(-1, 1, 5), np.linspace(-1, 1, 7)]
+    grid = BiasSum([on_second]).energy_on_grid(axes)
+    assert np.allclose(grid, np.broadcast_to(inner.energy_on_grid([axes[1]])[None, :], (5, 7)))

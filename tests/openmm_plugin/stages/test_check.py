@@ -77,3 +77,49 @@ def test_bad_inputs_exit_2(exported_cv64, ala2, ala2_pdb, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+# --- periodic CVs ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def periodic_cv(tmp_path_factory, ala2, ala2_heavy):
+    from tests.conftest import make_tiny_cv
+
+    heavy, z = ala2_heavy
+    path = tmp_path_factory.mktemp("cv") / "periodic.pt"
+    export_cv(make_tiny_cv(ala2.topology, heavy, z), path, atom_indices=heavy, n_particles=22, topology=ala2.topology,
+              periodic=True)  # float32, as users export: the float64 rows use the eager twin
+    return path
+
+
+def test_periodic_cv_passes_with_the_pdb_box(periodic_cv, ala2, tmp_path, capsys):
+    """ala2 in a 2.1 nm box, every atom wrapped into it after moving the molecule onto a corner (so it is split)."""
+    import copy
+
+    import numpy as np
+
+    box = np.eye(3) * 2.1
+    positions = ala2.positions_nm - ala2.positions_nm[6] + 0.05
+    positions -= np.floor(positions / 2.1) * 2.1
+    assert np.ptp(positions, axis=0).max() > 1.05  # the molecule is cut by the box edge
+    topology = copy.deepcopy(ala2.topology)
+    topology.setPeriodicBoxVectors(box * openmm.unit.nanometer)
+    pdb = tmp_path / "boxed.pdb"
+    with open(pdb, "w") as handle:
+        app.PDBFile.writeFile(topology, openmm.unit.Quantity(positions, openmm.unit.nanometer), handle)
+    assert "CRYST1" in pdb.read_text()
+    rows = run_check(CheckConfig(cv=str(periodic_cv), pdb=str(pdb), n_perturbed=1))
+    assert [row.status for row in rows] == ["pass"] * 6, format_table(rows)
+    assert rows[-1].check.startswith("periodic-image invariance") and rows[-1].value < 1e-9
+    assert main(["check", str(periodic_cv), "--pdb", str(pdb)]) == 0
+    assert "periodic-image invariance" in capsys.readouterr().out
+
+
+def test_periodic_cv_without_a_box_exits_2(periodic_cv, ala2, ala2_pdb, tmp_path, capsys):
+    xml = tmp_path / "vacuum.xml"
+    xml.write_text(openmm.XmlSerializer.serialize(ala2.system))
+    for argv, message in (([], "has no box (CRYST1 record) and no periodic --system was given"),
+                          (["--system", str(xml)], "is periodic (forward takes box vectors) but the System has no "
+                                                   "periodic box")):
+        assert main(["check", str(periodic_cv), "--pdb", str(ala2_pdb), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err

@@ -41,7 +41,7 @@ def test_batch_log_is_small(demo_dir):
 
 
 def test_outputs_exist(demo_dir):
-    for name in ("report.md", "metrics.json", "cv.pt", "cv_on_phi_psi.png", "fes_phi_psi.png", "training_curve.png",
+    for name in ("report.md", "metrics.json", "cv.pt", "cv_on_phi_psi.png", "fes_phi_psi.png", "learn/training_curves.png", "learn/report.md",
                  "biased_learned_cv.colvar", "biased_reference_phi_psi.colvar"):
         assert (demo_dir / name).stat().st_size > 0, name
     assert not list(demo_dir.rglob(".*.tmp*")) and not list(demo_dir.glob(".*"))  # no half-written leftovers

@@ -1,0 +1,153 @@
+"""``bias_cv``: the one-call API on real ala2 Systems with torsion CVs; defaults from the CV's contract."""
+
+import logging
+import math
+
+import numpy as np
+import openmm
+import openmm.app as app
+import pytest
+import torch
+
+from cvlearn.data.colvar import read_colvar
+from cvlearn.errors import ConfigError
+from cvlearn.export import export_cv, load_cv
+from openmm_plugin import bias_cv
+from openmm_plugin.bias import MetadParams, WallParams, make_bias
+from openmm_plugin.bias.torsions import Torsions, export_torsion_cv
+from openmm_plugin.simulation import make_integrator
+from systems import alanine_dipeptide
+
+TWO_PI = 2 * math.pi
+
+
+@pytest.fixture(scope="module")
+def phi_psi_cv(tmp_path_factory, ala2):
+    """φ, ψ of ala2 as an exported CV marked periodic (2π) with the range [-π, π]."""
+    path = tmp_path_factory.mktemp("cv") / "phi_psi.pt"
+    export_torsion_cv(path, alanine_dipeptide.phi_psi_indices(ala2.topology), ala2.topology)
+    return path
+
+
+@pytest.fixture(scope="module")
+def open_cv(tmp_path_factory, ala2):
+    """φ, ψ exported as a non-periodic CV with a training range of [-2, 1] and [0, 3]."""
+    phi, psi = alanine_dipeptide.phi_psi_indices(ala2.topology)
+    atoms = sorted(set(phi + psi))
+    local = [[atoms.index(a) for a in q] for q in (phi, psi)]
+    path = tmp_path_factory.mktemp("cv") / "open.pt"
+    export_cv(Torsions(local), path, atom_indices=atoms, n_particles=22, topology=ala2.topology,
+              dtype=torch.float64, cv_range=[(-2.0, 1.0), (0.0, 3.0)], extra={"cv_names": ["a", "b"]})
+    return path
+
+
+def _fresh_system(ala2):
+    return openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(ala2.system))
+
+
+def test_bias_cv_builds_attaches_runs_and_resumes(phi_psi_cv, ala2, tmp_path):
+    system = _fresh_system(ala2)
+    biased = bias_cv(system, phi_psi_cv, method="opes-metad", temperature_k=300, sigma=0.3, barrier_kjmol=30,
+                     pace_steps=20, colvar=tmp_path / "COLVAR", report_interval_steps=20, route="python",
+                     force_group=1, save_path=tmp_path / "state.npz", save_every_steps=50)
+    assert biased.bias.periods.tolist() == [TWO_PI, TWO_PI]  # from the contract, no `periods` given
+    assert biased.spec.n_cvs == 2 and system.getForce(system.getNumForces() - 1).getName() == "cvlearn bias opes"
+    simulation = app.Simulation(ala2.topology, system, make_integrator(300.0, 1.0, 0.002, seed=1, bias_group=1),
+                                openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions(ala2.positions_nm)
+    assert biased.attach(simulation) is False  # nothing to restore yet
+    biased.run(simulation, 100)
+    biased.close(simulation)
+    assert simulation.currentStep == 100 and len(biased.bias.records) == 5  # one deposition per 20 steps
+    colvar = read_colvar(tmp_path / "COLVAR")
+    assert list(colvar)[:3] == ["time", "torsion0", "torsion1"] and len(colvar["time"]) == 5
+    assert np.all(np.abs(colvar["torsion0"]) <= math.pi)
+    # a second BiasedCV on a new System resumes from the checkpoint: same step, same kernels
+    again = bias_cv(_fresh_system(ala2), phi_psi_cv, sigma=0.3, barrier_kjmol=30, pace_steps=20,
+                    colvar=tmp_path / "COLVAR", report_interval_steps=20, save_path=tmp_path / "state.npz")
+    sim2 = app.Simulation(ala2.topology, again.system, make_integrator(300.0, 1.0, 0.002, seed=1, bias_group=1),
+                          openmm.Platform.getPlatformByName("Reference"))
+    assert again.attach(sim2) is True and sim2.currentStep == 100
+    np.testing.assert_array_equal(again.bias.records, biased.bias.records)
+    with pytest.raises(ValueError, match="attach: expected a Simulation built from the System given to bias_cv"):
+        again.attach(simulation)
+
+
+def test_bias_force_is_minus_the_gradient_of_the_bias_energy(phi_psi_cv, ala2):
+    """Restraint on φ, ψ: the force of group 1 equals −dV/dx by central differences of the group's energy."""
+    system = _fresh_system(ala2)
+    biased = bias_cv(system, phi_psi_cv, method="restraint", center=(-1.0, 2.0), kappa_kjmol=50.0)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(ala2.positions_nm)
+    state = context.getState(getEnergy=True, getForces=True, groups={1})
+    energy, forces = state.getPotentialEnergy()._value, state.getForces(asNumpy=True)._value
+    assert energy > 1.0  # the restraint pulls: a meaningful force
+    h, fd = 1e-5, np.zeros_like(forces)
+    for atom in biased.runner.evaluator.atom_indices:
+        for axis in range(3):
+            e = []
+            for sign in (1, -1):
+                pos = ala2.positions_nm.copy()
+                pos[atom, axis] += sign * h
+                context.setPositions(pos)
+                e.append(context.getState(getEnergy=True, groups={1}).getPotentialEnergy()._value)
+            fd[atom, axis] = -(e[0] - e[1]) / (2 * h)
+    assert np.linalg.norm(forces - fd) / np.linalg.norm(fd) < 1e-5
+
+
+def test_periods_come_from_the_contract_and_a_mismatch_is_warned(phi_psi_cv, open_cv, caplog):
+    _, spec = load_cv(phi_psi_cv)
+    bias = make_bias("opes-metad", 2, temperature_k=300.0, spec=spec)
+    assert bias.periods.tolist() == [TWO_PI, TWO_PI]
+    with caplog.at_level(logging.WARNING, logger="openmm_plugin.bias.params"):
+        bias = make_bias("opes-metad", 2, temperature_k=300.0, spec=spec, periods=(None,), cv_label="phi_psi.pt")
+    assert bias.periods.tolist() == [0.0, 0.0]
+    assert "periods: the config gives [0.0, 0.0]" in caplog.text and "phi_psi.pt says [6.28" in caplog.text
+    one = make_bias("opes-metad", 2, temperature_k=300.0, spec=spec, components=[1])  # only ψ: its period
+    assert one.periods.tolist() == [TWO_PI]
+    _, open_spec = load_cv(open_cv)
+    assert make_bias("opes-metad", 2, temperature_k=300.0, spec=open_spec).periods.tolist() == [0.0, 0.0]
+
+
+def test_metad_bounds_and_walls_default_from_the_training_range(phi_psi_cv, open_cv):
+    _, spec = load_cv(open_cv)
+    metad = make_bias("metad", 2, temperature_k=300.0, spec=spec, params=MetadParams(pace_steps=10))
+    np.testing.assert_allclose(metad.lower, [-2.0 - 0.9, 0.0 - 0.9])  # range ± 0.3 of its width
+    np.testing.assert_allclose(metad.upper, [1.0 + 0.9, 3.0 + 0.9])
+    given = make_bias("metad", 2, temperature_k=300.0, spec=spec, range_margin_fraction=0.0,
+                      params=MetadParams(lower=(-4.0,)))
+    assert given.lower.tolist() == [-4.0, -4.0] and given.upper.tolist() == [1.0, 3.0]
+    _, periodic = load_cv(phi_psi_cv)  # along a periodic CV the grid spans one period
+    torsions = make_bias("metad", 2, temperature_k=300.0, spec=periodic)
+    np.testing.assert_allclose(torsions.lower, [-math.pi] * 2)
+    np.testing.assert_allclose(torsions.upper, [math.pi] * 2)
+    walled = make_bias("opes-metad", 2, temperature_k=300.0, spec=spec, walls_at_training_range=True)
+    upper, lower = walled.leaves()[1:]
+    np.testing.assert_allclose(upper.at, [1.9, 3.9])
+    np.testing.assert_allclose(lower.at, [-2.9, -0.9])
+    assert upper.kappa_kjmol.tolist() == [100.0, 100.0]
+    soft = make_bias("walls", 2, temperature_k=300.0, spec=spec, walls_at_training_range=True,
+                     walls=WallParams(upper_kappa_kjmol=10.0, lower_kappa_kjmol=0.0))
+    assert soft.label == "upper_walls" and soft.kappa_kjmol.tolist() == [10.0, 10.0]
+
+
+def test_contract_errors(phi_psi_cv, ala2, tmp_path):
+    from cvlearn.export import CVSpec
+
+    spec = load_cv(phi_psi_cv)[1]
+    no_range = CVSpec(**{**spec.__dict__, "cv_range_training": None, "component_periods": None})
+    with pytest.raises(ConfigError, match=r"^metad\.lower: expected values, or a CV file whose contract has a "
+                                          r"training range .*x\.pt has none"):
+        make_bias("metad", 2, temperature_k=300.0, spec=no_range, cv_label="x.pt")
+    with pytest.raises(ConfigError, match=r"^components: expected component indices in \[0, 2\) of this "
+                                          r"2-dimensional CV \(x\.pt\), found \[2\]"):
+        make_bias("opes-metad", 2, temperature_k=300.0, spec=spec, components=[2], cv_label="x.pt")
+    peptide = app.ForceField("amber14-all.xml")
+    from systems.peptides import build_capped_peptide
+
+    topology, _ = build_capped_peptide("AA", peptide)
+    other = peptide.createSystem(topology, nonbondedMethod=app.NoCutoff)
+    with pytest.raises(ConfigError, match=r"^cv: .*phi_psi\.pt: CV expects 22 particles, ACE-AA-NME has 32$"):
+        bias_cv(other, phi_psi_cv, system_label="ACE-AA-NME")
+    with pytest.raises(TypeError, match=r"unknown parameter\(s\) \['height_kjmol'\] for method 'opes-metad'"):
+        bias_cv(_fresh_system(ala2), phi_psi_cv, height_kjmol=1.0)
