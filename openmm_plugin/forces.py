@@ -233,7 +233,13 @@ def import_openmmtorch():
     """
     import re
 
-    import openmmtorch
+    root = logging.getLogger()
+    quiet = _DropSimtkNotice()
+    root.addFilter(quiet)  # openmmtorch 1.5 imports simtk.openmm, whose notice says nothing to a cvlearn user
+    try:
+        import openmmtorch
+    finally:
+        root.removeFilter(quiet)
 
     for failure in openmm.Platform.getPluginLoadFailures():
         found = re.match(r"Error loading library (\S*libOpenMMTorch(?:Reference|CPU)\S*?):", failure)
@@ -247,6 +253,11 @@ def import_openmmtorch():
 
 
 _RELOADED: set = set()
+
+
+class _DropSimtkNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "simtk.openmm" not in record.getMessage()
 
 
 # --- TorchForce route ----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import torch
 
 from cvlearn.data import lagged_pairs
 from cvlearn.distributed import all_reduce_sum, is_distributed, rank, world_size, wrap_ddp
+from cvlearn.estimators.smoothness import SmoothnessTerm
 from cvlearn.estimators.scores import COVARIANCE_MODES, covariances, koopman_svd, score_function, vamp_score
 from cvlearn.estimators.trainer import LR_SCHEDULES, Trainer, check_count, make_scheduler
 from cvlearn.models.cv import VAMPModel
@@ -153,12 +154,21 @@ class VAMPNet:
     distributed : bool or None
         Train data-parallel over the ranks of the process group (see the module docstring); None: whenever a
         group of more than one rank is initialised. False trains independently on every rank.
+    smoothness, smoothness_frames : float, int
+        λ > 0 adds λ · tr(C⁻¹ G) (nm⁻², the whitened Dirichlet form of the lobe outputs, see
+        :mod:`cvlearn.estimators.smoothness`) to the loss: G on ``smoothness_frames`` random frames of each batch, C
+        the covariance of the outputs on the batch's instantaneous frames (one more forward pass of them).
+        0 (default) trains exactly as without it. Not supported data-parallel.
+    smoothness_inputs : callable, optional
+        Positions nm → lobe inputs (e.g. the frozen featurizer's token embedder) when the lobe does not take
+        positions; ``fit(train_positions=...)`` then gives the positions of the training frames.
     """
 
     def __init__(self, lobe: torch.nn.Module, *, lagtime: int, learning_rate: float = 1e-3, batch_size: int = 1024,
                  max_epochs: int = 50, patience: int = 10, epsilon: float = 1e-6, seed: int = 0, device: str = "cpu",
                  weight_decay: float = 0.0, progress: bool = True, score: str = "vamp2", mode: str = "trunc",
-                 lr_schedule: str | Callable | None = None, min_epochs: int = 0, distributed: bool | None = None):
+                 lr_schedule: str | Callable | None = None, min_epochs: int = 0, distributed: bool | None = None,
+                 smoothness: float = 0.0, smoothness_frames: int = 32, smoothness_inputs: Callable | None = None):
         for name, value, low in (("lagtime", lagtime, 1), ("batch_size", batch_size, 2),
                                  ("max_epochs", max_epochs, 1), ("patience", patience, 1), ("min_epochs", min_epochs, 0)):
             check_count(name, value, low)
@@ -187,6 +197,9 @@ class VAMPNet:
         self.mode = mode
         self.lr_schedule = lr_schedule
         self.distributed = distributed
+        SmoothnessTerm(smoothness, smoothness_frames, torch.zeros(2, 1, 3))  # validates both
+        self.smoothness, self.smoothness_frames = smoothness, smoothness_frames
+        self.smoothness_inputs = smoothness_inputs
         self.history: list[dict] = []
         self.best_epoch: int = -1
         self.best_val_score: float = float("-inf")
@@ -247,11 +260,14 @@ class VAMPNet:
                   "seed": self.seed, "lr_schedule": schedule, "n_train_pairs": n_train, "n_val_pairs": n_val}
         if schedule == "cosine":
             config["max_epochs"] = self.max_epochs  # the cosine period: a longer run is a different schedule
+        if self.smoothness > 0:  # absent at 0, so checkpoints of runs without it still resume
+            config.update(smoothness=self.smoothness, smoothness_frames=self.smoothness_frames)
         return config
 
     def fit(self, train: Sequence[torch.Tensor], validation: Sequence[torch.Tensor], *, train_weights=None,
             validation_weights=None, train_pairs: PairSpec | None = None, validation_pairs: PairSpec | None = None,
-            checkpoint_path: str | Path | None = None) -> "VAMPNet":
+            checkpoint_path: str | Path | None = None,
+            train_positions: Sequence[torch.Tensor] | None = None) -> "VAMPNet":
         """Train on the lagged pairs of ``train``, stopping early on the score of ``validation``.
 
         Parameters
@@ -267,6 +283,9 @@ class VAMPNet:
             The full state is saved here atomically after every epoch; a run whose checkpoint exists resumes
             from it (same data and settings; ``max_epochs``/``patience`` may grow, except ``max_epochs`` under
             the cosine schedule, whose period it is).
+        train_positions : list of Tensor [T_i, n_atoms, 3], optional
+            Positions (nm) of the training frames for the smoothness penalty; None: ``train`` (the lobe takes
+            positions).
 
         Returns
         -------
@@ -289,6 +308,17 @@ class VAMPNet:
             raise ValueError(f"batch_size ({self.batch_size}) and validation pairs ({len(val_pairs[0])}): expected "
                              f"at least one per rank ({n_ranks} ranks)")
 
+        smooth = None
+        if self.smoothness > 0:
+            if shard:
+                raise ValueError("smoothness: not supported in data-parallel training; train on one rank")
+            positions = torch.cat(_as_trajectories(train_positions, "train_positions")) if train_positions is not None \
+                else train_frames
+            if len(positions) != len(train_frames):
+                raise ValueError(f"train_positions: expected {len(train_frames)} frames as in train, "
+                                 f"found {len(positions)}")
+            smooth = SmoothnessTerm(self.smoothness, self.smoothness_frames, positions, self.smoothness_inputs,
+                                    seed=self.seed + 1, device=self.device)
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
         self.lobe.to(self.device)
@@ -300,10 +330,11 @@ class VAMPNet:
         scheduler = make_scheduler(self.lr_schedule, optimizer, learning_rate=self.learning_rate,
                                    max_epochs=self.max_epochs, patience=self.patience, mode="max")
         name = self.score_name
+        generators = {"shuffle": generator, **({"smoothness": smooth.generator} if smooth is not None else {})}
         trainer = Trainer({"lobe": self.lobe}, optimizer, scheduler, fmt=CHECKPOINT_FORMAT,
                           config=self._config(n_pairs, len(val_pairs[0])), what="VAMPNet",
                           max_epochs=self.max_epochs, monitor=f"val_{name}", mode="max", patience=self.patience,
-                          min_epochs=self.min_epochs, generators={"shuffle": generator}, device=self.device,
+                          min_epochs=self.min_epochs, generators=generators, device=self.device,
                           progress=self.progress, postfix=(f"train_{name}", f"val_{name}"))
         logger.info("VAMPNet (%s): %d train pairs in %d batches, %d validation pairs, lag %d frames%s",
                     name, n_pairs, n_batches, len(val_pairs[0]), self.lagtime, ", weighted" if w is not None else "")
@@ -319,7 +350,8 @@ class VAMPNet:
                 bw = None if w is None else w[mine].to(self.device)
                 score = self._score_fn(y[:len(mine)], y[len(mine):], self.epsilon, weights=bw, mode=self.mode,
                                        reduce=reduce)  # the global batch's score: covariance sums all-reduced
-                trainer.step(-score, epoch, hint=" or a larger epsilon")
+                loss = -score if smooth is None else smooth(self.lobe, i0[mine], train_frames[b0]) - score
+                trainer.step(loss, epoch, hint=" or a larger epsilon")
                 total += float(score.detach()) * len(batch)
             if hasattr(self.lobe, "recalibrate"):
                 # Normalisation statistics that lag a moving featurizer make eval-mode scores noisy;

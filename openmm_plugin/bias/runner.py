@@ -137,6 +137,8 @@ class BiasRunner:
                 from openmm_plugin.forces import check_cv_fits_system
 
                 check_cv_fits_system(self.evaluator.cv, simulation.system)
+            if self.walkers_dir is not None:
+                self._check_own_walker_files()
             self._system_checked = True
         periods = self._events()
         end = simulation.currentStep + n_steps
@@ -189,6 +191,41 @@ class BiasRunner:
             with atomic_path(self._walker_file(b.label, self.walker_id)) as tmp:
                 with open(tmp, "wb") as handle:
                     np.savez(handle, records=b.records)
+
+    def _check_own_walker_files(self) -> None:
+        """Before the first step: a file of this walker id holding more rows than this walker has is another run's
+        (a fresh start in a used ``walkers_dir``, or two walkers with one id); writing over it would lose kernels the
+        other walkers already replayed."""
+        for b in self.adaptive:
+            path = self._walker_file(b.label, self.walker_id)
+            if path.is_file():
+                with np.load(path) as data:
+                    n_rows = data["records"].shape[0]
+                if n_rows > len(b.records):
+                    raise RunError(f"{path}: holds {n_rows} depositions of walker {self.walker_id}, this walker has "
+                                   f"{len(b.records)}; restore its checkpoint, give it another walker_id, or start "
+                                   "all walkers in a new walkers_dir")
+
+    def _adopt_shared_rows(self) -> None:
+        """After a restore: rows this walker shared after its checkpoint stay its own (the others replayed them).
+
+        Without this, its next write would replace them with new rows the others never read (their replay count
+        is past them) while they keep kernels this walker no longer has.
+        """
+        for b in self.adaptive:
+            path = self._walker_file(b.label, self.walker_id)
+            if not path.is_file():
+                continue
+            with np.load(path) as data:
+                rows = data["records"]
+            n = len(b.records)
+            if rows.shape[0] < n or not np.array_equal(rows[:n], b.records):
+                raise RunError(f"{path}: expected this walker's shared depositions to start with the {n} rows of its "
+                               f"checkpoint, found {rows.shape[0]} rows that differ (another run's walkers_dir?)")
+            if rows.shape[0] > n:
+                b.apply_records(rows[n:])
+                b.records = np.array(rows, dtype=np.float64)
+                logger.info("%s: kept %d depositions shared after the checkpoint", path, rows.shape[0] - n)
 
     def sync_walkers(self) -> bool:
         """Replay rows that other walkers deposited since the last sync; returns whether anything was new."""
@@ -254,6 +291,8 @@ class BiasRunner:
         with np.load(path) as data:
             state = {k: data[k] for k in data.files}
         self.load_state_dict(state, str(path))
+        if self.walkers_dir is not None:
+            self._adopt_shared_rows()
         if simulation is not None:
             if "openmm/checkpoint" not in state:
                 raise ValueError(f"{path}: has no OpenMM checkpoint; it was saved without a simulation")

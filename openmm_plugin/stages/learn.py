@@ -152,13 +152,16 @@ class LearnConfig:
     store: Optional[str] = None  # an existing embedding store of the same featurizer and frames
     periodic: Union[bool, str] = "auto"  # auto: periodic when the trajectories carry unit cells
     n_clusters: int = 20  # k-means states of the MSM behind the ITS / CK test
+    smoothness: float = 0.0  # λ of the Dirichlet-form penalty (cvlearn.estimators.smoothness); 0: none
+    smoothness_frames: int = 32  # frames per training step it is estimated on
 
     def __post_init__(self):
         from cvlearn.nn.mixers import MIXERS
 
         check_ranges(self, positive=("frame_interval_ps", "lagtime_ps", "learning_rate"),
-                     at_least_one=("stride", "n_cvs", "max_epochs", "patience", "batch_size", "head_hidden"),
-                     non_negative=("min_epochs", "half_width", "seeds"), fraction=("validation_fraction",))
+                     at_least_one=("stride", "n_cvs", "max_epochs", "patience", "batch_size", "head_hidden",
+                                   "smoothness_frames"),
+                     non_negative=("min_epochs", "half_width", "seeds", "smoothness"), fraction=("validation_fraction",))
         for key, value, allowed in (("context", self.context, CONTEXTS), ("mixer", self.mixer, MIXERS),
                                     ("protocol", self.protocol, PROTOCOLS)):
             if value not in allowed:

@@ -109,6 +109,12 @@ def train_cv(config, plan, data, out: Path, seconds: dict, progress: bool) -> di
         fit_head_scaler(lobe, frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(0))[:4096]])
 
     fit_kwargs = fit_weights(config, plan, data)
+    smooth = {}
+    if config.smoothness > 0:  # frozen: the penalty reaches the positions through the frozen embedder
+        smooth = {"smoothness": config.smoothness, "smoothness_frames": config.smoothness_frames,
+                  "smoothness_inputs": embedder if frozen else None}
+        if frozen:
+            fit_kwargs["train_positions"] = take_segments(data.positions, data.train)
     tick = time.perf_counter()
     seeds = []
     for seed in config.seeds:
@@ -116,7 +122,7 @@ def train_cv(config, plan, data, out: Path, seconds: dict, progress: bool) -> di
                            fit_kwargs={**fit_kwargs, "checkpoint_path": out / "seeds" / f"seed{seed}.ckpt"},
                            lagtime=data.lag, learning_rate=config.learning_rate, batch_size=config.batch_size,
                            max_epochs=config.max_epochs, patience=config.patience,
-                           min_epochs=min(config.min_epochs, config.max_epochs), progress=progress)
+                           min_epochs=min(config.min_epochs, config.max_epochs), progress=progress, **smooth)
         model, history = result.models[0], result.histories[0]
         val_out = [o.numpy() for o in model_outputs(model, val)]
         biased = config.biased is not None

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openmm_plugin.bias import BiasRunner, Metadynamics, OPESMetad
+from openmm_plugin.bias import BiasRunner, BiasSum, Metadynamics, OPESMetad
 from tests.openmm_plugin.bias import double_well as dw
 
 REPO = Path(__file__).resolve().parents[3]
@@ -28,16 +28,19 @@ SAVE_EVERY_STEPS = 500
 KILLED = 3  # the walker that dies
 KILL_AT = 1250  # 5 depositions after its checkpoint at step 1000
 WAIT_AT = 1900  # the others wait here until it died, so they surely replayed those 5 rows
-LABELS = {"metad": "metad", "opes": "opes"}
+METHODS = ["metad", "opes"]  # also the bias labels, hence the file names
 
 
-def make_bias(method):
-    """The bias of every walker; OPES without compression so each deposition stays one kernel."""
-    if method == "metad":
-        return Metadynamics(sigma=0.05, height_kjmol=1.0, pace_steps=PACE_STEPS, temperature_k=dw.TEMPERATURE_K,
-                            bias_factor=5.0, lower=-1.2, upper=1.2)
-    return OPESMetad(sigma=0.05, barrier_kjmol=15.0, pace_steps=PACE_STEPS, temperature_k=dw.TEMPERATURE_K,
-                     compression_threshold=0.0)
+def make_bias():
+    """Every walker's bias: metadynamics + OPES (own files each); OPES uncompressed, one kernel per deposition."""
+    return BiasSum([Metadynamics(sigma=0.05, height_kjmol=1.0, pace_steps=PACE_STEPS, temperature_k=dw.TEMPERATURE_K,
+                                 bias_factor=5.0, lower=-1.2, upper=1.2),
+                    OPESMetad(sigma=0.05, barrier_kjmol=15.0, pace_steps=PACE_STEPS, temperature_k=dw.TEMPERATURE_K,
+                              compression_threshold=0.0)])
+
+
+def _leaf(bias, method):
+    return next(b for b in bias.leaves() if b.label == method)
 
 
 # One walker process: build its run, resume its checkpoint if any, wait for the others (so the walkers
@@ -64,7 +67,7 @@ def wait_for(paths):
         time.sleep(0.02)
 
 cv = dw.coordinate_cv(root / f"cv{w}.pt")
-bias = make_bias(cfg["method"])
+bias = make_bias()
 system = dw.make_system()
 force = python_bias_force(cv, bias)
 system.addForce(force)
@@ -86,8 +89,8 @@ print(json.dumps({"walker": w, "step": sim.currentStep}))
 """
 
 
-def _launch(root, method, walker, barrier, **extra):
-    cfg = {"root": str(root), "method": method, "walker": walker, "n_steps": N_STEPS,
+def _launch(root, walker, barrier, **extra):
+    cfg = {"root": str(root), "walker": walker, "n_steps": N_STEPS,
            "barrier": [str(root / f"ready{w}") for w in barrier], **extra}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -95,7 +98,7 @@ def _launch(root, method, walker, barrier, **extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait(procs):
+def _wait(procs) -> dict[int, tuple]:
     results = {}
     try:
         for w, proc in procs.items():
@@ -123,11 +126,11 @@ def _deposited(records, method) -> list[tuple]:
     return [tuple(row) for row in (records if method == "metad" else records[:, 1:])]
 
 
-def _final_states(root, method, cv):
+def _final_states(root, cv) -> dict[int, BiasSum]:
     """Each walker's last checkpoint, plus one more sync (what its next step would replay)."""
     states = {}
     for w in range(N_WALKERS):
-        bias = make_bias(method)
+        bias = make_bias()
         runner = BiasRunner(bias, cv=cv, walkers_dir=root / "walkers", walker_id=w)
         assert runner.restore(path=root / f"state{w}.npz")
         runner.sync_walkers()
@@ -135,88 +138,116 @@ def _final_states(root, method, cv):
     return states
 
 
-def _check_every_kernel_once(root, method, cv, steps):
-    label = LABELS[method]
+def _check_every_kernel_once(root, method, cv, n_deposited):
     walkers = root / "walkers"
-    assert sorted(p.name for p in walkers.iterdir()) == [f"{label}.walker{w}.npz" for w in range(N_WALKERS)]
+    assert sorted(p.name for p in walkers.iterdir()) == sorted(
+        f"{label}.walker{w}.npz" for label in METHODS for w in range(N_WALKERS))
     assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # no atomic-write leftovers
-    states = _final_states(root, method, cv)
+    states = {w: _leaf(bias, method) for w, bias in _final_states(root, cv).items()}
     own = {}
-    for w, bias in states.items():
-        with np.load(walkers / f"{label}.walker{w}.npz") as data:
+    for w, leaf in states.items():
+        with np.load(walkers / f"{method}.walker{w}.npz") as data:
             shared = data["records"]
-        assert np.array_equal(shared, bias.records), f"walker {w}: its shared file differs from its own records"
-        assert len(bias.records) == steps[w] // PACE_STEPS, f"walker {w}: {len(bias.records)} depositions"
-        own[w] = _deposited(bias.records, method)
+        assert np.array_equal(shared, leaf.records), f"walker {w}: its shared file differs from its own records"
+        own[w] = _deposited(leaf.records, method)
     expected = Counter(k for w in own for k in own[w])
     assert len(expected) == sum(len(v) for v in own.values())  # kernels are distinguishable
-    for w, bias in states.items():
-        found = Counter(_kernels(bias, method))
+    for w, leaf in states.items():
+        found = Counter(_kernels(leaf, method))
         lost = {v: sum(found[k] == 0 for k in own[v]) for v in own}
         twice = {v: sum(found[k] > 1 for k in own[v]) for v in own}
         foreign = sum(n for k, n in found.items() if k not in expected)
         assert not any(lost.values()) and not any(twice.values()) and foreign == 0, (
             f"walker {w}: kernels lost per depositing walker {lost}, read twice {twice}, from nowhere {foreign}")
         if method == "opes":
-            assert bias.counter == 1 + sum(expected.values())
+            assert leaf.counter == 1 + sum(expected.values())
+    assert {w: len(k) for w, k in own.items()} == n_deposited
     probe = np.linspace(-0.8, 0.8, 9)
     reference = [states[0].energy_and_gradient([p])[0] for p in probe]
-    for bias in states.values():  # same kernels, possibly replayed in another order
-        assert np.allclose([bias.energy_and_gradient([p])[0] for p in probe], reference, rtol=1e-10, atol=1e-12)
+    for leaf in states.values():  # same kernels, possibly replayed in another order
+        assert np.allclose([leaf.energy_and_gradient([p])[0] for p in probe], reference, rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(scope="module", params=["metad", "opes"])
-def four_walkers(request, tmp_path_factory):
+@pytest.fixture(scope="module")
+def cv(tmp_path_factory):
+    return dw.coordinate_cv(tmp_path_factory.mktemp("cv") / "cv.pt")
+
+
+@pytest.fixture(scope="module")
+def four_walkers(tmp_path_factory):
     """Four concurrent walker processes; walker 3 is SIGKILLed at step 1250 (last checkpoint 1000)."""
-    method = request.param
-    root = tmp_path_factory.mktemp(f"walkers_{method}")
+    root = tmp_path_factory.mktemp("walkers")
     (root / "walker.py").write_text(WALKER_SCRIPT)
     everyone = list(range(N_WALKERS))
-    procs = {w: _launch(root, method, w, everyone, **({"kill_at": KILL_AT} if w == KILLED else {"wait_at": WAIT_AT}))
+    procs = {w: _launch(root, w, everyone, **({"kill_at": KILL_AT} if w == KILLED else {"wait_at": WAIT_AT}))
              for w in everyone}
-    results = _wait(procs)
-    for w, (code, out, err) in results.items():
-        expected_code = -9 if w == KILLED else 0
-        assert code == expected_code, f"walker {w}: exit {code}\n{out}\n{err[-3000:]}"
-    cv = dw.coordinate_cv(root / "cv.pt")
-    return method, root, cv
-
-
-@pytest.mark.slow
-def test_concurrent_walkers_share_every_kernel_once(four_walkers):
-    """Before the restart: the survivors ran to the end; the dead walker's file holds what it deposited."""
-    method, root, cv = four_walkers
+    for w, (code, out, err) in _wait(procs).items():
+        assert code == (-9 if w == KILLED else 0), f"walker {w}: exit {code}\n{out}\n{err[-3000:]}"
     with np.load(root / f"state{KILLED}.npz") as data:
         assert int(data["runner/step"]) == 1000
-    # the dead walker's shared file is complete up to its death: its state is what the file says
-    label = LABELS[method]
-    with np.load(root / "walkers" / f"{label}.walker{KILLED}.npz") as data:
-        assert data["records"].shape[0] == KILL_AT // PACE_STEPS
-    check = root.parent / f"{root.name}_before_restart"
-    shutil.copytree(root, check)
-    # stand-in for the dead walker's final state: its own file (its checkpoint is older)
-    bias = make_bias(method)
-    runner = BiasRunner(bias, cv=cv, walkers_dir=check / "walkers", walker_id=KILLED)
-    assert runner.restore(path=check / f"state{KILLED}.npz")
-    with np.load(check / "walkers" / f"{label}.walker{KILLED}.npz") as data:
-        rows = data["records"]
-    bias.apply_records(rows[len(bias.records):])
-    bias.records = rows
-    runner.save(path=check / f"state{KILLED}.npz")
-    _check_every_kernel_once(check, method, cv, {w: N_STEPS if w != KILLED else KILL_AT for w in range(N_WALKERS)})
+    return root
+
+
+@pytest.fixture(scope="module")
+def restarted(four_walkers, tmp_path_factory):
+    """The SIGKILLed walker resumed alone from its checkpoint (on a copy of the shared directory)."""
+    root = tmp_path_factory.mktemp("restarted") / "run"
+    shutil.copytree(four_walkers, root)
+    code, out, err = _wait({KILLED: _launch(root, KILLED, [KILLED])})[KILLED]
+    assert code == 0, f"restarted walker: exit {code}\n{out}\n{err[-3000:]}"
+    assert json.loads(out.strip().splitlines()[-1]) == {"walker": KILLED, "step": N_STEPS}
+    return root
 
 
 @pytest.mark.slow
-def test_killed_walker_restarts_alone_and_ends_with_every_kernel_once(four_walkers, tmp_path):
-    """The SIGKILLed walker resumes from its checkpoint, alone; nothing it shared before dying is lost or doubled."""
-    method, root, cv = four_walkers
-    shutil.copytree(root, tmp_path / "run")
+@pytest.mark.parametrize("method", METHODS)
+def test_concurrent_walkers_share_every_kernel_once(four_walkers, method, cv, tmp_path):
+    """Before the restart: the survivors hold every kernel of the others, the dead one's up to its death."""
     root = tmp_path / "run"
-    results = _wait({KILLED: _launch(root, method, KILLED, [KILLED])})
-    code, out, err = results[KILLED]
-    assert code == 0, f"restarted walker: exit {code}\n{out}\n{err[-3000:]}"
-    assert json.loads(out.strip().splitlines()[-1]) == {"walker": KILLED, "step": N_STEPS}
-    # it kept the 5 kernels it shared after its checkpoint (the others replayed them), then deposited on
-    steps = {w: N_STEPS for w in range(N_WALKERS)}
-    steps[KILLED] = N_STEPS + (KILL_AT - 1000)
-    _check_every_kernel_once(root, method, cv, steps)
+    shutil.copytree(four_walkers, root)
+    with np.load(root / "walkers" / f"{method}.walker{KILLED}.npz") as data:
+        rows = data["records"]
+    assert rows.shape[0] == KILL_AT // PACE_STEPS  # its file reached its death; its checkpoint is older
+    # stand-in for the dead walker's state at its death: its checkpoint plus the rows it shared since
+    bias = make_bias()
+    runner = BiasRunner(bias, cv=cv)
+    assert runner.restore(path=root / f"state{KILLED}.npz")
+    for leaf in bias.leaves():
+        with np.load(root / "walkers" / f"{leaf.label}.walker{KILLED}.npz") as data:
+            shared = data["records"]
+        leaf.apply_records(shared[len(leaf.records):])
+        leaf.records = shared
+    runner.save(path=root / f"state{KILLED}.npz")
+    n_deposited = {w: (KILL_AT if w == KILLED else N_STEPS) // PACE_STEPS for w in range(N_WALKERS)}
+    _check_every_kernel_once(root, method, cv, n_deposited)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_killed_walker_restarts_alone_and_ends_with_every_kernel_once(restarted, method, cv):
+    """Kernels the walker shared between its checkpoint and its death stay (the others replayed them): it
+    keeps them and deposits on, so none is lost (the others' replay count is past them) or doubled."""
+    n_deposited = {w: N_STEPS // PACE_STEPS for w in range(N_WALKERS)}
+    n_deposited[KILLED] = (N_STEPS + KILL_AT - 1000) // PACE_STEPS
+    _check_every_kernel_once(restarted, method, cv, n_deposited)
+
+
+def test_a_fresh_walker_refuses_another_runs_file_of_its_id(tmp_path):
+    """Starting walker 0 afresh where a walker 0 already shared kernels would overwrite rows the others replayed."""
+    from cvlearn.errors import RunError
+    from openmm_plugin.forces import python_bias_force
+    from tests.openmm_plugin.bias.test_md import _simulation
+
+    def walker():
+        bias = make_bias()
+        system = dw.make_system()
+        force = python_bias_force(dw.coordinate_cv(tmp_path / "cv.pt"), bias)
+        system.addForce(force)
+        runner = BiasRunner(bias, callback=force.callback, walkers_dir=tmp_path / "walkers", walker_id=0)
+        return runner, _simulation(system, seed=0)
+
+    runner, sim = walker()
+    runner.step(sim, 4 * PACE_STEPS)
+    runner, sim = walker()  # a fresh start, same id, same directory
+    with pytest.raises(RunError, match="holds 4 depositions of walker 0"):
+        runner.step(sim, PACE_STEPS)
