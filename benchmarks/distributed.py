@@ -241,8 +241,10 @@ def markdown(result: dict) -> str:
     s, m = result["settings"], result["machine"]
     lines = [f"# distributed ({result['date']}, {m['cpu_count']} CPUs, quick={s['quick']})", "",
              f"gloo, 1 torch thread per process. Load average (1, 5, 15 min) at start {m['load_average_at_start']}, "
-             f"at end {m['load_average_at_end']}: other jobs shared the {m['cpu_count']} cores, so the speed-ups "
-             "below are depressed (2 processes need 2 idle cores).", "",
+             f"at end {m['load_average_at_end']}" + (
+                 f": other jobs shared the {m['cpu_count']} cores, so the speed-ups below are depressed (2 processes "
+                 "need 2 idle cores)." if m["load_average_at_start"][0] > 0.5 else
+                 " (the machine was otherwise idle at the start; the benchmark's own processes make the rest)."), "",
              f"- featurize: {s['featurize']}", f"- vampnet: {s['vampnet']}", "",
              "| task | processes | seconds | frames/s | epoch s | CPU s per rank | start-up s | peak RSS per rank (MiB) |",
              "|---|---|---|---|---|---|---|---|"]
