@@ -198,13 +198,11 @@ class BiasRunner:
         other walkers already replayed."""
         for b in self.adaptive:
             path = self._walker_file(b.label, self.walker_id)
-            if path.is_file():
-                with np.load(path) as data:
-                    n_rows = data["records"].shape[0]
-                if n_rows > len(b.records):
-                    raise RunError(f"{path}: holds {n_rows} depositions of walker {self.walker_id}, this walker has "
-                                   f"{len(b.records)}; restore its checkpoint, give it another walker_id, or start "
-                                   "all walkers in a new walkers_dir")
+            rows = _records(path)
+            if rows is not None and rows.shape[0] > len(b.records):
+                raise RunError(f"{path}: holds {rows.shape[0]} depositions of walker {self.walker_id}, this walker "
+                               f"has {len(b.records)}; restore its checkpoint, give it another walker_id, or start "
+                               "all walkers in a new walkers_dir")
 
     def _adopt_shared_rows(self) -> None:
         """After a restore: rows this walker shared after its checkpoint stay its own (the others replayed them).
@@ -214,10 +212,9 @@ class BiasRunner:
         """
         for b in self.adaptive:
             path = self._walker_file(b.label, self.walker_id)
-            if not path.is_file():
+            rows = _records(path)
+            if rows is None:
                 continue
-            with np.load(path) as data:
-                rows = data["records"]
             n = len(b.records)
             if rows.shape[0] < n or not np.array_equal(rows[:n], b.records):
                 raise RunError(f"{path}: expected this walker's shared depositions to start with the {n} rows of its "
@@ -236,8 +233,7 @@ class BiasRunner:
                 match = pattern.match(path.name)
                 if match is None or int(match.group(1)) == self.walker_id:
                     continue
-                with np.load(path) as data:
-                    rows = data["records"]
+                rows = _records(path)
                 key = path.stem
                 done = self.applied.get(key, 0)
                 if rows.shape[0] > done:
@@ -301,3 +297,12 @@ class BiasRunner:
             self.on_update(simulation)
         logger.info("restored bias state from %s", path)
         return True
+
+
+def _records(path: Path) -> np.ndarray | None:
+    """The deposition records of one walker file (written atomically by :meth:`BiasRunner.write_walker_files`),
+    or None when the walker has not written it yet."""
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return data["records"]
