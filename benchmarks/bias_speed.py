@@ -427,8 +427,18 @@ if __name__ == "__main__":
     parser.add_argument("--native-only", action="store_true", help="only the classic-CV (phi/psi) rows")
     parser.add_argument("--rows", default=None, help="only the user-system rows, comma-separated: water, wlall "
                         "(written to results/bias_speed_user_systems)")
+    parser.add_argument("--pairs", action="store_true", help="only the issue-17 pairs at OPES steady state: native phi/psi "
+                        "vs unbiased, GNN CV vs distance CV (results/bias_speed_pairs; benchmarks._bias_speed_pairs)")
+    parser.add_argument("--pairs-cv", default=None, help="--pairs: a trained GNN CV file (default: untrained export)")
+    parser.add_argument("--pairs-distance-cv", default=None, help="--pairs: a trained distance CV file (default: "
+                        "untrained export)")
     args = parser.parse_args()
-    if args.rows is not None:
+    if args.pairs:
+        from benchmarks._bias_speed_pairs import markdown_pairs, run_pairs
+
+        result = run_pairs(args.quick, args.pairs_cv, args.pairs_distance_cv)
+        save("bias_speed_pairs", args.quick, result, markdown_pairs(result))
+    elif args.rows is not None:
         from benchmarks._bias_speed_systems import ROW_SETS, markdown_user_systems, run_user_systems
 
         row_sets = [r.strip() for r in args.rows.split(",") if r.strip()]

@@ -10,6 +10,10 @@ port), timed inside the ranks between barriers (process start and imports exclud
 - VAMPNet: ``VAMPNet.fit`` of an MLP lobe on synthetic token-like inputs (a slow 2-state switch hidden in noise),
   global batch fixed, 2 ranks each taking half of every batch under DDP with all-reduced covariance sums.
   Epoch time = mean over epochs after the first (history ``seconds``, rank 0); the fits must agree.
+- pre-training: ``DenoisingPretrainer.fit`` (the shipped recipe's Equivariant Transformer, ``ETConfig()``; quick: a
+  1-layer 32-wide one) on synthetic ala2 heavy-atom structures (the built structure + 0.1 Å noise, 10 atoms each),
+  batches of at most 512 atoms; 2 ranks each take half of every global batch's atoms under DDP. Structures/s = the
+  history's ``structures_per_s`` (training only, rank 0), mean over epochs after the first; the fits must agree.
 
 Each arm runs twice, alternating 1 and 2 processes, and the rows keep the faster run (the load comes and goes).
 
@@ -38,9 +42,10 @@ from benchmarks.common import machine, now_utc, quick_main, targets_table  # noq
 
 from cvlearn import distributed  # noqa: E402
 from cvlearn.data.store import EmbeddingStore, embed_trajectories  # noqa: E402
-from cvlearn.estimators import VAMPNet  # noqa: E402
+from cvlearn.estimators import DenoisingPretrainer, VAMPNet  # noqa: E402
 
 LOBE_IN, LOBE_HIDDEN, LOBE_OUT = 192, 256, 8  # 3 tokens x 64 features -> 8 outputs
+QUICK_PRETRAIN_ARCH = {"hidden_channels": 32, "num_layers": 1, "num_rbf": 16, "num_heads": 4}
 REPEATS = 2  # each arm runs this often, alternating 1 and 2 processes; rows keep the best
 
 
@@ -91,6 +96,34 @@ def _vampnet_rank(n_frames: int, batch_size: int, epochs: int):
             "epoch_seconds": [row["seconds"] for row in net.history],
             "val_vamp2": [row["val_vamp2"] for row in net.history], "max_rss_mib": _rss_mib(),
             "params": [p.detach().clone() for p in lobe.parameters()]}
+
+
+def _pretrain_structures(n: int, seed: int) -> list:
+    """``n`` ala2 heavy-atom structures: the built structure + 0.1 Å Gaussian noise (Å inside the records)."""
+    from systems import alanine_dipeptide
+
+    from cvlearn.data.selection import atomic_numbers, select_atoms
+    from cvlearn.structures import Structure
+
+    ala2 = alanine_dipeptide.build()
+    heavy = [int(i) for i in select_atoms(ala2.topology)]
+    z = np.asarray(atomic_numbers(ala2.topology, heavy))
+    base = 10.0 * np.asarray(ala2.positions_nm)[heavy]  # nm -> Å
+    rng = np.random.default_rng(seed)
+    return [Structure(z, base + rng.normal(scale=0.1, size=base.shape), source=f"ala2 #{k}") for k in range(n)]
+
+
+def _pretrain_rank(train: list, val: list, architecture, epochs: int):
+    est = DenoisingPretrainer("et", architecture, noise_sigma_angstrom=0.2, learning_rate=1e-3, max_epochs=epochs,
+                              max_atoms=512, seed=0, progress=False)
+    distributed.barrier()
+    start, cpu = time.perf_counter(), time.process_time()
+    est.fit(train, val)
+    return {"rank": distributed.rank(), "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu,
+            "structures_per_s_all": [row["structures_per_s"] for row in est.history],
+            "val_loss": [row["val_loss"] for row in est.history], "max_rss_mib": _rss_mib(),
+            "params": [p.detach().clone() for p in (*est.backbone.parameters(), *est.head.parameters())]}
 
 
 def _ala2_inputs(tmp: Path, n_files: int, n_frames: int):
@@ -144,6 +177,8 @@ def allreduce_plan(d: int, n_params: int, ranks: int = 64, bandwidth_gb_s: float
 
 def run(quick: bool) -> dict:
     n_files, n_frames = (4, 100) if quick else (8, 300)
+    n_pre, pre_epochs = (400, 2) if quick else (3000, 3)
+    pre_arch = QUICK_PRETRAIN_ARCH if quick else None  # None: ETConfig(), the shipped checkpoint's architecture
     vamp_frames, batch_size, epochs = (8000, 2048, 3) if quick else (32000, 4096, 4)
     load_start = os.getloadavg()
     rows, fits, stores = [], {}, {}
@@ -193,30 +228,58 @@ def run(quick: bool) -> dict:
     for n in (1, 2):
         rows.append({**min(best[n], key=lambda r: r["epoch_seconds"]),
                      "epoch_seconds_repeats": [r["epoch_seconds"] for r in best[n]]})
+    pre_train, pre_val = _pretrain_structures(n_pre, 0), _pretrain_structures(max(8, n_pre // 10), 1)
+    pre_fits, best = {}, {}
+    for rep in range(REPEATS):
+        for n in (1, 2):
+            ranks, wall = _spawned(_pretrain_rank, n, pre_train, pre_val, pre_arch, pre_epochs)
+            rates = ranks[0]["structures_per_s_all"]
+            row = {"task": "pretrain", "processes": n, "seconds": ranks[0]["seconds"],
+                   "structures_per_s": float(np.mean(rates[1:] if len(rates) > 1 else rates)),
+                   "structures_per_s_all": rates, "val_loss": ranks[0]["val_loss"],
+                   "spawn_and_import_s": wall - ranks[0]["seconds"],
+                   "cpu_seconds_per_rank": [r["cpu_seconds"] for r in ranks],
+                   "max_rss_mib_per_rank": [r["max_rss_mib"] for r in ranks]}
+            print(row, flush=True)
+            best.setdefault(n, []).append(row)
+            pre_fits[n] = ranks[0]["params"], ranks[0]["val_loss"]
+    for n in (1, 2):
+        rows.append({**max(best[n], key=lambda r: r["structures_per_s"]),
+                     "structures_per_s_repeats": [r["structures_per_s"] for r in best[n]]})
+    pre_param_diff = max(float((a - b).abs().max()) for a, b in zip(pre_fits[1][0], pre_fits[2][0]))
+    pre_val_diff = float(np.max(np.abs(np.subtract(pre_fits[1][1], pre_fits[2][1]))))
     param_diff = max(float((a - b).abs().max()) for a, b in zip(fits[1][0], fits[2][0]))
     val_diff = float(np.max(np.abs(np.subtract(fits[1][1], fits[2][1]))))
     feat = {r["processes"]: r for r in rows if r["task"] == "featurize"}
     control = next(r for r in rows if r["task"].startswith("featurize (control"))
     vamp = {r["processes"]: r for r in rows if r["task"] == "vampnet"}
+    pre = {r["processes"]: r for r in rows if r["task"] == "pretrain"}
+    pre_speedup = pre[2]["structures_per_s"] / pre[1]["structures_per_s"]
     feat_speedup = feat[2]["frames_per_s"] / feat[1]["frames_per_s"]
     vamp_speedup = vamp[1]["epoch_seconds"] / vamp[2]["epoch_seconds"]
     # On dedicated cores a rank's wall time ~ its CPU time: the speed-up the work split allows, free of the load.
     cpu_split = {t: r[1]["cpu_seconds_per_rank"][0] / max(r[2]["cpu_seconds_per_rank"])
-                 for t, r in (("featurize", feat), ("vampnet", vamp))}
+                 for t, r in (("featurize", feat), ("vampnet", vamp), ("pretrain", pre))}
     n_params = sum(p.numel() for p in _lobe().parameters())
     targets = [
         {"name": "featurization frames/s, 2 processes over 1", "value": feat_speedup, "target": 1.8, "unit": "x",
          "met": feat_speedup >= 1.8},
         {"name": "VAMPNet epoch time, 1 process over 2", "value": vamp_speedup, "target": 1.5, "unit": "x",
          "met": vamp_speedup >= 1.5},
+        {"name": "pre-training structures/s, 2 processes over 1", "value": pre_speedup, "target": 1.5, "unit": "x",
+         "met": pre_speedup >= 1.5},
         {"name": "2-process store equals 1-process store (tokens bitwise, manifest)", "value": float(identical),
          "target": "1 (equal)", "unit": "", "met": bool(identical)},
         {"name": "DDP fit vs 1-process fit: max abs difference of val VAMP-2 per epoch", "value": val_diff,
          "target": "< 1e-5", "unit": "", "met": val_diff < 1e-5},
+        {"name": "DDP pre-training vs 1 process: max abs difference of val loss per epoch", "value": pre_val_diff,
+         "target": "< 1e-5", "unit": "", "met": pre_val_diff < 1e-5},
     ]
     notes = {"cpu_time_speedup_featurize": cpu_split["featurize"], "cpu_time_speedup_vampnet": cpu_split["vampnet"],
              "cpu_inflation_when_both_cores_busy": feat[2]["cpu_seconds_per_rank"][0] / control["cpu_seconds_per_rank"][0],
+             "cpu_time_speedup_pretrain": cpu_split["pretrain"],
              "fit_parameters_max_abs_difference": param_diff,
+             "pretrain_parameters_max_abs_difference": pre_param_diff,
              "fit_parameters_note": "float32 lobe: the ranks' gradient sums round differently (~1e-7 relative); Adam "
                                     "turns tiny gradients into steps of ~learning_rate whose sign can flip, so a few "
                                     "weights that barely affect the outputs drift by a few learning rates. In float64 "
@@ -229,7 +292,10 @@ def run(quick: bool) -> dict:
                      "featurize": f"{n_files} ala2 DCD files x {n_frames} frames, heavy atoms, geom2vec ViSNet "
                                   "architecture (untrained), chunk 100 frames, batch 16",
                      "vampnet": f"MLP {LOBE_IN}-{LOBE_HIDDEN}-{LOBE_HIDDEN}-{LOBE_OUT} float32, {vamp_frames} frames "
-                                f"(3/4 train, 1/4 validation), lag 5, global batch {batch_size}, {epochs} epochs"},
+                                f"(3/4 train, 1/4 validation), lag 5, global batch {batch_size}, {epochs} epochs",
+                     "pretrain": f"DenoisingPretrainer, ET {pre_arch or 'ETConfig()'} float32, {len(pre_train)} "
+                                 f"train / {len(pre_val)} validation ala2 heavy-atom structures (10 atoms), "
+                                 f"batches <= 512 atoms, sigma 0.2 A, {pre_epochs} epochs"},
         "rows": rows,
         "notes": notes,
         "plan_8x8_gpus": [allreduce_plan(d, n_params) for d in (8, 32, 128)],
@@ -245,28 +311,32 @@ def markdown(result: dict) -> str:
                  f": other jobs shared the {m['cpu_count']} cores, so the speed-ups below are depressed (2 processes "
                  "need 2 idle cores)." if m["load_average_at_start"][0] > 0.5 else
                  " (the machine was otherwise idle at the start; the benchmark's own processes make the rest)."), "",
-             f"- featurize: {s['featurize']}", f"- vampnet: {s['vampnet']}", "",
-             "| task | processes | seconds | frames/s | epoch s | CPU s per rank | start-up s | peak RSS per rank (MiB) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"- featurize: {s['featurize']}", f"- vampnet: {s['vampnet']}", f"- pretrain: {s['pretrain']}", "",
+             "| task | processes | seconds | frames/s | epoch s | structures/s | CPU s per rank | start-up s | "
+             "peak RSS per rank (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         fps = f"{r['frames_per_s']:.0f}" if "frames_per_s" in r else ""
         ep = f"{r['epoch_seconds']:.2f}" if "epoch_seconds" in r else ""
+        sps = f"{r['structures_per_s']:.0f}" if "structures_per_s" in r else ""
         rss = ", ".join(f"{x:.0f}" for x in r["max_rss_mib_per_rank"])
         cpu = ", ".join(f"{x:.2f}" for x in r["cpu_seconds_per_rank"])
-        lines.append(f"| {r['task']} | {r['processes']} | {r['seconds']:.2f} | {fps} | {ep} | {cpu} | "
+        lines.append(f"| {r['task']} | {r['processes']} | {r['seconds']:.2f} | {fps} | {ep} | {sps} | {cpu} | "
                      f"{r['spawn_and_import_s']:.1f} | {rss} |")
     lines += targets_table(result["targets"])
     n = result["notes"]
     lines += ["", f"Load-free view: CPU seconds of the 1-process run over those of the busiest of 2 ranks (what 2 idle "
               f"cores would give, waits for the other rank excluded): featurize {n['cpu_time_speedup_featurize']:.2f}x, "
-              f"VAMPNet {n['cpu_time_speedup_vampnet']:.2f}x. Rank 0 of the 2-rank featurization spent "
+              f"VAMPNet {n['cpu_time_speedup_vampnet']:.2f}x, pre-training {n['cpu_time_speedup_pretrain']:.2f}x. "
+              "Rank 0 of the 2-rank featurization spent "
               f"{n['cpu_inflation_when_both_cores_busy']:.2f}x the CPU seconds that the same files took in one process "
               "alone (control row; 1.0 = sharding adds no work per rank; above 1 = a frame costs more CPU while both "
               "cores are busy, which no code change can recover). CPU seconds are noisy here too: the same job's "
               "varied by ~30 % between runs under this load. Wall seconds per rank well above CPU seconds mean "
               "the rank waited for a core.", "",
               f"DDP vs 1-process fit: parameters differ by at most {n['fit_parameters_max_abs_difference']:.2g}: "
-              f"{n['fit_parameters_note']}"]
+              f"{n['fit_parameters_note']} Pre-training (float32): parameters differ by at most "
+              f"{n['pretrain_parameters_max_abs_difference']:.2g} (float64: ~1e-16, "
+              "tests/estimators/test_pretrainer_distributed.py)."]
     lines += ["", "## Plan: 8 nodes x 8 GPUs (64 ranks, NCCL) -- computed, not measured", "",
               "| lobe outputs d | lobe params | covariance bytes/step | est. covariance all-reduce (us) | "
               "gradient bytes/step | est. gradient all-reduce (us) |", "|---|---|---|---|---|---|"]
@@ -294,9 +364,10 @@ PLAN = """What changes at 8 nodes x 8 GPUs:
   The global batch should grow with the rank count (VAMP covariances need enough pairs per step: a per-rank
   slice of ~256+ pairs keeps the GPU busy) and the learning rate be re-tuned; the score itself does not change.
 - Checkpoints and outputs: rank 0 only, on the shared filesystem; every rank reads the checkpoint to resume.
-- Not yet distributed: denoising pre-training and energy/force fine-tuning (they need the same batch slicing and
-  a DDP-wrapped model; their losses are means over structures, so DDP's gradient average is already right if the
-  per-rank loss is normalised by the global batch size); walkers/MD (independent replicas: one per rank, no
+- Denoising pre-training and energy/force fine-tuning: the same batch slicing (by atoms) under DDP, each rank's
+  loss normalised by the global batch's atom or structure count and all-reduced (`cvlearn.estimators.data_parallel`);
+  at scale the global batch (`max_atoms`) should grow with the rank count so each rank's slice keeps its GPU busy.
+- Not distributed: walkers/MD (independent replicas: one per rank, no
   collectives, except a shared bias for multiple-walker metadynamics/OPES, which needs an all-gather of hills or
   kernels every deposition).
 """

@@ -13,8 +13,10 @@ sums (see :func:`cvlearn.estimators.scores.covariances`), so the loss is that of
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import re
 import socket
 import tempfile
 from typing import Callable, Sequence
@@ -25,9 +27,9 @@ import torch.distributed as dist
 from cvlearn.errors import ConfigError
 
 __all__ = [
-    "all_gather_object", "all_reduce_sum", "barrier", "broadcast_object", "default_device", "destroy",
-    "init_from_env", "is_distributed", "is_rank0", "local_rank", "on_rank0", "rank", "shard_indices", "spawn",
-    "wrap_ddp", "world_size",
+    "all_gather_object", "all_reduce_sum", "barrier", "broadcast_object", "check_device", "default_device", "destroy",
+    "init_from_env", "is_distributed", "is_rank0", "local_rank", "no_tf32", "on_rank0", "rank", "rank_device",
+    "shard_indices", "spawn", "wrap_ddp", "world_size",
 ]
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -61,6 +63,78 @@ def is_rank0() -> bool:
 def default_device() -> torch.device:
     """``cuda:LOCAL_RANK`` when CUDA is available, else CPU: one device per rank."""
     return torch.device(f"cuda:{local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def check_device(device, key: str = "device") -> torch.device:
+    """``device`` (``cpu``, ``cuda`` or ``cuda:N``, or a ``torch.device``) checked before any compute.
+
+    The one validation of every ``device`` setting (stage configs, :class:`openmm_plugin.cv_evaluation.CVEvaluator`):
+    a malformed string, CUDA on a machine where torch sees none, or a GPU index it does not have raise one line.
+
+    Parameters
+    ----------
+    device : str or torch.device
+    key : str
+        The setting's name in the message.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ConfigError
+        Naming ``key``: what was expected and what was found.
+    """
+    text = str(device) if isinstance(device, torch.device) else device
+    if not isinstance(text, str) or not _DEVICE.fullmatch(text):
+        raise ConfigError(f"expected 'cpu', 'cuda' or 'cuda:N', found {device!r}", key=key)
+    found = torch.device(text)
+    if found.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"expected 'cpu' or a CUDA device this machine has, found {text!r} but "
+                              "torch.cuda.is_available() is False on this machine", key=key)
+        n = torch.cuda.device_count()
+        if found.index is not None and found.index >= n:
+            raise ConfigError(f"expected a CUDA index below {n} (torch sees {n} CUDA device(s)), found {text!r}",
+                              key=key)
+    return found
+
+
+def rank_device(device, key: str = "device") -> torch.device:
+    """The device this process computes on: ``device`` checked; a bare ``cuda`` is this rank's GPU.
+
+    Under torchrun a bare ``cuda`` becomes :func:`default_device` (``cuda:LOCAL_RANK``), so one config drives every
+    rank; an explicit ``cuda:N`` or ``cpu`` is kept.
+    """
+    found = check_device(device, key)
+    return default_device() if found.type == "cuda" and found.index is None else found
+
+
+@contextlib.contextmanager
+def no_tf32(device: torch.device):
+    """TF32 matmuls (Ampere+) keep ~10 mantissa bits: covariance inverses, VAMP scores and CV forces need float32/64.
+
+    Context manager: turns TF32 off for CUDA matmuls and cuDNN inside the block and restores the old flags.
+
+    Parameters
+    ----------
+    device : torch.device or str
+        Device of the computation; a no-op unless it is CUDA.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool:

@@ -87,6 +87,19 @@ class Run:
         self.finished = True
 
 
+def _is_default(config, key: str, value) -> bool:
+    """Whether ``value`` is the default of the dataclass field ``key`` of ``config`` (False for mappings)."""
+    if not (dataclasses.is_dataclass(config) and not isinstance(config, type)):
+        return False
+    for f in dataclasses.fields(config):
+        if f.name == key:
+            if f.default is not dataclasses.MISSING:
+                return _jsonable({"v": f.default})["v"] == value
+            if f.default_factory is not dataclasses.MISSING:
+                return _jsonable({"v": f.default_factory()})["v"] == value
+    return False
+
+
 def open_run(record_path: str | os.PathLike, config, inputs: Mapping[str, str | os.PathLike] | None = None, *,
              outputs: Iterable[str | os.PathLike] = (), restart_fresh: bool = False,
              ignore: Iterable[str] = ("out",), extra: Mapping | None = None) -> Run:
@@ -106,7 +119,8 @@ def open_run(record_path: str | os.PathLike, config, inputs: Mapping[str, str | 
     restart_fresh : bool
         Delete the outputs and the record and start over.
     ignore : iterable of str
-        Config keys that may change between reruns (default ``out``: the directory may be moved).
+        Config keys that may change between reruns (default ``out``: the directory may be moved). A key the
+        record lacks (added to the config type since) matches when it holds its default.
     extra : mapping, optional
         More identity to compare, e.g. hashes of built (not file) inputs: ``{"system_xml": "sha256:..."}``.
 
@@ -143,7 +157,10 @@ def open_run(record_path: str | os.PathLike, config, inputs: Mapping[str, str | 
             raise RunMismatchError(f"{record_path}: unreadable run record ({error}); {hint}") from None
         if old.get("format") != _FORMAT:
             raise RunMismatchError(f"{record_path}: run record of format {old.get('format')!r}, expected {_FORMAT}; {hint}")
-        difference = describe_difference(old.get("config", {}), identity["config"])  # config keys as the user writes them
+        recorded = old.get("config", {})
+        current = {k: v for k, v in identity["config"].items()  # a key added later, at its default, changes nothing
+                   if k in recorded or not _is_default(config, k, v)}
+        difference = describe_difference(recorded, current)  # config keys as the user writes them
         difference += describe_difference({"inputs": old.get("inputs", {}), "extra": old.get("extra", {})},
                                           {"inputs": identity["inputs"], "extra": identity["extra"]})
         if difference:

@@ -112,17 +112,27 @@ def _add_simulate(commands) -> None:
 
 
 # --- bias ----------------------------------------------------------------------------------------------------
-def _bias(args: argparse.Namespace) -> int:
-    from openmm_plugin.stages.bias import BiasConfig, quick_config, run_bias
+def bias_config(args: argparse.Namespace):
+    """The ``BiasConfig`` of ``cvlearn bias`` arguments: the file, then the flags over it, then ``--quick``."""
+    from openmm_plugin.stages.bias import BiasConfig, quick_config
 
     from cvlearn.errors import ConfigError
 
-    config = _load(BiasConfig, args.config, cv=args.cv, out=args.out)
+    config = _load(BiasConfig, args.config, cv=args.cv, out=args.out, walker_id=args.walker_id, seed=args.seed)
     if args.quick:
         config = quick_config(config)
     if not config.cv:
         raise ConfigError("required: expected the exported CV file (`cv:` in the config or --cv), found none",
                           args.config, "cv")
+    return config
+
+
+def _bias(args: argparse.Namespace) -> int:
+    from openmm_plugin.stages.bias import run_bias
+
+    from cvlearn.errors import ConfigError
+
+    config = bias_config(args)
     try:
         summary = run_bias(config, restart_fresh=args.restart_fresh)
     except ConfigError as err:  # a value checked against the CV (σ length, components): name the file too
@@ -141,6 +151,9 @@ def _add_bias(commands) -> None:
     p.add_argument("--cv", help="exported CV file (overrides the config's `cv`)")
     p.add_argument("--out", help="output directory (overrides the config's `out`)")
     p.add_argument("--quick", action="store_true", help="a smoke test: 2,000 MD steps, frequent rows and depositions")
+    p.add_argument("--walker-id", type=int, help="this walker's id in `walkers_dir` (overrides the config; e.g. "
+                                                 "$SLURM_ARRAY_TASK_ID, one `cvlearn bias` per walker)")
+    p.add_argument("--seed", type=int, help="MD seed (overrides the config; give each walker its own)")
     _add_restart_fresh(p)
     p.set_defaults(func=_bias)
 
@@ -191,91 +204,38 @@ def _add_learn(commands) -> None:
     p.set_defaults(func=_learn)
 
 
-# --- label ---------------------------------------------------------------------------------------------------
-def _fractions(text: str) -> tuple:
+# --- iterate -------------------------------------------------------------------------------------------------
+def _iterate(args: argparse.Namespace) -> int:
+    from openmm_plugin.stages.iterate import IterateConfig, run_iterate
+
+    from cvlearn.errors import ConfigError
+
+    config = _load(IterateConfig, args.config, out=args.out)
     try:
-        fractions = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions such as 0.8,0.1,0.1, "
-                                         f"found {text!r}") from None
-    if not 1 <= len(fractions) <= 3:
-        raise argparse.ArgumentTypeError(f"expected 1 to 3 fractions (train,val,test), found {text!r}")
-    return fractions
-
-
-def _label(args: argparse.Namespace) -> int:
-    from openmm_plugin.stages.label import LabelConfig, run_label
-
-    flags = {"input": "--in", "out": "--out", "molecule": "--molecule", "splits": "--splits", "spin": "--spin",
-             "charge": "--charge", "seed": "--seed"}
-    written = run_label(_from_flags(LabelConfig, flags, input=args.input, out=args.out, molecule=args.molecule,
-                                    xc=args.xc, basis=args.basis, charge=args.charge, spin=args.spin,
-                                    splits=tuple(args.splits), split_kind=args.split_kind, seed=args.seed))
-    for split, (n, path) in written.items():
-        print(f"{split:6s} {n:6d}  {path}")
+        summary = run_iterate(config, quick=args.quick, restart_fresh=args.restart_fresh)
+    except ConfigError as err:  # "<section>.<key>: ..." from a section: name the file too
+        if err.source is None and err.key and type(err) is ConfigError:
+            raise ConfigError(err.detail, args.config, err.key) from err
+        raise
+    held = summary["vamp2_heldout"]["vamp2"]
+    print(f"held-out VAMP-2: first CV {held['first']:.4f}, retrained CV {held['retrained']:.4f}")
+    for name, run in summary["biased_runs"].items():
+        rate = run.get("transitions_per_ns")
+        rate = "" if rate is None else f", {rate:.3g} transitions/ns"
+        print(f"{name:8s} {run['method']:13s} {run['ns']:.3g} ns{rate}")
+    print(f"summary: {config.out}/summary.md")
     return 0
 
 
-def _add_label(commands) -> None:
-    p = commands.add_parser("label", help="DFT energies/forces (PySCF) for geometries -> xxMD-layout extxyz")
-    p.add_argument("--in", dest="input", required=True, help="extxyz/xyz file of geometries (Å)")
-    p.add_argument("--out", required=True, help="output root: writes xxMD-DFT/<molecule>/<molecule>_<split>.xyz")
-    p.add_argument("--molecule", required=True, help="molecule folder and file prefix, e.g. mal")
-    p.add_argument("--xc", default="M06", help="exchange-correlation functional, or HF (default M06)")
-    p.add_argument("--basis", default="6-31g*", help="basis set (default 6-31g*)")
-    p.add_argument("--charge", type=int, default=0)
-    p.add_argument("--spin", type=int, default=0, help="2S, number of unpaired electrons (default 0)")
-    p.add_argument("--splits", type=_fractions, default=(0.8, 0.1, 0.1),
-                   help="train,val,test fractions (default 0.8,0.1,0.1)")
-    p.add_argument("--split-kind", choices=("random", "temporal"), default="random",
-                   help="random for independent samples, temporal (contiguous blocks) for one MD trajectory")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random split")
-    p.set_defaults(func=_label)
-
-
-# --- pretrain / finetune -------------------------------------------------------------------------------------
-def _pretrain(args: argparse.Namespace) -> int:
-    from openmm_plugin.stages.pretrain import PretrainConfig, run_pretrain
-
-    config = _load(PretrainConfig, args.config) if args.config else PretrainConfig()
-    summary = run_pretrain(config, make_corpus=args.make_corpus)
-    print(f"final train loss  {summary['final_train_loss']:.5f}")
-    print(f"final val loss    {summary['final_val_loss']:.5f}")
-    print(f"training seconds  {summary['training_seconds_all_epochs']:.0f}")
-    print(f"backbone: {config.out}/backbone.pt" + (f" (installed to {config.install_to})" if config.install_to else ""))
-    return 0
-
-
-def _add_pretrain(commands) -> None:
-    p = commands.add_parser("pretrain", help="denoising pre-training of a featurizer backbone (checkpoint + losses)")
-    p.add_argument("--config", help="YAML/TOML file with PretrainConfig fields (unknown keys are rejected)")
-    p.add_argument("--make-corpus", action="store_true",
-                   help="simulate the MD corpus first (corpus_spec; existing runs are skipped)")
-    p.set_defaults(func=_pretrain)
-
-
-def _finetune(args: argparse.Namespace) -> int:
-    from openmm_plugin.stages.finetune import FinetuneConfig, run_finetune
-
-    config = _load(FinetuneConfig, args.config, out=args.out)
-    metrics = run_finetune(config)
-    for split in ("validation", "test"):
-        if split in metrics:
-            m = metrics[split]
-            print(f"{split:10s} energy MAE {m['energy_mae_mev']:.2f} meV "
-                  f"({m['energy_mae_mev_per_atom']:.3f} meV/atom), "
-                  f"force MAE {m['force_mae_mev_per_angstrom']:.2f} meV/A")
-    if "nve" in metrics:
-        print(f"NVE drift  {metrics['nve']['drift_kjmol_per_ps_per_atom']:.3g} kJ/mol/ps/atom")
-    print(f"outputs:   {config.out}/model.pt, potential.pt, metrics.json, learning_curve.png")
-    return 0
-
-
-def _add_finetune(commands) -> None:
-    p = commands.add_parser("finetune", help="fine-tune a backbone on energies + forces, export an OpenMM potential")
-    p.add_argument("--config", required=True, help="YAML/TOML file with FinetuneConfig fields (unknown keys rejected)")
+def _add_iterate(commands) -> None:
+    p = commands.add_parser("iterate", help="learn a CV, explore it (OPES-explore), retrain on the reweighted "
+                                            "explore run, bias the retrained CV: one config")
+    p.add_argument("--config", required=True, help="YAML/TOML file with the sections learn, explore, retrain, bias, "
+                                                    "analyze, transitions (unknown keys rejected)")
     p.add_argument("--out", help="output directory (overrides the config's out)")
-    p.set_defaults(func=_finetune)
+    p.add_argument("--quick", action="store_true", help="smoke test: every step with its --quick settings")
+    _add_restart_fresh(p)
+    p.set_defaults(func=_iterate)
 
 
 # --- check ---------------------------------------------------------------------------------------------------
@@ -321,8 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging, and the traceback of an expected error")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_demo, _add_simulate, _add_learn, _add_bias, _add_analyze, _add_label, _add_pretrain, _add_finetune,
-                _add_check):
+    from openmm_plugin.cli_training import _add_finetune, _add_label, _add_pretrain
+
+    for add in (_add_demo, _add_simulate, _add_learn, _add_bias, _add_analyze, _add_iterate, _add_label, _add_pretrain,
+                _add_finetune, _add_check):
         add(commands)
     for sub in commands.choices.values():  # ``cvlearn bias --verbose`` as well as ``cvlearn --verbose bias``
         sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -13,14 +13,25 @@ fuses the per-step forward and backward into a few C++ kernels, where TorchScrip
 
 A periodic CV (``cv.periodic``, exported with ``periodic=True``) takes the box vectors ``box_nm [3, 3]`` with every
 call and makes its molecule whole itself; a non-periodic CV ignores a box, so callers may always pass it.
+
+``device="cuda"`` keeps a copy of the CV on the GPU and crosses the bus once each way per step: positions and box go
+over as one tensor; s and its Jacobian ds/dx (one forward and one batched backward; compiled: one forward per CV
+component and one backward) come back as one tensor, and the numpy bias then gives V and
+F = -Σ_i dV/ds_i ∂s_i/∂x on the host. (The CPU route back-propagates
+dV/ds instead, which needs s on the host first: two round trips, free on the CPU but two syncs on a GPU.) TF32 is off
+during evaluation (:func:`cvlearn.distributed.no_tf32`); the CV keeps its own dtype, as on the CPU.
 """
 
 from __future__ import annotations
+
+import contextlib
+import copy
 
 import numpy as np
 import torch
 
 from cvlearn.compiling import CompiledOrEager
+from cvlearn.distributed import check_device, no_tf32
 
 
 class CVEvaluator:
@@ -30,12 +41,16 @@ class CVEvaluator:
     ----------
     cv : torch.nn.Module
         The TorchScript module (``cvlearn.export.load_cv``) or its eager twin (``load_eager_cv``); it must have
-        ``selected``, ``atom_indices`` and ``n_cvs``.
+        ``selected``, ``atom_indices`` and ``n_cvs``. On another device than its own, the evaluator runs a copy.
     compile : bool
         Run ``cv.selected`` through ``torch.compile`` (needs the eager twin).
+    device : str or torch.device
+        ``cpu``, ``cuda`` or ``cuda:N`` (:func:`cvlearn.distributed.check_device`).
+    single_transfer : bool, optional
+        Bias forces from the Jacobian, one copy each way per step (see the module doc); None: on for CUDA only.
     """
 
-    def __init__(self, cv: torch.nn.Module, compile: bool = False):
+    def __init__(self, cv: torch.nn.Module, compile: bool = False, device="cpu", single_transfer: bool | None = None):
         for attribute in ("selected", "atom_indices", "n_cvs"):
             if not hasattr(cv, attribute):
                 raise ValueError(f"cv: expected an exported CV (cvlearn.export.export_cv) with `{attribute}`, "
@@ -43,30 +58,41 @@ class CVEvaluator:
         if compile and isinstance(cv, torch.jit.ScriptModule):
             raise ValueError("compile=True: expected the eager CV (cvlearn.export.load_eager_cv(path)), found a "
                              "TorchScript module, which torch.compile cannot compile")
-        self.cv = cv
-        self.compiled = bool(compile)
-        self._selected = (CompiledOrEager(cv.selected, "the CV", fullgraph=True, dynamic=False) if compile
-                          else cv.selected)
-        self.n_cvs = int(cv.n_cvs)
+        self.device = check_device(device)
         self.atom_indices = [int(i) for i in cv.atom_indices.tolist()]
+        self.cv = _on_device(cv, self.device)
+        self.compiled = bool(compile)
+        self._selected = (CompiledOrEager(self.cv.selected, "the CV", fullgraph=True, dynamic=False) if compile
+                          else self.cv.selected)
+        self.n_cvs = int(cv.n_cvs)
         self.periodic = bool(getattr(cv, "periodic", False))  # files exported before periodic CVs lack it
+        self.single_transfer = self.device.type != "cpu" if single_transfer is None else bool(single_transfer)
         self.calls = 0
+        self._warm = False
 
-    def _positions(self, positions_nm: np.ndarray, grad: bool) -> torch.Tensor:
-        pos = torch.from_numpy(np.ascontiguousarray(positions_nm, dtype=np.float64))
-        if pos.shape != (len(self.atom_indices), 3):
-            raise ValueError(f"positions_nm: expected the {len(self.atom_indices)} CV atoms, shape "
-                             f"({len(self.atom_indices)}, 3), found {tuple(pos.shape)}")
-        return pos.requires_grad_(grad)
+    def _precise(self):
+        """TF32 off for the evaluation on CUDA (forces need float32 mantissas); nothing to do on the CPU."""
+        return no_tf32(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
-    def _box(self, box_nm) -> torch.Tensor | None:
-        """The box as a float64 tensor for a periodic CV (None for a non-periodic one, which ignores it)."""
+    def _inputs(self, positions_nm: np.ndarray, box_nm, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Positions (and the box of a periodic CV) as float64 tensors on the device: one host→device copy."""
+        pos = np.asarray(positions_nm, dtype=np.float64)
+        n = len(self.atom_indices)
+        if pos.shape != (n, 3):
+            raise ValueError(f"positions_nm: expected the {n} CV atoms, shape ({n}, 3), found {tuple(pos.shape)}")
+        box = self._box(box_nm)
+        host = torch.from_numpy(np.ascontiguousarray(pos if box is None else np.concatenate([pos, box])))
+        x = host.to(self.device) if self.device.type != "cpu" else host
+        return x[:n].requires_grad_(grad), None if box is None else x[n:]
+
+    def _box(self, box_nm) -> np.ndarray | None:
+        """The box as float64 ``[3, 3]`` for a periodic CV (None for a non-periodic one, which ignores it)."""
         if not self.periodic:
             return None
         if box_nm is None:
             raise ValueError("box_nm: this CV is periodic (exported with periodic=True): pass the box vectors "
                              "[3, 3] nm, e.g. state.getPeriodicBoxVectors(asNumpy=True)")
-        box = torch.from_numpy(np.array(box_nm, dtype=np.float64))
+        box = np.array(box_nm, dtype=np.float64)
         if box.shape != (3, 3):
             raise ValueError(f"box_nm: expected box vectors of shape (3, 3) nm, found {tuple(box.shape)}")
         return box
@@ -74,6 +100,52 @@ class CVEvaluator:
     def _call(self, pos: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
         # Without a box, one argument: CV files exported before periodic CVs take ``selected(positions)`` only.
         return self._selected(pos) if box is None else self._selected(pos, box)
+
+    def warm_up(self, positions_nm: np.ndarray, box_nm: np.ndarray | None = None, calls: int = 3) -> None:
+        """Forward + backward ``calls`` times before the first counted call (done once, by the first call itself).
+
+        TorchScript's profiling executor runs its first calls on an unoptimised graph whose float32 rounding
+        differs from the optimised one; a run resumed from a checkpoint would take its first steps there while the
+        uninterrupted run took them optimised, and the two part (measured: 1e-6 in the CV after the checkpoint,
+        chaotic growth to O(1) within 10 ps). With the warm-up every session evaluates on the same graph, so a
+        resumed walker repeats the uninterrupted one. Compiling (``compile=True``) happens here too.
+        """
+        self._warm = True
+        with self._precise():
+            for _ in range(calls):
+                pos, box = self._inputs(positions_nm, box_nm, True)
+                if self.single_transfer:
+                    self._jacobian(pos, box, batched=True)
+                else:
+                    s = self._call(pos, box)
+                    torch.autograd.grad(s, pos, grad_outputs=torch.ones_like(s))
+                with torch.no_grad():
+                    self._call(*self._inputs(positions_nm, box_nm, False))
+
+    def _jacobian(self, pos: torch.Tensor, box: torch.Tensor | None,
+                  batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """s ``[n_cvs]`` and ds/dx ``[n_cvs, n_selected, 3]``: one forward, then one backward per component or one
+        batched (vmapped) backward. A compiled CV's backward frees its buffers (no ``retain_graph``, no vmap), so
+        there each component gets its own forward on its own leaf and one backward serves them all."""
+        if self.compiled and self.n_cvs > 1:
+            leaves = [pos] + [pos.detach().requires_grad_(True) for _ in range(self.n_cvs - 1)]
+            outs = [self._call(leaf, box) for leaf in leaves]
+            return outs[0], torch.stack(torch.autograd.grad(sum(o[i] for i, o in enumerate(outs)), leaves))
+        s = self._call(pos, box)
+        eye = torch.eye(self.n_cvs, dtype=s.dtype, device=s.device)
+        if self.n_cvs == 1:
+            return s, torch.autograd.grad(s, pos, grad_outputs=eye[0])[0].unsqueeze(0)
+        if batched:
+            return s, torch.autograd.grad(s, pos, grad_outputs=eye, is_grads_batched=True)[0]
+        return s, torch.stack([torch.autograd.grad(s, pos, grad_outputs=eye[i], retain_graph=i < self.n_cvs - 1)[0]
+                               for i in range(self.n_cvs)])
+
+    def _with_jacobian(self, positions_nm, box_nm, batched: bool) -> tuple[np.ndarray, np.ndarray]:
+        """s ``[n_cvs]`` and ds/dx ``[n_cvs, n_selected, 3]`` on the host: one copy each way."""
+        with self._precise():
+            s, jac = self._jacobian(*self._inputs(positions_nm, box_nm, True), batched)
+            flat = torch.cat([s.detach().reshape(-1).to(jac.dtype), jac.reshape(-1)]).cpu().numpy()  # device→host
+        return flat[:self.n_cvs].astype(np.float64), flat[self.n_cvs:].reshape(self.n_cvs, len(self.atom_indices), 3)
 
     def values(self, positions_nm: np.ndarray, box_nm: np.ndarray | None = None) -> np.ndarray:
         """CV values without gradient.
@@ -90,9 +162,11 @@ class CVEvaluator:
         np.ndarray
             ``[n_cvs]`` float64.
         """
+        if not self._warm:
+            self.warm_up(positions_nm, box_nm)
         self.calls += 1
-        with torch.no_grad():
-            return self._call(self._positions(positions_nm, False), self._box(box_nm)).numpy().astype(np.float64)
+        with torch.no_grad(), self._precise():
+            return self._call(*self._inputs(positions_nm, box_nm, False)).cpu().numpy().astype(np.float64)
 
     def values_from_context(self, context) -> np.ndarray:
         """CV values at an OpenMM Context's current state: its CV atoms' positions, and its box for a periodic CV.
@@ -129,15 +203,23 @@ class CVEvaluator:
         tuple
             ``(s [n_cvs], V kJ/mol, forces [n_selected, 3] kJ/mol/nm)``.
         """
+        if not self._warm:
+            self.warm_up(positions_nm, box_nm)
         self.calls += 1
-        pos, box = self._positions(positions_nm, True), self._box(box_nm)
-        s = self._call(pos, box)
-        s_np = s.detach().numpy().astype(np.float64)
-        energy, dv_ds = bias.energy_and_gradient(s_np)
-        if not np.any(dv_ds):
-            return s_np, float(energy), np.zeros(pos.shape)
-        (grad,) = torch.autograd.grad(s, pos, grad_outputs=torch.from_numpy(np.asarray(dv_ds)).to(s.dtype))
-        return s_np, float(energy), -grad.numpy()
+        if self.single_transfer:
+            s_np, jac = self._with_jacobian(positions_nm, box_nm, batched=True)
+            energy, dv_ds = bias.energy_and_gradient(s_np)
+            return s_np, float(energy), -np.tensordot(np.asarray(dv_ds, dtype=np.float64), jac, axes=1)
+        with self._precise():
+            pos, box = self._inputs(positions_nm, box_nm, True)
+            s = self._call(pos, box)
+            s_np = s.detach().cpu().numpy().astype(np.float64)
+            energy, dv_ds = bias.energy_and_gradient(s_np)
+            if not np.any(dv_ds):
+                return s_np, float(energy), np.zeros(tuple(pos.shape))
+            dv_ds = torch.from_numpy(np.asarray(dv_ds)).to(device=s.device, dtype=s.dtype)
+            (grad,) = torch.autograd.grad(s, pos, grad_outputs=dv_ds)
+        return s_np, float(energy), -grad.cpu().numpy()
 
     def jacobian(self, positions_nm: np.ndarray, batched: bool = True,
                  box_nm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -157,13 +239,15 @@ class CVEvaluator:
         tuple
             ``(s [n_cvs], ds/dx [n_cvs, n_selected, 3] 1/nm)``.
         """
+        if not self._warm:
+            self.warm_up(positions_nm, box_nm)
         self.calls += 1
-        pos, box = self._positions(positions_nm, True), self._box(box_nm)
-        s = self._call(pos, box)
-        eye = torch.eye(self.n_cvs, dtype=s.dtype)
-        if batched:
-            (jac,) = torch.autograd.grad(s, pos, grad_outputs=eye, is_grads_batched=True)
-        else:
-            jac = torch.stack([torch.autograd.grad(s, pos, grad_outputs=eye[i], retain_graph=i < self.n_cvs - 1)[0]
-                               for i in range(self.n_cvs)])
-        return s.detach().numpy().astype(np.float64), jac.numpy()
+        return self._with_jacobian(positions_nm, box_nm, batched)
+
+
+def _on_device(cv: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``cv`` itself when its tensors already live on ``device``, else a copy moved there (the caller's stays put)."""
+    tensors = list(cv.parameters()) + list(cv.buffers())
+    if all(t.device == device for t in tensors):
+        return cv
+    return copy.deepcopy(cv).to(device)

@@ -1,14 +1,14 @@
 """The two routes from an exported CV to an OpenMM Force, each applying a bias V(s(x)) at one model call per step.
 
-* PythonForce route (:func:`python_bias_force`, OpenMM ≥ 8.6): an ``openmm.PythonForce`` restricted to the CV
-  atoms holds the *live* bias object, so adaptive methods (metadynamics, OPES) change the next force evaluation
+* PythonForce route (here, :func:`python_bias_force`, OpenMM ≥ 8.6): an ``openmm.PythonForce`` restricted to the
+  CV atoms holds the *live* bias object, so adaptive methods (metadynamics, OPES) change the next force evaluation
   without touching the Context. It caches the CV of its last evaluation, which the runner uses for depositions
-  (the positions the step's forces were computed at, as PLUMED deposits).
-* TorchForce route (:func:`torch_bias_force`, openmm-torch): one TorchScript module = CV + a frozen bias.
-  Static biases are exact as buffers of the module. Adaptive biases cannot change inside a running TorchForce
-  with openmmtorch 1.5 (the force holds a serialised copy, global parameters are scalars only, and a TorchForce
-  inside a CustomCVForce segfaults at Context creation), so :class:`TorchBiasForce` swaps in a new force at
-  each deposition and reinitialises the Context (cost measured in ``benchmarks/bias_speed.py``).
+  (the positions the step's forces were computed at, as PLUMED deposits). ``device="cuda"`` runs the CV on a GPU
+  whatever the OpenMM platform (:class:`openmm_plugin.cv_evaluation.CVEvaluator`): CV on the GPU with MD on the
+  CPU platform works, as does the CUDA platform, whose PythonForce hands positions to Python on the host.
+* TorchForce route (:mod:`openmm_plugin.torch_force`, openmm-torch; its names are also importable from here): one
+  TorchScript module = CV + a frozen bias, rebuilt at each deposition of an adaptive bias; it runs on the
+  Context's platform (on CUDA in the Context's own CUDA context, optionally as a CUDA graph).
 
 The plain CV component as a force (energy = ``scale * s_k``, forces = ``-scale ∂s_k/∂x``) is the linear bias
 :class:`CVComponent` through either route (:func:`python_force_for_cv`, :func:`torch_force_for_cv`).
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Optional
-
 import numpy as np
 import openmm
 import torch
@@ -130,10 +128,12 @@ class BiasCallback:
         A bias on the ``n_cvs`` CV components (``energy_and_gradient``, ``n_cvs``, ``label``).
     compile : bool
         Run the CV through ``torch.compile``.
+    device : str or torch.device
+        Where the CV runs (``cpu``, ``cuda``, ``cuda:N``).
     """
 
-    def __init__(self, cv: torch.nn.Module, bias, compile: bool = False):
-        self.evaluator = CVEvaluator(cv, compile=compile)
+    def __init__(self, cv: torch.nn.Module, bias, compile: bool = False, device="cpu"):
+        self.evaluator = CVEvaluator(cv, compile=compile, device=device)
         if bias.n_cvs != self.evaluator.n_cvs:
             raise ValueError(f"bias {bias.label!r} acts on {bias.n_cvs} CVs but the CV module has {self.evaluator.n_cvs}")
         self.bias = bias
@@ -157,17 +157,18 @@ class BiasCallback:
         cv = self.evaluator.cv
         scripted = isinstance(cv, torch.jit.ScriptModule)
         torch.jit.save(cv, buffer) if scripted else torch.save(cv, buffer)
-        return {"cv": buffer.getvalue(), "scripted": scripted, "compile": self.evaluator.compiled, "bias": self.bias}
+        return {"cv": buffer.getvalue(), "scripted": scripted, "compile": self.evaluator.compiled, "bias": self.bias,
+                "device": str(self.evaluator.device)}
 
     def __setstate__(self, state):
         buffer = io.BytesIO(state["cv"])
         cv = (torch.jit.load(buffer, map_location="cpu") if state.get("scripted", True)
               else torch.load(buffer, map_location="cpu", weights_only=False))
-        self.__init__(cv, state["bias"], compile=state.get("compile", False))
+        self.__init__(cv, state["bias"], compile=state.get("compile", False), device=state.get("device", "cpu"))
 
 
-def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
-                      compile: bool = False, system: openmm.System | None = None) -> openmm.PythonForce:
+def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None, compile: bool = False,
+                      system: openmm.System | None = None, device="cpu") -> openmm.PythonForce:
     """A PythonForce restricted to the CV atoms whose energy is ``bias`` on ``cv``.
 
     ``compile=True`` (pass the eager CV) compiles the CV's forward and backward with ``torch.compile``: on ala2
@@ -186,6 +187,8 @@ def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
     system : openmm.System, optional
         The System the force will be added to: its particle count is checked against the CV's
         (:func:`check_cv_fits_system`); the force sees only the CV atoms, so it cannot check this itself.
+    device : str or torch.device
+        Where the CV runs (``cpu``, ``cuda``, ``cuda:N``), independent of the OpenMM platform.
 
     Returns
     -------
@@ -194,7 +197,7 @@ def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
     """
     if system is not None:
         check_cv_fits_system(cv, system)
-    callback = BiasCallback(cv, bias, compile=compile)
+    callback = BiasCallback(cv, bias, compile=compile, device=device)
     force = openmm.PythonForce(callback)
     force.setParticles(callback.evaluator.atom_indices)
     force.setUsesPeriodicBoundaryConditions(callback.evaluator.periodic)  # the State then carries the box
@@ -205,7 +208,8 @@ def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
     return force
 
 
-def python_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0, scale: float = 1.0) -> openmm.PythonForce:
+def python_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0, scale: float = 1.0,
+                        device="cpu") -> openmm.PythonForce:
     """A PythonForce whose energy (kJ/mol) is ``scale * cv(positions)[component]``.
 
     Parameters
@@ -216,175 +220,24 @@ def python_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0, scale: f
         CV component in ``[0, n_cvs)``.
     scale : float
         kJ/mol per CV unit.
+    device : str or torch.device
+        Where the CV runs.
 
     Returns
     -------
     openmm.PythonForce
     """
-    return python_bias_force(cv, CVComponent(int(cv.n_cvs), component, scale))
+    return python_bias_force(cv, CVComponent(int(cv.n_cvs), component, scale), device=device)
 
 
-def import_openmmtorch():
-    """``openmmtorch``, with its kernels registered whatever the import order.
-
-    OpenMM loads its plugins when ``openmm`` is first imported; imported before torch, the TorchForce kernels fail
-    to load (libOpenMMTorchReference needs torch's libnvrtc), and every Context with a TorchForce then fails with
-    "does not support all required kernels". Those libraries are loaded again here, after torch.
-    """
-    import re
-
-    root = logging.getLogger()
-    quiet = _DropSimtkNotice()
-    root.addFilter(quiet)  # openmmtorch 1.5 imports simtk.openmm, whose notice says nothing to a cvlearn user
-    try:
-        import openmmtorch
-    finally:
-        root.removeFilter(quiet)
-
-    for failure in openmm.Platform.getPluginLoadFailures():
-        found = re.match(r"Error loading library (\S*libOpenMMTorch(?:Reference|CPU)\S*?):", failure)
-        if found and found.group(1) not in _RELOADED:
-            _RELOADED.add(found.group(1))
-            try:
-                openmm.Platform.loadPluginLibrary(found.group(1))
-            except Exception as err:  # noqa: BLE001 (any loader error: the Context reports the missing kernel)
-                logger.warning("could not load the TorchForce kernels %s: %s", found.group(1), err)
-    return openmmtorch
+# The TorchForce route lives in openmm_plugin.torch_force; its names stay importable from here.
+_TORCH_ROUTE = ("CVBias", "TorchBiasForce", "import_openmmtorch", "scripted_cv_bias", "set_cuda_graphs",
+                "torch_bias_force", "torch_force_for_cv")
 
 
-_RELOADED: set = set()
+def __getattr__(name: str):
+    if name in _TORCH_ROUTE:
+        from openmm_plugin import torch_force
 
-
-class _DropSimtkNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "simtk.openmm" not in record.getMessage()
-
-
-# --- TorchForce route ----------------------------------------------------------------------------------------
-class CVBias(torch.nn.Module):
-    """``positions [n_particles, 3] nm, box [3, 3] nm or None -> V(s(x))`` kJ/mol: the exported CV and a bias.
-
-    One scriptable module, so a TorchForce gets the bias and its forces (autograd) in a single call. A periodic
-    CV gets the box the TorchForce passes (``setUsesPeriodicBoundaryConditions(True)``); ``periodic`` is a
-    TorchScript constant, so a CV file exported before periodic CVs (``forward(positions)`` only) still scripts.
-
-    Parameters
-    ----------
-    cv : torch.jit.ScriptModule
-        Exported CV: positions ``[n_particles, 3]`` nm → CVs ``[n_cvs]``.
-    bias : torch.nn.Module
-        ``s [n_cvs]`` (float64) → scalar energy, kJ/mol (e.g. a bias's ``to_torch()``).
-    """
-
-    __constants__ = ["periodic"]
-
-    def __init__(self, cv: torch.jit.ScriptModule, bias: torch.nn.Module):
-        super().__init__()
-        self.cv = cv
-        self.bias = bias
-        self.periodic = bool(getattr(cv, "periodic", False))
-
-    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.periodic:
-            s = self.cv(positions, box)
-        else:
-            s = self.cv(positions)
-        return self.bias(s.to(torch.float64)).to(positions.dtype)
-
-
-def scripted_cv_bias(cv: torch.jit.ScriptModule, bias) -> torch.jit.ScriptModule:
-    """TorchScript of the CV followed by the current (frozen) ``bias`` (its ``to_torch()`` snapshot).
-
-    Parameters
-    ----------
-    cv : torch.jit.ScriptModule
-        Exported CV ``positions [n_particles, 3] nm -> s [n_cvs]``.
-    bias
-        Bias on all ``n_cvs`` components.
-
-    Returns
-    -------
-    torch.jit.ScriptModule
-        ``positions [n_particles, 3] nm, box [3, 3] nm or None -> V`` kJ/mol (a 0-d tensor in the positions'
-        dtype).
-    """
-    if bias.n_cvs != int(cv.n_cvs):
-        raise ValueError(f"bias {bias.label!r} acts on {bias.n_cvs} CVs but the CV module has {int(cv.n_cvs)}")
-    return torch.jit.script(CVBias(cv, bias.to_torch()))
-
-
-def torch_bias_force(cv: torch.jit.ScriptModule, bias, force_group: int | None = None):
-    """An openmm-torch ``TorchForce`` whose energy is the current ``bias`` on ``cv``.
-
-    Parameters
-    ----------
-    cv : torch.jit.ScriptModule
-        Exported CV ``positions [n_particles, 3] nm -> s [n_cvs]``.
-    bias
-        Bias on all ``n_cvs`` components with a ``to_torch()`` snapshot.
-    force_group : int, optional
-        OpenMM force group.
-
-    Returns
-    -------
-    openmmtorch.TorchForce
-    """
-    force = import_openmmtorch().TorchForce(scripted_cv_bias(cv, bias))
-    force.setUsesPeriodicBoundaryConditions(bool(getattr(cv, "periodic", False)))  # then forward gets the box
-    force.setName(f"cvlearn torch bias {bias.label}")
-    if force_group is not None:
-        force.setForceGroup(int(force_group))
-    return force
-
-
-def torch_force_for_cv(cv: torch.jit.ScriptModule, component: int = 0, scale: float = 1.0):
-    """An openmm-torch ``TorchForce`` whose energy (kJ/mol) is ``scale * cv(positions)[component]``.
-
-    Parameters
-    ----------
-    cv : torch.jit.ScriptModule
-        Exported CV.
-    component : int
-        CV component in ``[0, n_cvs)``.
-    scale : float
-        kJ/mol per CV unit.
-
-    Returns
-    -------
-    openmmtorch.TorchForce
-    """
-    return torch_bias_force(cv, CVComponent(int(cv.n_cvs), component, scale))
-
-
-class TorchBiasForce:
-    """A TorchForce carrying CV + bias in a System, refreshed (rebuilt + Context reinitialised) on demand.
-
-    Parameters
-    ----------
-    system : openmm.System
-        The System the force is added to (and replaced in at each refresh).
-    cv : torch.jit.ScriptModule
-        Exported CV.
-    bias
-        The (possibly adaptive) bias; each refresh freezes its current state.
-    force_group : int, optional
-        OpenMM force group.
-    """
-
-    def __init__(self, system: openmm.System, cv: torch.jit.ScriptModule, bias, force_group: int | None = None):
-        check_cv_fits_system(cv, system)
-        self.system = system
-        self.cv = cv
-        self.bias = bias
-        self.force_group = force_group
-        self.index = system.addForce(torch_bias_force(cv, bias, force_group))
-        self.refreshes = 0
-
-    def refresh(self, simulation) -> None:
-        """Replace the force by one holding the bias's current state; positions/velocities/step are kept."""
-        if simulation.system is not self.system:
-            raise ValueError("TorchBiasForce.refresh: the simulation was built from another System than this force's")
-        self.system.removeForce(self.index)
-        self.index = self.system.addForce(torch_bias_force(self.cv, self.bias, self.force_group))
-        simulation.context.reinitialize(preserveState=True)
-        self.refreshes += 1
+        return getattr(torch_force, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

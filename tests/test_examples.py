@@ -112,3 +112,19 @@ def test_config_triple_quick(name, tmp_path):
     assert (analyze_out / "fes_2d.png").is_file() and (analyze_out / "report.md").is_file()
     delta = json.loads((analyze_out / "deltaF.json").read_text())
     assert delta and "dF" in result.stdout
+
+
+@pytest.mark.slow
+def test_iterate_config_quick(tmp_path):
+    """examples/configs/ala2/iterate.yaml with --quick on short stand-in trajectories made as its header says:
+    every step runs, the retrain learns from the explore run's frames, and summary.md compares the two CVs."""
+    import yaml
+
+    config = yaml.safe_load((CONFIGS / "ala2" / "iterate.yaml").read_text())
+    for seed, path in enumerate(config["learn"]["trajectories"]):
+        _cvlearn(["simulate", "--system", "alanine_dipeptide", "--ns", "0.03", "--temperature", "600", "--seed",
+                  str(seed), "--report-interval-ps", "0.5", "--out", str(Path(path).parent)], tmp_path)
+    result = _cvlearn(["iterate", "--config", str(CONFIGS / "ala2" / "iterate.yaml"), "--quick"], tmp_path)
+    summary = json.loads((tmp_path / config["out"] / "summary.json").read_text())
+    assert summary["reweighting"]["n_biased_frames"] == 40 and summary["reweighting"]["n_train_pairs"] > 0
+    assert (tmp_path / config["out"] / "analyze" / "deltaF.json").is_file() and "held-out VAMP-2" in result.stdout

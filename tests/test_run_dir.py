@@ -63,3 +63,17 @@ def test_difference_and_hash_helpers(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
     assert file_sha256(path) == "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@dataclass(frozen=True)
+class _NewerConfig(_Config):
+    device: str = "cpu"  # a key added after the run was recorded
+
+
+def test_a_key_added_since_the_record_matches_at_its_default_only(tmp_path):
+    open_run(tmp_path / "run.json", _Config())
+    assert open_run(tmp_path / "run.json", _NewerConfig()).resumed
+    with pytest.raises(RunMismatchError, match=r"device: <none> -> cuda"):
+        open_run(tmp_path / "run.json", _NewerConfig(device="cuda"))
+    with pytest.raises(RunMismatchError, match=r"n_steps: 100 -> <none>"):  # a key dropped since is a difference
+        open_run(tmp_path / "run.json", _NewerConfig(), ignore=("out", "n_steps"))

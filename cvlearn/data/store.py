@@ -216,6 +216,7 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
     manifest = {"settings": settings, "trajectories": []}
     module = embedder.eval()
     forward = inference_forward(module, vectors, compile)
+    device = next(module.parameters(), torch.empty(0)).device  # frames go where the embedder is, tokens come back
     computed, stopped = 0, False
     for ti in mine:
         source = sources[ti]
@@ -232,15 +233,15 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
                     stopped = True
                     break
                 outs, vecs = [], []
-                pos = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32))
+                pos = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)).to(device)
                 for start in range(0, pos.shape[0], batch_frames):
                     batch = pos[start:start + batch_frames]
                     if vectors:
                         x, v = forward(batch)
-                        vecs.append(v.float().numpy())
+                        vecs.append(v.float().cpu().numpy())
                     else:
                         x = forward(batch)
-                    outs.append(x.float().numpy())
+                    outs.append(x.float().cpu().numpy())
                 if vectors:
                     _save_npy(traj_dir / f"c{ci:05d}.vectors.npy", np.concatenate(vecs))
                 _save_npy(traj_dir / f"c{ci:05d}.time_ps.npy", time)

@@ -8,6 +8,14 @@ Loss per structure s with n_s atoms, then averaged over structures (so a big mol
 in eV and eV/Å. Adam (optionally a lower learning rate on the backbone), ReduceLROnPlateau on the validation loss,
 early stopping that restores the best weights, batches bounded in atoms (``bounded_batches``), and a checkpoint
 written atomically after every epoch from which a killed run resumes to the same state.
+
+Under ``torchrun`` (:mod:`cvlearn.distributed`) training is data-parallel as described in
+:mod:`cvlearn.estimators.data_parallel`: every rank draws the same global batches and computes energies and forces
+of its slice inside DDP (``energy_and_forces`` is the wrapped forward); its loss is the slice's sum of per-structure
+losses over the GLOBAL batch's structure count, all-reduced, so DDP's gradient average is the one-process gradient.
+Validation sums (loss, energy and force errors) are summed over ranks; early stopping, the learning-rate schedule and
+the restored best epoch are therefore those of one process. Rank 0 writes the checkpoint; it resumes with any
+number of ranks.
 """
 
 from __future__ import annotations
@@ -20,9 +28,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from cvlearn import distributed
 from cvlearn.structures.records import Structure, bounded_batches
 from cvlearn.nn.featurizers.molecules import MoleculeBackbone
 from cvlearn.models.potential import EnergyModel, fit_atom_references
+from cvlearn.estimators.data_parallel import ForwardAs, rank_share, sum_over_ranks, use_data_parallel
 from cvlearn.estimators.scores import energy_force_loss
 from cvlearn.estimators.trainer import Trainer, check_count, make_scheduler
 from cvlearn.models.evaluation import eval_mode
@@ -30,6 +40,15 @@ from cvlearn.models.evaluation import eval_mode
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "cvlearn.ForceFieldFinetuner.checkpoint/2"
+SUMS = ("energy_abs", "energy_abs_per_atom", "force_abs", "n_force_components")
+
+
+class _Calls:
+    """What :func:`energy_force_loss` calls: ``energy_and_forces`` through ``net`` (e.g. DDP around
+    ``ForwardAs(model, "energy_and_forces")``), or the model's own method."""
+
+    def __init__(self, net):
+        self.energy_and_forces = getattr(net, "energy_and_forces", net)
 
 
 def _checked_structures(structures: Sequence[Structure], name: str) -> list[Structure]:
@@ -109,13 +128,17 @@ class ForceFieldFinetuner:
     dtype : torch.dtype
     device : str
     progress : bool
+    distributed : bool or None
+        Train data-parallel over the ranks of the process group (module docstring); None: whenever a group of
+        more than one rank is initialised. False trains independently on every rank.
     """
 
     def __init__(self, *, backbone: MoleculeBackbone | None = None, pretrained: str | Path | None = None,
                  kind: str = "et", config=None, head_hidden: int = 64, energy_weight: float = 1.0,
                  force_weight: float = 100.0, learning_rate: float = 1e-3, backbone_lr_scale: float = 1.0,
                  max_epochs: int = 100, patience: int = 10, max_atoms: int = 512, seed: int = 0,
-                 dtype: torch.dtype = torch.float32, device: str = "cpu", progress: bool = True):
+                 dtype: torch.dtype = torch.float32, device: str = "cpu", progress: bool = True,
+                 distributed: bool | None = None):
         for name, value, low in (("max_epochs", max_epochs, 1), ("patience", patience, 1), ("max_atoms", max_atoms, 1),
                                  ("head_hidden", head_hidden, 1)):
             check_count(name, value, low)
@@ -139,27 +162,67 @@ class ForceFieldFinetuner:
         self.learning_rate, self.backbone_lr_scale = float(learning_rate), float(backbone_lr_scale)
         self.max_epochs, self.patience, self.max_atoms, self.seed = max_epochs, patience, max_atoms, seed
         self.progress = progress
+        self.distributed = distributed
         self.history: list[dict] = []
         self.best_epoch = -1
         self.best_val_loss = float("inf")
         self._fitted = False
 
+    def batch_loss(self, group: list[Structure], net=None) -> tuple[torch.Tensor, dict]:
+        """Sum of the per-structure losses of one global batch (the same number on every rank, differentiable),
+        and this rank's error sums.
+
+        Under a process group (and ``distributed`` not False) each rank evaluates only its slice; ``net`` is then
+        the DDP-wrapped ``ForwardAs(model, "energy_and_forces")``, so that backward averages the gradients.
+
+        Parameters
+        ----------
+        group : list of Structure
+            The global batch (identical on every rank).
+        net : torch.nn.Module, optional
+            ``(z, positions Å, batch, n_graphs) -> (energies eV, forces eV/Å)``; default the model itself.
+
+        Returns
+        -------
+        loss : Tensor []
+            float64; divide by ``len(group)`` for the batch's mean.
+        sums : dict
+            This rank's ``energy_abs``, ``energy_abs_per_atom``, ``force_abs``, ``n_force_components`` (zeros on a
+            rank whose slice is empty); sum them over ranks for the batch's.
+        """
+        shard = use_data_parallel(self.distributed)
+        part, sums = self._share_loss(group, net, shard)
+        return (distributed.all_reduce_sum(part) if shard else part), sums
+
+    def _share_loss(self, group: list[Structure], net, shard: bool, forward_idle: bool = True):
+        """This rank's part of ``group``'s loss sum (x 0 on an idle rank; None there if not ``forward_idle``) and
+        its error sums; the parts sum over ranks to the batch's loss sum."""
+        share = rank_share(group, distributed.rank(), distributed.world_size()) if shard else rank_share(group, 0, 1)
+        sums = dict.fromkeys(SUMS, 0.0)
+        if not (share.weight or forward_idle):
+            return None, sums
+        loss, s = energy_force_loss(_Calls(self.model if net is None else net), share.structures,
+                                    self.energy_weight, self.force_weight, self.dtype, self.device)
+        return loss * share.weight, (s if share.weight else sums)
+
     def _epoch(self, structures: list[Structure], trainer: Trainer | None = None, epoch: int = 0,
-               order=None) -> tuple[float, dict]:
-        """Mean per-structure loss over ``structures`` (one optimiser step per bounded batch with a ``trainer``)."""
+               order=None, net=None) -> tuple[float, dict]:
+        """Mean per-structure loss over ``structures`` (one optimiser step per bounded global batch with a
+        ``trainer``) and the error sums, both summed over ranks under a group."""
         self.model.train(trainer is not None)
+        shard = use_data_parallel(self.distributed)
         total = 0.0
-        sums = {"energy_abs": 0.0, "energy_abs_per_atom": 0.0, "force_abs": 0.0, "n_force_components": 0}
+        sums = dict.fromkeys(SUMS, 0.0)
         ordered = structures if order is None else [structures[i] for i in order]
         for group in bounded_batches(ordered, self.max_atoms):
-            loss, s = energy_force_loss(self.model, group, self.energy_weight, self.force_weight, self.dtype,
-                                        self.device)
-            if trainer is not None:
-                trainer.step(loss / len(group), epoch)
-            total += float(loss.detach())
+            part, s = self._share_loss(group, net, shard, forward_idle=trainer is not None)
+            if trainer is not None:  # the global batch's mean: every rank holds the same number
+                trainer.step((distributed.all_reduce_sum(part) if shard else part) / len(group), epoch)
+            total += 0.0 if part is None else float(part.detach())
             for k in sums:
                 sums[k] += s[k]
-        return total / len(structures), sums
+        total, *values = sum_over_ranks([total, *sums.values()], self.device) if shard else [total, *sums.values()]
+        return total / len(structures), dict(zip(SUMS, values))
 
     def _config(self, n_train: int, n_val: int) -> dict:
         return {"kind": self.model.backbone.kind, "config": self.model.backbone.config.as_dict(),
@@ -201,6 +264,8 @@ class ForceFieldFinetuner:
         else:
             for p in backbone_params:
                 p.requires_grad_(False)
+        net = ForwardAs(model, "energy_and_forces")  # DDP hooks forward: energies and forces both run inside it
+        net = distributed.wrap_ddp(net, self.device) if use_data_parallel(self.distributed) else model
         optimizer = torch.optim.Adam(groups)
         scheduler = make_scheduler("plateau", optimizer, learning_rate=self.learning_rate,
                                    max_epochs=self.max_epochs, patience=self.patience, mode="min")
@@ -214,7 +279,7 @@ class ForceFieldFinetuner:
 
         def run_epoch(epoch: int) -> dict:
             order = torch.randperm(len(train), generator=generator).tolist()
-            train_loss, _ = self._epoch(train, trainer, epoch, order)
+            train_loss, _ = self._epoch(train, trainer, epoch, order, net)
             val_loss, sums = self._epoch(val)
             return {"train_loss": train_loss, "val_loss": val_loss,
                     "val_energy_mae_mev": 1e3 * sums["energy_abs"] / len(val),

@@ -71,7 +71,9 @@ def model_outputs(model: torch.nn.Module, trajectories: Sequence[torch.Tensor],
     -------
     list of Tensor [T_i, n_out]
     """
-    return [evaluate_chunked(model, t, chunk_size=chunk_size, modules=(model,)).double() for t in trajectories]
+    device = next(model.parameters(), torch.empty(0)).device  # frames go to the model, outputs come back to the CPU
+    return [evaluate_chunked(model, t, chunk_size=chunk_size, modules=(model,), device=device).double().cpu()
+            for t in trajectories]
 
 
 def heldout_vamp2(model: torch.nn.Module, test: Sequence[torch.Tensor], lagtime: int, dim: int | None = None,

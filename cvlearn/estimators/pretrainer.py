@@ -10,6 +10,13 @@ predicts ``ε``; the loss is the MSE (predicting zero scores 1.0).
 non-equilibrium sets (MD frames, xxMD) whose own thermal spread is already of the order of 0.05 Å, following
 Table 5 of the geom2vec paper (Pengmei, Lorpaiboon, Guo, Weare, Dinner, 2024). The project's MD corpus is such a
 non-equilibrium set.
+
+Under ``torchrun`` (:mod:`cvlearn.distributed`) training is data-parallel as described in
+:mod:`cvlearn.estimators.data_parallel`: every rank draws the same global batches and the noise of the whole batch
+(the same random stream as one process), runs backbone + head inside DDP on its slice of the batch's atoms, and
+all-reduces the slice's squared errors divided by the global batch's ``3 x atoms``; validation errors are summed over
+ranks. Loss, gradient, history and checkpoints are those of one process (up to float rounding); rank 0 writes the
+checkpoint, and a checkpoint resumes with any number of ranks.
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from cvlearn import distributed
 from cvlearn.progress import progress_bar
 from cvlearn.structures.records import Structure, bounded_batches, collate
 from cvlearn.nn.featurizers.molecules import MoleculeBackbone
+from cvlearn.estimators.data_parallel import ForwardAs, rank_share, sum_over_ranks, use_data_parallel
 from cvlearn.estimators.scores import denoising_loss
 from cvlearn.estimators.trainer import Trainer, make_scheduler
 
@@ -100,12 +109,16 @@ class DenoisingPretrainer:
         AdamW weight decay; gradient-norm clip.
     device : str
     progress : bool
+    distributed : bool or None
+        Train data-parallel over the ranks of the process group (module docstring); None: whenever a group of
+        more than one rank is initialised. False trains independently on every rank.
     """
 
     def __init__(self, kind: str = "et", config=None, *, initial_checkpoint: str | Path | None = None,
                  noise_sigma_angstrom: float = SIGMA_EQUILIBRIUM_ANGSTROM, learning_rate: float = 5e-4,
                  max_epochs: int = 10, max_atoms: int = 2048, seed: int = 0, weight_decay: float = 0.0,
-                 grad_clip: float = 10.0, device: str = "cpu", progress: bool = True):
+                 grad_clip: float = 10.0, device: str = "cpu", progress: bool = True,
+                 distributed: bool | None = None):
         _check("max_epochs", max_epochs, 1, integer=True)
         _check("max_atoms", max_atoms, 1, integer=True)
         _check("seed", seed, 0, integer=True)
@@ -136,20 +149,62 @@ class DenoisingPretrainer:
         self.grad_clip = float(grad_clip)
         self.device = torch.device(device)
         self.progress = progress
+        self.distributed = distributed
         self.history: list[dict] = []
         self.n_train = self.n_val = 0
 
     # -- loss -------------------------------------------------------------------------------------------------
-    def _loss(self, structures: list[Structure], generator: torch.Generator) -> Tensor:
-        batch = collate(structures)
-        eps = torch.randn(batch.pos.shape, generator=generator)
+    def _share_loss(self, group: list[Structure], generator: torch.Generator, net=None, shard: bool = False,
+                    forward_idle: bool = True) -> tuple[Tensor | None, int]:
+        """This rank's part of the global batch ``group``'s denoising loss, and the batch's atom count.
+
+        The noise of the whole batch is drawn on every rank (one process's random stream), then sliced. The part is
+        the slice's mean squared error times its share of the batch's atoms (times 0 on an idle rank), so the parts
+        sum over ranks to the batch's loss; in one process it is that loss. None for an idle rank when
+        ``forward_idle`` is False.
+        """
+        share = rank_share(group, distributed.rank(), distributed.world_size()) if shard else rank_share(group, 0, 1)
+        eps = torch.randn((share.n_atoms, 3), generator=generator)[share.atom_start:share.atom_stop]
+        if not (share.weight or forward_idle):
+            return None, share.n_atoms
+        batch = collate(share.structures, next(self.head.parameters()).dtype)
+        eps = eps.to(batch.pos.dtype)
         pos = (batch.pos + self.noise_sigma_angstrom * eps).to(self.device)
-        x, vec = self.backbone(batch.z.to(self.device), pos, batch.batch.to(self.device))
-        return denoising_loss(self.head(x, vec), eps.to(self.device))
+        net = ForwardAs(self.backbone, head=self.head) if net is None else net
+        predicted = net(batch.z.to(self.device), pos, batch.batch.to(self.device))
+        fraction = share.weight * (share.atom_stop - share.atom_start) / share.n_atoms
+        return denoising_loss(predicted, eps.to(self.device)) * fraction, share.n_atoms
+
+    def batch_loss(self, group: list[Structure], generator: torch.Generator, net=None) -> Tensor:
+        """The denoising loss of one global batch: the same number on every rank, and differentiable.
+
+        Under a process group (and ``distributed`` not False) each rank evaluates only its slice; ``net`` is then
+        the DDP-wrapped ``ForwardAs(backbone, head=head)`` so that backward averages the gradients.
+
+        Parameters
+        ----------
+        group : list of Structure
+            The global batch (identical on every rank).
+        generator : torch.Generator
+            Noise stream (in the same state on every rank).
+        net : torch.nn.Module, optional
+            ``(z, positions Å, batch) -> predicted noise [N, 3]``; default backbone + head.
+
+        Returns
+        -------
+        Tensor []
+            Mean squared error over the batch's atoms and components.
+        """
+        shard = use_data_parallel(self.distributed)
+        part, _ = self._share_loss(group, generator, net, shard)
+        return distributed.all_reduce_sum(part) if shard else part
 
     @torch.no_grad()
     def score(self, structures: Sequence[Structure]) -> float:
         """Mean denoising loss over ``structures`` (noise from a fixed seed).
+
+        Under a process group (``distributed`` not False) every rank must call it: each evaluates its slice of
+        every batch and the sums are all-reduced, so all ranks return the one-process number.
 
         Parameters
         ----------
@@ -162,13 +217,14 @@ class DenoisingPretrainer:
         """
         structures = _checked(structures, "structures")
         generator = torch.Generator().manual_seed(self.seed + 1)
+        shard = use_data_parallel(self.distributed)
         self.backbone.eval(), self.head.eval()
-        total = atoms = 0
+        total = atoms = 0.0
         for group in bounded_batches(structures, self.max_atoms):
-            n = sum(s.n_atoms for s in group)
-            total += float(self._loss(group, generator)) * n
+            part, n = self._share_loss(group, generator, shard=shard, forward_idle=False)
+            total += 0.0 if part is None else float(part) * n
             atoms += n
-        return total / atoms
+        return sum_over_ranks([total], self.device)[0] / atoms  # every rank saw every batch's atom count
 
     # -- training ---------------------------------------------------------------------------------------------
     def _run_config(self) -> dict:
@@ -209,6 +265,8 @@ class DenoisingPretrainer:
                                    cosine_floor=0.05)
         shuffle = torch.Generator().manual_seed(self.seed)
         noise = torch.Generator().manual_seed(self.seed + 2)
+        net = ForwardAs(self.backbone, head=self.head)
+        net = distributed.wrap_ddp(net, self.device) if use_data_parallel(self.distributed) else net
         trainer = Trainer({"backbone": self.backbone, "head": self.head}, optimizer, scheduler, fmt=CHECKPOINT_FORMAT,
                           config=self._run_config(), what="pre-training", max_epochs=self.max_epochs,
                           generators={"shuffle": shuffle, "noise": noise}, grad_clip=self.grad_clip,
@@ -223,10 +281,10 @@ class DenoisingPretrainer:
             self.backbone.train(), self.head.train()
             order = torch.randperm(len(train), generator=shuffle).tolist()
             total = 0.0
-            bar = progress_bar(total=len(train), desc=f"denoise epoch {epoch}", unit="struct", disable=not self.progress,
-                       leave=False, mininterval=2.0)
+            bar = progress_bar(total=len(train), desc=f"denoise epoch {epoch}", unit="struct", leave=False,
+                               disable=not self.progress or not distributed.is_rank0(), mininterval=2.0)
             for group in bounded_batches((train[i] for i in order), self.max_atoms):
-                loss = self._loss(group, noise)
+                loss = self.batch_loss(group, noise, net)  # the global batch's loss on every rank
                 trainer.step(loss, epoch)
                 value = loss.item()
                 total += value * sum(s.n_atoms for s in group)

@@ -14,7 +14,6 @@ the history, schedule and early-stopping decisions are identical on all ranks, a
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -117,27 +116,7 @@ def make_scheduler(schedule, optimizer: torch.optim.Optimizer, *, learning_rate:
     raise ValueError(f"lr_schedule: expected None, a callable or one of {list(LR_SCHEDULES)}, found {schedule!r}")
 
 
-@contextlib.contextmanager
-def no_tf32(device: torch.device):
-    """TF32 matmuls (Ampere+) keep ~10 mantissa bits: covariance inverses and VAMP scores need float32/64.
-
-    Context manager: turns TF32 off for CUDA matmuls and cuDNN inside the block and restores the old flags.
-
-    Parameters
-    ----------
-    device : torch.device or str
-        Device of the computation; a no-op unless it is CUDA.
-    """
-    if torch.device(device).type != "cuda":
-        yield
-        return
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+no_tf32 = distributed.no_tf32  # defined beside the other device helpers, importable without this package
 
 
 def check_count(name: str, value, low: int) -> None:

@@ -9,7 +9,8 @@ its own deposition records to ``<walkers_dir>/<label>.walker<id>.npz`` (atomical
 new rows of the others' files, as ``app.Metadynamics``'s ``biasDir`` does. With ``native`` (a
 :class:`openmm_plugin.bias.native.NativeBiasForce`), the CV comes from the Context's ``CustomCVForce`` and each
 change of the bias refreshes its table. With ``guard`` (:class:`openmm_plugin.bias.guard.ForceGuard`), capped bias
-forces are logged, and a tripped ``"stop"`` guard saves ``<save_path stem>.stopped.npz`` and raises ``RunError``.
+forces (and a kinetic temperature over the guard's limit) are logged, and a tripped ``"stop"`` guard saves
+``<save_path stem>.stopped.npz`` and raises ``RunError``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import openmm
 
 from cvlearn.errors import RunError
 from cvlearn.io import atomic_path
@@ -94,13 +96,14 @@ class BiasRunner:
         self.on_save = on_save
         self._last_callback_evaluations = -1
         self._system_checked = False
+        self.n_bias_changes = 0  # depositions and walker syncs that changed the bias, this session
         if self.walkers_dir is not None:
             self.walkers_dir.mkdir(parents=True, exist_ok=True)
 
     # --- stepping ------------------------------------------------------------------------------------
     def _events(self) -> list[int]:
         periods = [b.pace_steps for b in self.adaptive] + self._sample_steps()
-        if self.guard is not None and self.guard.mode == "stop":
+        if self.guard is not None and (self.guard.mode == "stop" or self.guard.watches_temperature):
             periods.append(self.guard.check_every_steps)
         if self.save_every_steps:
             periods.append(self.save_every_steps)
@@ -155,19 +158,39 @@ class BiasRunner:
                 changed = self.bias.update(cv, now)
                 if changed and self.walkers_dir is not None:
                     self.write_walker_files()
-                if changed and self.on_update is not None:
-                    self.on_update(simulation)
+                if changed:
+                    self._bias_changed(simulation)
             if self.walkers_dir is not None and self.sync_every_steps and now % self.sync_every_steps == 0:
-                if self.sync_walkers() and self.on_update is not None:
-                    self.on_update(simulation)
+                if self.sync_walkers():
+                    self._bias_changed(simulation)
             if self.save_every_steps and now % self.save_every_steps == 0:
                 self.save(simulation)
             if self.guard is not None:  # last: a stopped state includes this step's deposition, as a checkpoint
                 self._check_guard(simulation)
 
+    def _bias_changed(self, simulation) -> None:
+        """Tell the force route that the bias changed: refresh its copy, or mark a PythonForce's forces stale.
+
+        A CustomIntegrator (the MTS integrator) keeps the forces of a step's end for the next step's first kick and
+        recomputes them only when the Context changes; a live PythonForce bias changes without the Context knowing,
+        so that kick would use the old bias (measured: a resumed run, which recomputes them, left the uninterrupted
+        one by 5e-3 nm within 300 outer steps). Setting the same positions marks them stale: one getState and one
+        more bias evaluation per deposition (``n_bias_changes`` counts them).
+        """
+        self.n_bias_changes += 1
+        if self.on_update is not None:
+            self.on_update(simulation)
+        elif self.native is None and isinstance(simulation.integrator, openmm.CustomIntegrator):
+            context = simulation.context
+            context.setPositions(context.getState(getPositions=True).getPositions(asNumpy=True))
+
     # --- bias-force guard ----------------------------------------------------------------------------
     def _check_guard(self, simulation) -> None:
         guard = self.guard
+        hot_before = guard.n_hot
+        guard.observe(simulation)  # a kinetic-temperature sample, when it watches one
+        if guard.n_hot > hot_before and hot_before == 0:
+            logger.warning("step %d: %s", simulation.currentStep, guard.summary())
         if guard.n_capped > self._guard_logged:
             log = logger.warning if self._guard_logged == 0 else logger.info
             log("step %d: %s", simulation.currentStep, guard.summary())
@@ -179,8 +202,7 @@ class BiasRunner:
                 where = f"state at the stop saved to {self.save(simulation, stopped)}"
                 if self.save_path.is_file():
                     where += f"; last regular checkpoint {self.save_path}"
-            raise RunError(f"step {simulation.currentStep}: {guard.summary()} ({where}); the bias or the CV is too "
-                           "steep here: lower the bias (height, barrier), widen sigma, add walls, or use mode='cap'")
+            raise RunError(f"step {simulation.currentStep}: {guard.summary()} ({where}); {guard.advice()}")
 
     # --- multiple walkers ----------------------------------------------------------------------------
     def _walker_file(self, label: str, walker: int) -> Path:

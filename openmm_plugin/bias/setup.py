@@ -16,13 +16,15 @@ from typing import Optional, Sequence
 import openmm
 import openmm.unit as unit
 
+from cvlearn.distributed import check_device
 from cvlearn.errors import ConfigError
 from cvlearn.export import load_cv, load_eager_cv
 from openmm_plugin.bias.params import WallParams, make_bias, params_class
 from openmm_plugin.bias.reporter import BiasReporter, TrajectoryReporter
 from openmm_plugin.bias.runner import BiasRunner
-from openmm_plugin.forces import TorchBiasForce, python_bias_force
+from openmm_plugin.forces import python_bias_force
 from openmm_plugin.simulation import BIAS_GROUP
+from openmm_plugin.torch_force import TorchBiasForce
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class BiasedCV:
     ----------
     bias : openmm_plugin.bias.Bias
         The bias on the CV (numpy state; ``bias.leaves()`` for each term).
-    force : openmm.PythonForce or openmm_plugin.forces.TorchBiasForce
+    force : openmm.PythonForce or openmm_plugin.torch_force.TorchBiasForce
         The force added to the System (TorchForce route: the wrapper that refreshes it at each deposition).
     runner : BiasRunner
         Deposition, checkpoint and walker bookkeeping.
@@ -176,7 +178,7 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
             colvar: str | Path | None = None, report_interval_steps: int = 500, save_path: str | Path | None = None,
             save_every_steps: int | None = None, walkers_dir: str | Path | None = None, walker_id: int = 0,
             system_label: str = "the System", trajectory: str | Path | None = None, timestep_ps: float | None = None,
-            guard=None, **method_kwargs) -> BiasedCV:
+            guard=None, device="cpu", cuda_graphs: bool = False, **method_kwargs) -> BiasedCV:
     """Bias the exported CV in ``cv`` in ``system``: check the CV's contract, build the bias, add its force.
 
     Parameters
@@ -228,6 +230,12 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
         The integrator's (inner) step, ps; needed with ``trajectory``.
     guard : openmm_plugin.bias.guard.ForceGuard, optional
         Cap on the per-atom bias force (PythonForce route), counted in the COLVAR and the log.
+    device : str or torch.device
+        Python route: where the CV runs (``cpu``, ``cuda``, ``cuda:N``), whatever the OpenMM platform (CV on the GPU
+        with MD on the CPU platform is allowed). The torch route runs the CV on the Context's platform (CUDA: in its
+        CUDA context), so it takes ``cpu`` here.
+    cuda_graphs : bool
+        Torch route: the TorchForce's ``useCUDAGraphs`` property (the CUDA platform replays the CV as a CUDA graph).
     **method_kwargs
         Fields of the method's parameter class, e.g. ``sigma=0.1, barrier_kjmol=30, pace_steps=500`` for OPES.
 
@@ -260,6 +268,13 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
         raise ConfigError(f"expected 'python' or 'torch', found {route!r}", key="route")
     if compile and route != "python":
         raise ConfigError("compile: true needs route 'python' (a TorchForce runs TorchScript)", key="compile")
+    check_device(device)  # "device: expected 'cpu', 'cuda' or 'cuda:N', found ..." before anything is built
+    if str(device) != "cpu" and route != "python":
+        raise ConfigError(f"expected 'cpu' with route 'torch' (a TorchForce runs on the OpenMM platform's device; "
+                          f"the CUDA platform runs it on its GPU), found {str(device)!r}", key="device")
+    if cuda_graphs and route != "torch":
+        raise ConfigError("expected false with route 'python' (useCUDAGraphs is a TorchForce property), found true",
+                          key="cuda_graphs")
     if guard is not None and route != "python":
         raise ConfigError("a bias-force guard needs route 'python' (a TorchForce's forces never reach Python)",
                           key="force_guard_kjmol_nm")
@@ -277,11 +292,12 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
     callback, on_update = None, None
     if route == "python":
         module = load_eager_cv(cv) if compile else module
-        force = python_bias_force(module, bias, force_group=force_group, compile=compile, system=system)
+        force = python_bias_force(module, bias, force_group=force_group, compile=compile, system=system,
+                                  device=device)
         system.addForce(force)
         callback = force.callback
     else:
-        force = TorchBiasForce(system, module, bias, force_group=force_group)
+        force = TorchBiasForce(system, module, bias, force_group=force_group, cuda_graphs=cuda_graphs)
         on_update = force.refresh if bias.adaptive else None
     runner = BiasRunner(bias, cv=module if callback is None else None, callback=callback, save_path=save_path,
                         save_every_steps=None if save_every_steps is None else int(save_every_steps) // k,

@@ -4,5 +4,5 @@ Stages are listed by module, not re-exported: each pulls in OpenMM, torch and it
 imports only the stage it runs.
 """
 
-__all__ = ["analyze", "bias", "check", "corpus", "demo", "finetune", "label", "learn", "learn_data", "learn_fit",
-           "learn_report", "pretrain", "simulate"]
+__all__ = ["analyze", "bias", "check", "corpus", "demo", "finetune", "iterate", "iterate_report", "label", "learn",
+           "learn_data", "learn_fit", "learn_report", "pretrain", "simulate"]

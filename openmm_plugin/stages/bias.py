@@ -6,7 +6,10 @@ see :mod:`openmm_plugin.user_system`). Methods: ``metad``, ``opes-metad``, ``ope
 (umbrella window) and ``walls`` (walls only); walls from ``walls`` are added to any method. Periods and metadynamics
 bounds left out come from the CV file's contract (:func:`openmm_plugin.bias.params.make_bias`). Routes: ``python``
 (PythonForce, adaptive, one model call per step) or ``torch`` (TorchForce; adaptive biases are refreshed at each
-deposition). ``mts_substeps`` k > 1 evaluates the bias force every k-th step (MTSLangevinIntegrator); step counts
+deposition). Devices: the OpenMM ``platform`` (by name) runs the MD; the python route runs the CV on ``device``
+(``cuda`` with platform ``CPU`` is allowed: CV on the GPU, MD on the CPU); the torch route runs it inside the
+Context, on the CUDA platform in its CUDA context (``cuda_graphs`` replays it as a CUDA graph). ``mts_substeps``
+k > 1 evaluates the bias force every k-th step (MTSLangevinIntegrator); step counts
 in the config are always in MD steps of ``timestep_ps`` and must then be multiples of k. Outputs in ``out``:
 COLVAR, bias_state.npz (bias + OpenMM checkpoint, saved every ``save_every_steps``; a rerun resumes from it),
 final.pdb and summary.json, all written atomically; a finished run is skipped. The set-up is
@@ -31,6 +34,7 @@ import openmm.unit as unit
 import torch
 
 from cvlearn.config import check_input_file, check_output_dir
+from cvlearn.distributed import check_device
 from cvlearn.errors import ConfigError, RunError
 from cvlearn.export import load_cv
 from cvlearn.io import atomic_path, write_json_atomic
@@ -70,6 +74,8 @@ class BiasConfig:
     method: str = "opes-metad"
     route: str = "python"
     compile: bool = False  # python route: torch.compile the CV's eager twin (ala2: 0.73 vs 1.60 ms/step)
+    device: str = "cpu"  # python route: where the CV runs (cpu | cuda | cuda:N), whatever the platform
+    cuda_graphs: bool = False  # torch route on the CUDA platform: the TorchForce replays the CV as a CUDA graph
     components: Optional[tuple[int, ...]] = None  # CV components the bias (and walls) act on (default: all)
     periods: Optional[tuple[Optional[float], ...]] = None  # per biased component; None: the CV file's periods
     range_margin_fraction: float = 0.3  # margin around the CV's training range (default metad bounds, walls)
@@ -87,6 +93,7 @@ class BiasConfig:
     trajectory: bool = True  # trajectory.dcd: a frame at every COLVAR row (frame k = row k), for `cvlearn analyze`
     force_guard_kjmol_nm: Optional[float] = None  # cap on each atom's bias force (python route); None: no cap
     force_guard_mode: str = "cap"  # cap (count in COLVAR `guard.capped`) | stop (save a restartable state, exit 1)
+    force_guard_max_temperature_k: Optional[float] = None  # stop (restartable) when the 2000-step mean T_kin exceeds it
     metad: MetadParams = field(default_factory=MetadParams)
     opes: OPESParams = field(default_factory=OPESParams)
     restraint: RestraintParams = field(default_factory=RestraintParams)
@@ -100,16 +107,27 @@ class BiasConfig:
         if self.compile and self.route != "python":
             raise ValueError("compile: true needs route 'python' (a TorchForce runs TorchScript, which torch.compile "
                              "cannot compile)")
+        try:
+            check_device(self.device)  # "device: expected 'cpu', 'cuda' or 'cuda:N', found ..."
+        except ConfigError as err:  # as ValueError "device: ...", so load_config prefixes the file
+            raise ValueError(str(err)) from None
+        if self.device != "cpu" and self.route != "python":
+            raise ValueError(f"device: expected 'cpu' with route 'torch' (a TorchForce runs on the platform's device: "
+                             f"set platform: CUDA), found {self.device!r}")
+        if self.cuda_graphs and (self.route != "torch" or self.platform != "CUDA"):
+            raise ValueError(f"cuda_graphs: true needs route 'torch' and platform 'CUDA', found route {self.route!r} "
+                             f"and platform {self.platform!r}")
         k = int(self.mts_substeps)
         if k < 1:
             raise ValueError(f"mts_substeps: expected >= 1, found {self.mts_substeps}")
         check_positive(self, "temperature_k", "n_steps", "report_interval_steps", "save_every_steps", "torch_threads",
                        "timestep_ps", "friction_per_ps", "nonbonded_cutoff_nm", "hydrogen_mass_amu",
-                       "force_guard_kjmol_nm")
+                       "force_guard_kjmol_nm", "force_guard_max_temperature_k")
         if self.force_guard_mode not in ("cap", "stop"):
             raise ValueError(f"force_guard_mode: expected 'cap' or 'stop', found {self.force_guard_mode!r}")
-        if self.force_guard_kjmol_nm is not None and self.route != "python":
-            raise ValueError("force_guard_kjmol_nm: needs route 'python' (a TorchForce's forces never reach Python)")
+        for key in ("force_guard_kjmol_nm", "force_guard_max_temperature_k"):
+            if getattr(self, key) is not None and self.route != "python":
+                raise ValueError(f"{key}: needs route 'python' (the guard lives in the PythonForce's callback)")
         if not 0 <= self.range_margin_fraction:
             raise ValueError(f"range_margin_fraction: expected a fraction >= 0, found {self.range_margin_fraction!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31 - 2:
@@ -183,6 +201,14 @@ def _check_force_groups(system: openmm.System, k: int, source: str) -> None:
                           f"group 0 and the bias group {BIAS_GROUP}), found groups {groups}", key="mts_substeps")
 
 
+def _guard(config: BiasConfig) -> ForceGuard | None:
+    """The bias-force guard the config asks for: a force cap, a kinetic-temperature watch, or both."""
+    if config.force_guard_kjmol_nm is None and config.force_guard_max_temperature_k is None:
+        return None
+    return ForceGuard(config.force_guard_kjmol_nm, mode=config.force_guard_mode,
+                      max_kinetic_temperature_k=config.force_guard_max_temperature_k)
+
+
 def run_bias(config: BiasConfig, *, restart_fresh: bool = False) -> dict:
     """Run (or resume, or skip) one biased run on the configured System.
 
@@ -224,13 +250,13 @@ def run_bias(config: BiasConfig, *, restart_fresh: bool = False) -> dict:
                      save_every_steps=config.save_every_steps, walkers_dir=config.walkers_dir,
                      walker_id=config.walker_id, system_label=loaded.source,
                      trajectory=out / "trajectory.dcd" if config.trajectory else None, timestep_ps=loaded.timestep_ps,
-                     guard=None if config.force_guard_kjmol_nm is None
-                     else ForceGuard(config.force_guard_kjmol_nm, mode=config.force_guard_mode))
+                     guard=_guard(config),
+                     device=config.device, cuda_graphs=config.cuda_graphs)
     # every value is checked before the run is recorded
     run = open_run(out / "run.json", config, {"cv": config.cv, **loaded.input_files}, restart_fresh=restart_fresh,
                    outputs=[out / name for name in ("COLVAR", "trajectory.dcd", "bias_state.npz", "bias_state.stopped.npz",
                                                     "final.pdb", "summary.json")],
-                   ignore=("out", "torch_threads"), extra={"system_xml": system_hash})
+                   ignore=("out", "torch_threads", "device", "cuda_graphs"), extra={"system_xml": system_hash})
     if run.finished and summary_path.is_file():
         logger.info("%s: run finished, skipping", out)
         return json.loads(summary_path.read_text())

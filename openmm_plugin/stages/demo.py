@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from cvlearn.config import check_ranges
+from cvlearn.distributed import check_device
+from cvlearn.errors import ConfigError
 from cvlearn.data.colvar import read_colvar
 from cvlearn.analysis.plots import plot_cvs_on_phi_psi, plot_fes_panels, plot_time_series
 from cvlearn.analysis.reweighting import delta_f_kjmol, free_energy_surface, metad_weights
@@ -54,6 +56,7 @@ class DemoConfig:
 
     seed: int = 0
     platform: str = "Reference"
+    device: str = "cpu"  # where the CV is learned and evaluated in the biased runs (cpu | cuda | cuda:N)
     # training data: several independent unbiased runs at high temperature, peptide bonds held trans
     train_temperature_k: float = 600.0
     n_train_trajectories: int = 4
@@ -96,6 +99,10 @@ class DemoConfig:
                      non_negative=("min_epochs", "seed", "sigma_min_fraction", "cv_margin_fraction"),
                      fraction=("validation_fraction", "reweight_skip_fraction"))
         platform_by_name(self.platform)  # "platform: expected one of the installed OpenMM platforms [...]"
+        try:
+            check_device(self.device)  # "device: expected 'cpu', 'cuda' or 'cuda:N', found ..."
+        except ConfigError as err:  # as ValueError "device: ...", so load_config prefixes the file
+            raise ValueError(str(err)) from None
 
 
 QUICK = DemoConfig(
@@ -151,7 +158,8 @@ def learn_cv(cfg: DemoConfig, out: Path, traj_paths: list[Path], top_path: Path,
                          validation_fraction=cfg.validation_fraction,
                          observables={"phi": "phi 0", "psi": "psi 0"}, max_epochs=cfg.max_epochs,
                          patience=cfg.patience, min_epochs=min(cfg.min_epochs, cfg.max_epochs),
-                         batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, head_hidden=cfg.head_hidden)
+                         batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, head_hidden=cfg.head_hidden,
+                         device=cfg.device)
     learned = run_learn(config, restart_fresh=restart_fresh)
     with atomic_path(out / "cv.pt") as tmp:
         shutil.copyfile(out / "learn" / "cv.pt", tmp)
@@ -224,7 +232,7 @@ def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None, mole
         cv_names = ["phi", "psi"]
     outer_ps = ala2.TIMESTEP_PS * k
     system = copy.deepcopy(molecule.system)  # the bias force is added to the System
-    force = python_bias_force(cv, bias, force_group=BIAS_GROUP)
+    force = python_bias_force(cv, bias, force_group=BIAS_GROUP, device=cfg.device)
     system.addForce(force)
     seed = cfg.seed * 1000 + 101
     report_steps = _steps(cfg.frame_interval_ps, outer_ps)
@@ -240,7 +248,8 @@ def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None, mole
     reporter.close()
     summary = {"ns": ns, "ms_per_step": result.ms_per_step * ala2.TIMESTEP_PS / outer_ps, "sigma": sigma,
                "trajectory": str(result.trajectory_path), "topology": str(result.topology_path), "colvar": str(colvar),
-               "bias_force_calls_per_step": force.callback.evaluations / max(1, result.n_steps)}
+               "bias_force_calls_per_step": force.callback.evaluations / max(1, result.n_steps),
+               "bias_changes_per_step": runner.n_bias_changes / max(1, result.n_steps)}
     write_json_atomic(marker, summary)
     return summary
 
@@ -303,7 +312,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     open_run(out / "run.json", cfg, outputs=[out / name for name in _OUTPUTS], restart_fresh=restart_fresh,
-             ignore=("checkpoint_interval_ps",))  # the checkpoint interval does not change any result
+             ignore=("checkpoint_interval_ps", "device"))  # neither changes a result beyond float rounding
     torch.set_num_threads(1)  # tiny per-step graphs: thread sync costs more than it saves (measured 15x)
     started = time.perf_counter()
     metrics_path = out / "learning.json"

@@ -6,6 +6,14 @@ Data: an xxMD-layout root (directory or zip) + molecule + split names, or extxyz
 ``model.pt`` (EnergyModel checkpoint, Å/eV), ``potential.pt`` (TorchScript for OpenMM, nm → kJ/mol, first
 molecule of the test set), ``metrics.json`` (validation/test MAEs, NVE drift), ``learning_curve.png`` and
 ``train_state.pt`` (resume state: a killed run picks up where it stopped).
+
+Data-parallel over processes or GPUs with ``torchrun`` (each rank takes its slice of every global batch; the result
+is that of one process, see :mod:`cvlearn.estimators.finetuner`)::
+
+    torchrun --nproc_per_node 4 --no-python cvlearn finetune --config finetune.yaml
+
+Every rank reads the data and trains; rank 0 alone evaluates, exports, runs the NVE check and writes every output;
+the other ranks return ``{}``.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from pathlib import Path
 from typing import Optional
 
 from cvlearn.config import check_ranges
+from cvlearn.distributed import check_device
+from cvlearn.errors import ConfigError
 from cvlearn.data.trajectories import check_distinct_paths
 
 logger = logging.getLogger(__name__)
@@ -49,11 +59,16 @@ class FinetuneConfig:
     max_atoms: int = 512
     seed: int = 0
     threads: int = 1  # small graphs run fastest on one torch thread
+    device: str = "cpu"  # cpu | cuda (under torchrun: each rank's own GPU) | cuda:N
     export_dtype: str = "float32"
     nve_steps: int = 400  # short NVE check of the exported potential (0 = skip)
     nve_timestep_fs: float = 0.5
 
     def __post_init__(self):
+        try:
+            check_device(self.device)  # "device: expected 'cpu', 'cuda' or 'cuda:N', found ..."
+        except ConfigError as err:  # as ValueError "device: ...", so load_config prefixes the file
+            raise ValueError(str(err)) from None
         check_ranges(self, positive=("learning_rate", "nve_timestep_fs"), fraction=("validation_fraction",),
                      at_least_one=("n_train", "head_hidden", "max_epochs", "patience", "max_atoms", "threads"),
                      non_negative=("energy_weight", "force_weight", "backbone_lr_scale", "nve_steps", "seed"))
@@ -123,6 +138,7 @@ def run_finetune(config: FinetuneConfig, *, progress: bool = True) -> dict:
     """Fine-tune, evaluate, export, check NVE drift; writes the files listed in the module doc, returns the metrics."""
     import torch
 
+    from cvlearn import distributed
     from cvlearn.estimators.finetuner import ForceFieldFinetuner, evaluate_potential
     from cvlearn.io import write_json_atomic
     from cvlearn.export.potential import export_potential
@@ -130,6 +146,9 @@ def run_finetune(config: FinetuneConfig, *, progress: bool = True) -> dict:
     if config.export_dtype not in ("float32", "float64"):
         raise ValueError(f"finetune config: export_dtype must be 'float32' or 'float64', found {config.export_dtype!r}")
     torch.set_num_threads(int(config.threads))
+    distributed.init_from_env()  # under torchrun: join the group (training is data-parallel)
+    rank0 = distributed.is_rank0()
+    progress = progress and rank0
     out = Path(config.out)
     train, val, test = load_data(config)
     logger.info("fine-tuning data: %d train, %d validation, %d test structures", len(train), len(val), len(test))
@@ -139,10 +158,16 @@ def run_finetune(config: FinetuneConfig, *, progress: bool = True) -> dict:
                               force_weight=config.force_weight, learning_rate=config.learning_rate,
                               backbone_lr_scale=config.backbone_lr_scale, max_epochs=config.max_epochs,
                               patience=config.patience, max_atoms=config.max_atoms, seed=config.seed,
-                              progress=progress)
-    model = est.fit(train, val, checkpoint_path=out / "train_state.pt").fetch_model()
+                              device=distributed.rank_device(config.device), progress=progress)
+    model = est.fit(train, val, checkpoint_path=out / "train_state.pt").fetch_model().cpu()  # rank 0 writes the state;
+    # the outputs are CPU tensors whatever the training device: the exported potential runs anywhere
+    n_ranks = distributed.world_size()
+    distributed.destroy()  # every rank holds the same model: rank 0 alone evaluates, exports and writes
+    if not rank0:
+        return {}
     model.save(out / "model.pt", config=asdict(config))
-    metrics = {"n_train": len(train), "n_val": len(val), "n_test": len(test), "best_epoch": est.best_epoch,
+    metrics = {"n_train": len(train), "n_val": len(val), "n_test": len(test), "processes": n_ranks,
+               "best_epoch": est.best_epoch,
                "epochs_run": len(est.history), "validation": evaluate_potential(model, val, config.max_atoms)}
     if test:
         metrics["test"] = evaluate_potential(model, test, config.max_atoms)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from cvlearn.config import check_output_dir, check_ranges
+from cvlearn.distributed import check_device
 from cvlearn.errors import ConfigError
 from cvlearn.io import write_json_atomic
 from cvlearn.run_dir import open_run
@@ -40,7 +41,8 @@ CONTEXTS = ("molecule", "window")
 BASELINES = ("tica_torsions", "vampnet_distances")
 BIAS_METHODS = ("weights", "rescaled_time")
 QUICK = {"max_epochs": 3, "patience": 2, "min_epochs": 0, "n_seeds": 1}
-OUTPUTS = ("store", "seeds", "baselines", "cv.pt", "metrics.json", "report.md", "training_curves.png",
+DISTANCE_CV = "baseline_distances_cv.pt"  # export_baselines: the distance-VAMPNet baseline, exported beside cv.pt
+OUTPUTS = ("store", "seeds", "baselines", "cv.pt", DISTANCE_CV, "metrics.json", "report.md", "training_curves.png",
            "cv_on_tica.png", "cv_on_observables.png", "cv_its.png", "cv_ck_test.png", "cv_vamp2_curves.png",
            "cv_kinetics.json")
 
@@ -141,6 +143,7 @@ class LearnConfig:
     seeds: tuple[int, ...] = (0,)
     validation_fraction: float = 0.25
     baselines: tuple[str, ...] = BASELINES
+    export_baselines: bool = False  # also export the best distance-VAMPNet seed (DISTANCE_CV), biasable like cv.pt
     observables: Optional[dict] = None  # name: spec (see openmm_plugin.stages.learn_data)
     biased: Optional[BiasedSpec] = None
     max_epochs: int = 30
@@ -154,6 +157,7 @@ class LearnConfig:
     n_clusters: int = 20  # k-means states of the MSM behind the ITS / CK test
     smoothness: float = 0.0  # λ of the Dirichlet-form penalty (cvlearn.estimators.smoothness); 0: none
     smoothness_frames: int = 32  # frames per training step it is estimated on
+    device: str = "cpu"  # embedding and training: cpu | cuda (under torchrun: each rank's own GPU) | cuda:N
 
     def __post_init__(self):
         from cvlearn.nn.mixers import MIXERS
@@ -169,10 +173,17 @@ class LearnConfig:
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"baselines: expected names from {list(BASELINES)}, found {unknown}")
+        if self.export_baselines and "vampnet_distances" not in self.baselines:
+            raise ValueError(f"export_baselines: expected 'vampnet_distances' in baselines (it is what is exported), "
+                             f"found baselines {list(self.baselines)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(isinstance(s, bool) for s in self.seeds):
             raise ValueError(f"seeds: expected distinct integer seeds, found {list(self.seeds)}")
         if not self.validation_fraction > 0:
             raise ValueError(f"validation_fraction: expected a fraction in (0, 1), found {self.validation_fraction!r}")
+        try:
+            check_device(self.device)  # "device: expected 'cpu', 'cuda' or 'cuda:N', found ..."
+        except ConfigError as err:  # as ValueError "device: ...", so load_config prefixes the file
+            raise ValueError(str(err)) from None
         if self.periodic not in ("auto", True, False):
             raise ValueError(f"periodic: expected auto, true or false, found {self.periodic!r}")
         if isinstance(self.n_clusters, bool) or not isinstance(self.n_clusters, int) or self.n_clusters < 2:
@@ -245,7 +256,8 @@ def run_learn(config: LearnConfig, *, quick: bool = False, restart_fresh: bool =
     if not rank0:
         distributed.barrier()  # rank 0 records (or cleans) the run first; the others then find its run.json
     run = open_run(out / "run.json", config, _input_files(config, plan), restart_fresh=restart_fresh and rank0,
-                   outputs=[out / name for name in OUTPUTS if not (name == "store" and config.store)])
+                   outputs=[out / name for name in OUTPUTS if not (name == "store" and config.store)],
+                   ignore=("out", "device"))  # a run may resume on another device
     if rank0:
         distributed.barrier()
     if run.finished and (out / "metrics.json").is_file() and (out / "cv.pt").is_file():

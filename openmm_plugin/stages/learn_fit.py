@@ -2,6 +2,8 @@
 
 Every seed trains through :func:`cvlearn.estimators.fit_seeds` with its own checkpoint
 (``<out>/seeds/seed<k>.ckpt``), so a killed run resumes inside a seed and a finished seed runs no epoch again.
+Embedding and training run on ``config.device`` (:func:`cvlearn.distributed.rank_device`: under torchrun a bare
+``cuda`` is each rank's own GPU); the store, the models handed on and the export are on the CPU.
 """
 
 from __future__ import annotations
@@ -83,12 +85,16 @@ def fit_weights(config, plan, data) -> dict:
 
 def train_cv(config, plan, data, out: Path, seconds: dict, progress: bool) -> dict:
     """Train every seed, pick the best by validation VAMP-2, export ``<out>/cv.pt``; return results for the report."""
+    from cvlearn import distributed
+
+    device = distributed.rank_device(config.device)
     z = atomic_numbers(plan.topology, plan.atoms)
     frozen = config.protocol == "frozen"
     tick = time.perf_counter()
     if frozen:
         featurizer = config.featurizer.build(z, seed=config.seeds[0]).eval()
-        embedder = make_token_embedder(featurizer, plan.topology, plan.atoms, config.context, config.half_width)
+        embedder = make_token_embedder(featurizer, plan.topology, plan.atoms, config.context,
+                                       config.half_width).to(device)
         inputs = _embed(config, plan, data, embedder, out, progress)
         embedder.requires_grad_(False)
     else:
@@ -122,8 +128,9 @@ def train_cv(config, plan, data, out: Path, seconds: dict, progress: bool) -> di
                            fit_kwargs={**fit_kwargs, "checkpoint_path": out / "seeds" / f"seed{seed}.ckpt"},
                            lagtime=data.lag, learning_rate=config.learning_rate, batch_size=config.batch_size,
                            max_epochs=config.max_epochs, patience=config.patience,
-                           min_epochs=min(config.min_epochs, config.max_epochs), progress=progress, **smooth)
-        model, history = result.models[0], result.histories[0]
+                           min_epochs=min(config.min_epochs, config.max_epochs), progress=progress, device=device,
+                           **smooth)
+        model, history = result.models[0].cpu(), result.histories[0]
         val_out = [o.numpy() for o in model_outputs(model, val)]
         biased = config.biased is not None
         seeds.append({"seed": int(seed), "model": model, "history": history,
@@ -137,12 +144,11 @@ def train_cv(config, plan, data, out: Path, seconds: dict, progress: bool) -> di
     best = max(seeds, key=lambda s: s["vamp2_val"])
     model = best["model"]
     if frozen:
+        embedder.cpu()
         model = model.with_lobe(model.lobe.on_featurizer(torch.nn.Identity(), embedder))
     model.eval()
     outputs = [o.numpy() for o in model_outputs(best["model"], inputs)]
     tick = time.perf_counter()
-    from cvlearn import distributed
-
     if distributed.is_rank0():  # under torchrun every rank holds the same model; one writes it
         _export(config, plan, data, model, best, outputs, out / "cv.pt")
     seconds["export"] = time.perf_counter() - tick

@@ -71,12 +71,36 @@ def _distance_baseline(config, plan, data, out: Path, progress: bool, notes: lis
                            max_epochs=config.max_epochs, patience=config.patience,
                            min_epochs=min(config.min_epochs, config.max_epochs), progress=progress)
         value = result.validation[0] if config.biased is not None else result.values[0]
-        rows.append({"seed": int(seed), "vamp2_val": float(value), "history": result.histories[0]})
+        rows.append({"seed": int(seed), "vamp2_val": float(value), "history": result.histories[0],
+                     "model": result.models[0]})
     values = [r["vamp2_val"] for r in rows]
+    exported = {}
+    if config.export_baselines:
+        exported = {"exported": _export_distance_cv(config, plan, data, max(rows, key=lambda r: r["vamp2_val"]), out)}
     return {"vamp2_val": float(max(values)), "vamp2_val_mean": float(np.mean(values)),
             "vamp2_val_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            "per_seed": [{k: v for k, v in r.items() if k != "history"} for r in rows],
+            "per_seed": [{k: v for k, v in r.items() if k not in ("history", "model")} for r in rows], **exported,
             "seconds": time.perf_counter() - started, "_histories": {r["seed"]: r["history"] for r in rows}}
+
+
+def _export_distance_cv(config, plan, data, best: dict, out: Path) -> str:
+    """The best distance-VAMPNet seed as an exported CV beside ``cv.pt``: the same ``export_cv`` contract (selection,
+    periodic MakeWhole, training range, lag), so it is biased and benchmarked exactly as the learned CV is.
+    Its features are the lobe's own :class:`PairwiseDistances` (nm), so training and export compute the same ones."""
+    from cvlearn.export import export_cv
+    from cvlearn.estimators.multiseed import model_outputs
+    from openmm_plugin.stages.learn import DISTANCE_CV
+
+    model = best["model"].cpu().eval()  # exported CVs load on the CPU, whatever device trained them
+    outputs = [o.numpy() for o in model_outputs(model, data.positions)]
+    export_cv(model, out / DISTANCE_CV, atom_indices=plan.atoms.tolist(), n_particles=plan.topology.n_atoms,
+              topology=plan.topology, lagtime_ps=config.lagtime_ps, frame_interval_ps=data.frame_interval_ps,
+              training_outputs=outputs, dtype=torch.float32, periodic=data.periodic,
+              extra={"cv_names": [f"cv{k + 1}" for k in range(outputs[0].shape[1])], "baseline": "vampnet_distances",
+                     "singular_values": [float(s) for s in model.singular_values], "selection": config.selection,
+                     "seed": best["seed"], "vamp2_val": best["vamp2_val"],
+                     "trajectories": [str(p) for p in plan.trajectories], "stride": config.stride})
+    return DISTANCE_CV
 
 
 def _tica_plane(config, plan, data) -> tuple | None:
@@ -170,7 +194,9 @@ def finish(config, plan, data, learned: dict, out: Path, seconds: dict, progress
         "observable_correlations": correlation,
         "kinetics": None if kinetics is None else {k: kinetics[k] for k in ("implied_timescales", "ck_test")},
         "seconds": dict(seconds), "notes": notes, "quick": quick, "config": dataclasses.asdict(config),
-        "outputs": ["cv.pt", "metrics.json", "report.md", *[name for _, name in figures]],
+        "outputs": ["cv.pt", *([baselines["vampnet_distances"]["exported"]]
+                               if "exported" in baselines.get("vampnet_distances", {}) else []),
+                    "metrics.json", "report.md", *[name for _, name in figures]],
     }
     write_text_atomic(out / "report.md", render_report(config, metrics, figures))
     return metrics

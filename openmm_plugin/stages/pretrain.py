@@ -6,6 +6,14 @@ One command reproduces the shipped checkpoint (corpus generation included; both 
 
 Writes ``<out>/backbone.pt`` (self-describing featurizer checkpoint), ``<out>/history.json`` (per-epoch losses),
 ``<out>/loss_curve.png`` and ``<out>/train_state.pt`` (resume state); ``install_to`` copies the backbone elsewhere.
+
+Data-parallel over processes or GPUs with ``torchrun`` (each rank takes its slice of every global batch; the result
+is that of one process, see :mod:`cvlearn.estimators.pretrainer`)::
+
+    torchrun --nproc_per_node 4 --no-python cvlearn pretrain --config pretrain.yaml
+
+Rank 0 builds the corpus (``--make-corpus``; the other ranks wait for it, up to the process group's 30-minute
+timeout, so build a large corpus in one plain process first) and writes every output; the other ranks return ``{}``.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from pathlib import Path
 from typing import Optional
 
 from cvlearn.config import check_ranges
+from cvlearn.distributed import check_device
+from cvlearn.errors import ConfigError
 from cvlearn.data.trajectories import check_distinct_paths
 from openmm_plugin.stages.corpus import CorpusSpec
 
@@ -45,9 +55,14 @@ class PretrainConfig:
     max_atoms: int = 512
     seed: int = 0
     threads: int = 1  # small graphs run fastest on one torch thread
+    device: str = "cpu"  # cpu | cuda (under torchrun: each rank's own GPU) | cuda:N
     install_to: Optional[str] = None  # copy the backbone checkpoint here as well
 
     def __post_init__(self):
+        try:
+            check_device(self.device)  # "device: expected 'cpu', 'cuda' or 'cuda:N', found ..."
+        except ConfigError as err:  # as ValueError "device: ...", so load_config prefixes the file
+            raise ValueError(str(err)) from None
         check_ranges(self, positive=("noise_sigma_angstrom", "learning_rate"), fraction=("validation_fraction",),
                      at_least_one=("validation_every", "stride", "max_epochs", "max_atoms", "threads"),
                      non_negative=("seed",))
@@ -108,12 +123,16 @@ def run_pretrain(config: PretrainConfig, *, make_corpus: bool = False, progress:
     """Build the corpus if asked, pre-train, write backbone + history + loss curve; returns the summary dict."""
     import torch
 
+    from cvlearn import distributed
     from cvlearn.io import atomic_path, write_json_atomic
     from cvlearn.data.splits import split_structures
     from cvlearn.estimators.pretrainer import DenoisingPretrainer
     from openmm_plugin.stages.corpus import build_corpus, corpus_structures, describe, read_manifest
 
     torch.set_num_threads(int(config.threads))
+    distributed.init_from_env()  # under torchrun: join the group (training is data-parallel)
+    rank0 = distributed.is_rank0()
+    progress = progress and rank0
     out = Path(config.out)
     if config.structure_files:
         structures = _read_structure_files(config.structure_files, config.heavy_atoms_only)
@@ -121,11 +140,12 @@ def run_pretrain(config: PretrainConfig, *, make_corpus: bool = False, progress:
         source = f"{len(structures)} structures from {', '.join(map(str, config.structure_files))}"
         corpus_info = {"files": list(map(str, config.structure_files))}
     else:
-        if make_corpus:
+        if make_corpus and rank0:
             spec = config.corpus_spec
             spec = CorpusSpec(**{**asdict(spec), "sequences": tuple(spec.sequences),
                                  "temperatures_k": tuple(float(t) for t in spec.temperatures_k)})
             build_corpus(config.corpus, spec, progress=progress)
+        distributed.barrier()  # the corpus is complete before any rank reads it
         manifest = read_manifest(config.corpus)
         kw = dict(heavy_atoms_only=config.heavy_atoms_only, stride=config.stride,
                   validation_every=config.validation_every)
@@ -139,17 +159,23 @@ def run_pretrain(config: PretrainConfig, *, make_corpus: bool = False, progress:
         config.kind, config.architecture, initial_checkpoint=config.initial_checkpoint,
         noise_sigma_angstrom=config.noise_sigma_angstrom, learning_rate=config.learning_rate,
         max_epochs=config.max_epochs,
-        max_atoms=config.max_atoms, seed=config.seed, progress=progress)
+        max_atoms=config.max_atoms, seed=config.seed, device=distributed.rank_device(config.device),
+        progress=progress)
     t0 = time.perf_counter()
-    estimator.fit(train, val, checkpoint_path=out / "train_state.pt")
+    estimator.fit(train, val, checkpoint_path=out / "train_state.pt")  # rank 0 writes the resume state
     fit_seconds = time.perf_counter() - t0
+    n_ranks = distributed.world_size()
+    distributed.destroy()  # every rank holds the same weights: rank 0 alone writes the outputs
+    if not rank0:
+        return {}
     train_seconds = sum(r["seconds"] for r in estimator.history)
     heavy = "heavy atoms only" if config.heavy_atoms_only else "all atoms"
     estimator.save_backbone(out / "backbone.pt", corpus=source, atoms=heavy, training_seconds=train_seconds,
-                            torch_threads=int(config.threads), pretrain_config=_jsonable(asdict(config)))
+                            torch_threads=int(config.threads), processes=n_ranks,
+                            pretrain_config=_jsonable(asdict(config)))
     summary = {"config": _jsonable(asdict(config)), "data": corpus_info, "n_train": len(train), "n_val": len(val),
                "history": estimator.history, "training_seconds_all_epochs": train_seconds,
-               "fit_seconds_this_call": fit_seconds,
+               "fit_seconds_this_call": fit_seconds, "processes": n_ranks,
                "final_train_loss": estimator.history[-1]["train_loss"],
                "final_val_loss": estimator.history[-1]["val_loss"]}
     write_json_atomic(out / "history.json", summary)

@@ -30,9 +30,10 @@ def make_system(n_particles: int = 1, second_well_on_y: bool = False) -> openmm.
     system = openmm.System()
     for _ in range(n_particles):
         system.addParticle(MASS_AMU)
-    y_term = "B*((y/a)^2-1)^2" if second_well_on_y else "0.5*k*y^2"
-    force = openmm.CustomExternalForce(f"B*((x/a)^2-1)^2 + {y_term} + 0.5*k*z^2")
-    for name, value in (("B", BARRIER_KJMOL), ("a", MINIMUM_NM), ("k", KAPPA_YZ)):
+    y_term = "B*((y/x_min)^2-1)^2" if second_well_on_y else "0.5*k*y^2"
+    force = openmm.CustomExternalForce(f"B*((x/x_min)^2-1)^2 + {y_term} + 0.5*k*z^2")
+    # x_min, not "a": the MTS integrator has a variable "a", which a Context parameter may not shadow
+    for name, value in (("B", BARRIER_KJMOL), ("x_min", MINIMUM_NM), ("k", KAPPA_YZ)):
         force.addGlobalParameter(name, value)
     force.addParticle(0, [])
     system.addForce(force)

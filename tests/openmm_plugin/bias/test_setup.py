@@ -151,3 +151,23 @@ def test_contract_errors(phi_psi_cv, ala2, tmp_path):
         bias_cv(other, phi_psi_cv, system_label="ACE-AA-NME")
     with pytest.raises(TypeError, match=r"unknown parameter\(s\) \['height_kjmol'\] for method 'opes-metad'"):
         bias_cv(_fresh_system(ala2), phi_psi_cv, height_kjmol=1.0)
+
+
+def test_opes_kernels_of_a_learned_cv_are_untruncated_by_default(phi_psi_cv):
+    """Config default kernel_cutoff 15 sigma (no dV/ds jump at a kernel edge, benchmarks/results/blowup.md);
+    `plumed` gives PLUMED's sqrt(2 barrier / (kT (1 - 1/gamma)))."""
+    from openmm_plugin.bias import OPESParams
+    from openmm_plugin.bias.opes import OPES
+
+    _, spec = load_cv(phi_psi_cv)
+    ours = make_bias("opes-metad", 2, temperature_k=300.0, params=OPESParams(sigma=(0.3,)), spec=spec)
+    plumed = make_bias("opes-metad", 2, temperature_k=300.0, params=OPESParams(sigma=(0.3,), kernel_cutoff="plumed"),
+                       spec=spec)
+    assert isinstance(ours, OPES) and isinstance(plumed, OPES)
+    assert math.sqrt(ours.cutoff2) == pytest.approx(15.0)
+    kt = 0.0083144626 * 300.0
+    gamma = 30.0 / kt
+    assert math.sqrt(plumed.cutoff2) == pytest.approx(math.sqrt(2 * 30.0 / (kt * (1 - 1 / gamma))), rel=1e-6)
+    for bad in ("wide", 0.0):
+        with pytest.raises(ValueError, match="kernel_cutoff: expected"):
+            OPESParams(kernel_cutoff=bad)

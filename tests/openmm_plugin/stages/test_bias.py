@@ -194,3 +194,32 @@ def test_contract_and_file_errors(ala2_files, ala2, tmp_path):
                                           r"2-dimensional CV \(.*phi_psi\.pt\), found \[0, 3\]$"):
         run_bias(_bias_config(cv, tmp_path / "d", system="alanine_dipeptide", components=[0, 3]))
     assert not any((tmp_path / name).exists() for name in "abcd")  # refused before anything was written
+
+
+def test_walker_id_and_seed_flags_override_the_config(tmp_path):
+    """One config for a job array: each ``cvlearn bias`` gets its walker id and seed on the command line."""
+    from openmm_plugin.cli import bias_config, build_parser
+
+    path = _write(tmp_path / "bias.yaml", {"cv": "cv.pt", "system": "alanine_dipeptide", "walkers_dir": "shared",
+                                           "walker_id": 0, "seed": 1})
+    args = build_parser().parse_args(["bias", "--config", str(path), "--walker-id", "3", "--seed", "7",
+                                      "--out", str(tmp_path / "w3")])
+    config = bias_config(args)
+    assert (config.walker_id, config.seed, config.out, config.walkers_dir) == (3, 7, str(tmp_path / "w3"), "shared")
+    assert bias_config(build_parser().parse_args(["bias", "--config", str(path)])).walker_id == 0
+    with pytest.raises(ConfigError, match="seed"):
+        bias_config(build_parser().parse_args(["bias", "--config", str(path), "--seed", "-2"]))
+
+
+def test_temperature_guard_alone_and_with_a_cap():
+    from openmm_plugin.stages.bias import _guard
+
+    assert _guard(BiasConfig(system="alanine_dipeptide")) is None
+    hot = _guard(BiasConfig(system="alanine_dipeptide", force_guard_max_temperature_k=450.0, force_guard_mode="stop"))
+    assert hot.watches_temperature and hot.max_kinetic_temperature_k == 450.0 and hot.max_force_kjmol_nm == np.inf
+    both = _guard(BiasConfig(system="alanine_dipeptide", force_guard_kjmol_nm=2000.0, force_guard_max_temperature_k=450.0))
+    assert both.max_force_kjmol_nm == 2000.0 and both.watches_temperature
+    with pytest.raises(ValueError, match="force_guard_max_temperature_k: needs route 'python'"):
+        BiasConfig(system="alanine_dipeptide", route="torch", force_guard_max_temperature_k=450.0)
+    with pytest.raises(ValueError, match="force_guard_max_temperature_k"):
+        BiasConfig(system="alanine_dipeptide", force_guard_max_temperature_k=-1.0)

@@ -103,3 +103,17 @@ def test_pretrain_on_sdf_structures(tmp_path):
     summary = run_pretrain(config, progress=False)
     assert summary["n_train"] == 6 and summary["n_val"] == 2
     assert np.isfinite(summary["final_val_loss"])
+
+
+def test_device_is_checked_before_any_compute(tmp_path, monkeypatch):
+    from openmm_plugin.stages.finetune import FinetuneConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = tmp_path / "p.yaml"
+    for config_type in (PretrainConfig, FinetuneConfig):
+        path.write_text("device: gpu\n")
+        with pytest.raises(ValueError, match=r"p.yaml: device: expected 'cpu', 'cuda' or 'cuda:N', found 'gpu'"):
+            load_config(config_type, path)
+        path.write_text("device: cuda\n")
+        with pytest.raises(ValueError, match=r"device: .*torch.cuda.is_available\(\) is False"):
+            load_config(config_type, path)

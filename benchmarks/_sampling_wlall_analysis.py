@@ -1,0 +1,178 @@
+"""The analysis of ``benchmarks/sampling_wlall.py``: the reference's TICA model and implied timescales, projections
+of biased walkers onto it, reweighted free energies against the reference, and slow transitions along TICA 1.
+
+* TICA (deeptime) on sin/cos of backbone φ/ψ (:func:`cvlearn.estimators.baselines.backbone_torsion_features`) of the
+  unbiased reference, one continuous trajectory (its segments continue one another), the first
+  ``equilibration_ns`` dropped (it starts from an extended chain).
+* Slowest implied timescale: MSM ITS (:func:`cvlearn.analysis.kinetics.implied_timescales`) on k-means states of the
+  first two TICs at a few lags; the plan uses the largest ITS_1 over those lags (ITS converge from below).
+* Free energies: F(TIC1, TIC2) and per-residue F(φ, ψ), biased frames weighted exp(βV) (OPES,
+  :func:`cvlearn.analysis.reweighting.opes_weights`, the first 10 % of each walker dropped while the bias builds),
+  the walkers of an arm pooled with equal weight each; RMS difference to the reference over bins populated in both
+  with F_ref ≤ ``cutoff_kjmol``, after the best constant shift (F is defined up to a constant).
+* Transitions: the two most populated states along TIC1 (1-D 2-means on the reference), cores the outer three
+  quarters of each side (a frame between the cores keeps its last core: hysteresis).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cvlearn.analysis.reweighting import free_energy_surface, opes_weights
+
+BURN_IN_FRACTION = 0.1  # of each walker, dropped from reweighting (the OPES bias is still building)
+
+
+def torsions(paths: list[Path], topology: Path):
+    """Per file: (features [T, 4 n] sin/cos of φ/ψ, φ [T, n] rad, ψ [T, n] rad), φ_i and ψ_i of the same residue."""
+    import mdtraj
+
+    from cvlearn.data.trajectories import load_trajectories
+    from cvlearn.estimators.baselines import backbone_torsion_features
+
+    out = []
+    for traj in load_trajectories([str(p) for p in paths], str(topology), selection="backbone"):
+        phi_idx, phi = mdtraj.compute_phi(traj)
+        psi_idx, psi = mdtraj.compute_psi(traj)
+        common = sorted(set(phi_idx[:, 2]) & set(psi_idx[:, 1]))  # residues with both (keyed by their CA)
+        phi = phi[:, [list(phi_idx[:, 2]).index(a) for a in common]]
+        psi = psi[:, [list(psi_idx[:, 1]).index(a) for a in common]]
+        out.append((backbone_torsion_features(traj), phi, psi))
+    return out
+
+
+def reference_model(features: np.ndarray, frame_ps: float, lag_ps: float, its_lags_ps, n_clusters: int,
+                    dim: int = 2) -> dict:
+    """TICA of the reference and the implied timescales of its slowest processes."""
+    from deeptime.decomposition import TICA
+
+    from cvlearn.analysis.kinetics import discretize, implied_timescales
+
+    lag = max(1, int(round(lag_ps / frame_ps)))
+    model = TICA(lagtime=lag, dim=dim).fit([features]).fetch_model()
+    tics = model.transform(features)[:, :dim]
+    eig = np.asarray(model.singular_values[:dim], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tica_its_ps = (-lag * frame_ps / np.log(np.abs(eig))).tolist()
+    lags = sorted({max(1, int(round(t / frame_ps))) for t in its_lags_ps if t / frame_ps < len(features) / 4})
+    dtrajs = discretize([tics], min(n_clusters, len(tics) // 4), seed=0)
+    its = implied_timescales(dtrajs, lags, n_its=2, dt_ps=frame_ps)
+    its1 = [row[0] for row in its["timescales_ps"]]
+    slowest = float(np.nanmax(its1)) if np.isfinite(its1).any() else float("nan")
+    return {"model": model, "tics": tics, "lag_ps": lag * frame_ps, "tica_its_ps": tica_its_ps, "its": its,
+            "slowest_its_ps": slowest}
+
+
+def project(model, features: np.ndarray, dim: int = 2) -> np.ndarray:
+    return model.transform(features)[:, :dim]
+
+
+def two_state_cores(tic1: np.ndarray) -> dict:
+    """The two most populated states along TIC1 (1-D 2-means), and hysteresis cores: ``A: x < below``,
+    ``B: x > above`` (a quarter of the distance between the centres in from each centre's far side)."""
+    x = np.asarray(tic1, dtype=float)
+    centres = np.percentile(x, [25.0, 75.0])
+    for _ in range(100):
+        label = np.abs(x[:, None] - centres[None, :]).argmin(axis=1)
+        new = np.array([x[label == k].mean() if np.any(label == k) else centres[k] for k in range(2)])
+        if np.allclose(new, centres):
+            break
+        centres = new
+    a, b = sorted(centres.tolist())
+    d = b - a
+    return {"centres": [a, b], "below": a + 0.25 * d, "above": b - 0.25 * d,
+            "population_A": float(np.mean(x < 0.5 * (a + b))), "population_B": float(np.mean(x >= 0.5 * (a + b)))}
+
+
+def count_core_transitions(x: np.ndarray, below: float, above: float) -> int:
+    """Transitions between core A (x < below) and core B (x > above); frames between keep their last core."""
+    x = np.asarray(x, dtype=float)
+    state = np.full(x.shape, -1, dtype=np.int8)
+    state[x < below] = 0
+    state[x > above] = 1
+    visited = state[state >= 0]
+    return int(np.count_nonzero(visited[1:] != visited[:-1]))
+
+
+def fes_rms(f_ref: np.ndarray, f: np.ndarray, cutoff_kjmol: float) -> tuple[float, int]:
+    """RMS of F − F_ref (kJ/mol) over bins populated in both with F_ref ≤ cutoff, after the best constant shift;
+    and the number of those bins."""
+    mask = np.isfinite(f_ref) & np.isfinite(f) & (f_ref <= cutoff_kjmol)
+    if mask.sum() < 2:
+        return float("nan"), int(mask.sum())
+    diff = f[mask] - f_ref[mask]
+    return float(np.sqrt(np.mean((diff - diff.mean()) ** 2))), int(mask.sum())
+
+
+def walker_weights(bias_kjmol: np.ndarray) -> tuple[slice, np.ndarray]:
+    """Frames kept (burn-in dropped) and their OPES weights, normalised to sum 1 per walker."""
+    keep = slice(int(len(bias_kjmol) * BURN_IN_FRACTION), None)
+    return keep, opes_weights(np.asarray(bias_kjmol)[keep], 300.0)
+
+
+def pooled_fes(pairs, weights, bins: int, range_xy, periodic: bool = False):
+    """F over (x, y) of frames pooled from several runs: ``pairs`` [(x, y)] and ``weights`` [w or None] per run."""
+    x = np.concatenate([p[0] for p in pairs])
+    y = np.concatenate([p[1] for p in pairs])
+    w = None if all(v is None for v in weights) else np.concatenate(
+        [v if v is not None else np.full(len(p[0]), 1.0 / len(p[0])) for p, v in zip(pairs, weights)])
+    if periodic:
+        x, y = (np.mod(v + np.pi, 2 * np.pi) - np.pi for v in (x, y))
+    return free_energy_surface(x, y, w, 300.0, bins=bins, range_xy=range_xy)
+
+
+def compare_fes(ref: dict, arm_runs: list[dict], s: dict) -> dict:
+    """RMS of the reweighted F(TIC1, TIC2) and per-residue F(φ, ψ) of one arm (pooled walkers) and per walker."""
+    tic_range = tuple((float(v.min()), float(v.max())) for v in ref["tics"].T)
+    f_ref, xe, ye = pooled_fes([tuple(ref["tics"].T)], [None], s["tica_bins"], tic_range)
+    runs = [r for r in arm_runs if len(r["tics"])]
+    if not runs:
+        return {"rms_tica_kjmol": float("nan"), "rms_torsions_kjmol": float("nan"), "n_bins_tica": 0}
+    pairs = [tuple(r["tics"][r["keep"]].T) for r in runs]
+    f_arm = pooled_fes(pairs, [r["weights"] for r in runs], s["tica_bins"], tic_range)[0]
+    rms_tica, n_bins = fes_rms(f_ref, f_arm, s["fes_cutoff_kjmol"])
+    per_walker = [fes_rms(f_ref, pooled_fes([p], [r["weights"]], s["tica_bins"], tic_range)[0],
+                          s["fes_cutoff_kjmol"])[0] for p, r in zip(pairs, runs)]
+    per_residue, surfaces = [], []
+    torsion_range = ((-np.pi, np.pi), (-np.pi, np.pi))
+    for i in range(ref["phi"].shape[1]):
+        f_r = pooled_fes([(ref["phi"][:, i], ref["psi"][:, i])], [None], s["torsion_bins"], torsion_range, True)
+        f_b = pooled_fes([(r["phi"][r["keep"], i], r["psi"][r["keep"], i]) for r in runs], [r["weights"] for r in runs],
+                         s["torsion_bins"], torsion_range, True)
+        per_residue.append(fes_rms(f_r[0], f_b[0], s["fes_cutoff_kjmol"])[0])
+        surfaces.append((f_r, f_b))
+    finite = np.asarray(per_residue, dtype=float)
+    return {"rms_tica_kjmol": rms_tica, "n_bins_tica": n_bins, "rms_tica_per_walker_kjmol": per_walker,
+            "rms_torsions_per_residue_kjmol": per_residue,
+            "rms_torsions_kjmol": float(np.nanmean(finite)) if np.isfinite(finite).any() else float("nan"),
+            "_fes_tica": (f_arm, xe, ye), "_fes_ref": (f_ref, xe, ye), "_torsion_surfaces": surfaces}
+
+
+def plot(ref_fes, arms: dict, path_stem: Path) -> list[str]:
+    """F(TIC1, TIC2) of the reference and of each arm reweighted (one PNG each, the same bins), and the
+    Ramachandran plane of the slowest-moving residue side by side (one PNG). Returns the file names."""
+    from cvlearn.analysis.plots import plot_fes_2d, plot_fes_panels
+
+    names = []
+    for label, (fes, xe, ye) in [("reference", ref_fes), *[(a, v["_fes_tica"]) for a, v in arms.items()
+                                                          if "_fes_tica" in v]]:
+        path = path_stem.with_name(f"{path_stem.name}_fes_tica_{label}.png")
+        plot_fes_2d(fes, xe, ye, path, "TIC 1 (reference)", "TIC 2 (reference)")
+        names.append(path.name)
+    with_surfaces = {a: v for a, v in arms.items() if v.get("_torsion_surfaces")}
+    if with_surfaces:
+        rms = np.nanmean([v["rms_torsions_per_residue_kjmol"] for v in with_surfaces.values()], axis=0)
+        i = int(np.nanargmax(rms)) if np.isfinite(rms).any() else 0
+        first = next(iter(with_surfaces.values()))["_torsion_surfaces"][i][0]
+        panels = [(f"reference, residue {i + 1}", *first)]
+        panels += [(f"{a} reweighted, residue {i + 1}", *v["_torsion_surfaces"][i][1]) for a, v in with_surfaces.items()]
+        path = path_stem.with_name(f"{path_stem.name}_fes_phi_psi.png")
+        plot_fes_panels(panels, path)
+        names.append(path.name)
+    return names
+
+
+__all__ = ["compare_fes", "count_core_transitions", "fes_rms", "plot", "project", "reference_model", "torsions",
+           "two_state_cores", "walker_weights"]

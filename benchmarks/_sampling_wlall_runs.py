@@ -1,0 +1,287 @@
+"""The MD of ``benchmarks/sampling_wlall.py``: training data, the learned CVs, the unbiased reference, the walkers.
+
+Every part resumes after a kill and refuses changed settings through the stage it runs on:
+
+* training data: :func:`openmm_plugin.stages.simulate.run_simulate` (checkpoints, ``<prefix>.run.json``);
+* CVs: :func:`openmm_plugin.stages.learn.run_learn` with ``export_baselines`` (``cv.pt`` and
+  ``baseline_distances_cv.pt`` from the same data);
+* reference: fixed-length segments of :func:`openmm_plugin.simulation.run_md` (each checkpoints and resumes; a
+  finished one is skipped). Segment k starts from the last frame of segment k − 1 with velocities drawn afresh at
+  300 K (a Maxwell-Boltzmann draw keeps the canonical ensemble; velocity memory is ~1 ps at friction 1/ps), so the
+  reference can grow to any length, one segment at a time, across sessions;
+* walkers: :func:`openmm_plugin.stages.bias.run_bias` (PythonForce + TorchScript CV, COLVAR + trajectory.dcd, bias
+  checkpoints).
+
+The walkers and the reference's extension run side by side (:func:`run_children`), each in a child process so a time
+budget can stop it; a stopped child resumes from its checkpoint next time. A child dies with its parent (Linux).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cvlearn.io import write_json_atomic
+
+SYSTEM = "pentapeptide_wlall"
+ARMS = {"gnn": "cv.pt", "distances": "baseline_distances_cv.pt"}  # arm -> file in the learn directory
+
+
+class OutOfTime(Exception):
+    """The invocation's time budget is spent: stop at a clean point (every part resumes next time)."""
+
+
+class Budget:
+    """Wall-clock budget of one invocation (``minutes`` None: unlimited)."""
+
+    def __init__(self, minutes: float | None):
+        self.end = None if minutes is None else time.monotonic() + 60.0 * minutes
+
+    def left_s(self) -> float:
+        return float("inf") if self.end is None else self.end - time.monotonic()
+
+    def check(self, what: str, needs_s: float = 0.0) -> None:
+        """:class:`OutOfTime` unless ``needs_s`` seconds are left for ``what``."""
+        if self.left_s() <= needs_s:
+            raise OutOfTime(f"budget spent before {what}")
+
+
+def training_data(work: Path, s: dict) -> list[Path]:
+    """Unbiased high-temperature runs (``cvlearn simulate``), one per seed; returns the DCD paths."""
+    from openmm_plugin.stages.simulate import SimulateConfig, run_simulate
+
+    paths = []
+    for seed in range(s["train_seeds"]):
+        result = run_simulate(SimulateConfig(system=SYSTEM, ns=s["train_ns"], temperature_k=s["train_temperature_k"],
+                                             seed=seed, out=str(work / "train"), report_interval_ps=s["frame_ps"],
+                                             platform=s["platform"], checkpoint_interval_ps=s["checkpoint_ps"]))
+        paths.append(result.trajectory_path)
+    return paths
+
+
+def learn(work: Path, s: dict, trajectories: list[Path], quick: bool) -> dict:
+    """``cvlearn learn`` on the training data, the distance-VAMPNet baseline exported beside ``cv.pt``."""
+    from openmm_plugin.stages.learn import LearnConfig, run_learn
+
+    config = LearnConfig(out=str(work / "learn"), topology=str(trajectories[0].with_suffix(".pdb")),
+                         trajectories=tuple(str(p) for p in trajectories), selection="not element H",
+                         featurizer={"checkpoint": "default"}, context="molecule", mixer=s["mixer"],
+                         lagtime_ps=s["learn_lag_ps"], n_cvs=2, seeds=tuple(range(s["learn_seeds"])),
+                         export_baselines=True, n_clusters=s["n_clusters"])
+    metrics = run_learn(config, quick=quick, progress=False)
+    return {"vamp2_val": metrics.get("vamp2_val"), "seconds": metrics.get("seconds"),
+            "n_frames": metrics.get("n_frames")}
+
+
+# --- the unbiased reference, in segments ----------------------------------------------------------------------------
+def segment_prefix(work: Path, k: int) -> Path:
+    return work / "reference" / f"seg_{k:04d}"
+
+
+def finished_segments(work: Path) -> int:
+    """How many segments in a row are complete (``.dcd`` and ``.pdb`` written at their real end)."""
+    k = 0
+    while all(Path(f"{segment_prefix(work, k)}{ext}").is_file() for ext in (".dcd", ".pdb")):
+        k += 1
+    return k
+
+
+def _segment_log(work: Path) -> Path:
+    return work / "reference" / "segments.json"
+
+
+def segment_speeds(work: Path) -> dict:
+    """``{segment index: ms per MD step}`` as recorded when each segment finished."""
+    path = _segment_log(work)
+    return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+
+
+def extend_reference(work: Path, s: dict, target_ns: float, budget: Budget, molecule=None) -> int:
+    """Run segments until the reference holds ``target_ns`` (or the budget ends); returns the segments done.
+
+    A segment is started only when its measured duration fits the budget left; a kill loses at most
+    ``checkpoint_ps`` (the segment resumes from its checkpoint).
+    """
+    from cvlearn.data.trajectories import load_trajectories
+    from openmm_plugin.simulation import make_integrator, run_md
+    from systems import pentapeptide_wlall as wl
+
+    n_target = int(np.ceil(target_ns / s["segment_ns"] - 1e-9))
+    dt = wl.TIMESTEP_PS
+    steps = int(round(s["segment_ns"] * 1e3 / dt))
+    interval = int(round(s["frame_ps"] / dt))
+    done = finished_segments(work)
+    while done < n_target:
+        speeds = segment_speeds(work)
+        needs = steps * np.median(list(speeds.values())) * 1e-3 * 1.2 if speeds else 0.0
+        budget.check(f"reference segment {done}", needs)
+        molecule = molecule or wl.build()
+        prefix = segment_prefix(work, done)
+        if done == 0:
+            start = molecule.positions_nm
+        else:  # the last frame of the previous segment (positions only: velocities are drawn afresh)
+            previous = segment_prefix(work, done - 1)
+            start = load_trajectories([f"{previous}.dcd"], f"{previous}.pdb")[0].xyz[-1].astype(np.float64)
+        seed = s["reference_seed"] + done
+        result = run_md(molecule.topology, molecule.system, start,
+                        make_integrator(300.0, wl.FRICTION_PER_PS, dt, seed=seed), out_prefix=prefix, n_steps=steps,
+                        report_interval_steps=interval, platform=s["platform"], seed=seed, temperature_k=300.0,
+                        progress=False, desc=f"reference segment {done}",
+                        checkpoint_every_steps=int(round(s["checkpoint_ps"] / dt)))
+        if not result.skipped:
+            speeds[done] = result.ms_per_step
+            write_json_atomic(_segment_log(work), {str(k): v for k, v in sorted(speeds.items())})
+        done += 1
+        print(f"reference: segment {done - 1} done ({done * s['segment_ns']:g} of {n_target * s['segment_ns']:g} ns, "
+              f"{result.ms_per_step:.3f} ms/step)", flush=True)
+    return done
+
+
+# --- the biased walkers ---------------------------------------------------------------------------------------------
+def cv_sigma(work: Path, arm: str, cv_path: Path, components: tuple[int, ...]) -> list[float]:
+    """σ per biased component by :func:`openmm_plugin.bias.sigma.learned_cv_sigma` (the ala2 benchmark's rule),
+    cached in ``<work>/sigma.json`` by the CV file's hash: the walkers' run records hold σ, so it must not move."""
+    from cvlearn.export import load_cv
+    from cvlearn.run_dir import file_sha256
+    from openmm_plugin.bias.sigma import learned_cv_sigma
+    from openmm_plugin.simulation import make_integrator
+    from systems import pentapeptide_wlall as wl
+
+    cache_path = work / "sigma.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    key = f"{arm}:{file_sha256(cv_path)}:{','.join(map(str, components))}"
+    if key not in cache:
+        cv, spec = load_cv(cv_path)
+        molecule = wl.build()
+        cache[key] = [learned_cv_sigma(cv, tuple(spec.cv_range_training[c]), molecule.topology, molecule.system,
+                                       molecule.positions_nm,
+                                       make_integrator(300.0, wl.FRICTION_PER_PS, wl.TIMESTEP_PS, seed=12345), 300.0,
+                                       component=c)[0] for c in components]
+        write_json_atomic(cache_path, cache)
+    return [float(v) for v in cache[key]]
+
+
+def walker_dir(work: Path, arm: str, seed: int) -> Path:
+    return work / "bias" / f"{arm}_s{seed}"
+
+
+def walker_config(work: Path, s: dict, arm: str, seed: int, sigma):
+    """The ``cvlearn bias`` config of one walker: both arms alike but for the CV file and its σ."""
+    from openmm_plugin.bias.params import OPESParams
+    from openmm_plugin.stages.bias import BiasConfig
+
+    step = lambda ps: int(round(ps / 0.002)) // s["mts"] * s["mts"]  # noqa: E731  (WLALL steps are 2 fs)
+    opes = OPESParams(sigma="adaptive" if sigma == "adaptive" else tuple(sigma), barrier_kjmol=s["barrier_kjmol"],
+                      pace_steps=step(s["pace_ps"]))
+    return BiasConfig(cv=str(work / "learn" / ARMS[arm]), system=SYSTEM, out=str(walker_dir(work, arm, seed)),
+                      method="opes-metad", route="python", components=tuple(s["components"]),
+                      range_margin_fraction=s["wall_margin_fraction"], walls_at_training_range=True, temperature_k=300.0,
+                      n_steps=step(s["walker_ns"] * 1e3), report_interval_steps=step(s["frame_ps"]),
+                      save_every_steps=step(s["checkpoint_ps"]), seed=seed, mts_substeps=s["mts"], torch_threads=1,
+                      platform=s["platform"], trajectory=True, opes=opes)
+
+
+def _outcome_path(config) -> Path:
+    return Path(config.out) / "outcome.json"
+
+
+def walker_outcome(config) -> dict | None:
+    """``{"failure": str | None, "ms_per_step": float}`` of a walker that ended (ran through or blew up), else None."""
+    path = _outcome_path(config)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this child when the parent dies (a parent killed by hand must not leave walkers running)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _walker_main(config) -> None:
+    """Child process: run (or resume) one walker; a blow-up is an outcome, a changed setting exits 2."""
+    _die_with_parent()
+    import openmm
+
+    from cvlearn.errors import RunError
+    from cvlearn.run_dir import RunMismatchError
+    from openmm_plugin.stages.bias import run_bias
+
+    try:
+        summary = run_bias(config)
+        outcome = {"failure": None, "ms_per_step": summary["ms_per_step"], "md_steps_run": summary["md_steps_run"]}
+    except RunMismatchError as error:
+        print(f"{config.out}: {error}", flush=True)
+        raise SystemExit(2) from None
+    except (RunError, FloatingPointError, openmm.OpenMMException) as error:
+        outcome = {"failure": str(error)[:300], "ms_per_step": float("nan"), "md_steps_run": None}
+    write_json_atomic(_outcome_path(config), outcome)
+    print(f"{Path(config.out).name}: " + (f"blew up: {outcome['failure']}" if outcome["failure"]
+          else f"{outcome['ms_per_step']:.2f} ms/step"), flush=True)
+
+
+def _reference_main(work: Path, s: dict, target_ns: float) -> None:
+    """Child process: extend the reference to ``target_ns`` (the parent stops it at the end of the budget)."""
+    _die_with_parent()
+    extend_reference(work, s, target_ns, Budget(None))
+
+
+def walker_task(config) -> tuple:
+    """(name, child function, its arguments, whether it has ended) of one walker, for :func:`run_children`."""
+    return Path(config.out).name, _walker_main, (config,), lambda: walker_outcome(config) is not None
+
+
+def reference_task(work: Path, s: dict, target_ns: float) -> tuple:
+    """The reference's extension to ``target_ns`` as a task of :func:`run_children` (beside the walkers)."""
+    done = lambda: finished_segments(work) * s["segment_ns"] >= target_ns - 1e-9  # noqa: E731
+    return "reference", _reference_main, (work, s, target_ns), done
+
+
+def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60.0) -> list[str]:
+    """Run the tasks that have not ended, ``jobs`` at a time, each in a spawned child; at the end of the budget the
+    running ones are stopped (SIGTERM; they resume from their last checkpoint); none starts with under ``min_start_s``
+    left. A walker whose settings changed exits 2 (refused). Returns the names of the tasks left unfinished."""
+    pending = [task for task in tasks if not task[3]()]
+    context = multiprocessing.get_context("spawn")
+    running: list = []
+    try:
+        while pending or running:
+            while pending and len(running) < jobs and budget.left_s() > min_start_s:
+                name, target, args, ended = pending.pop(0)
+                process = context.Process(target=target, args=args, name=name)
+                process.start()
+                running.append((process, name, ended))
+                print(f"{name}: started (pid {process.pid})", flush=True)
+            if budget.left_s() <= 0 or (not running and pending):
+                break
+            time.sleep(1.0)
+            for item in list(running):
+                process, name, ended = item
+                if process.exitcode is None:
+                    continue
+                running.remove(item)
+                if process.exitcode == 2:
+                    raise SystemExit(f"{name}: its settings changed (see above); --restart-fresh starts the benchmark "
+                                     "over")
+                if process.exitcode != 0 or not ended():
+                    raise RuntimeError(f"{name}: exited with code {process.exitcode} before its end")
+                print(f"{name}: ended", flush=True)
+    finally:
+        for process, name, _ in running:  # out of time (or interrupted): stop; the checkpoint holds the progress
+            process.terminate()
+            process.join(30)
+            print(f"{name}: stopped at the end of the budget; resumes next time", flush=True)
+    return [task[0] for task in tasks if not task[3]()]
+
+
+__all__ = ["ARMS", "Budget", "OutOfTime", "cv_sigma", "extend_reference", "finished_segments", "learn",
+           "reference_task", "run_children", "segment_prefix", "segment_speeds", "training_data", "walker_config", "walker_dir",
+           "walker_outcome", "walker_task"]

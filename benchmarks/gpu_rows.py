@@ -1,0 +1,187 @@
+"""GPU rows of the PythonForce route (issue 16): ms/step on alanine dipeptide, CV on cuda vs cpu, eager vs compiled.
+
+Made for a GPU machine that has only torch, openmm (+ openmm-cuda-12) and numpy: no mdtraj, deeptime, openmm-torch,
+torchmd-net, PeptideBuilder or tqdm. So the System is read from ``benchmarks/data/ala2_system.xml`` + ``ala2.npz``
+(written once by ``--prepare`` on a machine with the full stack), and the CVs are plain torch here: ``phi`` (one
+torsion) and ``mlp`` (the 45 heavy-atom pair distances → 64 → 64 → 2, seeded, untrained: cost does not depend on
+the weights). ``--cv FILE`` adds a cvlearn-exported CV: its TorchScript module loads with torch alone, but only eagerly
+(its torch.compile twin unpickles cvlearn classes whose imports need mdtraj and torchmd-net). The bias is a harmonic
+restraint away from the start (dV/ds != 0: the backward always runs). Each row is the best of 3 timings after a
+warm-up (which also compiles); ``overhead`` is the row minus unbiased MD on the same platform.
+
+    python benchmarks/gpu_rows.py --prepare          # full stack, once: writes benchmarks/data/ala2*
+    python benchmarks/gpu_rows.py [--quick] [--platform CUDA] [--devices cuda,cpu] [--cv cv.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import openmm
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine, now_utc, save, targets_table  # noqa: E402
+from openmm_plugin.forces import python_bias_force  # noqa: E402  (torch, openmm, numpy and cvlearn's light modules)
+
+DATA = Path(__file__).resolve().parent / "data"
+TARGET_MS = 0.3
+
+
+def prepare() -> None:
+    """Write the ala2 System (XML), its minimised positions, φ atoms and heavy atoms (needs the full stack)."""
+    from cvlearn.io import write_text_atomic
+    from systems import alanine_dipeptide as ala2
+
+    molecule = ala2.build()
+    DATA.mkdir(exist_ok=True)
+    write_text_atomic(DATA / "ala2_system.xml", openmm.XmlSerializer.serialize(molecule.system))
+    np.savez(DATA / "ala2.npz", positions_nm=molecule.positions_nm, phi=ala2.phi_psi_indices(molecule.topology)[0],
+             heavy=ala2.heavy_atom_indices(molecule.topology))
+    print(f"wrote {DATA / 'ala2_system.xml'} and {DATA / 'ala2.npz'}")
+
+
+class PhiCV(torch.nn.Module):
+    """φ (rad) of 4 atoms; the exported-CV interface (``selected``, ``atom_indices``, ``n_cvs``)."""
+
+    n_cvs, periodic = 1, False
+
+    def __init__(self, atoms):
+        super().__init__()
+        self.register_buffer("atom_indices", torch.as_tensor(np.asarray(atoms), dtype=torch.long))
+
+    def selected(self, x: torch.Tensor) -> torch.Tensor:
+        b0, b1, b2 = x[0] - x[1], x[2] - x[1], x[3] - x[2]
+        b1 = b1 / b1.norm()
+        v, w = b0 - (b0 @ b1) * b1, b2 - (b2 @ b1) * b1
+        return torch.atan2(torch.cross(b1, v, dim=0) @ w, v @ w).reshape(1)
+
+
+class DistanceMLP(torch.nn.Module):
+    """Heavy-atom pair distances (nm) → MLP → 2 CVs, float32 inside like an exported CV, float64 out."""
+
+    n_cvs, periodic = 2, False
+
+    def __init__(self, atoms):
+        super().__init__()
+        torch.manual_seed(0)
+        self.register_buffer("atom_indices", torch.as_tensor(np.asarray(atoms), dtype=torch.long))
+        self.register_buffer("pairs", torch.triu_indices(len(atoms), len(atoms), 1))
+        n = self.pairs.shape[1]
+        self.net = torch.nn.Sequential(torch.nn.Linear(n, 64), torch.nn.SiLU(), torch.nn.Linear(64, 64),
+                                       torch.nn.SiLU(), torch.nn.Linear(64, 2))
+
+    def selected(self, x: torch.Tensor) -> torch.Tensor:
+        d = (x[self.pairs[0]] - x[self.pairs[1]]).norm(dim=-1)
+        return self.net(d.float()).to(x.dtype)
+
+
+class Restraint:
+    """V = κ/2 |s - s0|² (kJ/mol), the numpy bias the PythonForce calls."""
+
+    label = "restraint"
+
+    def __init__(self, center, kappa: float = 10.0):
+        self.center, self.kappa, self.n_cvs = np.asarray(center, dtype=np.float64), float(kappa), len(center)
+
+    def energy_and_gradient(self, s):
+        d = np.asarray(s) - self.center
+        return 0.5 * self.kappa * float(d @ d), self.kappa * d
+
+
+def _context(system, positions, platform: str, force=None) -> openmm.Context:
+    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))  # a fresh copy per row
+    if force is not None:
+        system.addForce(force)
+    context = openmm.Context(system, openmm.LangevinMiddleIntegrator(300.0, 1.0, 0.002),
+                             openmm.Platform.getPlatformByName(platform))
+    context.setPositions(positions)
+    context.setVelocitiesToTemperature(300.0, 1)
+    return context
+
+
+def _best_ms(context, n_steps: int) -> list[float]:
+    context.getIntegrator().step(max(50, n_steps // 10))  # warm-up: compile, allocations, TorchScript profiling
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        context.getIntegrator().step(n_steps)
+        context.getState(getEnergy=True)  # waits for the device
+        times.append((time.perf_counter() - start) / n_steps * 1e3)
+    return times
+
+
+def run(quick: bool, platform: str, devices: list[str], cv_file: str | None) -> dict:
+    n_steps = 200 if quick else 2000
+    torch.set_num_threads(1)
+    system = openmm.XmlSerializer.deserialize((DATA / "ala2_system.xml").read_text())
+    data = np.load(DATA / "ala2.npz")
+    positions = data["positions_nm"]
+    cvs = {"phi": (PhiCV(data["phi"]), True), "mlp": (DistanceMLP(data["heavy"]), True)}
+    if cv_file:
+        cvs["file"] = (torch.jit.load(cv_file, map_location="cpu"), False)
+    unbiased = _best_ms(_context(system, positions, platform), n_steps)
+    rows = [{"name": "unbiased", "cv": "-", "device": "-", "compile": False, "ms_per_step": min(unbiased),
+             "repeats": unbiased}]
+    print(f"unbiased on {platform}: {min(unbiased):.4f} ms/step", flush=True)
+    for label, (cv, compilable) in cvs.items():
+        atoms = cv.atom_indices.tolist()
+        with torch.no_grad():
+            start = cv.selected(torch.as_tensor(positions[atoms])).numpy()
+        for device in devices:
+            for compile in (False, True) if compilable else (False,):
+                force = python_bias_force(cv, Restraint(start + 0.5), compile=compile, device=device)
+                times = _best_ms(_context(system, positions, platform, force), n_steps)
+                evaluator = force.callback.evaluator
+                rows.append({"name": f"PythonForce, {label} CV on {device}" + (", torch.compile" if compile else ""),
+                             "cv": label, "device": device, "compile": compile, "ms_per_step": min(times),
+                             "overhead_ms_per_step": min(times) - min(unbiased), "repeats": times,
+                             "single_transfer": evaluator.single_transfer,
+                             "compiled": bool(compile and evaluator._selected.fn is not evaluator._selected.eager)})
+                print(f"{rows[-1]['name']:55s} {min(times):8.4f} ms/step", flush=True)
+    targets = []
+    for label in cvs:
+        on_gpu = [r for r in rows if r["cv"] == label and r["device"].startswith("cuda")]
+        best = min(on_gpu, key=lambda r: r["ms_per_step"]) if on_gpu else None
+        targets.append({"name": f"PythonForce route, {label} CV on the GPU, {platform} platform, best row "
+                                f"({best['name'] if best else 'no cuda row'}): <= {TARGET_MS} ms/step on ala2",
+                        "value": best["ms_per_step"] if best else None, "target": TARGET_MS, "unit": "ms/step",
+                        "met": None if best is None else best["ms_per_step"] <= TARGET_MS})
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    platforms = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    return {"benchmark": "gpu_rows", "date": now_utc(),
+            "machine": {**machine(), "gpu": gpu, "openmm_platforms": platforms},
+            "settings": {"quick": quick, "openmm_platform": platform, "devices": devices, "steps_timed": n_steps,
+                         "system": "alanine dipeptide, amber99sbildn + OBC, 22 atoms, 2 fs, LangevinMiddle",
+                         "bias": "harmonic restraint, kappa 10 kJ/mol per CV unit^2, 0.5 away from the start",
+                         "torch_threads": 1, "cv_file": cv_file},
+            "rows": rows, "targets": targets}
+
+
+def markdown(result: dict) -> str:
+    s = result["settings"]
+    lines = [f"# gpu_rows ({result['date']}, GPU {result['machine']['gpu']}, platform {s['openmm_platform']}, "
+             f"quick={s['quick']})", "", "| run | ms/step | overhead ms/step |", "|---|---|---|"]
+    lines += [f"| {r['name']} | {r['ms_per_step']:.4f} | {r.get('overhead_ms_per_step', 0.0):.4f} |"
+              for r in result["rows"]]
+    return "\n".join(lines + targets_table(result["targets"])) + "\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prepare", action="store_true", help="write benchmarks/data/ala2* (needs the full stack)")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--platform", default="CUDA", help="OpenMM platform of the MD (default CUDA)")
+    parser.add_argument("--devices", default="cuda,cpu", help="CV devices, comma-separated (default cuda,cpu)")
+    parser.add_argument("--cv", default=None, help="also a cvlearn-exported CV file (TorchScript, eager rows only)")
+    args = parser.parse_args()
+    if args.prepare:
+        prepare()
+    else:
+        result = run(args.quick, args.platform, [d.strip() for d in args.devices.split(",") if d.strip()], args.cv)
+        save("gpu_rows", args.quick, result, markdown(result))

@@ -1,0 +1,339 @@
+"""Does biasing a learned CV sample the pentapeptide ACE-WLALL-NME at 300 K like long unbiased MD? (issue 17)
+
+Both CVs come from one ``cvlearn learn`` run (``export_baselines: true``) on unbiased 400 K runs: the GNN CV
+(``cv.pt``, the shipped pre-trained ET, frozen, attention mixer, 2 components) and the distance-VAMPNet baseline
+(``baseline_distances_cv.pt``), same data, same selection (heavy atoms). Each is biased the same way (arm ``gnn``,
+arm ``distances``): OPES-metad on component 0 (``--components``), σ by
+:func:`openmm_plugin.bias.sigma.learned_cv_sigma` (``--sigma-rule adaptive``: OPES adaptive σ), walls 10 % of the
+training range outside it (kappa 100), the same barrier and pace, MTS 2, ≥ 3 walkers with independent seeds, each a
+``cvlearn bias`` run (:func:`openmm_plugin.stages.bias.run_bias`: PythonForce + TorchScript CV, COLVAR +
+trajectory.dcd, checkpoints). The unbiased 300 K reference grows in segments until it is ``its_factor`` (20) ×
+its slowest implied timescale long (``--reference-ns auto``; measured by TICA on backbone torsions, MSM ITS at a
+few lags, on all the reference so far once it holds the first chunk), or ``--reference-ns`` ns.
+
+Compared (``results/sampling_wlall[_quick].{json,md}`` and PNGs): reweighted F(TIC1, TIC2) of the reference's TICA
+model and per-residue F(φ, ψ), RMS difference to the reference (target ≤ 2.5 kJ/mol for the GNN CV); transitions
+between the two most populated states along TIC1 (hysteresis cores) per ns and per wall hour, biased vs unbiased
+(target ≥ 5x per ns for the GNN CV); blow-ups (target 0); the reference's length against its slowest ITS.
+
+    python benchmarks/sampling_wlall.py --quick                        # every code path (minutes), resumable too
+    nice python benchmarks/sampling_wlall.py --budget-min 50 --jobs 2  # the result, grown over several sessions
+
+Every part resumes after a kill and a finished part is reused (see ``benchmarks/_sampling_wlall_runs.py``);
+``--budget-min`` stops an invocation cleanly (walkers are stopped and resume from their checkpoint, a reference
+segment starts only when it fits). The settings are recorded in ``<work>/benchmark.run.json``: a changed one is
+refused (``--restart-fresh`` starts over). Results are written at the end of every invocation from what exists
+(``complete: false`` until every part has finished).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENMM_CPU_THREADS", "1")  # before openmm is imported: one core per CPU-platform Context
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _sampling_wlall_analysis as ana  # noqa: E402
+from benchmarks import _sampling_wlall_runs as runs  # noqa: E402
+from benchmarks._sampling_walkers import read_walker  # noqa: E402
+from benchmarks.common import RESULTS, machine, now_utc, save, targets_table  # noqa: E402
+from benchmarks.sampling import _summary  # noqa: E402
+
+STEPS_PER_NS = 500_000  # WLALL runs 2 fs steps
+FULL = {"train_seeds": 3, "train_ns": 2.0, "train_temperature_k": 400.0, "frame_ps": 1.0, "checkpoint_ps": 10.0,
+        "mixer": "attention", "learn_lag_ps": 10.0, "learn_seeds": 3, "n_clusters": 20, "platform": "CPU",
+        "segment_ns": 1.0, "reference_seed": 1000, "first_chunk_ns": 10.0, "its_factor": 20.0,
+        "reference_max_ns": 500.0, "equilibration_ns": 1.0, "tica_lag_ps": 100.0,
+        "its_lags_ps": [50.0, 100.0, 200.0, 500.0, 1000.0], "its_clusters": 50, "seeds": 3, "walker_ns": 5.0,
+        "mts": 2, "pace_ps": 1.0, "barrier_kjmol": 30.0, "components": [0], "wall_margin_fraction": 0.1,
+        "sigma_rule": "learned", "tica_bins": 30, "torsion_bins": 24, "fes_cutoff_kjmol": 20.0}
+QUICK = {**FULL, "train_ns": 0.02, "frame_ps": 0.2, "checkpoint_ps": 0.4, "learn_lag_ps": 2.0, "n_clusters": 10,
+         "segment_ns": 0.01, "first_chunk_ns": 0.02, "reference_max_ns": 0.04, "equilibration_ns": 0.0,
+         "tica_lag_ps": 1.0, "its_lags_ps": [0.4, 1.0, 2.0], "its_clusters": 10, "walker_ns": 0.002, "pace_ps": 0.2,
+         "tica_bins": 10, "torsion_bins": 12}
+
+
+def settings(args) -> dict:
+    s = dict(QUICK if args.quick else FULL)
+    for key in ("walker_ns", "seeds", "sigma_rule"):
+        if getattr(args, key) is not None:
+            s[key] = getattr(args, key)
+    if args.components is not None:
+        s["components"] = [int(c) for c in args.components.split(",")]
+    if s["seeds"] < 3 and not args.quick:
+        raise SystemExit(f"--seeds: expected >= 3 walkers per arm (issue 17), found {s['seeds']}")
+    if args.reference_ns != "auto":
+        try:
+            if not float(args.reference_ns) > 0:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"--reference-ns: expected 'auto' or a length in ns > 0, found {args.reference_ns!r}")
+    return s
+
+
+def reference_target_ns(args, s: dict, model: dict | None) -> float:
+    """The reference's planned length: the user's, or its_factor × the slowest ITS (at least the first chunk)."""
+    if args.reference_ns != "auto":
+        return float(args.reference_ns)
+    its_ns = model["slowest_its_ps"] * 1e-3 if model is not None else float("nan")
+    want = s["its_factor"] * its_ns if np.isfinite(its_ns) else s["first_chunk_ns"]
+    return float(min(s["reference_max_ns"], max(s["first_chunk_ns"], want)))
+
+
+def load_reference(work: Path, s: dict) -> dict | None:
+    """The reference so far (segments in order, equilibration dropped): torsions, TICA model, ITS; None until it
+    holds its first chunk."""
+    n = runs.finished_segments(work)
+    if n * s["segment_ns"] < s["first_chunk_ns"] - 1e-9:
+        return None
+    paths = [Path(f"{runs.segment_prefix(work, k)}.dcd") for k in range(n)]
+    parts = ana.torsions(paths, Path(f"{runs.segment_prefix(work, 0)}.pdb"))
+    skip = int(round(s["equilibration_ns"] * 1e3 / s["frame_ps"]))
+    features, phi, psi = (np.concatenate([p[i] for p in parts])[skip:] for i in range(3))
+    model = ana.reference_model(features, s["frame_ps"], s["tica_lag_ps"], s["its_lags_ps"], s["its_clusters"])
+    speeds = list(runs.segment_speeds(work).values())
+    return {**model, "phi": phi, "psi": psi, "n_segments": n, "ns": n * s["segment_ns"],
+            "ns_analysed": len(features) * s["frame_ps"] * 1e-3, "ms_per_step": float(np.median(speeds)) if speeds
+            else float("nan")}
+
+
+def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict) -> dict:
+    """One walker's transitions along TIC1 and its frames on the reference's TICA model, with OPES weights."""
+    out = runs.walker_outcome(config)
+    row = {"seed": config.seed, "failure": out["failure"], "ms_per_step": out["ms_per_step"]}
+    if out["failure"]:  # its last frames may be NaN: counted as a blow-up, left out of rates and free energies
+        nan = float("nan")
+        row.update({"ns": nan, "transitions": None, "transitions_per_ns": nan, "transitions_per_wall_hour": nan})
+        return {"row": row}
+    colvar = read_walker(Path(config.out) / "COLVAR")
+    (features, phi, psi), = ana.torsions([Path(config.out) / "trajectory.dcd"], Path(f"{runs.segment_prefix(work, 0)}.pdb"))
+    n = min(len(features), len(colvar["time"]))
+    tics = ana.project(ref["model"], features[:n])
+    keep, weights = ana.walker_weights(colvar["bias"][:n])
+    ns = n * s["frame_ps"] * 1e-3
+    transitions = ana.count_core_transitions(tics[:, 0], cores["below"], cores["above"])
+    hours = n * s["frame_ps"] * 1e-3 * STEPS_PER_NS * out["ms_per_step"] / 3.6e6
+    row.update({"ns": ns, "transitions": transitions, "transitions_per_ns": transitions / ns if ns else float("nan"),
+                "transitions_per_wall_hour": transitions / hours if hours > 0 else float("nan")})
+    return {"row": row, "tics": tics, "phi": phi[:n], "psi": psi[:n], "keep": keep, "weights": weights}
+
+
+def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned: dict | None) -> dict:
+    """Everything that exists, compared; the PNGs written."""
+    result = {"reference": None, "arms": {}, "rows": [], "figures": []}
+    if ref is None:
+        return result
+    cores = ana.two_state_cores(ref["tics"][:, 0])
+    n_ref = len(ref["tics"])
+    ref_trans = ana.count_core_transitions(ref["tics"][:, 0], cores["below"], cores["above"])
+    ref_hours = n_ref * s["frame_ps"] * 1e-3 * STEPS_PER_NS * ref["ms_per_step"] / 3.6e6
+    result["reference"] = {
+        "ns": ref["ns"], "ns_analysed": ref["ns_analysed"], "target_ns": reference_target_ns(args, s, ref),
+        "segments": ref["n_segments"], "slowest_its_ps": ref["slowest_its_ps"], "tica_lag_ps": ref["lag_ps"],
+        "tica_its_ps": ref["tica_its_ps"], "its": ref["its"], "cores_tic1": cores, "transitions": ref_trans,
+        "transitions_per_ns": ref_trans / ref["ns_analysed"] if ref["ns_analysed"] else float("nan"),
+        "transitions_per_wall_hour": ref_trans / ref_hours if ref_hours > 0 else float("nan"),
+        "ms_per_step": ref["ms_per_step"], "its_factor": s["its_factor"]}
+    compared = {}
+    for arm, arm_configs in configs.items():
+        ended = [c for c in arm_configs if runs.walker_outcome(c) is not None]
+        walkers = [analyse_walker(work, c, ref, cores, s) for c in ended]
+        rows = [w["row"] for w in walkers]
+        fine = [w for w in walkers if not w["row"]["failure"]]
+        compared[arm] = ana.compare_fes(ref, fine, s) if fine else {}
+        for w, rms in zip(fine, compared[arm].get("rms_tica_per_walker_kjmol", [])):
+            w["row"]["rms_tica_kjmol"] = rms
+        rate = _summary(rows, "transitions_per_ns")
+        result["arms"][arm] = {
+            "walkers_ended": len(ended), "walkers_planned": len(arm_configs),
+            "blown_up": sum(bool(r["failure"]) for r in rows), "transitions_per_ns": rate,
+            "transitions_per_wall_hour": _summary(rows, "transitions_per_wall_hour"),
+            "rate_vs_reference_per_ns": rate[0] / result["reference"]["transitions_per_ns"]
+            if result["reference"]["transitions_per_ns"] > 0 else float("nan"),
+            "ms_per_step": float(np.nanmean([r["ms_per_step"] for r in rows])) if rows else float("nan"),
+            **{k: v for k, v in compared[arm].items() if not k.startswith("_")}}
+        result["rows"] += [{"arm": arm, **r} for r in rows]
+    stem = RESULTS / ("sampling_wlall_quick" if args.quick else "sampling_wlall")
+    ref_fes = ana.pooled_fes([tuple(ref["tics"].T)], [None], s["tica_bins"],
+                             tuple((float(v.min()), float(v.max())) for v in ref["tics"].T))
+    result["figures"] = ana.plot(ref_fes, {a: v for a, v in compared.items() if v}, stem)
+    return result
+
+
+def plan_costs(s_full: dict, result: dict, learned: dict | None, reference_ns: float) -> dict:
+    """CPU hours of the full plan from the measured ms/step (one core per run; wall on 2 cores = half)."""
+    ms_ref = (result.get("reference") or {}).get("ms_per_step", float("nan"))
+    hours = lambda ns, ms: ns * STEPS_PER_NS * ms / 3.6e6  # noqa: E731
+    parts = {"training data (unbiased 400 K)": hours(s_full["train_seeds"] * s_full["train_ns"], ms_ref),
+             "reference (unbiased 300 K)": hours(reference_ns, ms_ref)}
+    for arm, v in result.get("arms", {}).items():
+        parts[f"walkers {arm}"] = hours(s_full["seeds"] * s_full["walker_ns"], v["ms_per_step"])
+    if learned and learned.get("seconds"):  # rough: per-frame costs; training also x epochs (30 vs 3) x seeds (3 vs 1)
+        sec, frames = learned["seconds"], (learned.get("n_frames") or {}).get("total") or 1
+        scale = s_full["train_seeds"] * s_full["train_ns"] * 1e3 / s_full["frame_ps"] / frames
+        per_frame = sum(sec.get(k, 0.0) for k in ("read", "embed", "export", "report"))
+        per_epoch = sum(sec.get(k, 0.0) for k in ("train", "baselines"))
+        parts["cvlearn learn (rough, scaled from --quick)"] = scale * (per_frame + per_epoch * 10 * s_full["learn_seeds"]) / 3600
+    total = float(np.nansum(list(parts.values())))
+    return {"core_hours": parts, "total_core_hours": total, "wall_hours_on_2_cores": total / 2,
+            "reference_ns_planned": reference_ns, "ms_per_step_unbiased": ms_ref,
+            "ms_per_step": {arm: v["ms_per_step"] for arm, v in result.get("arms", {}).items()}}
+
+
+def targets(result: dict) -> list[dict]:
+    out = []
+    ref = result.get("reference")
+    for arm, bound in (("gnn", True), ("distances", False)):
+        a = result["arms"].get(arm)
+        if not a:
+            continue
+        t = lambda target: target if bound else None  # noqa: E731
+        for key, name in (("rms_tica_kjmol", "RMS F(TIC1,TIC2) vs reference"),
+                          ("rms_torsions_kjmol", "RMS F(phi,psi) vs reference, mean over residues")):
+            value = a.get(key, float("nan"))
+            out.append({"name": f"{name}, {arm}", "value": value, "target": t(2.5), "unit": "kJ/mol",
+                        "met": bool(value <= 2.5) if bound and np.isfinite(value) else None})
+        r = a["rate_vs_reference_per_ns"]
+        out.append({"name": f"TIC1 transitions per ns, {arm} / unbiased", "value": r, "target": t(5.0), "unit": "x",
+                    "met": bool(r >= 5.0) if bound and np.isfinite(r) else None})
+        out.append({"name": f"{arm} walkers that blew up (of {a['walkers_ended']} ended)", "value": a["blown_up"],
+                    "target": t(0), "unit": "walkers", "met": a["blown_up"] == 0 if bound else None})
+    if ref is not None:
+        need = ref["its_factor"] * ref["slowest_its_ps"] * 1e-3
+        out.append({"name": f"reference length / ({ref['its_factor']:g} x slowest ITS)", "value": ref["ns_analysed"] / need if need else None,
+                    "target": 1.0, "unit": "x", "met": bool(ref["ns_analysed"] >= need) if np.isfinite(need) else None})
+    return out
+
+
+def run(args) -> dict:
+    s = settings(args)
+    work = Path(args.work or ("runs/sampling_wlall_quick" if args.quick else "runs/sampling_wlall"))
+    work.mkdir(parents=True, exist_ok=True)
+    from cvlearn.run_dir import open_run
+
+    open_run(work / "benchmark.run.json", s, outputs=[work / d for d in ("train", "learn", "reference", "bias",
+                                                                          "sigma.json")],
+             restart_fresh=args.restart_fresh)
+    budget = runs.Budget(args.budget_min)
+    started, stopped, learned, configs, ref = time.perf_counter(), None, None, {}, None
+    try:
+        budget.check("the training data")
+        trajectories = runs.training_data(work, s)
+        budget.check("cvlearn learn")
+        learned = runs.learn(work, s, trajectories, args.quick)
+        runs.extend_reference(work, s, s["first_chunk_ns"], budget)
+        ref = load_reference(work, s)
+        for arm in runs.ARMS:
+            cv_path = work / "learn" / runs.ARMS[arm]
+            sigma = "adaptive" if s["sigma_rule"] == "adaptive" else runs.cv_sigma(work, arm, cv_path, tuple(s["components"]))
+            configs[arm] = [runs.walker_config(work, s, arm, seed, sigma) for seed in range(s["seeds"])]
+        tasks = [runs.reference_task(work, s, reference_target_ns(args, s, ref)),  # beside the walkers (--jobs)
+                 *[runs.walker_task(c) for cs in configs.values() for c in cs]]
+        left = runs.run_children(tasks, budget, args.jobs, min_start_s=5.0 if args.quick else 60.0)
+        if left:
+            raise runs.OutOfTime(f"{left} unfinished")
+        ref = load_reference(work, s)
+        target = reference_target_ns(args, s, ref)
+        while runs.finished_segments(work) * s["segment_ns"] < target - 1e-9:  # the target follows the ITS as it grows
+            runs.extend_reference(work, s, target, budget)
+            ref = load_reference(work, s)
+            target = reference_target_ns(args, s, ref)
+    except runs.OutOfTime as why:
+        stopped = str(why)
+        print(f"stopping cleanly: {why}; rerun to go on", flush=True)
+    ref = load_reference(work, s)
+    result = analyse(args, work, s, configs, ref, learned)
+    complete = stopped is None and all(runs.walker_outcome(c) is not None for cs in configs.values() for c in cs)
+    reference_ns = result["reference"]["target_ns"] if result["reference"] and not args.quick else args.plan_reference_ns
+    return {"benchmark": "sampling_wlall", "date": now_utc(), "machine": machine(), "complete": complete,
+            "stopped": stopped, "seconds_this_invocation": time.perf_counter() - started,
+            "settings": {"quick": args.quick, "work": str(work), **s, "system": runs.SYSTEM, "temperature_k": 300.0,
+                         "route": "python (PythonForce + TorchScript CV), cvlearn bias", "method": "opes-metad",
+                         "reference_ns_option": args.reference_ns,
+                         "sigma": {arm: list(cs[0].opes.sigma) if cs and cs[0].opes.sigma != "adaptive" else "adaptive"
+                                   for arm, cs in configs.items()}},
+            "learn": learned, **result, "targets": targets(result),
+            "plan": plan_costs(FULL, result, learned if args.quick else None, reference_ns)}
+
+
+def _f(v, fmt=".2f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
+
+
+def markdown(r: dict) -> str:
+    st, ref = r["settings"], r["reference"]
+    lines = [f"# sampling_wlall ({r['date']}, quick={st['quick']}, complete={r['complete']})", "",
+             f"ACE-WLALL-NME at 300 K, OPES-metad (barrier {st['barrier_kjmol']} kJ/mol, pace {st['pace_ps']} ps, "
+             f"σ rule {st['sigma_rule']}: {st['sigma']}, walls {st['wall_margin_fraction']:.0%} outside the training "
+             f"range, MTS {st['mts']}) on CV components {st['components']}, {st['seeds']} walkers × {st['walker_ns']} ns "
+             f"per arm, {st['platform']} platform, 1 thread."]
+    if r["stopped"]:
+        lines += ["", f"Stopped: {r['stopped']} (rerun to go on)."]
+    if ref:
+        its = ", ".join(f"{lag:g} ps: {_f(row[0], '.0f')}" for lag, row in zip(ref["its"]["lags_ps"],
+                                                                              ref["its"]["timescales_ps"]))
+        lines += ["", f"Reference: {ref['ns']:g} ns in {ref['segments']} segments ({ref['ns_analysed']:.3g} ns analysed), "
+                  f"target {ref['target_ns']:.3g} ns; slowest ITS {_f(ref['slowest_its_ps'], '.0f')} ps (MSM on TIC1-2 "
+                  f"at lag {its}; TICA's own at {ref['tica_lag_ps']:g} ps: {_f(ref['tica_its_ps'][0], '.0f')} ps); "
+                  f"{ref['transitions']} TIC1 transitions ({_f(ref['transitions_per_ns'])}/ns, "
+                  f"{_f(ref['transitions_per_wall_hour'], '.1f')}/wall h), {_f(ref['ms_per_step'], '.3f')} ms/step.",
+                  "", "| arm | walkers ended | blew up | TIC1 transitions / ns | × reference | / wall h | "
+                  "RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ms/step |", "|---|---|---|---|---|---|---|---|---|"]
+        for arm, a in r["arms"].items():
+            lines.append(f"| {arm} | {a['walkers_ended']}/{a['walkers_planned']} | {a['blown_up']} | "
+                         f"{_f(a['transitions_per_ns'][0])} ± {_f(a['transitions_per_ns'][1])} | "
+                         f"{_f(a['rate_vs_reference_per_ns'])} | {_f(a['transitions_per_wall_hour'][0], '.1f')} | "
+                         f"{_f(a.get('rms_tica_kjmol'))} | {_f(a.get('rms_torsions_kjmol'))} | {_f(a['ms_per_step'], '.2f')} |")
+    else:
+        lines += ["", "The reference is shorter than its first chunk: nothing compared yet."]
+    p = r["plan"]
+    lines += ["", f"Plan of the full run (ms/step measured here; reference {p['reference_ns_planned']:g} ns): "
+              f"{p['total_core_hours']:.1f} core-hours, {p['wall_hours_on_2_cores']:.1f} h on 2 cores.", "",
+              "| part | core-hours |", "|---|---|", *[f"| {k} | {v:.2f} |" for k, v in p["core_hours"].items()]]
+    lines += ["", "RMS over bins populated in both with F_ref ≤ "
+              f"{st['fes_cutoff_kjmol']:g} kJ/mol, after the best constant shift; walkers pooled per arm, the first "
+              "10 % of each dropped. Figures: " + ", ".join(f"`{f}`" for f in r["figures"])]
+    lines += targets_table(r["targets"])
+    return "\n".join(lines) + "\n"
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny everything: checks every code path")
+    parser.add_argument("--work", default=None, help="where every run lives (default runs/sampling_wlall[_quick])")
+    parser.add_argument("--budget-min", type=float, default=None, help="stop cleanly after about this many minutes")
+    parser.add_argument("--reference-ns", default="auto", help="reference length, ns, or auto (default): "
+                        "its-factor x the slowest ITS measured on the reference so far, at least the first chunk")
+    parser.add_argument("--walker-ns", type=float, default=None, help="ns per walker (default 5; quick 0.002)")
+    parser.add_argument("--seeds", type=int, default=None, help="walkers per arm (default 3)")
+    parser.add_argument("--components", default=None, help="biased CV components, comma-separated (default 0)")
+    parser.add_argument("--sigma-rule", choices=("learned", "adaptive"), default=None,
+                        help="learned: learned_cv_sigma (default); adaptive: OPES adaptive sigma")
+    parser.add_argument("--jobs", type=int, default=1, help="walkers run at once, one process each")
+    parser.add_argument("--plan-reference-ns", type=float, default=100.0,
+                        help="--quick: the reference length the cost plan assumes (default 100 ns)")
+    parser.add_argument("--restart-fresh", action="store_true", help="delete every part and start over")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    from cvlearn.run_dir import RunMismatchError
+
+    args = parse(argv)
+    try:
+        result = run(args)
+    except RunMismatchError as error:
+        raise SystemExit(f"sampling_wlall: {str(error).replace('a new --out', 'another --work')}") from None
+    save("sampling_wlall", args.quick, result, markdown(result))
+
+
+if __name__ == "__main__":
+    main()
