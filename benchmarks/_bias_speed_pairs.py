@@ -4,8 +4,8 @@
   MD: target ≤ 2x.
 * (b) OPES on the GNN CV (the demo's 2-layer ET, dense, exported by ``export_cv``) against OPES on the distance-VAMPNet
   CV (pairwise distances of the same heavy atoms → the same MLP head as ``cvlearn learn`` builds, exported the same
-  way), both through the README's recommended route (PythonForce running the TorchScript CV, bias every step), the
-  same OPES settings: target GNN ≤ 2x distances. ``--pairs-cv`` / ``--pairs-distance-cv`` time trained files instead
+  way), the same OPES settings, bias every step, each pair through one PythonForce route: torch.compile of the eager
+  CV (the route the README recommends for production runs: target GNN ≤ 2x distances) and TorchScript (reported). ``--pairs-cv`` / ``--pairs-distance-cv`` time trained files instead
   (the cost does not depend on the weights).
 
 Steady state: an OPES bias without kernels is flat (dV/ds = 0), so the PythonForce skips the CV's backward pass and
@@ -84,9 +84,9 @@ def pair_cvs(molecule, directory: Path, gnn_path: str | None = None, distance_pa
     return out
 
 
-def _rows_to_time(molecule, cvs: dict) -> dict:
+def _rows_to_time(molecule, cvs: dict, routes=("torchscript", "compiled")) -> dict:
     """{name: (simulation, advance, bias, route)} for every row, each built on its own copy of the System."""
-    from cvlearn.export import load_cv
+    from cvlearn.export import load_cv, load_eager_cv
     from openmm_plugin.forces import python_bias_force
 
     rows = {"unbiased": (_simulation(molecule, copy.deepcopy(molecule.system)), lambda s, n: s.step(n), None, "-")}
@@ -101,16 +101,24 @@ def _rows_to_time(molecule, cvs: dict) -> dict:
     runner = BiasRunner(bias, native=native)
     rows["OPES on phi/psi, native route"] = (_simulation(molecule, system), runner.step, bias,
                                              "native (CustomCVForce table)")
-    for label, (path, _) in cvs.items():
-        system = copy.deepcopy(molecule.system)
-        cv = load_cv(path)[0]
-        bias = _opes(int(cv.n_cvs), SIGMA_CV)
-        force = python_bias_force(cv, bias, force_group=BIAS_GROUP, system=system)
-        system.addForce(force)
-        runner = BiasRunner(bias, callback=force.callback)
-        rows[f"OPES on the {label} CV, PythonForce + TorchScript"] = (_simulation(molecule, system), runner.step, bias,
-                                                                      "PythonForce (TorchScript CV)")
+    for route in routes:
+        for label, (path, _) in cvs.items():
+            system = copy.deepcopy(molecule.system)
+            cv = load_eager_cv(path) if route == "compiled" else load_cv(path)[0]
+            bias = _opes(int(cv.n_cvs), SIGMA_CV)
+            force = python_bias_force(cv, bias, force_group=BIAS_GROUP, system=system, compile=route == "compiled")
+            system.addForce(force)
+            runner = BiasRunner(bias, callback=force.callback)
+            rows[_row_name(label, route)] = (_simulation(molecule, system), runner.step, bias, ROUTE_NAMES[route])
     return rows
+
+
+ROUTE_NAMES = {"torchscript": "PythonForce (TorchScript CV)", "compiled": "PythonForce (torch.compile of the eager CV)"}
+RECOMMENDED_ROUTE = "compiled"  # the README's route for production runs (bias every step, compile once per run)
+
+
+def _row_name(label: str, route: str) -> str:
+    return f"OPES on the {label} CV, PythonForce + {'TorchScript' if route == 'torchscript' else 'torch.compile'}"
 
 
 def run_pairs(quick: bool, gnn_cv: str | None = None, distance_cv: str | None = None) -> dict:
@@ -142,14 +150,16 @@ def run_pairs(quick: bool, gnn_cv: str | None = None, distance_cv: str | None = 
             print(f"{name:60s} {ms:8.3f} ms/step (rounds: {', '.join(f'{t:.3f}' for t in times[name])})", flush=True)
     by = {r["name"]: r["ms_per_step"] for r in rows}
     native = by["OPES on phi/psi, native route"] / by["unbiased"]
-    gnn = (by["OPES on the gnn CV, PythonForce + TorchScript"]
-           / by["OPES on the distances CV, PythonForce + TorchScript"])
     targets = [
         {"name": "OPES on phi/psi, native route / unbiased MD (same run, steady state)", "value": native, "target": 2.0,
-         "unit": "x", "met": bool(native <= 2.0)},
-        {"name": "OPES on the GNN CV / OPES on the distance-VAMPNet CV, PythonForce + TorchScript (same run, steady "
-                 "state)", "value": gnn, "target": 2.0, "unit": "x", "met": bool(gnn <= 2.0)},
-    ]
+         "unit": "x", "met": bool(native <= 2.0)}]
+    for route in ROUTE_NAMES:  # the recommended route carries the issue's target; the other is reported beside it
+        gnn = by[_row_name("gnn", route)] / by[_row_name("distances", route)]
+        recommended = route == RECOMMENDED_ROUTE
+        targets.append({"name": f"OPES on the GNN CV / OPES on the distance-VAMPNet CV, {ROUTE_NAMES[route]}"
+                                f"{' (the README route)' if recommended else ''}, same run, steady state",
+                        "value": gnn, "target": 2.0 if recommended else None, "unit": "x",
+                        "met": bool(gnn <= 2.0) if recommended else None})
     return {"benchmark": "bias_speed_pairs", "date": now_utc(), "machine": machine(),
             "settings": {"quick": quick, "openmm_platform": "Reference", "timestep_fs": 2.0, "torch_threads": 1,
                          "pace_steps": PACE_STEPS, "warmup_steps": WARMUP_PACES * PACE_STEPS + 10,

@@ -97,6 +97,7 @@ class BiasRunner:
         self._last_callback_evaluations = -1
         self._system_checked = False
         self.n_bias_changes = 0  # depositions and walker syncs that changed the bias, this session
+        self.n_stale_marks = 0  # of those, the ones that made a CustomIntegrator recompute its kept forces
         if self.walkers_dir is not None:
             self.walkers_dir.mkdir(parents=True, exist_ok=True)
 
@@ -175,12 +176,13 @@ class BiasRunner:
         recomputes them only when the Context changes; a live PythonForce bias changes without the Context knowing,
         so that kick would use the old bias (measured: a resumed run, which recomputes them, left the uninterrupted
         one by 5e-3 nm within 300 outer steps). Setting the same positions marks them stale: one getState and one
-        more bias evaluation per deposition (``n_bias_changes`` counts them).
+        more bias evaluation per deposition (``n_stale_marks`` counts them; other integrators recompute every step).
         """
         self.n_bias_changes += 1
         if self.on_update is not None:
             self.on_update(simulation)
         elif self.native is None and isinstance(simulation.integrator, openmm.CustomIntegrator):
+            self.n_stale_marks += 1
             context = simulation.context
             context.setPositions(context.getState(getPositions=True).getPositions(asNumpy=True))
 

@@ -249,7 +249,8 @@ def biased_run(cfg: DemoConfig, out: Path, name: str, cv_path: Path | None, mole
     summary = {"ns": ns, "ms_per_step": result.ms_per_step * ala2.TIMESTEP_PS / outer_ps, "sigma": sigma,
                "trajectory": str(result.trajectory_path), "topology": str(result.topology_path), "colvar": str(colvar),
                "bias_force_calls_per_step": force.callback.evaluations / max(1, result.n_steps),
-               "bias_changes_per_step": runner.n_bias_changes / max(1, result.n_steps)}
+               "bias_changes_per_step": runner.n_bias_changes / max(1, result.n_steps),
+               "bias_recomputes_per_step": runner.n_stale_marks / max(1, result.n_steps)}
     write_json_atomic(marker, summary)
     return summary
 

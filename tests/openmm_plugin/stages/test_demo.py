@@ -49,14 +49,15 @@ def test_outputs_exist(demo_dir):
 
 def test_biased_runs_use_cvlearns_engine(demo_dir):
     """Both biased runs go through one PythonForce: one model call per (outer) step for the 2-D learned CV (plus one
-    per deposition, when the MTS integrator recomputes its kept forces), and a PLUMED-style COLVAR with V(s,t) and
+    per deposition where an MTS integrator must recompute the forces it keeps), and a PLUMED-style COLVAR with V(s,t) and
     c(t) for reweighting."""
     from cvlearn.data.colvar import read_colvar
 
     for name, cvs in (("biased_learned_cv", ["cv1", "cv2"]), ("biased_reference_phi_psi", ["phi", "psi"])):
         run = json.loads((demo_dir / f"{name}.json").read_text())
         assert 0 < run["bias_changes_per_step"] < 0.1
-        assert run["bias_force_calls_per_step"] == pytest.approx(1.0 + run["bias_changes_per_step"], abs=0.01)
+        assert 0 <= run["bias_recomputes_per_step"] <= run["bias_changes_per_step"]
+        assert run["bias_force_calls_per_step"] == pytest.approx(1.0 + run["bias_recomputes_per_step"], abs=0.002)
         colvar = read_colvar(demo_dir / f"{name}.colvar")
         assert list(colvar)[:3] == ["time", *cvs] and {"metad.bias", "metad.rct"} <= set(colvar)
         assert colvar["metad.rct"][-1] > 0  # c(t) grows as hills are deposited
