@@ -27,14 +27,15 @@ import openmm
 import openmm.unit as unit
 import torch
 
-from openmm_plugin.bias import BiasRunner, OPESMetad, native_bias_force
+from openmm_plugin.bias import BiasRunner, OPESMetad, OPESParams, native_bias_force
 from openmm_plugin.simulation import BIAS_GROUP, make_integrator, make_simulation
 from systems import alanine_dipeptide as ala2
 
 PACE_STEPS = 500  # PLUMED's ala2 example; 1 ps at 2 fs
 WARMUP_PACES = 2  # > 1 pace: kernels exist, the backward pass runs, the table has been refreshed
 BARRIER_KJMOL = 30.0
-SIGMA_CV = 0.1  # OPES kernels on each learned-CV component (whitened VAMP CVs: unit variance in training)
+SIGMA_RANGE_FRACTION = 0.05  # OPES σ on a learned CV: the sampling benchmark's floor, 5 % of its training range
+WALL_KAPPA = 100.0  # sampling.py's --wall-kappa
 SIGMA_PHI_PSI_RAD = 0.15
 NATIVE_BINS = 128
 
@@ -50,6 +51,21 @@ def _simulation(molecule, system):
 def _opes(n_cvs: int, sigma: float, periods=None):
     return OPESMetad(sigma=[sigma] * n_cvs, barrier_kjmol=BARRIER_KJMOL, pace_steps=PACE_STEPS, temperature_k=300.0,
                      periods=periods)
+
+
+def _learned_bias(spec):
+    """The sampling benchmark's bias on a learned CV (``_sampling_walkers.learned_bias``): OPES on component 0, σ
+    = 5 % of its training range, untruncated kernels, walls 10 % outside the range. Cheaper stand-ins blew trained
+    CVs up within 10 ps (2-D OPES, σ 0.1, no walls: truncated kernels at step 4,000, the distance CV at 5,000)."""
+    from benchmarks._sampling_walkers import learned_bias
+
+    if spec.cv_range_training is None:
+        raise SystemExit("bias_speed --pairs: the CV file has no training range (export it from cvlearn learn)")
+    lo, hi = (float(x) for x in spec.cv_range_training[0])
+    return learned_bias({"range": [lo, hi], "component": 0, "n_cvs": int(spec.n_cvs), "method": "opes",
+                         "sigma_cv": SIGMA_RANGE_FRACTION * (hi - lo), "barrier_kjmol": BARRIER_KJMOL,
+                         "pace": PACE_STEPS, "mts": 1, "kernel_cutoff": OPESParams().kernel_cutoff,
+                         "wall_kappa": WALL_KAPPA})
 
 
 def pair_cvs(molecule, directory: Path, gnn_path: str | None = None, distance_path: str | None = None) -> dict:
@@ -70,18 +86,45 @@ def pair_cvs(molecule, directory: Path, gnn_path: str | None = None, distance_pa
         lobe = GraphCV(ETFeaturizer(atomic_numbers(top, heavy), config), ResidueTokens(residue_index_of_atoms(top, heavy)),
                        SumPool(), MLPHead(64, 2, hidden=64))
         gnn_path = directory / "gnn.pt"
-        export_cv(lobe, gnn_path, atom_indices=heavy, n_particles=top.getNumAtoms(), topology=top)
+        _export_with_range(lobe, gnn_path, molecule, heavy)
         out["gnn"] = (gnn_path, f"untrained 2-layer ET (64 wide, dense) + sum + MLP head (64), {n} heavy atoms, 2 CVs")
     else:
         out["gnn"] = (Path(gnn_path), f"trained CV file {gnn_path}")
     if distance_path is None:
         lobe = DistanceCV(n, MLPHead(n * (n - 1) // 2, 2, hidden=64))  # what cvlearn learn's baseline builds
         distance_path = directory / "distances.pt"
-        export_cv(lobe, distance_path, atom_indices=heavy, n_particles=top.getNumAtoms(), topology=top)
+        _export_with_range(lobe, distance_path, molecule, heavy)
         out["distances"] = (distance_path, f"untrained {n * (n - 1) // 2} pairwise distances + MLP head (64), 2 CVs")
     else:
         out["distances"] = (Path(distance_path), f"trained CV file {distance_path}")
     return out
+
+
+def _depositions(bias) -> int | None:
+    """Kernels deposited by the adaptive term of ``bias`` (through BiasSum / OnComponents wrappers); None unbiased."""
+    if bias is None:
+        return None
+    if hasattr(bias, "records"):
+        return len(bias.records)
+    inner = getattr(bias, "biases", None) or [getattr(bias, "inner", None)]
+    return next((n for n in (_depositions(b) for b in inner if b is not None) if n is not None), None)
+
+
+def _export_with_range(lobe, path: Path, molecule, heavy) -> None:
+    """Export an untrained lobe with a training range: its outputs on 64 jittered copies (0.01 nm) of the built
+    structure, so that the learned rows get the same walls and σ rule as trained files."""
+    from cvlearn.export import export_cv, load_cv
+
+    top = molecule.topology
+    export_cv(lobe, path, atom_indices=heavy, n_particles=top.getNumAtoms(), topology=top)
+    cv = load_cv(path)[0]
+    rng = np.random.default_rng(0)
+    base = np.asarray(molecule.positions_nm)
+    with torch.no_grad():
+        out = np.array([cv(torch.from_numpy(base + rng.normal(scale=0.01, size=base.shape))).numpy()
+                        for _ in range(64)])
+    export_cv(lobe, path, atom_indices=heavy, n_particles=top.getNumAtoms(), topology=top,
+              cv_range=[(float(lo), float(hi)) for lo, hi in zip(out.min(0), out.max(0))])
 
 
 def _rows_to_time(molecule, cvs: dict, routes=("torchscript", "compiled")) -> dict:
@@ -104,8 +147,9 @@ def _rows_to_time(molecule, cvs: dict, routes=("torchscript", "compiled")) -> di
     for route in routes:
         for label, (path, _) in cvs.items():
             system = copy.deepcopy(molecule.system)
-            cv = load_eager_cv(path) if route == "compiled" else load_cv(path)[0]
-            bias = _opes(int(cv.n_cvs), SIGMA_CV)
+            cv, spec = load_cv(path)
+            cv = load_eager_cv(path) if route == "compiled" else cv
+            bias = _learned_bias(spec)
             force = python_bias_force(cv, bias, force_group=BIAS_GROUP, system=system, compile=route == "compiled")
             system.addForce(force)
             runner = BiasRunner(bias, callback=force.callback)
@@ -138,14 +182,17 @@ def run_pairs(quick: bool, gnn_cv: str | None = None, distance_cv: str | None = 
         for _ in range(repeats):  # round-robin: every row sees the same stretch of machine load
             for name, (simulation, advance, _, _) in built.items():
                 start = time.perf_counter()
-                advance(simulation, n_steps)
+                try:
+                    advance(simulation, n_steps)
+                except FloatingPointError as error:
+                    raise FloatingPointError(f"{name}: {error}") from None
                 times[name].append((time.perf_counter() - start) / n_steps * 1e3)
         rows = []
         for name, (simulation, _, bias, route) in built.items():
             ms = min(times[name])
             rows.append({"name": name, "route": route, "ms_per_step": ms, "ms_per_step_repeats": times[name],
                          "ns_per_day": ala2.TIMESTEP_PS * 1e-3 / (ms * 1e-3) * 86400, "steps_timed": n_steps,
-                         "depositions_total": None if bias is None else len(bias.records),
+                         "depositions_total": _depositions(bias),
                          "depositions_per_window": 0 if bias is None else window_paces})
             print(f"{name:60s} {ms:8.3f} ms/step (rounds: {', '.join(f'{t:.3f}' for t in times[name])})", flush=True)
     by = {r["name"]: r["ms_per_step"] for r in rows}
@@ -164,7 +211,8 @@ def run_pairs(quick: bool, gnn_cv: str | None = None, distance_cv: str | None = 
             "settings": {"quick": quick, "openmm_platform": "Reference", "timestep_fs": 2.0, "torch_threads": 1,
                          "pace_steps": PACE_STEPS, "warmup_steps": WARMUP_PACES * PACE_STEPS + 10,
                          "window_steps": n_steps, "rounds": repeats, "opes_barrier_kjmol": BARRIER_KJMOL,
-                         "sigma_learned_cvs": SIGMA_CV, "sigma_phi_psi_rad": SIGMA_PHI_PSI_RAD,
+                         "learned_cv_bias": "OPES on component 0, sigma 5 % of the training range, kernel_cutoff "
+                         f"{OPESParams().kernel_cutoff:g}, walls kappa {WALL_KAPPA:g} 10 % outside the range", "sigma_phi_psi_rad": SIGMA_PHI_PSI_RAD,
                          "native_grid_bins": NATIVE_BINS, "bias_every_steps": 1},
             "models": {label: str(desc) for label, (_, desc) in cvs.items()}, "rows": rows, "targets": targets}
 
