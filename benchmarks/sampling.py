@@ -12,30 +12,27 @@ hysteresis), reweighted ΔF(C7ax − C7eq) (weights exp(βV)), mean ± std over 
 Targets (issue 17): 0 learned-CV blow-ups; |ΔF_learned − ΔF_φψ| ≤ 1.25 kJ/mol; seed-to-seed std of ΔF_learned ≤ 1.0
 kJ/mol; learned transition rate ≥ 0.8 x the φ/ψ rate.
 
-Both learned CVs from one ``cvlearn learn`` run (the demo's training data: 4 x 1.5 ns at 600 K, a frame per ps):
+Both learned CVs come from one ``cvlearn learn`` run (the demo's training data: 4 x 1.5 ns at 600 K, a frame per ps),
+committed in ``benchmarks/data/ala2_sampling/`` (``learn.yaml``, ``report.md``: validation VAMP-2 1.7522, distance
+baseline 1.7515) so that walkers can be built up across sessions on the same files. To make them again:
 
     for s in 0 1 2 3; do cvlearn simulate --system alanine_dipeptide --ns 1.5 --temperature 600 --seed $s \\
         --out runs/ala2_600k; done
-    cat > runs/ala2_learn.yaml <<EOF
-    out: runs/ala2_learn
-    topology: runs/ala2_600k/alanine_dipeptide_T600_s0.pdb
-    trajectories: [runs/ala2_600k/alanine_dipeptide_T600_s0.dcd, runs/ala2_600k/alanine_dipeptide_T600_s1.dcd,
-                   runs/ala2_600k/alanine_dipeptide_T600_s2.dcd, runs/ala2_600k/alanine_dipeptide_T600_s3.dcd]
-    selection: not element H
-    lagtime_ps: 5.0
-    min_epochs: 15
-    export_baselines: true       # writes runs/ala2_learn/baseline_distances_cv.pt beside cv.pt
-    EOF
-    cvlearn learn --config runs/ala2_learn.yaml
-    python benchmarks/sampling.py --cv runs/ala2_learn/cv.pt --quick                       # every arm runs (minutes)
-    nice python benchmarks/sampling.py --cv runs/ala2_learn/cv.pt --ns 3 --seeds 5 --jobs 2   # the result
-    nice python benchmarks/sampling.py --cv runs/ala2_learn/cv.pt --route compiled --ns 3 --seeds 5 --jobs 2
-    nice python benchmarks/sampling.py --cv runs/ala2_learn/cv.pt --timestep-fs 1 --seeds 1 --ns 3
+    cvlearn learn --config benchmarks/data/ala2_sampling/learn.yaml     # writes runs/ala2_learn/
+
+The runs (walker state in ``benchmarks/state/sampling``, committed: COLVARs, checkpoints and run records, ~0.4 MB a
+walker, so that a later session resumes them):
+
+    cv=benchmarks/data/ala2_sampling/cv.pt; work=benchmarks/state/sampling
+    python benchmarks/sampling.py --cv $cv --quick                                     # every arm runs (minutes)
+    nice python benchmarks/sampling.py --cv $cv --work $work --ns 3 --seeds 5 --route compiled --jobs 2   # README route
+    nice python benchmarks/sampling.py --cv $cv --work $work --ns 3 --seeds 5 --jobs 2                    # TorchScript
+    nice python benchmarks/sampling.py --cv $cv --work $work --route compiled --timestep-fs 1 --seeds 1 --ns 3
 
 ``--distance-cv`` defaults to ``baseline_distances_cv.pt`` beside ``--cv``. Walkers live in ``--work`` (default
 runs/sampling) and resume: a killed walker restarts from its last checkpoint (every ``--checkpoint-ps``), a finished
 one is reused; one whose settings changed is refused (``--restart-fresh`` starts them over). Results go to
-``results/sampling[_<route>][_<dt>fs][_quick].{json,md}`` (the default route at 2 fs has no suffix).
+``results/sampling[_<route>][_<dt>fs][_quick].{json,md}`` (the TorchScript route at 2 fs has no suffix).
 """
 
 from __future__ import annotations
