@@ -71,7 +71,6 @@ def _learned_bias(spec):
 def pair_cvs(molecule, directory: Path, gnn_path: str | None = None, distance_path: str | None = None) -> dict:
     """{label: (path, description)} of the GNN CV and the distance CV: the given files, else untrained exports."""
     from cvlearn.data.selection import atomic_numbers, residue_index_of_atoms
-    from cvlearn.export import export_cv
     from cvlearn.models.cv import DistanceCV, GraphCV
     from cvlearn.nn.featurizers import ETConfig, ETFeaturizer
     from cvlearn.nn.heads import MLPHead

@@ -51,3 +51,13 @@ def quick_main(name: str, doc: str, run, markdown) -> None:
     args = parser.parse_args()
     result = run(args.quick)
     save(name, args.quick, result, markdown(result))
+
+
+def run_resumable(name: str, run, args):
+    """``run(args)`` of a benchmark whose runs live in ``--work``: a changed configuration is refused in one line."""
+    from cvlearn.run_dir import RunMismatchError
+
+    try:
+        return run(args)
+    except RunMismatchError as error:
+        raise SystemExit(f"{name}: {str(error).replace('a new --out', 'another --work')}") from None

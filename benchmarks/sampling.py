@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._sampling_walkers import (ARMS, NATIVE_BINS, PHI_PSI_SIGMA_MIN_RAD, PHI_PSI_SIGMA_RAD,  # noqa: E402
                                           ROUTES, open_walker, read_walker, reweighted_phi, run_walker)
-from benchmarks.common import RESULTS, machine, now_utc, save, targets_table  # noqa: E402
+from benchmarks.common import RESULTS, machine, now_utc, run_resumable, save, targets_table  # noqa: E402
 from cvlearn.analysis.plots import plot_free_energy_profiles  # noqa: E402
 from cvlearn.analysis.reweighting import free_energy_profile  # noqa: E402
 from cvlearn.export import load_cv  # noqa: E402
@@ -287,13 +287,8 @@ def parse(argv=None):
 
 
 def main(argv=None) -> None:
-    from cvlearn.run_dir import RunMismatchError
-
     args = parse(argv)
-    try:
-        result = run(args)
-    except RunMismatchError as error:
-        raise SystemExit(f"sampling: {str(error).replace('a new --out', 'another --work')}") from None
+    result = run_resumable("sampling", run, args)
     result["suffix"] = suffix(args)
     save("sampling" + suffix(args), args.quick, result, markdown(result))
 

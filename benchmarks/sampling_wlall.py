@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _sampling_wlall_analysis as ana  # noqa: E402
 from benchmarks import _sampling_wlall_runs as runs  # noqa: E402
 from benchmarks._sampling_walkers import read_walker  # noqa: E402
-from benchmarks.common import RESULTS, machine, now_utc, save, targets_table  # noqa: E402
+from benchmarks.common import RESULTS, machine, now_utc, run_resumable, save, targets_table  # noqa: E402
 from benchmarks.sampling import _summary  # noqa: E402
 
 STEPS_PER_NS = 500_000  # WLALL runs 2 fs steps
@@ -325,13 +325,8 @@ def parse(argv=None):
 
 
 def main(argv=None) -> None:
-    from cvlearn.run_dir import RunMismatchError
-
     args = parse(argv)
-    try:
-        result = run(args)
-    except RunMismatchError as error:
-        raise SystemExit(f"sampling_wlall: {str(error).replace('a new --out', 'another --work')}") from None
+    result = run_resumable("sampling_wlall", run, args)
     save("sampling_wlall", args.quick, result, markdown(result))
 
 

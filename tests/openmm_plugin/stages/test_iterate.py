@@ -14,9 +14,9 @@ import yaml
 from cvlearn.analysis.transitions import count_phi_transitions
 from cvlearn.data.colvar import read_colvar
 from openmm_plugin.cli import main
+from tests.openmm_plugin.stages.ala2_runs import ala2_runs
 
 N_FRAMES = 150
-FRAME_PS = 0.1
 BIAS = {"n_steps": 1000, "report_interval_steps": 50, "force_guard_kjmol_nm": 1000.0,
         "opes": {"sigma": "adaptive", "barrier_kjmol": 30.0, "pace_steps": 500}}
 
@@ -24,20 +24,7 @@ BIAS = {"n_steps": 1000, "report_interval_steps": 50, "force_guard_kjmol_nm": 10
 @pytest.fixture(scope="module")
 def md(tmp_path_factory):
     """Two 15-ps ala2 runs at 600 K, a frame every 0.1 ps: DCDs + PDB (as test_learn's, shorter)."""
-    from openmm_plugin.simulation import make_integrator, run_md
-    from systems import alanine_dipeptide as ala2
-
-    folder = tmp_path_factory.mktemp("ala2_md")
-    molecule = ala2.build()
-    paths = []
-    for i in range(2):
-        interval = int(round(FRAME_PS / ala2.TIMESTEP_PS))
-        result = run_md(molecule.topology, molecule.system, molecule.positions_nm,
-                        make_integrator(600.0, ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, seed=i + 1),
-                        out_prefix=folder / f"traj{i}", n_steps=N_FRAMES * interval, report_interval_steps=interval,
-                        seed=i + 1, temperature_k=600.0, progress=False)
-        paths.append(str(result.trajectory_path))
-    return {"trajectories": paths, "topology": str(folder / "traj0.pdb")}
+    return ala2_runs(tmp_path_factory.mktemp("ala2_md"), 2, N_FRAMES)
 
 
 def _config(md, out) -> dict:

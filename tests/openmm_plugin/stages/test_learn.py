@@ -20,29 +20,16 @@ from cvlearn.estimators.scores import vamp_score
 from cvlearn.export import load_cv
 from openmm_plugin.cli import main
 from openmm_plugin.stages.learn import LearnConfig, run_learn
+from tests.openmm_plugin.stages.ala2_runs import FRAME_PS, ala2_runs
 
 N_FRAMES = 300
-FRAME_PS = 0.1
 TINY_ET = {"hidden_channels": 16, "num_layers": 1, "num_rbf": 8, "num_heads": 4, "cutoff_angstrom": 5.0}
 
 
 @pytest.fixture(scope="module")
 def md(tmp_path_factory):
     """Three 30-ps ala2 runs at 600 K (Reference platform), a frame every 0.1 ps: DCDs + PDB."""
-    from openmm_plugin.simulation import make_integrator, run_md
-    from systems import alanine_dipeptide as ala2
-
-    folder = tmp_path_factory.mktemp("ala2_md")
-    molecule = ala2.build()
-    paths = []
-    for i in range(3):
-        integrator = make_integrator(600.0, ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, seed=i + 1)
-        interval = int(round(FRAME_PS / ala2.TIMESTEP_PS))
-        result = run_md(molecule.topology, molecule.system, molecule.positions_nm, integrator,
-                        out_prefix=folder / f"traj{i}", n_steps=N_FRAMES * interval, report_interval_steps=interval,
-                        seed=i + 1, temperature_k=600.0, progress=False)
-        paths.append(str(result.trajectory_path))
-    return {"trajectories": paths, "topology": str(folder / "traj0.pdb"), "folder": folder}
+    return ala2_runs(tmp_path_factory.mktemp("ala2_md"), 3, N_FRAMES)
 
 
 def _config(md, out, **changes) -> dict:

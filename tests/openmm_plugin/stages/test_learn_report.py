@@ -11,6 +11,7 @@ import torch
 
 from cvlearn.export import load_cv
 from openmm_plugin.stages.learn import DISTANCE_CV, LearnConfig, run_learn
+from tests.openmm_plugin.stages.ala2_runs import ala2_runs
 
 TINY_ET = {"hidden_channels": 16, "num_layers": 1, "num_rbf": 8, "num_heads": 4, "cutoff_angstrom": 5.0}
 
@@ -18,19 +19,7 @@ TINY_ET = {"hidden_channels": 16, "num_layers": 1, "num_rbf": 8, "num_heads": 4,
 @pytest.fixture(scope="module")
 def md(tmp_path_factory):
     """Three 20-ps ala2 runs at 600 K (Reference platform), a frame every 0.1 ps."""
-    from openmm_plugin.simulation import make_integrator, run_md
-    from systems import alanine_dipeptide as ala2
-
-    folder = tmp_path_factory.mktemp("ala2_md")
-    molecule = ala2.build()
-    paths = []
-    for i in range(3):
-        integrator = make_integrator(600.0, ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, seed=i + 1)
-        result = run_md(molecule.topology, molecule.system, molecule.positions_nm, integrator,
-                        out_prefix=folder / f"traj{i}", n_steps=200 * 50, report_interval_steps=50, seed=i + 1,
-                        temperature_k=600.0, progress=False)
-        paths.append(str(result.trajectory_path))
-    return {"trajectories": paths, "topology": str(folder / "traj0.pdb")}
+    return ala2_runs(tmp_path_factory.mktemp("ala2_md"), 3, 200)
 
 
 def test_export_baselines_writes_a_distance_cv_with_the_learned_cvs_contract(md, tmp_path):
