@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import openmm
+import pytest
 import torch
 
 from cvlearn.export import export_cv
@@ -78,3 +79,12 @@ def make_integrator(seed: int = 0, friction_per_ps: float = FRICTION_PER_PS) -> 
     integrator = openmm.LangevinMiddleIntegrator(TEMPERATURE_K, friction_per_ps, TIMESTEP_PS)
     integrator.setRandomNumberSeed(seed + 1)
     return integrator
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Autouse where imported: the MD tests time and compare small per-step graphs on one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,19 +19,13 @@ from openmm_plugin.bias import BiasRunner, ForceGuard, HarmonicRestraint, OPESMe
 from openmm_plugin.bias.guard import degrees_of_freedom
 from openmm_plugin.forces import python_bias_force
 from tests.openmm_plugin.bias import double_well as dw
+from tests.openmm_plugin.bias.double_well import one_thread  # noqa: F401 (autouse)
 
 SIGMA = 0.4  # CV units, as the sampling benchmark's 0.396
 STEEP_PER_NM = 20.0  # |ds/dx|
 MASS_AMU = 12.0
 DT_PS = 0.002
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _opes(kernel_cutoff=None):

@@ -6,7 +6,6 @@ import numpy as np
 import openmm
 import openmm.app as app
 import pytest
-import torch
 
 from cvlearn.data.colvar import read_colvar
 from cvlearn.analysis.reweighting import free_energy_profile, metad_weights, opes_weights
@@ -15,16 +14,10 @@ from openmm_plugin.bias import (BiasReporter, BiasRunner, BiasSum, Metadynamics,
                                 OPESMetad, Wall)
 from openmm_plugin.forces import TorchBiasForce, python_bias_force
 from tests.openmm_plugin.bias import double_well as dw
+from tests.openmm_plugin.bias.double_well import one_thread  # noqa: F401 (autouse)
 
 KT = kt_kjmol(dw.TEMPERATURE_K)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _topology(n):
