@@ -41,9 +41,17 @@ NATIVE_BINS = 128  # per torsion: spacing 2π/128 = 0.049 rad
 PHI_PSI_SIGMA_MIN_RAD = 2 * 2 * np.pi / NATIVE_BINS  # OPES kernels shrink; the native table needs σ >= 2 spacings
 
 
+UNNAMED_MTS = 2  # walkers named without _mts<k> ran the bias every 2nd step (the first runs keep their names)
+
+
 def walker_name(job: dict) -> str:
-    """``<arm>_<route>_<timestep>fs_s<seed>``: runs that differ in arm, route, timestep or seed never share files."""
-    return f"{job['cv']}_{job['route']}_{job['timestep_fs']:g}fs_s{job['seed']}"
+    """``<arm>[-<tag>]_<route>_<timestep>fs[_mts<k>]_s<seed>``: runs that differ in arm, CV tag, route, timestep, MTS
+    or seed never share files (``_mts<k>`` only when a learned arm's k is not :data:`UNNAMED_MTS`, so older walkers
+    keep their names; the φ/ψ reference never has a tag, so every tagged learned CV is compared with the same
+    reference walkers)."""
+    mts = f"_mts{job['mts']}" if job["cv"] != "phi_psi" and job["mts"] != UNNAMED_MTS else ""
+    arm = f"{job['cv']}-{job['tag']}" if job.get("tag") else job["cv"]
+    return f"{arm}_{job['route']}_{job['timestep_fs']:g}fs{mts}_s{job['seed']}"
 
 
 def run_key(job: dict) -> dict:
@@ -262,5 +270,5 @@ def delta_f_over_time(data: dict, points: int = 12) -> tuple[np.ndarray, np.ndar
     return np.array(t_ns), np.array(df)
 
 
-__all__ = ["ARMS", "ROUTES", "analyse", "build", "learned_bias", "open_walker", "read_walker", "reweighted_phi",
+__all__ = ["ARMS", "UNNAMED_MTS", "ROUTES", "analyse", "build", "learned_bias", "open_walker", "read_walker", "reweighted_phi",
            "run_walker", "walker_name"]

@@ -26,13 +26,22 @@ walker, so that a later session resumes them):
     cv=benchmarks/data/ala2_sampling/cv.pt; work=benchmarks/state/sampling
     python benchmarks/sampling.py --cv $cv --quick                                     # every arm runs (minutes)
     nice python benchmarks/sampling.py --cv $cv --work $work --ns 3 --seeds 5 --route compiled --jobs 2   # README route
+    nice python benchmarks/sampling.py --cv $cv --work $work --ns 3 --seeds 5 --route compiled --mts 2 --jobs 2
     nice python benchmarks/sampling.py --cv $cv --work $work --ns 3 --seeds 5 --jobs 2                    # TorchScript
     nice python benchmarks/sampling.py --cv $cv --work $work --route compiled --timestep-fs 1 --seeds 1 --ns 3
+    nice python benchmarks/sampling.py --cv benchmarks/data/ala2_sampling_smooth/cv.pt --tag smooth --work $work \
+        --arms learned,phi_psi --ns 3 --seeds 5 --route compiled --jobs 2     # the CV trained with smoothness 1e-4
+
+The README route is ``cvlearn bias``'s: compiled, bias force every step (``--mts 1``, the default here). ``--mts 2``
+(the first runs: every 2nd step, a 4 fs outer step) gave the learned CV a ΔF 1.5 kJ/mol below φ/ψ's
+(``results/sampling_compiled.md``); ``benchmarks/frozen_bias.py`` tests the integrator alone under one frozen bias.
 
 ``--distance-cv`` defaults to ``baseline_distances_cv.pt`` beside ``--cv``. Walkers live in ``--work`` (default
 runs/sampling) and resume: a killed walker restarts from its last checkpoint (every ``--checkpoint-ps``), a finished
 one is reused; one whose settings changed is refused (``--restart-fresh`` starts them over). Results go to
-``results/sampling[_<route>][_<dt>fs][_quick].{json,md}`` (the TorchScript route at 2 fs has no suffix).
+``results/sampling[_<tag>][_<route>][_<dt>fs][_mts<k>][_quick].{json,md}`` (no route suffix for TorchScript, no
+timestep suffix at 2 fs, no ``_mts<k>`` for k = 2, the first runs' setting: the README route writes
+``sampling_compiled_mts1``).
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._sampling_walkers import (ARMS, NATIVE_BINS, PHI_PSI_SIGMA_MIN_RAD, PHI_PSI_SIGMA_RAD,  # noqa: E402
+from benchmarks._sampling_walkers import (ARMS, UNNAMED_MTS, NATIVE_BINS, PHI_PSI_SIGMA_MIN_RAD, PHI_PSI_SIGMA_RAD,  # noqa: E402
                                           ROUTES, open_walker, read_walker, reweighted_phi, run_walker)
 from benchmarks.common import RESULTS, machine, now_utc, run_resumable, save, targets_table  # noqa: E402
 from cvlearn.analysis.plots import plot_free_energy_profiles  # noqa: E402
@@ -130,7 +139,8 @@ def plan(args) -> tuple[list[dict], dict]:
         if paths[arm] is None:
             raise SystemExit(f"--arms {arm}: expected --cv (and --distance-cv for distances), found none")
         per_arm[arm] = _cv_settings(arm, paths[arm], args.component, args.sigma, molecule)
-        per_arm[arm]["job"].update({"route": args.route, "mts": mts, "wall_kappa": args.wall_kappa})
+        per_arm[arm]["job"].update({"route": args.route, "mts": mts, "wall_kappa": args.wall_kappa,
+                                    **({"tag": args.tag} if args.tag else {})})
     jobs = [{**common, **per_arm[arm]["job"], "cv": arm, "seed": seed} for seed in range(args.seeds) for arm in arms]
     Path(args.work).mkdir(parents=True, exist_ok=True)
     for job in jobs:  # validate every walker's record first: a changed setting is refused before any MD runs
@@ -140,6 +150,13 @@ def plan(args) -> tuple[list[dict], dict]:
 
 def run(args) -> dict:
     jobs, per_arm = plan(args)
+    if args.finished_only:  # a report of what has run to the end so far; nothing is started or resumed
+        from benchmarks._sampling_walkers import walker_name
+
+        jobs = [j for j in jobs if (Path(j["tmp"]) / f"{walker_name(j)}.json").is_file()]
+        per_arm = {arm: v for arm, v in per_arm.items() if any(j["cv"] == arm for j in jobs)}
+        if not jobs:
+            raise SystemExit(f"--finished-only: expected finished walkers of this configuration in {args.work}, found none")
     if args.jobs > 1 and len(jobs) > 1:  # independent walkers: one process each (spawned: torch and OpenMM start clean)
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -177,7 +194,8 @@ def run(args) -> dict:
                      "cv": args.cv, "distance_cv": per_arm.get("distances", {}).get("job", {}).get("cv_path"),
                      "cv_component": args.component, "method": args.method, "barrier_kjmol": args.barrier_kjmol,
                      "pace_steps": j0["pace"], "timestep_fs": args.timestep_fs, "ns_per_run": j0["n_steps"] * args.timestep_fs * 1e-6,
-                     "seeds": args.seeds, "learned_cv_mts_substeps": args.mts, "wall_kappa_kjmol": args.wall_kappa,
+                     "seeds": max(len(w) for w in rows.values()), "seeds_requested": args.seeds,
+                     "finished_only": args.finished_only, "learned_cv_mts_substeps": args.mts, "wall_kappa_kjmol": args.wall_kappa,
                      "sigma_phi_psi_rad": PHI_PSI_SIGMA_RAD, "sigma_min_phi_psi_rad": PHI_PSI_SIGMA_MIN_RAD,
                      "native_grid_bins": NATIVE_BINS, "checkpoint_steps": j0["checkpoint_steps"],
                      "parallel_walker_processes": args.jobs, "temperature_k": 300.0, "torch_threads": args.threads,
@@ -221,9 +239,13 @@ def targets(summary: dict, rows: dict) -> list[dict]:
 
 
 def suffix(args) -> str:
-    """Result-file suffix of a variant: the route when not torchscript, the timestep when not 2 fs."""
-    return (f"_{args.route}" if args.route != "torchscript" else "") + (
-        f"_{args.timestep_fs:g}fs" if args.timestep_fs != 2.0 else "")
+    """Result-file suffix of a variant: the CV tag, the route when not torchscript, the timestep when not 2 fs, the
+    MTS factor when not :data:`UNNAMED_MTS`; a φ/ψ-only run (more reference walkers) writes ``_phi_psi`` instead of
+    the learned arms' route and MTS factor."""
+    if [a.strip() for a in args.arms.split(",") if a.strip()] == ["phi_psi"]:
+        return "_phi_psi" + (f"_{args.timestep_fs:g}fs" if args.timestep_fs != 2.0 else "")
+    return (f"_{args.tag}" if args.tag else "") + (f"_{args.route}" if args.route != "torchscript" else "") + (
+        f"_{args.timestep_fs:g}fs" if args.timestep_fs != 2.0 else "") + (f"_mts{args.mts}" if args.mts != UNNAMED_MTS else "")
 
 
 def _mean_or_nan(values) -> float:
@@ -234,7 +256,9 @@ def _mean_or_nan(values) -> float:
 
 def markdown(result: dict) -> str:
     s, st = result["summary"], result["settings"]
-    lines = [f"# sampling ({result['date']}, quick={st['quick']}, {st['seeds']} seeds × {st['ns_per_run']:.3g} ns, "
+    seeds = (f"the finished {st['seeds']} of {st['seeds_requested']} seeds" if st.get("finished_only")
+             else f"{st['seeds']} seeds")
+    lines = [f"# sampling ({result['date']}, quick={st['quick']}, {seeds} × {st['ns_per_run']:.3g} ns, "
              f"{st['timestep_fs']:g} fs, learned-CV route {st['route_learned_cvs']}, cv={st['cv']})", "",
              "| CV | route | φ transitions / ns | ΔF(C7ax − C7eq) kJ/mol | per seed | ΔF at half the run | ms/step |",
              "|---|---|---|---|---|---|---|"]
@@ -261,6 +285,8 @@ def parse(argv=None):
     parser.add_argument("--cv", default=None, help="exported learned CV (e.g. runs/ala2_learn/cv.pt)")
     parser.add_argument("--distance-cv", default=None, help="exported distance-VAMPNet CV (default: "
                         "baseline_distances_cv.pt beside --cv)")
+    parser.add_argument("--tag", default="", help="label of a second pair of learned CVs (e.g. smooth): names their "
+                        "walkers and the result files, so they sit beside the first pair's and share its φ/ψ walkers")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)} (default all)")
     parser.add_argument("--route", choices=ROUTES, default="torchscript", help="how the two learned CVs enter OpenMM: "
                         "PythonForce + TorchScript (default), PythonForce + torch.compile, or openmm-torch TorchForce")
@@ -275,13 +301,15 @@ def parse(argv=None):
     parser.add_argument("--method", choices=("opes", "metad"), default="opes")
     parser.add_argument("--wall-kappa", type=float, default=100.0,
                         help="walls 10%% outside a learned CV's training range, kJ/mol per CV unit squared (0: none)")
-    parser.add_argument("--mts", type=int, default=2, help="bias force every k-th step for the learned CVs (default 2: "
-                        "an 8 fs outer step resonates with heavy-atom bond stretches and blew a 1 ns ala2 run up)")
+    parser.add_argument("--mts", type=int, default=1, help="bias force every k-th step for the learned CVs (default 1, "
+                        "cvlearn bias's default; 2 lowered the learned CV's ΔF, results/sampling_compiled.md)")
     parser.add_argument("--jobs", type=int, default=1, help="walkers run in this many processes at once")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: fastest here)")
     parser.add_argument("--checkpoint-ps", type=float, default=20.0, help="ps between walker checkpoints (default 20)")
     parser.add_argument("--work", default="runs/sampling", help="walkers' COLVAR, checkpoints and run records "
                         "(default runs/sampling); a killed walker resumes there, a finished one is reused")
+    parser.add_argument("--finished-only", action="store_true", help="report the walkers that have finished, run "
+                        "nothing (the summary then covers fewer seeds than --seeds; the rows say which)")
     parser.add_argument("--restart-fresh", action="store_true", help="delete this configuration's walkers and start over")
     return parser.parse_args(argv)
 
