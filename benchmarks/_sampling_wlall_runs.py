@@ -6,7 +6,7 @@ Every part resumes after a kill and refuses changed settings through the stage i
 * CVs: :func:`openmm_plugin.stages.learn.run_learn` with ``export_baselines`` (``cv.pt`` and
   ``baseline_distances_cv.pt`` from the same data);
 * reference: fixed-length segments of :func:`openmm_plugin.simulation.run_md` (each checkpoints and resumes; a
-  finished one is skipped). Segment k starts from the last frame of segment k − 1 with velocities drawn afresh at
+  finished one is skipped and reduced to ``seg_k.reduced.npz``, :func:`reduce_segment`, after which its DCD may go). Segment k starts from the last frame of segment k − 1 with velocities drawn afresh at
   300 K (a Maxwell-Boltzmann draw keeps the canonical ensemble; velocity memory is ~1 ps at friction 1/ps), so the
   reference can grow to any length, one segment at a time, across sessions;
 * walkers: :func:`openmm_plugin.stages.bias.run_bias` (PythonForce + TorchScript CV, COLVAR + trajectory.dcd, bias
@@ -83,11 +83,40 @@ def segment_prefix(work: Path, k: int) -> Path:
 
 
 def finished_segments(work: Path) -> int:
-    """How many segments in a row are complete (``.dcd`` and ``.pdb`` written at their real end)."""
+    """How many segments in a row are complete: ``.pdb`` written at the real end, and the trajectory or its reduced
+    state (:func:`reduce_segment`; the ``.dcd`` may then be deleted, so a long reference can be committed)."""
     k = 0
-    while all(Path(f"{segment_prefix(work, k)}{ext}").is_file() for ext in (".dcd", ".pdb")):
+    while Path(f"{segment_prefix(work, k)}.pdb").is_file() and (
+            Path(f"{segment_prefix(work, k)}.dcd").is_file() or _reduced_path(work, k).is_file()):
         k += 1
     return k
+
+
+def _reduced_path(work: Path, k: int) -> Path:
+    return Path(f"{segment_prefix(work, k)}.reduced.npz")
+
+
+def reduce_segment(work: Path, k: int) -> dict:
+    """What the benchmark needs of finished segment ``k``, written once beside it (atomically) and read from there.
+
+    ``features`` (sin/cos of backbone φ/ψ, float32, the TICA input), ``phi``/``psi`` (rad) and ``last_frame_nm`` (the
+    next segment's start): ~0.12 MB per ns against ~1.2 MB per ns of DCD, so the reference's state can be committed
+    and grown across sessions without its trajectories.
+    """
+    from benchmarks._sampling_wlall_analysis import torsions
+    from cvlearn.data.trajectories import load_trajectories
+    from cvlearn.io import atomic_path
+
+    path = _reduced_path(work, k)
+    if not path.is_file():
+        prefix = segment_prefix(work, k)
+        (features, phi, psi), = torsions([Path(f"{prefix}.dcd")], Path(f"{prefix}.pdb"))
+        last = load_trajectories([f"{prefix}.dcd"], f"{prefix}.pdb")[0].xyz[-1]
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, features=features.astype(np.float32), phi=phi.astype(np.float32),
+                     psi=psi.astype(np.float32), last_frame_nm=last)
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
 
 
 def _segment_log(work: Path) -> Path:
@@ -106,7 +135,6 @@ def extend_reference(work: Path, s: dict, target_ns: float, budget: Budget, mole
     A segment is started only when its measured duration fits the budget left; a kill loses at most
     ``checkpoint_ps`` (the segment resumes from its checkpoint).
     """
-    from cvlearn.data.trajectories import load_trajectories
     from openmm_plugin.simulation import make_integrator, run_md
     from systems import pentapeptide_wlall as wl
 
@@ -124,8 +152,7 @@ def extend_reference(work: Path, s: dict, target_ns: float, budget: Budget, mole
         if done == 0:
             start = molecule.positions_nm
         else:  # the last frame of the previous segment (positions only: velocities are drawn afresh)
-            previous = segment_prefix(work, done - 1)
-            start = load_trajectories([f"{previous}.dcd"], f"{previous}.pdb")[0].xyz[-1].astype(np.float64)
+            start = reduce_segment(work, done - 1)["last_frame_nm"].astype(np.float64)
         seed = s["reference_seed"] + done
         result = run_md(molecule.topology, molecule.system, start,
                         make_integrator(300.0, wl.FRICTION_PER_PS, dt, seed=seed), out_prefix=prefix, n_steps=steps,
@@ -135,6 +162,7 @@ def extend_reference(work: Path, s: dict, target_ns: float, budget: Budget, mole
         if not result.skipped:
             speeds[done] = result.ms_per_step
             write_json_atomic(_segment_log(work), {str(k): v for k, v in sorted(speeds.items())})
+        reduce_segment(work, done)
         done += 1
         print(f"reference: segment {done - 1} done ({done * s['segment_ns']:g} of {n_target * s['segment_ns']:g} ns, "
               f"{result.ms_per_step:.3f} ms/step)", flush=True)
@@ -283,5 +311,5 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
 
 
 __all__ = ["ARMS", "Budget", "OutOfTime", "cv_sigma", "extend_reference", "finished_segments", "learn",
-           "reference_task", "run_children", "segment_prefix", "segment_speeds", "training_data", "walker_config", "walker_dir",
+           "reduce_segment", "reference_task", "run_children", "segment_prefix", "segment_speeds", "training_data", "walker_config", "walker_dir",
            "walker_outcome", "walker_task"]

@@ -23,7 +23,9 @@ Every part resumes after a kill and a finished part is reused (see ``benchmarks/
 ``--budget-min`` stops an invocation cleanly (walkers are stopped and resume from their checkpoint, a reference
 segment starts only when it fits). The settings are recorded in ``<work>/benchmark.run.json``: a changed one is
 refused (``--restart-fresh`` starts over). Results are written at the end of every invocation from what exists
-(``complete: false`` until every part has finished).
+(``complete: false`` until every part has finished). A finished reference segment keeps what the analysis needs in
+``reference/seg_k.reduced.npz`` (backbone torsions and its last frame, ~0.12 MB per ns): its ``.dcd`` can be deleted,
+so the reference's state can be committed and grown across sessions.
 """
 
 from __future__ import annotations
@@ -94,10 +96,10 @@ def load_reference(work: Path, s: dict) -> dict | None:
     n = runs.finished_segments(work)
     if n * s["segment_ns"] < s["first_chunk_ns"] - 1e-9:
         return None
-    paths = [Path(f"{runs.segment_prefix(work, k)}.dcd") for k in range(n)]
-    parts = ana.torsions(paths, Path(f"{runs.segment_prefix(work, 0)}.pdb"))
+    parts = [runs.reduce_segment(work, k) for k in range(n)]
     skip = int(round(s["equilibration_ns"] * 1e3 / s["frame_ps"]))
-    features, phi, psi = (np.concatenate([p[i] for p in parts])[skip:] for i in range(3))
+    features, phi, psi = (np.concatenate([p[key] for p in parts]).astype(np.float64)[skip:]
+                          for key in ("features", "phi", "psi"))
     model = ana.reference_model(features, s["frame_ps"], s["tica_lag_ps"], s["its_lags_ps"], s["its_clusters"])
     speeds = list(runs.segment_speeds(work).values())
     return {**model, "phi": phi, "psi": psi, "n_segments": n, "ns": n * s["segment_ns"],
