@@ -51,12 +51,15 @@ OUTPUTS = ("store", "seeds", "baselines", "cv.pt", DISTANCE_CV, "metrics.json", 
 class FeaturizerSpec:
     """Where the featurizer's weights come from: ``checkpoint`` (``default``: the shipped pre-trained ET, or a cvlearn
     checkpoint file), ``geom2vec`` (a geom2vec/torchmd-net file of architecture ``kind``), or ``kind`` alone (random
-    initial weights with the optional architecture ``config``, seeded per seed)."""
+    initial weights with the optional architecture ``config``, seeded per seed). ``vector_cutoff: true`` makes a
+    checkpoint's ET continuous at its cutoff (torchmd-net's option; the weights load unchanged): a CV meant for
+    biasing needs it, since without it the CV jumps where an atom pair crosses the cutoff."""
 
     checkpoint: Optional[str] = None
     kind: Optional[str] = None
     geom2vec: Optional[str] = None
     config: Optional[dict] = None
+    vector_cutoff: Optional[bool] = None
 
     def __post_init__(self):
         from cvlearn.nn.featurizers import FEATURIZERS
@@ -73,6 +76,13 @@ class FeaturizerSpec:
             raise ValueError("config: a geom2vec file has its published architecture; drop config")
         if not (self.checkpoint or self.geom2vec or self.kind):
             raise ValueError("checkpoint: expected checkpoint, geom2vec or kind (random weights), found none")
+        if self.vector_cutoff is not None and not isinstance(self.vector_cutoff, bool):
+            raise ValueError(f"vector_cutoff: expected true or false, found {self.vector_cutoff!r}")
+        if self.vector_cutoff is not None and not (self.checkpoint or self.geom2vec):
+            raise ValueError("vector_cutoff: applies to checkpoint or geom2vec weights; with random weights set it in "
+                             "config (kind: et)")
+        if self.vector_cutoff is not None and self.geom2vec and self.kind != "et":
+            raise ValueError(f"vector_cutoff: applies to the ET only, found kind {self.kind!r}")
         if self.config is not None:
             fields = FEATURIZERS[self.kind][1].__dataclass_fields__
             unknown = sorted(set(self.config) - set(fields))
@@ -97,10 +107,11 @@ class FeaturizerSpec:
         from cvlearn.nn.featurizers import featurizer_from_checkpoint, load_geom2vec, make_featurizer
 
         path = self.weights_file()
+        overrides = {"vector_cutoff": self.vector_cutoff} if self.vector_cutoff is not None else None
         if self.checkpoint:
-            return featurizer_from_checkpoint(path, atomic_numbers)
+            return featurizer_from_checkpoint(path, atomic_numbers, overrides)
         if self.geom2vec:
-            return load_geom2vec(self.kind, atomic_numbers, path)
+            return load_geom2vec(self.kind, atomic_numbers, path, overrides)
         return make_featurizer(self.kind, atomic_numbers, self.config, seed=seed)
 
 
@@ -286,12 +297,14 @@ def run_learn(config: LearnConfig, *, quick: bool = False, restart_fresh: bool =
 
 def featurizer_note(config: LearnConfig) -> str:
     spec = config.featurizer
+    smooth = ", vector messages weighted by the cutoff (`vector_cutoff`: continuous at the cutoff)" if spec.vector_cutoff else ""
     if spec.checkpoint == "default":
-        return "the shipped denoising-pre-trained Equivariant Transformer (cvlearn.checkpoints.default_checkpoint())"
+        return ("the shipped denoising-pre-trained Equivariant Transformer (cvlearn.checkpoints.default_checkpoint())"
+                + smooth)
     if spec.checkpoint:
-        return f"the cvlearn checkpoint {spec.checkpoint}"
+        return f"the cvlearn checkpoint {spec.checkpoint}{smooth}"
     if spec.geom2vec:
-        return f"the geom2vec {spec.kind} checkpoint {spec.geom2vec}"
+        return f"the geom2vec {spec.kind} checkpoint {spec.geom2vec}{smooth}"
     return f"a randomly initialised {spec.kind} featurizer"
 
 

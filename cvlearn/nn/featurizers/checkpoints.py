@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -105,7 +106,7 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source:
     module.load_state_dict(state, strict=True)
 
 
-def load_featurizer_weights(featurizer: torch.nn.Module, path: str | Path) -> None:
+def load_featurizer_weights(featurizer: torch.nn.Module, path: str | Path, weight_free: Sequence[str] = ()) -> None:
     """Load backbone weights into ``featurizer`` (ET, ViSNet or TensorNet) from any supported checkpoint format.
 
     Supported: geom2vec / torchmd-net state dicts (``representation_model.*``, optionally Lightning-nested) and
@@ -117,6 +118,9 @@ def load_featurizer_weights(featurizer: torch.nn.Module, path: str | Path) -> No
         Target; its ``gnn`` receives the weights.
     path : str or Path
         Checkpoint file.
+    weight_free : sequence of str
+        Architecture fields the caller sets on purpose although the checkpoint says otherwise, because the weights
+        do not depend on them (ET's ``vector_cutoff``). A field the checkpoint predates counts as its default.
 
     Raises
     ------
@@ -129,8 +133,10 @@ def load_featurizer_weights(featurizer: torch.nn.Module, path: str | Path) -> No
     obj = _read(path)
     if obj.get("format") == CVLEARN_FORMAT:
         want = featurizer.config.as_dict()
-        have = obj.get("config", {})
-        differ = {k: (have.get(k), want.get(k)) for k in set(want) | set(have) if have.get(k) != want.get(k)}
+        defaults = type(featurizer.config)().as_dict()
+        have = {**{k: v for k, v in defaults.items() if k not in obj.get("config", {})}, **obj.get("config", {})}
+        differ = {k: (have.get(k), want.get(k)) for k in set(want) | set(have)
+                  if have.get(k) != want.get(k) and k not in weight_free}
         if obj.get("kind") != type(featurizer).__name__ or differ:
             raise CheckpointMismatchError(
                 f"checkpoint {path} holds a {obj.get('kind')} with a different architecture "

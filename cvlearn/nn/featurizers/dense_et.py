@@ -46,9 +46,10 @@ class DenseETLayer(torch.nn.Module):
 
     def __init__(self, layer: torch.nn.Module, first: bool, x0: Optional[Tensor]):
         super().__init__()
-        if layer.dk_proj is None or layer.dv_proj is None or layer.vector_cutoff:
-            raise ValueError("DenseETLayer supports distance_influence='both' without vector_cutoff (cvlearn's ET)")
+        if layer.dk_proj is None or layer.dv_proj is None:
+            raise ValueError("DenseETLayer supports distance_influence='both' (cvlearn's ET)")
         self.first = first
+        self.vector_cutoff = bool(layer.vector_cutoff)
         self.heads = int(layer.num_heads)
         self.head_dim = int(layer.head_dim)
         self.hidden = int(layer.hidden_channels)
@@ -66,6 +67,11 @@ class DenseETLayer(torch.nn.Module):
         # First layer: its input x0 = embedding(z) is a constant, so q, k, v are too.
         qkv0 = self.qkv(self.layernorm(x0)) if first and x0 is not None else torch.zeros(0)
         self.register_buffer("qkv0", qkv0.detach())
+
+    def _vector_weight(self, cut: Tensor, mask: Tensor) -> Tensor:
+        """Pair weight of the vector messages: torchmd-net's ``vector_cutoff`` weights them with the cosine cutoff
+        (continuous at the cutoff); without it they are masked, and jump there (``dv_proj``'s bias is not zero)."""
+        return cut if self.vector_cutoff else mask
 
     def forward(self, x: Tensor, vec: Tensor, rbf: Tensor, cut: Tensor, mask: Tensor, unit: Tensor,
                 need_vectors: bool) -> Tuple[Tensor, Tensor]:
@@ -86,13 +92,13 @@ class DenseETLayer(torch.nn.Module):
             dx = o3
             if not need_vectors:
                 return dx, vec
-            vec_msg = torch.einsum("btshd,btsc->btchd", v2 * mask.reshape(b, n, n, 1, 1), unit)
+            vec_msg = torch.einsum("btshd,btsc->btchd", v2 * self._vector_weight(cut, mask).reshape(b, n, n, 1, 1), unit)
             return dx, vec_msg.reshape(b, n, 3, f)
         vec1, vec2, vec3 = torch.split(self.vec_proj(vec), f, dim=-1)
         dx = (vec1 * vec2).sum(dim=2) * o2 + o3
         if not need_vectors:
             return dx, vec
-        m = mask.reshape(b, n, n, 1, 1)
+        m = self._vector_weight(cut, mask).reshape(b, n, n, 1, 1)
         vec_msg = (torch.einsum("bschd,btshd->btchd", vec.reshape(b, n, 3, h, d), v1 * m)
                    + torch.einsum("btshd,btsc->btchd", v2 * m, unit)).reshape(b, n, 3, f)
         return dx, vec3 * o1.unsqueeze(2) + vec_msg

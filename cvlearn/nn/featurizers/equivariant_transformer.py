@@ -27,6 +27,11 @@ class ETConfig:
         Neighbour cutoff, Å.
     neighbor_embedding : bool
         Whether to add torchmd-net's neighbour embedding after the element embedding.
+    vector_cutoff : bool
+        torchmd-net's ``vector_cutoff``: weight the vector messages with the cosine cutoff too. Without it the
+        features jump when a pair crosses the cutoff (``dv_proj``'s bias is not zero), so a CV built on them is
+        discontinuous there: molecular dynamics under its bias does not conserve energy and samples the wrong
+        distribution. It adds no weights, so a checkpoint trained without it loads with it.
     max_z : int
         Size of the element embedding table.
     """
@@ -38,6 +43,7 @@ class ETConfig:
     cutoff_angstrom: float = 5.0
     neighbor_embedding: bool = False
     max_z: int = 100
+    vector_cutoff: bool = False
 
     def as_dict(self) -> dict:
         """The fields as a plain dict, as checkpoints store them."""
@@ -75,8 +81,11 @@ class ETFeaturizer(FeaturizerBase):
             cutoff_upper=config.cutoff_angstrom,
             neighbor_embedding=config.neighbor_embedding,
             max_z=config.max_z,
+            vector_cutoff=config.vector_cutoff,
         ))
         self.gnn.distance = FixedTopologyNeighbors(self.n_atoms, 0.0, config.cutoff_angstrom)
+        if config.vector_cutoff:  # in the state, so hashes of it (the embedding store's) tell the two functions apart
+            self.register_buffer("vector_cutoff_on", torch.ones(()))
 
     def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
         """``G`` graphs of ``n_atoms`` atoms (elements ``z [G, n]``, positions nm) → scalars, vectors

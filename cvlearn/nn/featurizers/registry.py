@@ -15,6 +15,7 @@ FEATURIZERS = {
     "tensornet": (TensorNetFeaturizer, TensorNetConfig),
 }
 GEOM2VEC_CONFIGS = {"et": GEOM2VEC_ET, "visnet": GEOM2VEC_VISNET, "tensornet": GEOM2VEC_TENSORNET}
+WEIGHT_FREE = {"et": ("vector_cutoff",)}  # architecture fields a checkpoint's weights do not depend on
 _KIND_OF_CLASS = {cls.__name__: kind for kind, (cls, _) in FEATURIZERS.items()}
 
 
@@ -72,7 +73,7 @@ def make_featurizer(kind: str, atomic_numbers: Sequence[int], config=None, seed:
     return cls(atomic_numbers, config, seed=seed)
 
 
-def load_geom2vec(kind: str, atomic_numbers: Sequence[int], path: str | Path):
+def load_geom2vec(kind: str, atomic_numbers: Sequence[int], path: str | Path, overrides: dict | None = None):
     """A featurizer with geom2vec's published architecture for ``kind`` and the weights in ``path`` (strict).
 
     Parameters
@@ -83,6 +84,8 @@ def load_geom2vec(kind: str, atomic_numbers: Sequence[int], path: str | Path):
         Elements of the featurized atoms.
     path : str or Path
         A geom2vec / torchmd-net checkpoint.
+    overrides : dict, optional
+        Fields of :data:`WEIGHT_FREE` set differently from the published architecture (``{"vector_cutoff": True}``).
 
     Returns
     -------
@@ -93,12 +96,22 @@ def load_geom2vec(kind: str, atomic_numbers: Sequence[int], path: str | Path):
 
     if kind not in GEOM2VEC_CONFIGS:
         raise ValueError(f"kind: expected one of {sorted(GEOM2VEC_CONFIGS)}, found {kind!r}")
-    featurizer = make_featurizer(kind, atomic_numbers, GEOM2VEC_CONFIGS[kind], seed=None)
+    overrides = _weight_free(kind, overrides)
+    featurizer = make_featurizer(kind, atomic_numbers, {**GEOM2VEC_CONFIGS[kind].as_dict(), **overrides}, seed=None)
     load_featurizer_weights(featurizer, path)
     return featurizer.eval()
 
 
-def featurizer_from_checkpoint(path: str | Path, atomic_numbers: Sequence[int]):
+def _weight_free(kind: str, overrides: dict | None) -> dict:
+    """``overrides`` checked against :data:`WEIGHT_FREE` (one line naming what is allowed)."""
+    overrides = dict(overrides or {})
+    allowed = WEIGHT_FREE.get(kind, ())
+    if set(overrides) - set(allowed):
+        raise ValueError(f"overrides: a {kind} checkpoint allows {list(allowed)} only, found {sorted(overrides)}")
+    return overrides
+
+
+def featurizer_from_checkpoint(path: str | Path, atomic_numbers: Sequence[int], overrides: dict | None = None):
     """Rebuild a featurizer from a cvlearn self-describing checkpoint (architecture read from the file).
 
     Parameters
@@ -107,6 +120,9 @@ def featurizer_from_checkpoint(path: str | Path, atomic_numbers: Sequence[int]):
         A checkpoint written by ``save_featurizer_checkpoint``; plain state dicts raise CheckpointMismatchError.
     atomic_numbers : sequence of int
         Elements of the atoms to featurize (weights do not depend on them).
+    overrides : dict, optional
+        Fields of :data:`WEIGHT_FREE` set differently from the file (e.g. ``{"vector_cutoff": True}``: the ET made
+        continuous at its cutoff); any other field raises ValueError.
 
     Returns
     -------
@@ -122,6 +138,7 @@ def featurizer_from_checkpoint(path: str | Path, atomic_numbers: Sequence[int]):
     kind = _KIND_OF_CLASS.get(obj.get("kind"))
     if kind is None:
         raise CheckpointMismatchError(f"checkpoint {path}: unknown featurizer kind {obj.get('kind')!r}")
-    featurizer = make_featurizer(kind, atomic_numbers, dict(obj["config"]), seed=None)
-    load_featurizer_weights(featurizer, path)
+    overrides = _weight_free(kind, overrides)
+    featurizer = make_featurizer(kind, atomic_numbers, {**dict(obj["config"]), **overrides}, seed=None)
+    load_featurizer_weights(featurizer, path, weight_free=tuple(overrides))
     return featurizer

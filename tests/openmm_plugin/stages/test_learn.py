@@ -198,6 +198,8 @@ def test_periodic_frames_are_made_whole_when_read(md, tmp_path):
     ({"featurizer": {"kind": "schnet"}}, r"featurizer\.kind: expected one of \['et', 'tensornet', 'visnet'\], found 'schnet'"),
     ({"observables": {"x": "phi 3"}}, r"observables\.x: expected 'phi N' with N in \[0, 1\)"),
     ({"lagtime_ps": 0.25}, r"lagtime_ps: expected a positive multiple of the frame interval 0\.1 ps"),
+    ({"featurizer": {"kind": "et", "vector_cutoff": True}}, r"featurizer\.vector_cutoff: applies to checkpoint or "
+                                                           r"geom2vec weights"),
 ])
 def test_bad_input_fails_before_compute_with_one_line(md, tmp_path, capsys, change, message):
     if change.get("trajectories") == "ONE":
@@ -273,3 +275,38 @@ def test_torchrun_two_processes_learn_the_same_cv(md, learned, tmp_path):
     assert m2["vamp2_val"] == pytest.approx(m1["vamp2_val"], abs=1e-3)
     _, spec = load_cv(tmp_path / "out" / "cv.pt")
     assert spec.n_cvs == 2 and (tmp_path / "out" / "report.md").is_file()
+
+
+def _jump_at_the_cutoff(cv, spec, frame: np.ndarray) -> float:
+    """|s(r = 5 Å + 1e-6) − s(r = 5 Å − 1e-6)| for the selected pair nearest the ET's 5 Å cutoff, the rest fixed."""
+    atoms = list(spec.atom_indices)
+    x = torch.from_numpy(frame.astype(np.float64))
+    r = torch.cdist(x[atoms], x[atoms]) * 10
+    i, j = divmod(int(torch.argmin((r - 5.0).abs() + 1e3 * torch.eye(len(atoms), dtype=r.dtype))), len(atoms))
+    unit = (x[atoms[j]] - x[atoms[i]]) / (x[atoms[j]] - x[atoms[i]]).norm()
+    values = []
+    for distance in (5.0 - 1e-6, 5.0 + 1e-6):
+        moved = x.clone()
+        moved[atoms[j]] = x[atoms[i]] + unit * distance / 10.0
+        with torch.no_grad():
+            values.append(cv(moved))
+    return float((values[1] - values[0]).abs().max())
+
+
+def test_vector_cutoff_gives_a_cv_continuous_at_the_cutoff(md, learned, tmp_path):
+    """The shipped ET's CV jumps where a pair crosses 5 Å (its vector messages are masked there): MD under a bias on
+    it does not conserve energy (issue 17). featurizer.vector_cutoff: true exports a continuous CV, and a store of
+    the other function is refused."""
+    out, config_path = learned
+    base = {**yaml.safe_load(config_path.read_text()), "baselines": [], "observables": None}
+    smooth = LearnConfig(**{**base, "out": str(tmp_path / "smooth"),
+                            "featurizer": {"checkpoint": "default", "vector_cutoff": True}})
+    run_learn(smooth, progress=False)
+    frame = mdtraj.load(md["trajectories"][0], top=md["topology"]).xyz[5]
+    jumps = {}
+    for name, folder in (("masked", out), ("smooth", tmp_path / "smooth")):
+        cv, spec = load_cv(folder / "cv.pt")
+        jumps[name] = _jump_at_the_cutoff(cv.double(), spec, frame)
+    assert jumps["masked"] > 1e-2 and jumps["smooth"] < 1e-4, jumps  # float32 export: ~1e-6 of rounding
+    with pytest.raises(ConfigError, match=r"store: .*found other \[.*'weights_sha256'\]"):
+        run_learn(dataclasses.replace(smooth, out=str(tmp_path / "reuse"), store=str(out / "store")), progress=False)
