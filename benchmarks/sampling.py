@@ -150,14 +150,19 @@ def plan(args) -> tuple[list[dict], dict]:
 
 def run(args) -> dict:
     jobs, per_arm = plan(args)
-    if args.finished_only:  # a report of what has run to the end so far; nothing is started or resumed
+    if args.finished_only or args.so_far:  # a report of what exists; nothing is started or resumed
         from benchmarks._sampling_walkers import walker_name
 
-        jobs = [j for j in jobs if (Path(j["tmp"]) / f"{walker_name(j)}.json").is_file()]
+        def exists(j):
+            stem = Path(j["tmp"]) / walker_name(j)
+            return Path(f"{stem}.json").is_file() or (args.so_far and Path(f"{stem}.colvar").is_file())
+
+        jobs = [j for j in jobs if exists(j)]
         per_arm = {arm: v for arm, v in per_arm.items() if any(j["cv"] == arm for j in jobs)}
         if not jobs:
-            raise SystemExit(f"--finished-only: expected finished walkers of this configuration in {args.work}, found none")
-    if args.jobs > 1 and len(jobs) > 1:  # independent walkers: one process each (spawned: torch and OpenMM start clean)
+            raise SystemExit(f"--finished-only/--so-far: expected walkers of this configuration in {args.work}, found none")
+        results = [_as_it_stands(j) for j in jobs]
+    elif args.jobs > 1 and len(jobs) > 1:  # independent walkers: one process each (spawned: torch and OpenMM start clean)
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -195,7 +200,7 @@ def run(args) -> dict:
                      "cv_component": args.component, "method": args.method, "barrier_kjmol": args.barrier_kjmol,
                      "pace_steps": j0["pace"], "timestep_fs": args.timestep_fs, "ns_per_run": j0["n_steps"] * args.timestep_fs * 1e-6,
                      "seeds": max(len(w) for w in rows.values()), "seeds_requested": args.seeds,
-                     "finished_only": args.finished_only, "learned_cv_mts_substeps": args.mts, "wall_kappa_kjmol": args.wall_kappa,
+                     "finished_only": args.finished_only, "so_far": args.so_far, "learned_cv_mts_substeps": args.mts, "wall_kappa_kjmol": args.wall_kappa,
                      "sigma_phi_psi_rad": PHI_PSI_SIGMA_RAD, "sigma_min_phi_psi_rad": PHI_PSI_SIGMA_MIN_RAD,
                      "native_grid_bins": NATIVE_BINS, "checkpoint_steps": j0["checkpoint_steps"],
                      "parallel_walker_processes": args.jobs, "temperature_k": 300.0, "torch_threads": args.threads,
@@ -205,6 +210,20 @@ def run(args) -> dict:
         "rows": [{"cv": arm, **r} for arm, walkers in rows.items() for r in walkers],
         "targets": targets(summary, rows),
     }
+
+
+def _as_it_stands(job: dict) -> dict:
+    """A finished walker's result, or an unfinished one analysed on its COLVAR so far (``finished: False``)."""
+    from benchmarks._sampling_walkers import analyse, read_result, walker_name
+
+    stem = Path(job["tmp"]) / walker_name(job)
+    record, colvar = Path(f"{stem}.json"), Path(f"{stem}.colvar")
+    if record.is_file():
+        return {"cv": job["cv"], **read_result(record), "finished": True}
+    rows = sum(1 for line in colvar.read_text().splitlines() if line and not line.startswith("#"))
+    return {"cv": job["cv"], **analyse(colvar, rows * job["report"], job["timestep_fs"]),
+            "seed": job["seed"], "route": job["route"], "timestep_fs": job["timestep_fs"], "failure": None,
+            "ms_per_step": float("nan"), "steps_timed": 0, "finished": False}
 
 
 def _walls(job: dict) -> list[float]:
@@ -257,7 +276,8 @@ def _mean_or_nan(values) -> float:
 def markdown(result: dict) -> str:
     s, st = result["summary"], result["settings"]
     seeds = (f"the finished {st['seeds']} of {st['seeds_requested']} seeds" if st.get("finished_only")
-             else f"{st['seeds']} seeds")
+             else f"{st['seeds']} of {st['seeds_requested']} seeds as they stand (unfinished ones too)"
+             if st.get("so_far") else f"{st['seeds']} seeds")
     lines = [f"# sampling ({result['date']}, quick={st['quick']}, {seeds} × {st['ns_per_run']:.3g} ns, "
              f"{st['timestep_fs']:g} fs, learned-CV route {st['route_learned_cvs']}, cv={st['cv']})", "",
              "| CV | route | φ transitions / ns | ΔF(C7ax − C7eq) kJ/mol | per seed | ΔF at half the run | ms/step |",
@@ -265,7 +285,7 @@ def markdown(result: dict) -> str:
     for name in s:
         runs = [r for r in result["rows"] if r["cv"] == name]
         per_seed = ", ".join(f"blew up at {r['ns']:.2f} ns" if r.get("failure") else f"{r['deltaF_C7ax_C7eq_kjmol']:.2f}"
-                             for r in runs)
+                             + (f" (at {r['ns']:.2f} ns)" if r.get("finished") is False else "") for r in runs)
         half = [r["deltaF_over_time"]["kjmol"][len(r["deltaF_over_time"]["kjmol"]) // 2 - 1]
                 for r in runs if not r.get("failure") and r["deltaF_over_time"]["kjmol"]]
         lines.append(f"| {name} | {s[name]['route']} | {s[name]['transitions_per_ns'][0]:.2f} ± "
@@ -310,6 +330,8 @@ def parse(argv=None):
                         "(default runs/sampling); a killed walker resumes there, a finished one is reused")
     parser.add_argument("--finished-only", action="store_true", help="report the walkers that have finished, run "
                         "nothing (the summary then covers fewer seeds than --seeds; the rows say which)")
+    parser.add_argument("--so-far", action="store_true", help="as --finished-only, and unfinished walkers analysed on "
+                        "their COLVAR as it stands (rows say finished: false and their ns)")
     parser.add_argument("--restart-fresh", action="store_true", help="delete this configuration's walkers and start over")
     return parser.parse_args(argv)
 
