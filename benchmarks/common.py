@@ -8,6 +8,8 @@ import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+DATA = ROOT / "benchmarks" / "data"  # committed inputs (trained CVs, systems) that benchmarks share
 
 
 def now_utc() -> str:

@@ -22,11 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, now_utc, save  # noqa: E402
+from benchmarks.common import DATA, ROOT, machine, now_utc, save  # noqa: E402
 from benchmarks.smoothness import _grad_stats  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "benchmarks" / "data"
 CVS = [DATA / "ala2_sampling" / "cv.pt", DATA / "ala2_sampling_smooth" / "cv.pt",
        DATA / "ala2_sampling" / "baseline_distances_cv.pt"]
 
