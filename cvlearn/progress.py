@@ -13,7 +13,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-__all__ = ["LOG_INTERVAL_S", "progress_bar"]
+__all__ = ["LOG_INTERVAL_S", "log_interval_s", "progress_bar"]
 
 LOG_INTERVAL_S = 30.0  # seconds between progress lines in a log file
 
@@ -47,7 +47,9 @@ class _LogBar(tqdm):
         super().set_description(desc, refresh=False)
 
 
-def _log_interval_s() -> float:
+def log_interval_s() -> float:
+    """Seconds between progress lines in a log file (``CVLEARN_PROGRESS_INTERVAL_S``, default 30): also the
+    limit for repeated status lines (e.g. the bias-force guard's), so logs stay small."""
     text = os.environ.get("CVLEARN_PROGRESS_INTERVAL_S")
     if text is None:
         return LOG_INTERVAL_S
@@ -82,7 +84,7 @@ def progress_bar(iterable=None, *, stream=None, **kwargs) -> tqdm:
     isatty = getattr(stream, "isatty", None)
     if isatty is not None and isatty():
         return tqdm(iterable, file=stream, **kwargs)
-    interval = _log_interval_s()
+    interval = log_interval_s()
     kwargs["mininterval"] = max(float(kwargs.get("mininterval", 0.1)), interval)
     kwargs["maxinterval"] = max(float(kwargs.get("maxinterval", 10.0)), interval)
     kwargs["miniters"] = 1  # with a time limit only: tqdm's adaptive miniters could go silent for long stretches

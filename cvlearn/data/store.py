@@ -63,6 +63,30 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def featurizer_configs(module: torch.nn.Module) -> list[dict]:
+    """The architecture of every featurizer inside ``module`` (class name and config fields).
+
+    Weights alone do not identify the function: a weight-free option such as ``vector_cutoff`` changes the features
+    of the same weights, so a store's identity is its weights *and* these.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        An embedder (or a featurizer itself).
+
+    Returns
+    -------
+    list of dict
+        One ``{"class": ..., **config}`` per featurizer submodule, in module order; JSON-ready.
+    """
+    found = []
+    for sub in module.modules():
+        config = getattr(sub, "config", None)
+        if hasattr(config, "as_dict"):
+            found.append(json.loads(json.dumps({"class": type(sub).__name__, **config.as_dict()})))
+    return found
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
@@ -189,6 +213,7 @@ def embed_trajectories(embedder: torch.nn.Module, sources: Sequence, out_dir: st
         "format": STORE_FORMAT,
         "embedder": type(embedder).__name__,
         "weights_sha256": weights_sha256(embedder),
+        "featurizers": featurizer_configs(embedder),
         "n_tokens": int(embedder.n_tokens),
         "hidden_channels": int(embedder.hidden_channels),
         "atom_indices": None if indices is None else indices.tolist(),

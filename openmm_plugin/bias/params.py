@@ -57,7 +57,11 @@ class OPESParams:
 
     ``sigma: adaptive`` estimates the kernel widths from the CV's fluctuations over the first
     ``adaptive_sigma_stride`` MD steps (default 10 paces; PLUMED's ``SIGMA=ADAPTIVE``/``ADAPTIVE_SIGMA_STRIDE``): the
-    choice for a learned CV whose natural scale nobody knows beforehand. ``sigma_min`` floors the widths.
+    choice for a learned CV whose natural scale nobody knows beforehand. ``sigma_min`` floors the widths; without it,
+    on a CV file with a training range, the floor is ``sigma_min_fraction`` of each biased component's range (null:
+    no floor, as PLUMED). A VAMP CV is nearly flat inside a basin, so its in-basin spread alone makes kernels narrow
+    and the bias force huge where the CV is steep: OPES-explore on an ala2 CV with adaptive σ and no floor shrank σ to
+    0.08 (range 7) and had bias forces up to 2e4 kJ/mol/nm, capped by a 1000 kJ/mol/nm guard at 46 % of the steps.
 
     ``kernel_cutoff`` (in σ, PLUMED's ``KERNEL_CUTOFF``) defaults to 15, not PLUMED's sqrt(2ΔE/(kT(1 − 1/γ))) (5.1 at
     30 kJ/mol, 300 K): at a truncated kernel's edge dV/ds jumps (by 680-905 kJ/mol per CV unit in the ala2 walkers of
@@ -73,6 +77,7 @@ class OPESParams:
     fixed_sigma: bool = False
     adaptive_sigma_stride: Optional[int] = None  # MD steps; adaptive sigma only (default 10 * pace_steps)
     sigma_min: Optional[tuple[float, ...]] = None
+    sigma_min_fraction: Optional[float] = 0.05  # adaptive sigma without sigma_min: floor = fraction of the range
     kernel_cutoff: Union[float, str] = 15.0  # in sigma; "plumed": PLUMED's sqrt(2 barrier / (kT (1 - 1/gamma)))
 
     @property
@@ -87,7 +92,7 @@ class OPESParams:
         if self.adaptive_sigma_stride is not None and self.adaptive_sigma_stride < self.pace_steps:
             raise ValueError(f"adaptive_sigma_stride: expected >= pace_steps ({self.pace_steps}), found "
                              f"{self.adaptive_sigma_stride}")
-        check_positive(self, "barrier_kjmol", "pace_steps", "adaptive_sigma_stride", "sigma_min",
+        check_positive(self, "barrier_kjmol", "pace_steps", "adaptive_sigma_stride", "sigma_min", "sigma_min_fraction",
                        *(() if self.adaptive else ("sigma",)))
         if self.bias_factor is not None and not self.bias_factor > 1:
             raise ValueError(f"bias_factor: expected > 1 (or null for the default βΔE), found {self.bias_factor!r}")
@@ -196,6 +201,17 @@ def _training_range(spec, components, key: str, cv_label: str) -> np.ndarray:
         raise ConfigError(f"expected values, or a CV file whose contract has a training range "
                           f"(CVSpec.cv_range_training); {cv_label} has none", key=key)
     return np.asarray([spec.cv_range_training[c] for c in components], dtype=np.float64)
+
+
+def _opes_sigma_min(p: OPESParams, components, spec, d: int):
+    """``sigma_min`` as given; else, for adaptive σ on a CV file with a training range, ``sigma_min_fraction`` of
+    each component's range; else None."""
+    if p.sigma_min is not None:
+        return per_cv(p.sigma_min, d, "opes.sigma_min")
+    if not p.adaptive or p.sigma_min_fraction is None or spec is None or spec.cv_range_training is None:
+        return None
+    ranges = np.asarray([spec.cv_range_training[c] for c in components], dtype=np.float64)
+    return (p.sigma_min_fraction * (ranges[:, 1] - ranges[:, 0])).tolist()
 
 
 def _grid_bounds(p: MetadParams, components, periods, spec, margin: float, cv_label: str) -> tuple[list, list]:
@@ -324,7 +340,7 @@ def make_bias(method: str, n_cvs: int, *, temperature_k: float, params=None, wal
                           periods=periods, compression_threshold=p.compression_threshold, fixed_sigma=p.fixed_sigma,
                           adaptive_sigma_stride=None if p.adaptive_sigma_stride is None
                           else p.adaptive_sigma_stride // pace_divisor, n_cvs=d,
-                          sigma_min=None if p.sigma_min is None else per_cv(p.sigma_min, d, "opes.sigma_min"),
+                          sigma_min=_opes_sigma_min(p, components, spec, d),
                           kernel_cutoff=None if p.kernel_cutoff == "plumed" else float(p.kernel_cutoff)))
     elif method == "restraint":
         terms.append(HarmonicRestraint(per_cv(params.center, d, "restraint.center"),

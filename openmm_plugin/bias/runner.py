@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,7 @@ import openmm
 
 from cvlearn.errors import RunError
 from cvlearn.io import atomic_path
+from cvlearn.progress import log_interval_s
 from openmm_plugin.cv_evaluation import CVEvaluator
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class BiasRunner:
         if guard is not None and callback is not None:
             callback.guard = guard  # BiasCallback.__call__ caps its forces with it
         self._guard_logged = 0
+        self._guard_logged_at = -float("inf")  # time.monotonic() of the last guard line
         self.evaluator = native if native is not None else callback.evaluator if callback is not None else CVEvaluator(cv)
         self.save_path = None if save_path is None else Path(save_path)
         if save_every_steps is not None and self.save_path is None:
@@ -194,9 +197,13 @@ class BiasRunner:
         if guard.n_hot > hot_before and hot_before == 0:
             logger.warning("step %d: %s", simulation.currentStep, guard.summary())
         if guard.n_capped > self._guard_logged:
-            log = logger.warning if self._guard_logged == 0 else logger.info
-            log("step %d: %s", simulation.currentStep, guard.summary())
-            self._guard_logged = guard.n_capped
+            # the first capping warns at once; later ones at most one line per log interval (a run that caps at
+            # every step would otherwise write a line per step)
+            now = time.monotonic()
+            if self._guard_logged == 0 or now - self._guard_logged_at >= log_interval_s():
+                log = logger.warning if self._guard_logged == 0 else logger.info
+                log("step %d: %s", simulation.currentStep, guard.summary())
+                self._guard_logged, self._guard_logged_at = guard.n_capped, now
         if guard.tripped:
             where = "no save_path configured, nothing saved"
             if self.save_path is not None:

@@ -51,9 +51,12 @@ OUTPUTS = ("store", "seeds", "baselines", "cv.pt", DISTANCE_CV, "metrics.json", 
 class FeaturizerSpec:
     """Where the featurizer's weights come from: ``checkpoint`` (``default``: the shipped pre-trained ET, or a cvlearn
     checkpoint file), ``geom2vec`` (a geom2vec/torchmd-net file of architecture ``kind``), or ``kind`` alone (random
-    initial weights with the optional architecture ``config``, seeded per seed). ``vector_cutoff: true`` makes a
-    checkpoint's ET continuous at its cutoff (torchmd-net's option; the weights load unchanged): a CV meant for
-    biasing needs it, since without it the CV jumps where an atom pair crosses the cutoff."""
+    initial weights with the optional architecture ``config``, seeded per seed).
+
+    ``vector_cutoff`` (ET and ViSNet; default true) weights their vector messages with the cosine cutoff, as
+    torchmd-net's ET option of that name; the weights load unchanged. Without it the features, and a CV on them,
+    jump where an atom pair crosses the cutoff, and a bias on such a CV is not integrable (MD under it does not
+    conserve energy; issue 17). ``false`` reproduces the published functions. TensorNet is continuous without it."""
 
     checkpoint: Optional[str] = None
     kind: Optional[str] = None
@@ -78,16 +81,35 @@ class FeaturizerSpec:
             raise ValueError("checkpoint: expected checkpoint, geom2vec or kind (random weights), found none")
         if self.vector_cutoff is not None and not isinstance(self.vector_cutoff, bool):
             raise ValueError(f"vector_cutoff: expected true or false, found {self.vector_cutoff!r}")
-        if self.vector_cutoff is not None and not (self.checkpoint or self.geom2vec):
-            raise ValueError("vector_cutoff: applies to checkpoint or geom2vec weights; with random weights set it in "
-                             "config (kind: et)")
-        if self.vector_cutoff is not None and self.geom2vec and self.kind != "et":
-            raise ValueError(f"vector_cutoff: applies to the ET only, found kind {self.kind!r}")
+        if self.kind is not None:
+            self._check_vector_cutoff(self.kind)
         if self.config is not None:
             fields = FEATURIZERS[self.kind][1].__dataclass_fields__
             unknown = sorted(set(self.config) - set(fields))
             if unknown:
                 raise ValueError(f"config: unknown keys {unknown} for {self.kind!r}; expected a subset of {sorted(fields)}")
+            given = self.config.get("vector_cutoff")
+            if given is not None and self.vector_cutoff is not None and given != self.vector_cutoff:
+                raise ValueError(f"vector_cutoff: {self.vector_cutoff} contradicts config.vector_cutoff: {given}; "
+                                 "give it once")
+
+    def _check_vector_cutoff(self, kind: str) -> None:
+        from cvlearn.nn.featurizers import WEIGHT_FREE
+
+        if self.vector_cutoff and "vector_cutoff" not in WEIGHT_FREE.get(kind, ()):
+            raise ValueError(f"vector_cutoff: {kind} has no such option (it is continuous at its cutoff); drop it")
+
+    def overrides(self, kind: str) -> dict:
+        """The weight-free fields this spec sets on a ``kind`` featurizer: ``vector_cutoff`` (default true) where
+        the architecture has it."""
+        from cvlearn.nn.featurizers import WEIGHT_FREE
+
+        self._check_vector_cutoff(kind)
+        if "vector_cutoff" not in WEIGHT_FREE.get(kind, ()):
+            return {}
+        if self.config is not None and self.config.get("vector_cutoff") is not None:
+            return {"vector_cutoff": bool(self.config["vector_cutoff"])}
+        return {"vector_cutoff": True if self.vector_cutoff is None else self.vector_cutoff}
 
     def weights_file(self) -> Path | None:
         """The file holding the weights (None for random weights); a missing file raises ConfigError."""
@@ -104,15 +126,15 @@ class FeaturizerSpec:
 
     def build(self, atomic_numbers, seed: int):
         """The featurizer over ``atomic_numbers``."""
-        from cvlearn.nn.featurizers import featurizer_from_checkpoint, load_geom2vec, make_featurizer
+        from cvlearn.nn.featurizers import checkpoint_kind, featurizer_from_checkpoint, load_geom2vec, make_featurizer
 
         path = self.weights_file()
-        overrides = {"vector_cutoff": self.vector_cutoff} if self.vector_cutoff is not None else None
         if self.checkpoint:
-            return featurizer_from_checkpoint(path, atomic_numbers, overrides)
+            return featurizer_from_checkpoint(path, atomic_numbers, self.overrides(checkpoint_kind(path)))
         if self.geom2vec:
-            return load_geom2vec(self.kind, atomic_numbers, path, overrides)
-        return make_featurizer(self.kind, atomic_numbers, self.config, seed=seed)
+            return load_geom2vec(self.kind, atomic_numbers, path, self.overrides(self.kind))
+        return make_featurizer(self.kind, atomic_numbers, {**(self.config or {}), **self.overrides(self.kind)},
+                               seed=seed)
 
 
 @dataclass(frozen=True)
@@ -225,6 +247,24 @@ def _input_files(config: LearnConfig, plan: Plan) -> dict:
     return files
 
 
+def _check_featurizer(config: LearnConfig) -> None:
+    """A checkpoint file's architecture takes the spec's options (read before any compute)."""
+    from cvlearn.nn.featurizers import CheckpointMismatchError, checkpoint_kind
+
+    spec = config.featurizer
+    if not spec.checkpoint:
+        return
+    try:
+        kind = checkpoint_kind(spec.weights_file())
+    except CheckpointMismatchError as e:
+        raise ConfigError(str(e), key="featurizer.checkpoint") from None
+    try:
+        spec.overrides(kind)
+    except ValueError as e:
+        key, _, message = str(e).partition(": ")
+        raise ConfigError(message, key=f"featurizer.{key}") from None
+
+
 def _check_store(config: LearnConfig) -> None:
     if config.store and not (Path(config.store) / "manifest.json").is_file():
         raise ConfigError(f"expected an embedding store directory with manifest.json, found {config.store!r}",
@@ -261,6 +301,7 @@ def run_learn(config: LearnConfig, *, quick: bool = False, restart_fresh: bool =
         config = quick_config(config)
     out = check_output_dir(config.out, "out")
     plan = check_inputs(config)
+    _check_featurizer(config)
     _check_store(config)
     distributed.init_from_env()  # under torchrun: join the group (the store and the training are data-parallel)
     rank0 = distributed.is_rank0()
@@ -296,8 +337,15 @@ def run_learn(config: LearnConfig, *, quick: bool = False, restart_fresh: bool =
 
 
 def featurizer_note(config: LearnConfig) -> str:
+    from cvlearn.nn.featurizers import checkpoint_kind
+
     spec = config.featurizer
-    smooth = ", vector messages weighted by the cutoff (`vector_cutoff`: continuous at the cutoff)" if spec.vector_cutoff else ""
+    path = spec.weights_file()
+    kind = checkpoint_kind(path) if spec.checkpoint else spec.kind
+    cut = spec.overrides(kind).get("vector_cutoff")
+    smooth = {True: ", vector messages weighted by the cutoff (`vector_cutoff`: continuous at the cutoff)",
+              False: ", vector messages masked at the cutoff (`vector_cutoff: false`: the CV jumps where a pair "
+                     "crosses it)", None: ""}[cut]
     if spec.checkpoint == "default":
         return ("the shipped denoising-pre-trained Equivariant Transformer (cvlearn.checkpoints.default_checkpoint())"
                 + smooth)
@@ -305,7 +353,7 @@ def featurizer_note(config: LearnConfig) -> str:
         return f"the cvlearn checkpoint {spec.checkpoint}{smooth}"
     if spec.geom2vec:
         return f"the geom2vec {spec.kind} checkpoint {spec.geom2vec}{smooth}"
-    return f"a randomly initialised {spec.kind} featurizer"
+    return f"a randomly initialised {spec.kind} featurizer{smooth}"
 
 
 __all__ = ["BiasedSpec", "FeaturizerSpec", "LearnConfig", "QUICK", "quick_config", "run_learn"]

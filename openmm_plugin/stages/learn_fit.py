@@ -51,12 +51,12 @@ def _embed(config, plan, data, embedder, out: Path, progress: bool) -> list[torc
         s = store.settings
         # our stores hold the selected atoms (settings: all of them, None), the topology's indices in the metadata
         atoms = s["atom_indices"] if s["atom_indices"] is not None else s.get("metadata", {}).get("atom_indices")
-        found = {"weights_sha256": s["weights_sha256"], "atom_indices": atoms,
+        found = {"weights_sha256": s["weights_sha256"], "featurizers": s.get("featurizers"), "atom_indices": atoms,
                  "n_frames": [store.n_frames(i) for i in range(store.n_trajectories)]}
-        from cvlearn.data.store import weights_sha256
+        from cvlearn.data.store import featurizer_configs, weights_sha256
 
-        expected = {"weights_sha256": weights_sha256(embedder), "atom_indices": plan.atoms.tolist(),
-                    "n_frames": data.n_frames}
+        expected = {"weights_sha256": weights_sha256(embedder), "featurizers": featurizer_configs(embedder),
+                    "atom_indices": plan.atoms.tolist(), "n_frames": data.n_frames}
         differ = [k for k in expected if found[k] != expected[k]]
         if differ:
             raise ConfigError(f"{store_dir}: expected a store of this featurizer, selection and frames, found other "

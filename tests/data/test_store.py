@@ -93,6 +93,23 @@ def test_store_refuses_other_settings(embedder, ala2_files, tmp_path, ala2):
         _run((other, heavy), ala2_files, tmp_path / "s")
 
 
+def test_store_refuses_the_same_weights_as_another_function(embedder, ala2_files, tmp_path, ala2):
+    """vector_cutoff changes the function, not the weights: the store's identity records each featurizer's config."""
+    _run(embedder, ala2_files, tmp_path / "s")
+    module, heavy = embedder
+    f = module.featurizer
+    smooth = make_featurizer("et", atomic_numbers(ala2.topology, heavy), {**f.config.as_dict(), "vector_cutoff": True},
+                             seed=None)
+    smooth.load_state_dict(f.state_dict())
+    other = make_token_embedder(smooth, ala2.topology, heavy)
+    from cvlearn.data.store import featurizer_configs, weights_sha256
+
+    assert weights_sha256(other) == weights_sha256(module)
+    assert [c["vector_cutoff"] for c in featurizer_configs(other)] == [True]
+    with pytest.raises(ValueError, match=r"other settings \(\['featurizers'\]\)"):
+        _run((other, heavy), ala2_files, tmp_path / "s")
+
+
 def test_compiled_featurization_matches_eager(embedder, ala2_files, tmp_path, caplog):
     eager = EmbeddingStore(_run(embedder, ala2_files, tmp_path / "eager").parent)
     compiled = EmbeddingStore(_run(embedder, ala2_files, tmp_path / "compiled", compile=True).parent)

@@ -22,6 +22,8 @@ from cvlearn.nn.featurizers.neighbors import FixedTopologyNeighbors
 from cvlearn.nn.featurizers.registry import (
     FEATURIZERS,
     GEOM2VEC_CONFIGS,
+    WEIGHT_FREE,
+    checkpoint_kind,
     featurizer_from_checkpoint,
     kind_of,
     load_geom2vec,
@@ -33,6 +35,6 @@ from cvlearn.nn.featurizers.visnet import GEOM2VEC_VISNET, ViSNetConfig, ViSNetF
 __all__ = [
     "CheckpointMismatchError", "ETConfig", "ETFeaturizer", "FEATURIZERS", "FixedTopologyNeighbors", "GEOM2VEC_CONFIGS",
     "GEOM2VEC_ET", "GEOM2VEC_TENSORNET", "GEOM2VEC_VISNET", "TensorNetConfig", "TensorNetFeaturizer", "ViSNetConfig",
-    "ViSNetFeaturizer", "featurizer_from_checkpoint", "kind_of", "load_featurizer_weights", "load_geom2vec",
+    "ViSNetFeaturizer", "WEIGHT_FREE", "checkpoint_kind", "featurizer_from_checkpoint", "kind_of", "load_featurizer_weights", "load_geom2vec",
     "make_featurizer", "save_featurizer_checkpoint",
 ]

@@ -84,8 +84,6 @@ class ETFeaturizer(FeaturizerBase):
             vector_cutoff=config.vector_cutoff,
         ))
         self.gnn.distance = FixedTopologyNeighbors(self.n_atoms, 0.0, config.cutoff_angstrom)
-        if config.vector_cutoff:  # in the state, so hashes of it (the embedding store's) tell the two functions apart
-            self.register_buffer("vector_cutoff_on", torch.ones(()))
 
     def forward_graphs(self, z: Tensor, pos_nm: Tensor) -> Tuple[Tensor, Tensor]:
         """``G`` graphs of ``n_atoms`` atoms (elements ``z [G, n]``, positions nm) → scalars, vectors

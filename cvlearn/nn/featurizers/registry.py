@@ -15,7 +15,8 @@ FEATURIZERS = {
     "tensornet": (TensorNetFeaturizer, TensorNetConfig),
 }
 GEOM2VEC_CONFIGS = {"et": GEOM2VEC_ET, "visnet": GEOM2VEC_VISNET, "tensornet": GEOM2VEC_TENSORNET}
-WEIGHT_FREE = {"et": ("vector_cutoff",)}  # architecture fields a checkpoint's weights do not depend on
+# architecture fields a checkpoint's weights do not depend on (TensorNet has no such option: it is continuous)
+WEIGHT_FREE = {"et": ("vector_cutoff",), "visnet": ("vector_cutoff",)}
 _KIND_OF_CLASS = {cls.__name__: kind for kind, (cls, _) in FEATURIZERS.items()}
 
 
@@ -128,7 +129,23 @@ def featurizer_from_checkpoint(path: str | Path, atomic_numbers: Sequence[int], 
     -------
     FeaturizerBase
     """
-    from cvlearn.nn.featurizers.checkpoints import CVLEARN_FORMAT, CheckpointMismatchError, _read, load_featurizer_weights
+    from cvlearn.nn.featurizers.checkpoints import load_featurizer_weights
+
+    kind, obj = _self_describing(path)
+    overrides = _weight_free(kind, overrides)
+    featurizer = make_featurizer(kind, atomic_numbers, {**dict(obj["config"]), **overrides}, seed=None)
+    load_featurizer_weights(featurizer, path, weight_free=tuple(overrides))
+    return featurizer
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """The registry kind (``"et"``, ``"visnet"``, ``"tensornet"``) of a cvlearn self-describing checkpoint."""
+    return _self_describing(path)[0]
+
+
+def _self_describing(path: str | Path) -> tuple[str, dict]:
+    """Kind and contents of a cvlearn checkpoint; anything else raises CheckpointMismatchError (one line)."""
+    from cvlearn.nn.featurizers.checkpoints import CVLEARN_FORMAT, CheckpointMismatchError, _read
 
     obj = _read(Path(path))
     if obj.get("format") != CVLEARN_FORMAT:
@@ -138,7 +155,4 @@ def featurizer_from_checkpoint(path: str | Path, atomic_numbers: Sequence[int], 
     kind = _KIND_OF_CLASS.get(obj.get("kind"))
     if kind is None:
         raise CheckpointMismatchError(f"checkpoint {path}: unknown featurizer kind {obj.get('kind')!r}")
-    overrides = _weight_free(kind, overrides)
-    featurizer = make_featurizer(kind, atomic_numbers, {**dict(obj["config"]), **overrides}, seed=None)
-    load_featurizer_weights(featurizer, path, weight_free=tuple(overrides))
-    return featurizer
+    return kind, obj

@@ -48,6 +48,11 @@ class ViSNetConfig:
         Whether the radial basis is trained.
     max_z : int
         Size of the element embedding table.
+    vector_cutoff : bool
+        Weight the vector messages with the cosine cutoff too (as torchmd-net's ET option of that name). PyG's
+        ViSNet does not: ``s_proj``'s bias keeps a pair's vector message finite as its attention goes to zero at
+        the cutoff, so the features jump where a pair crosses it, and a CV on them cannot be biased correctly.
+        It changes no weight, so a checkpoint loads either way.
     """
 
     hidden_channels: int = 64
@@ -60,6 +65,7 @@ class ViSNetConfig:
     trainable_vecnorm: bool = False
     trainable_rbf: bool = False
     max_z: int = 100
+    vector_cutoff: bool = False
 
     def as_dict(self) -> dict:
         """The fields as a plain dict, as checkpoints store them."""
@@ -191,10 +197,12 @@ class ViSLayer(torch.nn.Module):
         Passed to :class:`VecLayerNorm`.
     last_layer : bool
         The last layer has no edge-feature update (``f_proj``/``w_*_proj`` are None).
+    vector_cutoff : bool
+        Weight the vector messages with the cosine cutoff (continuous at the cutoff; :class:`ViSNetConfig`).
     """
 
     def __init__(self, num_heads: int, hidden_channels: int, cutoff: float, vecnorm_type: str,
-                 trainable_vecnorm: bool, last_layer: bool):
+                 trainable_vecnorm: bool, last_layer: bool, vector_cutoff: bool = False):
         super().__init__()
         if hidden_channels % num_heads != 0:
             raise ValueError(f"hidden_channels ({hidden_channels}) must be divisible by num_heads ({num_heads})")
@@ -203,6 +211,7 @@ class ViSLayer(torch.nn.Module):
         self.head_dim = hidden_channels // num_heads
         self.last_layer = last_layer
         self.cutoff = cutoff
+        self.vector_cutoff = vector_cutoff
         self.layernorm = LayerNorm(hidden_channels)
         self.vec_layernorm = VecLayerNorm(hidden_channels, trainable_vecnorm, vecnorm_type)
         self.act = torch.nn.SiLU()
@@ -239,7 +248,8 @@ class ViSLayer(torch.nn.Module):
 
         # message: i = dst (receiver), j = src
         attn = (q.index_select(0, dst) * k.index_select(0, src) * dk).sum(dim=-1)
-        attn = self.act(attn) * _cosine_cutoff(r_ij, self.cutoff).unsqueeze(1)
+        cut = _cosine_cutoff(r_ij, self.cutoff)
+        attn = self.act(attn) * cut.unsqueeze(1)
         v_j = (v.index_select(0, src) * dv * attn.unsqueeze(2)).reshape(-1, self.hidden_channels)
         x_agg = torch.zeros(n, self.hidden_channels, dtype=x.dtype, device=x.device).index_add(0, dst, v_j)
         o1, o2, o3 = torch.split(self.o_proj(x_agg), self.hidden_channels, dim=1)
@@ -256,6 +266,8 @@ class ViSLayer(torch.nn.Module):
             vec_j = s2.unsqueeze(1) * d_ij.unsqueeze(2)
             if not first:
                 vec_j = vec_j + vec.index_select(0, src) * s1.unsqueeze(1)
+            if self.vector_cutoff:
+                vec_j = vec_j * cut.reshape(-1, 1, 1)
             vec_agg = torch.zeros_like(vec).index_add(0, dst, vec_j)
             dvec = vec_agg if first else vec3 * o1.unsqueeze(1) + vec_agg
         if (not first and self.f_proj is not None and self.w_src_proj is not None
@@ -303,7 +315,7 @@ class ViSNetBackbone(torch.nn.Module):
         self.edge_embedding = EdgeEmbedding(c.num_rbf, c.hidden_channels)
         self.vis_mp_layers = torch.nn.ModuleList(
             [ViSLayer(c.num_heads, c.hidden_channels, c.cutoff_angstrom, c.vecnorm_type, c.trainable_vecnorm,
-                      last_layer=i == c.num_layers - 1) for i in range(c.num_layers)]
+                      last_layer=i == c.num_layers - 1, vector_cutoff=c.vector_cutoff) for i in range(c.num_layers)]
         )
         self.out_norm = LayerNorm(c.hidden_channels)
         self.vec_out_norm = VecLayerNorm(c.hidden_channels, c.trainable_vecnorm, c.vecnorm_type)

@@ -57,32 +57,3 @@ def test_dense_refuses_other_molecules():
         dense.scalars_graphs(torch.stack([own, other]), _positions(2).float())
     assert dense.scalars_graphs(torch.stack([own, own]), _positions(2).float()).shape == (2, len(Z), 64)
 
-
-def _across_the_cutoff(featurizer, gap_angstrom: float):
-    """Scalar features of the last atom at 5 Å ∓ ``gap`` from the first, everything else fixed: their jump."""
-    pos = _positions(1, seed=3)[0]
-    direction = (pos[-1] - pos[0]) / (pos[-1] - pos[0]).norm()
-    out = []
-    for r in (5.0 - gap_angstrom, 5.0 + gap_angstrom):
-        moved = pos.clone()
-        moved[-1] = pos[0] + direction * r / 10.0
-        out.append(featurizer(moved.unsqueeze(0)).detach())
-    return float((out[1] - out[0]).abs().max())
-
-
-@pytest.mark.parametrize("dense", [False, True])
-def test_vector_cutoff_makes_the_features_continuous_at_the_cutoff(dense):
-    """torchmd-net's ET masks its vector messages at the cutoff (dv_proj's bias is not zero), so its features jump
-    where a pair crosses it: a CV on them cannot be biased correctly (MD does not conserve energy, issue 17).
-    vector_cutoff weights them with the cosine cutoff: the jump goes to zero with the gap."""
-    for vector_cutoff, shrinks in ((False, False), (True, True)):
-        et = ETFeaturizer(Z, ETConfig(num_layers=2, vector_cutoff=vector_cutoff), seed=2).double()
-        with torch.no_grad():  # torchmd-net initialises these biases to zero; trained ones (the shipped ET's) are not
-            for layer in et.gnn.attention_layers:
-                layer.dv_proj.bias.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
-        f = DenseETFeaturizer(et) if dense else et
-        wide, narrow = _across_the_cutoff(f, 1e-3), _across_the_cutoff(f, 1e-6)
-        if shrinks:
-            assert narrow < 1e-6 and narrow < wide / 100  # continuous: the jump vanishes with the gap
-        else:
-            assert narrow > 1e-3 and narrow > wide / 10  # a step: the same jump however close

@@ -80,3 +80,21 @@ def test_guard_caps_the_forces_openmm_receives(tmp_path):
     _, forces = _energy_forces(sim, {1})
     assert np.linalg.norm(forces[0]) == pytest.approx(100.0) and forces[0, 0] > 0
     assert guard.n_capped == 1
+
+
+@pytest.mark.parametrize("interval_s, at_most", [("3600", 1), ("0", None)])
+def test_a_guard_that_caps_every_step_logs_a_line_per_log_interval(tmp_path, monkeypatch, caplog, interval_s, at_most):
+    """Capping at every evaluation (an 11 MB log in an ala2 explore run before): the first capping warns, then one
+    line per CVLEARN_PROGRESS_INTERVAL_S at most; the counts stay exact."""
+    monkeypatch.setenv("CVLEARN_PROGRESS_INTERVAL_S", interval_s)
+    guard = ForceGuard(1e-6, check_every_steps=10)  # every bias force is over the cap
+    sim, runner, _ = _guarded_run(tmp_path, guard)
+    with caplog.at_level("INFO", logger="openmm_plugin.bias.runner"):
+        for _ in range(20):
+            runner.step(sim, 10)
+    lines = [r for r in caplog.records if "bias force guard" in r.getMessage()]
+    assert guard.n_evaluations_capped >= 50 and lines[0].levelname == "WARNING"
+    if at_most is not None:
+        assert len(lines) == at_most
+    else:
+        assert len(lines) >= 5  # no limit: every check that found new caps says so

@@ -171,3 +171,24 @@ def test_opes_kernels_of_a_learned_cv_are_untruncated_by_default(phi_psi_cv):
     for bad in ("wide", 0.0):
         with pytest.raises(ValueError, match="kernel_cutoff: expected"):
             OPESParams(kernel_cutoff=bad)
+
+
+def test_adaptive_opes_sigma_is_floored_at_a_fraction_of_the_training_range(open_cv):
+    """A learned CV is nearly flat inside a basin: adaptive σ alone makes narrow kernels and huge bias forces where it
+    is steep. Without sigma_min, a CV file's training range sets the floor (5 % by default; null: PLUMED's none)."""
+    from openmm_plugin.bias import OPESParams
+
+    _, spec = load_cv(open_cv)  # training range [[-2, 1], [0, 3]]
+    floored = make_bias("opes-explore", 2, temperature_k=300.0, params=OPESParams(sigma="adaptive"), spec=spec)
+    np.testing.assert_allclose(floored.sigma_min, [0.15, 0.15])
+    one = make_bias("opes-explore", 2, temperature_k=300.0, spec=spec, components=[0],
+                    params=OPESParams(sigma="adaptive", sigma_min_fraction=0.1))
+    np.testing.assert_allclose(one.leaves()[0].sigma_min, [0.3])
+    given = make_bias("opes-metad", 2, temperature_k=300.0, params=OPESParams(sigma="adaptive", sigma_min=(0.01,)),
+                      spec=spec)
+    np.testing.assert_allclose(given.sigma_min, [0.01, 0.01])
+    for params in (OPESParams(sigma="adaptive", sigma_min_fraction=None), OPESParams(sigma=(0.3,))):
+        assert make_bias("opes-metad", 2, temperature_k=300.0, params=params, spec=spec).sigma_min is None
+    assert make_bias("opes-metad", 2, temperature_k=300.0, params=OPESParams(sigma="adaptive")).sigma_min is None
+    with pytest.raises(ValueError, match="sigma_min_fraction: expected a value > 0"):
+        OPESParams(sigma="adaptive", sigma_min_fraction=0.0)
