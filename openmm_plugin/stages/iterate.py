@@ -31,8 +31,9 @@ default above). Resume: ``<out>/run.json`` records the sections as written; a re
 (``--restart-fresh`` deletes every step's outputs), and each step resumes or skips through its own stage record.
 
 ``--quick``: each learn with ``learn``'s QUICK, each bias with ``bias``'s quick settings (at most QUICK_STEPS MD
-steps, fewer when the section asks for fewer); both biased runs write :data:`QUICK_EXPLORE_FRAMES` frames and the
-retrain's lag is one explore frame (a smoke test of the whole chain).
+steps, fewer when the section asks for fewer); both biased runs write :data:`QUICK_EXPLORE_FRAMES` frames, the
+explore's OPES barrier is at most :data:`QUICK_EXPLORE_BARRIER_KJMOL` and the retrain's lag is one explore frame (a
+smoke test of the whole chain).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ SYSTEM_SHARED = ("nonbonded_method", "nonbonded_cutoff_nm", "constraints", "rigi
                  "timestep_ps", "friction_per_ps", "temperature_k", "platform")
 RCT_LABEL = {"opes-explore": "opes_explore", "opes-metad": "opes", "metad": "metad"}  # c(t) column of each method
 QUICK_EXPLORE_FRAMES = 40
+# --quick: the explore's OPES barrier at most this. A 4-ps run at 40 kJ/mol has frame weights spanning e^15: one frame
+# carries the reweighted data and the retrain finds no slow process (a smoke test must not fail on that).
+QUICK_EXPLORE_BARRIER_KJMOL = 5.0
 OUTPUTS = ("learn", "explore", "retrain", "bias", "analyze", "summary.json", "summary.md")
 
 
@@ -185,6 +189,8 @@ def resolve_stages(config: IterateConfig, *, quick: bool = False) -> Stages:
                           key="explore.trajectory")
     if quick:
         explore = _quick_bias(explore)
+        explore = dataclasses.replace(explore, opes=dataclasses.replace(
+            explore.opes, barrier_kjmol=min(explore.opes.barrier_kjmol, QUICK_EXPLORE_BARRIER_KJMOL)))
 
     bias_own = _own(config, "bias")
     inherited = [k for k in SYSTEM_SHARED if k in explore_map]

@@ -18,7 +18,7 @@ import torch
 from cvlearn.data import biased_pairs, embed_trajectories, frame_weights, take_segments
 from cvlearn.data.selection import atomic_numbers
 from cvlearn.data.store import EmbeddingStore
-from cvlearn.errors import ConfigError
+from cvlearn.errors import ConfigError, RunError
 from cvlearn.estimators.multiseed import fit_seeds, model_outputs
 from cvlearn.estimators.scores import deeptime_vamp_score
 from cvlearn.export import export_cv
@@ -143,6 +143,7 @@ def train_cv(config, plan, data, out: Path, seconds: dict, progress: bool) -> di
     seconds["train"] = time.perf_counter() - tick
     best = max(seeds, key=lambda s: s["vamp2_val"])
     model = best["model"]
+    check_has_components(model, config, best["vamp2_val"])
     if frozen:
         embedder.cpu()
         model = model.with_lobe(model.lobe.on_featurizer(torch.nn.Identity(), embedder))
@@ -154,6 +155,17 @@ def train_cv(config, plan, data, out: Path, seconds: dict, progress: bool) -> di
     seconds["export"] = time.perf_counter() - tick
     return {"seeds": seeds, "best": best, "model": model, "outputs": outputs,
             "n_tokens": int(model.lobe.tokens.n_tokens)}
+
+
+def check_has_components(model, config, vamp2_val: float) -> None:
+    """RunError (one line) when the VAMP projection kept no component: export would fail deep inside on it."""
+    if model.projection.shape[1] > 0:
+        return
+    hint = (" (biased data: the frame weights may be dominated by a few frames; a longer biased run or a lower "
+            "barrier helps)" if config.biased is not None else "")
+    raise RunError(f"the trained CV has no component: every VAMP singular value at lag {config.lagtime_ps:g} ps "
+                   f"fell below epsilon (validation VAMP-2 {vamp2_val:.3f}), so the training pairs resolve no slow "
+                   f"process{hint}")
 
 
 def _export(config, plan, data, model, best, outputs, path: Path) -> None:

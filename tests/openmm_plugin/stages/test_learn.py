@@ -315,3 +315,19 @@ def test_the_default_cv_is_continuous_at_the_cutoff(md, learned, tmp_path):
     assert "continuous at the cutoff" in (out / "report.md").read_text()
     with pytest.raises(ConfigError, match=r"store: .*found other \['featurizers'\]"):
         run_learn(dataclasses.replace(masked, out=str(tmp_path / "reuse"), store=str(out / "store")), progress=False)
+
+def test_a_cv_without_components_is_refused_in_one_line():
+    """Pairs that resolve no slow process (in a 4-ps OPES-explore run at 40 kJ/mol one frame carried the weight)
+    leave a 0-wide VAMP projection; export would fail deep inside, so training says so first."""
+    from cvlearn.errors import RunError
+    from cvlearn.models.cv import VAMPModel
+    from openmm_plugin.stages.learn_fit import check_has_components
+
+    empty = VAMPModel(torch.nn.Linear(3, 2), torch.zeros(2), torch.zeros(2, 0), torch.zeros(0), 1)
+    config = LearnConfig(topology="t.pdb", trajectories=("a.dcd",), lagtime_ps=0.1,
+                         biased={"colvars": ("c",)})
+    with pytest.raises(RunError, match=r"^the trained CV has no component: every VAMP singular value at lag 0\.1 ps "
+                                       r"fell below epsilon \(validation VAMP-2 1\.248\).*a few frames"):
+        check_has_components(empty, config, 1.248)
+    kept = VAMPModel(torch.nn.Linear(3, 2), torch.zeros(2), torch.eye(2)[:, :1], torch.ones(1), 1)
+    check_has_components(kept, config, 1.5)  # one component is a CV
