@@ -153,9 +153,12 @@ class ForceGuard:
         return {"capped": float(self.n_capped)}
 
     def summary(self) -> str:
-        text = (f"bias force guard ({self.mode}, cap {self.max_force_kjmol_nm:g} kJ/mol/nm): {self.n_capped} atom "
-                f"forces capped in {self.n_evaluations_capped} evaluations; largest bias force "
-                f"{self.max_seen_kjmol_nm:.4g} kJ/mol/nm")
+        if np.isfinite(self.max_force_kjmol_nm):
+            text = (f"bias force guard ({self.mode}, cap {self.max_force_kjmol_nm:g} kJ/mol/nm): {self.n_capped} atom "
+                    f"forces capped in {self.n_evaluations_capped} evaluations; largest bias force "
+                    f"{self.max_seen_kjmol_nm:.4g} kJ/mol/nm")
+        else:
+            text = f"bias force guard ({self.mode}, no cap): largest bias force {self.max_seen_kjmol_nm:.4g} kJ/mol/nm"
         if self.watches_temperature:
             text += (f"; kinetic temperature over {self.temperature_window_steps} steps {self.t_kin_window_k:.4g} K "
                      f"(limit {self.max_kinetic_temperature_k:g} K, exceeded {self.n_hot} times)")

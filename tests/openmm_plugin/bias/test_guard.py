@@ -98,3 +98,9 @@ def test_a_guard_that_caps_every_step_logs_a_line_per_log_interval(tmp_path, mon
         assert len(lines) == at_most
     else:
         assert len(lines) >= 5  # no limit: every check that found new caps says so
+
+
+def test_a_temperature_only_guard_says_it_has_no_cap():
+    guard = ForceGuard(None, max_kinetic_temperature_k=400.0)
+    assert guard.apply(np.array([[1e6, 0.0, 0.0]]))[0, 0] == 1e6 and guard.n_capped == 0
+    assert guard.summary().startswith("bias force guard (cap, no cap): largest bias force 1e+06 kJ/mol/nm; kinetic")
