@@ -181,7 +181,8 @@ def rescaled_time_pairs(boundaries: np.ndarray, lagtime_ps: float, method: str =
     Parameters
     ----------
     boundaries : np.ndarray
-        ``[n_frames + 1]`` strictly increasing frame boundaries (ps), from :func:`rescaled_time`.
+        ``[n_frames + 1]`` non-decreasing frame boundaries (ps), from :func:`rescaled_time`; a frame of zero
+        length (below the axis's float resolution) is in no pair.
     lagtime_ps : float
         Lag on the rescaled axis (ps).
     method : {"interval", "nearest"}
@@ -195,8 +196,11 @@ def rescaled_time_pairs(boundaries: np.ndarray, lagtime_ps: float, method: str =
     """
     lag = lagtime_ps
     b = np.asarray(boundaries, dtype=np.float64).reshape(-1)
-    if b.size < 2 or np.any(np.diff(b) <= 0):
-        raise ValueError("boundaries: expected N + 1 strictly increasing frame boundaries (see rescaled_time)")
+    # Non-decreasing, not strictly: a frame whose weight is ~1e-16 of the elapsed t' (a 2-ns OPES-explore run spans
+    # e^31 in weight) adds nothing to the float64 sum. Such a frame has zero length on the axis and so no pair.
+    if b.size < 2 or np.any(np.diff(b) < 0) or not b[-1] > b[0]:
+        raise ValueError("boundaries: expected N + 1 non-decreasing frame boundaries spanning a positive time "
+                         "(see rescaled_time)")
     if not lag > 0:
         raise ValueError(f"lagtime_ps: expected a positive lag on the rescaled axis, found {lag!r}")
     if method not in PAIR_METHODS:
@@ -210,7 +214,9 @@ def rescaled_time_pairs(boundaries: np.ndarray, lagtime_ps: float, method: str =
         target = starts[i0] + lag + 0.5 * np.diff(b)[i0]  # centre of the shifted interval
         j = np.clip(np.searchsorted(centres, target), 1, n - 1)
         it = np.where(np.abs(centres[j - 1] - target) <= np.abs(centres[j] - target), j - 1, j)
-        return i0, it, np.diff(b)[i0]
+        weight = np.diff(b)[i0]
+        keep = weight > 0
+        return i0[keep], it[keep], weight[keep]
     points = np.unique(np.concatenate([b, b + lag]))
     points = points[(points >= b[0] + lag) & (points <= b[-1])]
     if points.size < 2:

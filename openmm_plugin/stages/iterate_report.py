@@ -34,6 +34,7 @@ def reweighting_info(retrain) -> dict:
     from cvlearn.data import biased_pairs, peek_trajectory, take_segments
     from cvlearn.data.lagged import log_weights_from_colvar
     from cvlearn.data.splits import split_by_trajectory
+    from openmm_plugin.stages.learn_fit import self_pair_fraction
 
     spec = retrain.biased
     try:
@@ -45,16 +46,19 @@ def reweighting_info(retrain) -> dict:
     interval *= retrain.stride
     train, val = split_by_trajectory([len(log_w)], retrain.validation_fraction, seed=0)
     w = np.exp(log_w - log_w.max())
-    info = {"method": spec.method, "colvar": spec.colvars[0], "bias_column": spec.bias_column,
+    info = {"method": spec.method, "normalise_time": spec.normalise_time, "colvar": spec.colvars[0],
+            "bias_column": spec.bias_column,
             "rct_column": spec.rct_column, "temperature_k": spec.temperature_k, "n_biased_frames": int(len(log_w)),
             "frame_interval_ps": float(interval), "lagtime_ps": retrain.lagtime_ps,
             "effective_sample_size": float(w.sum() ** 2 / (w ** 2).sum())}
     if spec.method == "rescaled_time":
         for part, segments in (("train", train), ("validation", val)):
             parts = take_segments([log_w], segments)
-            pairs = biased_pairs(parts, interval, retrain.lagtime_ps)
+            pairs = biased_pairs(parts, interval, retrain.lagtime_ps, normalise=spec.normalise_time)
             info[f"n_{part}_pairs"] = int(sum(len(p[0]) for p in pairs))
-            info[f"rescaled_span_{part}_ps"] = float(sum(np.exp(lw).sum() * interval for lw in parts))
+            info[f"self_pair_fraction_{part}"] = self_pair_fraction(pairs)
+            info[f"rescaled_span_{part}_ps"] = float(sum(len(lw) * interval if spec.normalise_time
+                                                         else np.exp(lw).sum() * interval for lw in parts))
     return info
 
 
@@ -222,8 +226,10 @@ def render_summary(s: dict) -> str:
                   f"(log-weight β({rw['bias_column']} − {rw['rct_column'] or '0'}) at {rw['temperature_k']:g} K), "
                   f"effective sample size {rw['effective_sample_size']:.1f}"
               + (f"; {rw['n_train_pairs']} training and {rw['n_validation_pairs']} validation pairs at "
-                 f"{rw['lagtime_ps']:g} ps on the rescaled time axis (spans {rw['rescaled_span_train_ps']:.3g} and "
-                 f"{rw['rescaled_span_validation_ps']:.3g} ps)" if rw["method"] == "rescaled_time" else "") + ".", ""]
+                 f"{rw['lagtime_ps']:g} ps on the {'normalised ' if rw['normalise_time'] else ''}rescaled time axis "
+                 f"(spans {rw['rescaled_span_train_ps']:.3g} and {rw['rescaled_span_validation_ps']:.3g} ps; "
+                 f"{100 * rw['self_pair_fraction_train']:.0f} % of the training pair weight pairs a frame with itself)"
+                 if rw["method"] == "rescaled_time" else "") + ".", ""]
     if s["transitions"]:
         t = s["transitions"]
         lines += [f"Transitions: `{t['observable']}` between cores {t['a']} and {t['b']}. The two runs use different "

@@ -79,8 +79,22 @@ def fit_weights(config, plan, data) -> dict:
     if config.biased.method == "weights":
         w = frame_weights(log_w)
         return {"train_weights": take_segments(w, data.train), "validation_weights": take_segments(w, data.validation)}
-    return {f"{part}_pairs": biased_pairs(take_segments(log_w, segments), data.frame_interval_ps, config.lagtime_ps)
-            for part, segments in (("train", data.train), ("validation", data.validation))}
+    pairs = {f"{part}_pairs": biased_pairs(take_segments(log_w, segments), data.frame_interval_ps, config.lagtime_ps,
+                                           normalise=config.biased.normalise_time)
+             for part, segments in (("train", data.train), ("validation", data.validation))}
+    self_pairs = self_pair_fraction(pairs["train_pairs"])
+    if self_pairs > 0.5:
+        logger.warning("rescaled time: %.0f %% of the training pairs' weight pairs a frame with itself (the lag is "
+                       "shorter than a typical frame on the rescaled axis); nothing slow can be learned from those",
+                       100 * self_pairs)
+    return pairs
+
+
+def self_pair_fraction(pairs) -> float:
+    """Share of the pair weight in pairs (i0, it, weight) per trajectory whose two frames are the same frame."""
+    total = sum(float(w.sum()) for _, _, w in pairs)
+    same = sum(float(w[i0 == it].sum()) for i0, it, w in pairs)
+    return same / total if total > 0 else 0.0
 
 
 def train_cv(config, plan, data, out: Path, seconds: dict, progress: bool) -> dict:

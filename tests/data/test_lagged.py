@@ -87,6 +87,26 @@ def test_rescaled_time_pairs_on_a_toy_axis():
     assert np.allclose(wn, np.diff(b)[i0n])
 
 
+def test_frames_below_the_axis_resolution_have_no_pairs():
+    """An OPES-explore run's weights span e^31 (ala2, 2 ns): after a heavy frame, light ones add less than float64
+    resolves, so boundaries repeat. Those frames get no pair; the rest are paired as usual."""
+    lw = np.zeros(12)
+    lw[3] = 45.0  # e^45 > 1/eps: frames 4.. add nothing to t' at 1 ps each
+    b = rescaled_time(lw, 1.0)
+    assert np.any(np.diff(b) == 0) and np.all(np.diff(b) >= 0)
+    for method in ("interval", "nearest"):
+        i0, it, w = rescaled_time_pairs(b, 1.5, method)
+        assert len(i0) > 0 and np.all(w > 0)
+        zero = np.nonzero(np.diff(b) == 0)[0]
+        assert not np.isin(i0, zero).any() and not np.isin(it, zero).any()
+    i0, it, w = rescaled_time_pairs(b, 1.5, "interval")
+    assert w.sum() == pytest.approx(b[-1] - 1.5)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        rescaled_time_pairs(np.array([0.0, 2.0, 1.0]), 0.5)
+    with pytest.raises(ValueError, match="positive time"):
+        rescaled_time_pairs(np.zeros(4), 0.5)
+
+
 def test_rescaled_time_rejects_overflow_and_bad_input():
     with pytest.raises(ValueError, match="overflows"):
         rescaled_time(np.array([800.0, 0.0]), 1.0)

@@ -331,3 +331,18 @@ def test_a_cv_without_components_is_refused_in_one_line():
         check_has_components(empty, config, 1.248)
     kept = VAMPModel(torch.nn.Linear(3, 2), torch.zeros(2), torch.eye(2)[:, :1], torch.ones(1), 1)
     check_has_components(kept, config, 1.5)  # one component is a CV
+
+
+def test_rescaled_time_is_normalised_so_the_lag_counts_simulated_time():
+    """OPES-explore weights accelerate t' by ~1e5 on average (ala2, 2 ns): unnormalised, a 5-ps lag pairs nearly
+    every frame with itself; normalised (the default), it pairs frames ~5 apart."""
+    from cvlearn.data import biased_pairs
+    from openmm_plugin.stages.learn import BiasedSpec
+    from openmm_plugin.stages.learn_fit import self_pair_fraction
+
+    rng = np.random.default_rng(0)
+    log_w = [rng.normal(11.5, 2.0, 2000)]  # mean acceleration ~1e5, as measured
+    raw = biased_pairs(log_w, 1.0, 5.0)
+    normalised = biased_pairs(log_w, 1.0, 5.0, normalise=True)
+    assert self_pair_fraction(raw) > 0.9 and self_pair_fraction(normalised) < 0.5
+    assert BiasedSpec(colvars=("c",)).normalise_time
