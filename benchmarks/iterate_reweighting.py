@@ -49,15 +49,13 @@ def _phi_r(report: Path | None) -> float | None:
 
 
 def run(quick: bool) -> dict:
-    from cvlearn.data import biased_pairs
+    from cvlearn.data import biased_pairs, effective_sample_size, self_pair_fraction
     from cvlearn.data.lagged import log_weights_from_colvar
-    from openmm_plugin.stages.learn_fit import self_pair_fraction
 
     log_w = log_weights_from_colvar(RUN / "explore.colvar", TEMPERATURE_K)
     if quick:
         log_w = log_w[:500]
-    w = np.exp(log_w - log_w.max())
-    ess = float(w.sum() ** 2 / (w ** 2).sum())
+    ess = effective_sample_size(log_w)
     rows = []
     for lag in LAGS_PS:
         raw = self_pair_fraction(biased_pairs([log_w], FRAME_PS, lag))

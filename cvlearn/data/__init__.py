@@ -11,12 +11,14 @@ from cvlearn.data.lagged import (
     PAIR_METHODS,
     BiasedRun,
     biased_pairs,
+    effective_sample_size,
     frame_weights,
     lagged_pairs,
     load_biased_run,
     log_weights_from_colvar,
     rescaled_time,
     rescaled_time_pairs,
+    self_pair_fraction,
 )
 from cvlearn.data.readers import read_mdshare_ala2_npz, read_mdshare_pentapeptide
 from cvlearn.data.selection import (
@@ -42,10 +44,10 @@ from cvlearn.data.trajectories import (iter_trajectory, load_trajectories, peek_
 
 __all__ = [
     "BiasedRun", "EmbeddingStore", "HEAVY_ATOMS", "LaggedTokenPairs", "PAIR_METHODS", "Segment",
-    "as_mdtraj_topology", "atomic_numbers", "biased_pairs", "embed_trajectories", "every_nth_split",
-    "frame_weights", "iter_trajectory", "lagged_pairs", "load_biased_run", "load_trajectories",
+    "as_mdtraj_topology", "atomic_numbers", "biased_pairs", "effective_sample_size", "embed_trajectories",
+    "every_nth_split", "frame_weights", "iter_trajectory", "lagged_pairs", "load_biased_run", "load_trajectories",
     "log_weights_from_colvar", "peek_trajectory", "random_split", "read_colvar", "read_mdshare_ala2_npz", "read_mdshare_pentapeptide",
     "read_topology", "rescaled_time", "rescaled_time_pairs", "residue_index_of_atoms", "resolve_selection",
-    "select_atoms", "split_by_trajectory", "split_structures", "take_segments", "temporal_split",
+    "select_atoms", "self_pair_fraction", "split_by_trajectory", "split_structures", "take_segments", "temporal_split",
     "trajectory_frame_count", "write_colvar",
 ]

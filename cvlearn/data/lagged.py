@@ -253,6 +253,43 @@ def biased_pairs(log_weights: Sequence[np.ndarray], dt_ps: float, lagtime_ps: fl
     return [rescaled_time_pairs(rescaled_time(lw, dt_ps, normalise), lagtime_ps, method) for lw in log_weights]
 
 
+def self_pair_fraction(pairs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+    """Share of the pair weight that pairs a frame with itself: such pairs carry no kinetics (the lag is shorter
+    than the frame on the rescaled axis).
+
+    Parameters
+    ----------
+    pairs : sequence of (i0, it, weight)
+        Per-trajectory ``[n_pairs_i]`` arrays, as :func:`biased_pairs` returns them.
+
+    Returns
+    -------
+    float
+        In [0, 1]; 0 when there is no pair weight at all.
+    """
+    total = sum(float(w.sum()) for _, _, w in pairs)
+    same = sum(float(w[i0 == it].sum()) for i0, it, w in pairs)
+    return same / total if total > 0 else 0.0
+
+
+def effective_sample_size(log_weights: np.ndarray) -> float:
+    """Kish's (Σw)² / Σw² of the frame weights exp(log w) (shifted by the maximum, so nothing overflows).
+
+    Parameters
+    ----------
+    log_weights : np.ndarray
+        ``[n_frames]`` β(V − c).
+
+    Returns
+    -------
+    float
+        Between 1 and n_frames.
+    """
+    lw = np.asarray(log_weights, dtype=np.float64).reshape(-1)
+    w = np.exp(lw - lw.max())
+    return float(w.sum() ** 2 / (w ** 2).sum())
+
+
 @dataclass
 class BiasedRun:
     """A biased run ready for learning: selected-atom positions ``[n_frames, n_atoms, 3]`` (nm, float32),

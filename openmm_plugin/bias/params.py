@@ -210,7 +210,7 @@ def _opes_sigma_min(p: OPESParams, components, spec, d: int):
         return per_cv(p.sigma_min, d, "opes.sigma_min")
     if not p.adaptive or p.sigma_min_fraction is None or spec is None or spec.cv_range_training is None:
         return None
-    ranges = np.asarray([spec.cv_range_training[c] for c in components], dtype=np.float64)
+    ranges = _training_range(spec, components, "opes.sigma_min", "the CV")
     return (p.sigma_min_fraction * (ranges[:, 1] - ranges[:, 0])).tolist()
 
 

@@ -31,10 +31,10 @@ MODEL_BATCH_FRAMES = 256
 def reweighting_info(retrain) -> dict:
     """How the explore run's frames enter the retrain: log-weights from its COLVAR, split and pairs as ``learn``
     builds them (:func:`openmm_plugin.stages.learn_fit.fit_weights`)."""
-    from cvlearn.data import biased_pairs, peek_trajectory, take_segments
+    from cvlearn.data import (biased_pairs, effective_sample_size, peek_trajectory, rescaled_time, self_pair_fraction,
+                              take_segments)
     from cvlearn.data.lagged import log_weights_from_colvar
     from cvlearn.data.splits import split_by_trajectory
-    from openmm_plugin.stages.learn_fit import self_pair_fraction
 
     spec = retrain.biased
     try:
@@ -45,20 +45,19 @@ def reweighting_info(retrain) -> dict:
     interval = retrain.frame_interval_ps or peek_trajectory(retrain.trajectories[0])[2]
     interval *= retrain.stride
     train, val = split_by_trajectory([len(log_w)], retrain.validation_fraction, seed=0)
-    w = np.exp(log_w - log_w.max())
     info = {"method": spec.method, "normalise_time": spec.normalise_time, "colvar": spec.colvars[0],
             "bias_column": spec.bias_column,
             "rct_column": spec.rct_column, "temperature_k": spec.temperature_k, "n_biased_frames": int(len(log_w)),
             "frame_interval_ps": float(interval), "lagtime_ps": retrain.lagtime_ps,
-            "effective_sample_size": float(w.sum() ** 2 / (w ** 2).sum())}
+            "effective_sample_size": effective_sample_size(log_w)}
     if spec.method == "rescaled_time":
         for part, segments in (("train", train), ("validation", val)):
             parts = take_segments([log_w], segments)
             pairs = biased_pairs(parts, interval, retrain.lagtime_ps, normalise=spec.normalise_time)
             info[f"n_{part}_pairs"] = int(sum(len(p[0]) for p in pairs))
             info[f"self_pair_fraction_{part}"] = self_pair_fraction(pairs)
-            info[f"rescaled_span_{part}_ps"] = float(sum(len(lw) * interval if spec.normalise_time
-                                                         else np.exp(lw).sum() * interval for lw in parts))
+            info[f"rescaled_span_{part}_ps"] = float(sum(rescaled_time(lw, interval, spec.normalise_time)[-1]
+                                                         for lw in parts))
     return info
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvlearn.data import biased_pairs, embed_trajectories, frame_weights, take_segments
+from cvlearn.data import biased_pairs, embed_trajectories, frame_weights, self_pair_fraction, take_segments
 from cvlearn.data.selection import atomic_numbers
 from cvlearn.data.store import EmbeddingStore
 from cvlearn.errors import ConfigError, RunError
@@ -89,12 +89,6 @@ def fit_weights(config, plan, data) -> dict:
                        100 * self_pairs)
     return pairs
 
-
-def self_pair_fraction(pairs) -> float:
-    """Share of the pair weight in pairs (i0, it, weight) per trajectory whose two frames are the same frame."""
-    total = sum(float(w.sum()) for _, _, w in pairs)
-    same = sum(float(w[i0 == it].sum()) for i0, it, w in pairs)
-    return same / total if total > 0 else 0.0
 
 
 def train_cv(config, plan, data, out: Path, seconds: dict, progress: bool) -> dict:

@@ -35,6 +35,6 @@ from cvlearn.nn.featurizers.visnet import GEOM2VEC_VISNET, ViSNetConfig, ViSNetF
 __all__ = [
     "CheckpointMismatchError", "ETConfig", "ETFeaturizer", "FEATURIZERS", "FixedTopologyNeighbors", "GEOM2VEC_CONFIGS",
     "GEOM2VEC_ET", "GEOM2VEC_TENSORNET", "GEOM2VEC_VISNET", "TensorNetConfig", "TensorNetFeaturizer", "ViSNetConfig",
-    "ViSNetFeaturizer", "WEIGHT_FREE", "checkpoint_kind", "featurizer_from_checkpoint", "kind_of", "load_featurizer_weights", "load_geom2vec",
-    "make_featurizer", "save_featurizer_checkpoint",
+    "ViSNetFeaturizer", "WEIGHT_FREE", "checkpoint_kind", "featurizer_from_checkpoint", "kind_of",
+    "load_featurizer_weights", "load_geom2vec", "make_featurizer", "save_featurizer_checkpoint",
 ]

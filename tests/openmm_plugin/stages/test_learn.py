@@ -336,9 +336,8 @@ def test_a_cv_without_components_is_refused_in_one_line():
 def test_rescaled_time_is_normalised_so_the_lag_counts_simulated_time():
     """OPES-explore weights accelerate t' by ~1e5 on average (ala2, 2 ns): unnormalised, a 5-ps lag pairs nearly
     every frame with itself; normalised (the default), it pairs frames ~5 apart."""
-    from cvlearn.data import biased_pairs
+    from cvlearn.data import biased_pairs, self_pair_fraction
     from openmm_plugin.stages.learn import BiasedSpec
-    from openmm_plugin.stages.learn_fit import self_pair_fraction
 
     rng = np.random.default_rng(0)
     log_w = [rng.normal(11.5, 2.0, 2000)]  # mean acceleration ~1e5, as measured
