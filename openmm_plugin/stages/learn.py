@@ -20,6 +20,7 @@ the reduced config, so a quick and a full run never share a directory).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -124,13 +125,20 @@ class FeaturizerSpec:
             raise ConfigError(f"expected a checkpoint file, {value!r} does not exist", key=f"featurizer.{name}")
         return Path(value)
 
+    @functools.cached_property
+    def resolved_kind(self) -> str | None:
+        """The architecture: a checkpoint's own kind (read once per spec: the file is MBs), else ``kind``."""
+        from cvlearn.nn.featurizers import checkpoint_kind
+
+        return checkpoint_kind(self.weights_file()) if self.checkpoint else self.kind
+
     def build(self, atomic_numbers, seed: int):
         """The featurizer over ``atomic_numbers``."""
-        from cvlearn.nn.featurizers import checkpoint_kind, featurizer_from_checkpoint, load_geom2vec, make_featurizer
+        from cvlearn.nn.featurizers import featurizer_from_checkpoint, load_geom2vec, make_featurizer
 
         path = self.weights_file()
         if self.checkpoint:
-            return featurizer_from_checkpoint(path, atomic_numbers, self.overrides(checkpoint_kind(path)))
+            return featurizer_from_checkpoint(path, atomic_numbers, self.overrides(self.resolved_kind))
         if self.geom2vec:
             return load_geom2vec(self.kind, atomic_numbers, path, self.overrides(self.kind))
         return make_featurizer(self.kind, atomic_numbers, {**(self.config or {}), **self.overrides(self.kind)},
@@ -255,13 +263,13 @@ def _input_files(config: LearnConfig, plan: Plan) -> dict:
 
 def _check_featurizer(config: LearnConfig) -> None:
     """A checkpoint file's architecture takes the spec's options (read before any compute)."""
-    from cvlearn.nn.featurizers import CheckpointMismatchError, checkpoint_kind
+    from cvlearn.nn.featurizers import CheckpointMismatchError
 
     spec = config.featurizer
     if not spec.checkpoint:
         return
     try:
-        kind = checkpoint_kind(spec.weights_file())
+        kind = spec.resolved_kind
     except CheckpointMismatchError as e:
         raise ConfigError(str(e), key="featurizer.checkpoint") from None
     try:
@@ -343,12 +351,8 @@ def run_learn(config: LearnConfig, *, quick: bool = False, restart_fresh: bool =
 
 
 def featurizer_note(config: LearnConfig) -> str:
-    from cvlearn.nn.featurizers import checkpoint_kind
-
     spec = config.featurizer
-    path = spec.weights_file()
-    kind = checkpoint_kind(path) if spec.checkpoint else spec.kind
-    cut = spec.overrides(kind).get("vector_cutoff")
+    cut = spec.overrides(spec.resolved_kind).get("vector_cutoff")
     smooth = {True: ", vector messages weighted by the cutoff (`vector_cutoff`: continuous at the cutoff)",
               False: ", vector messages masked at the cutoff (`vector_cutoff: false`: the CV jumps where a pair "
                      "crosses it)", None: ""}[cut]

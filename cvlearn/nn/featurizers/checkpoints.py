@@ -130,7 +130,12 @@ def load_featurizer_weights(featurizer: torch.nn.Module, path: str | Path, weigh
         If the file is unreadable, holds another architecture, or its keys or shapes differ.
     """
     path = Path(path)
-    obj = _read(path)
+    load_read_weights(featurizer, _read(path), path, weight_free)
+
+
+def load_read_weights(featurizer: torch.nn.Module, obj: dict, path: Path, weight_free: Sequence[str] = ()) -> None:
+    """:func:`load_featurizer_weights` on a checkpoint already read (``obj``), so a caller that inspected the file
+    does not read it again; ``path`` is for messages."""
     if obj.get("format") == CVLEARN_FORMAT:
         want = featurizer.config.as_dict()
         defaults = type(featurizer.config)().as_dict()

@@ -129,12 +129,12 @@ def featurizer_from_checkpoint(path: str | Path, atomic_numbers: Sequence[int], 
     -------
     FeaturizerBase
     """
-    from cvlearn.nn.featurizers.checkpoints import load_featurizer_weights
+    from cvlearn.nn.featurizers.checkpoints import load_read_weights
 
     kind, obj = _self_describing(path)
     overrides = _weight_free(kind, overrides)
     featurizer = make_featurizer(kind, atomic_numbers, {**dict(obj["config"]), **overrides}, seed=None)
-    load_featurizer_weights(featurizer, path, weight_free=tuple(overrides))
+    load_read_weights(featurizer, obj, Path(path), weight_free=tuple(overrides))
     return featurizer
 
 

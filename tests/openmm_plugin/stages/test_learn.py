@@ -345,3 +345,23 @@ def test_rescaled_time_is_normalised_so_the_lag_counts_simulated_time():
     normalised = biased_pairs(log_w, 1.0, 5.0, normalise=True)
     assert self_pair_fraction(raw) > 0.9 and self_pair_fraction(normalised) < 0.5
     assert BiasedSpec(colvars=("c",)).normalise_time
+
+
+def test_a_checkpoint_is_read_twice_at_start_up_not_five_times(tmp_path, monkeypatch):
+    """The config check, the build and the report each needed the checkpoint's kind and each read the whole file;
+    the spec now reads the kind once, and the build reads the file once more for its weights."""
+    from cvlearn.nn.featurizers import checkpoints, make_featurizer
+    from openmm_plugin.stages.learn import _check_featurizer, featurizer_note
+
+    path = tmp_path / "et.pt"
+    checkpoints.save_featurizer_checkpoint(make_featurizer("et", [1, 6, 8], TINY_ET, seed=0), path)
+    reads = []
+    real = checkpoints._read
+    monkeypatch.setattr(checkpoints, "_read", lambda p: reads.append(p) or real(p))
+    config = LearnConfig(topology="t.pdb", trajectories=("a.dcd",), lagtime_ps=0.1,
+                         featurizer={"checkpoint": str(path)})
+    _check_featurizer(config)
+    featurizer = config.featurizer.build([1, 6, 8], seed=0)
+    assert "continuous at the cutoff" in featurizer_note(config)
+    assert featurizer.config.vector_cutoff is True  # the default, set on the checkpoint's architecture
+    assert len(reads) == 2, reads
