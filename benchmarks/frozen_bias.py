@@ -14,6 +14,8 @@ every ``--checkpoint-ps``; a killed run resumes, a finished variant is reused, c
 
     python benchmarks/frozen_bias.py --quick                      # 20 ps per variant: checks that it works
     nice python benchmarks/frozen_bias.py --ns 1 --seeds 2        # results/frozen_bias.{json,md}
+    nice python benchmarks/frozen_bias.py --walker learned-vcut_compiled_2fs_s0 --tag vcut \
+        --work benchmarks/state/frozen_bias_vcut                  # the continuous CV: results/frozen_bias_vcut.*
 
 Reported per variant: ΔF(C7ax − C7eq) (kJ/mol, exp(βV) weights, mean ± standard error over seeds and 5 blocks
 each), φ transitions per ns, ms per MD step. Target: |ΔF(mts2) − ΔF(mts1)| within 2 standard errors (the MTS
@@ -216,6 +218,8 @@ def parse(argv=None):
     parser.add_argument("--checkpoint-ps", type=float, default=20.0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--work", default="runs/frozen_bias", help="variants' rows and checkpoints (resume here)")
+    parser.add_argument("--tag", default="", help="results/frozen_bias_<tag>.{json,md} (another walker's test "
+                        "beside the default one's)")
     parser.add_argument("--restart-fresh", action="store_true")
     return parser.parse_args(argv)
 
@@ -223,7 +227,7 @@ def parse(argv=None):
 def main(argv=None) -> None:
     args = parse(argv)
     result = run_resumable("frozen_bias", run, args)
-    save("frozen_bias", args.quick, result, markdown(result))
+    save("frozen_bias" + (f"_{args.tag}" if args.tag else ""), args.quick, result, markdown(result))
 
 
 if __name__ == "__main__":
