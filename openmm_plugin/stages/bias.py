@@ -269,6 +269,11 @@ def run_bias(config: BiasConfig, *, restart_fresh: bool = False) -> dict:
             simulation.minimizeEnergy()
         simulation.context.setVelocitiesToTemperature(config.temperature_k * unit.kelvin, config.seed + 1)
     start_step = simulation.currentStep
+    tick = time.perf_counter()
+    # A resumed run warms the CV up (torch.compile: a 30-60 s compile) here, not in its first timed step, so that
+    # ms/step is the steady cost (a fresh start has warmed up in setVelocitiesToTemperature).
+    biased.runner.evaluator.values_from_context(simulation.context)
+    warm_up_seconds = time.perf_counter() - tick
     t0 = time.perf_counter()
     biased.run(simulation, max(0, config.n_steps - start_step * k))
     seconds = time.perf_counter() - t0
@@ -281,7 +286,7 @@ def run_bias(config: BiasConfig, *, restart_fresh: bool = False) -> dict:
             app.PDBFile.writeFile(molecule.topology, simulation.context.getState(getPositions=True).getPositions(),
                                   handle)
     summary = {"config": dataclasses.asdict(config), "system": loaded.source, "md_steps_run": md_steps,
-               "seconds": seconds, "ms_per_step": ms_per_step,
+               "seconds": seconds, "warm_up_seconds": warm_up_seconds, "ms_per_step": ms_per_step,
                "ns_per_day": loaded.timestep_ps * 1e-3 / (ms_per_step * 1e-3) * 86400 if md_steps else float("nan"),
                "bias": {leaf.label: leaf.colvar_values() for leaf in biased.bias.leaves()},
                "model_calls": biased.runner.evaluator.calls,

@@ -223,3 +223,31 @@ def test_temperature_guard_alone_and_with_a_cap():
         BiasConfig(system="alanine_dipeptide", route="torch", force_guard_max_temperature_k=450.0)
     with pytest.raises(ValueError, match="force_guard_max_temperature_k"):
         BiasConfig(system="alanine_dipeptide", force_guard_max_temperature_k=-1.0)
+
+
+def test_a_resumed_run_warms_the_cv_up_before_the_clock_starts(ala2_files, tmp_path, monkeypatch):
+    """A fresh start warms the CV up in setVelocitiesToTemperature; a resumed one did so in its first timed step,
+    so torch.compile's 30-60 s compile counted as MD time (a resumed walker's ms/step). Now it is timed apart."""
+    import time
+
+    from openmm_plugin.cv_evaluation import CVEvaluator
+
+    xml, pdb, cv = ala2_files
+    config = _bias_config(cv, tmp_path / "run", system_xml=str(xml), pdb=str(pdb))
+    save, calls = BiasRunner.save, []
+
+    def killed_at_second_save(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(BiasRunner, "save", killed_at_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_bias(config)
+    monkeypatch.undo()
+    real = CVEvaluator.warm_up
+    monkeypatch.setattr(CVEvaluator, "warm_up", lambda self, *a, **k: (time.sleep(3.0), real(self, *a, **k))[1])
+    summary = run_bias(config)  # resumed from the checkpoint: no setVelocitiesToTemperature
+    assert summary["warm_up_seconds"] >= 3.0 > summary["seconds"]
+    assert summary["ms_per_step"] == pytest.approx(summary["seconds"] * 1e3 / summary["md_steps_run"])
