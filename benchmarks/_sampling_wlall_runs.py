@@ -206,7 +206,7 @@ def walker_config(work: Path, s: dict, arm: str, seed: int, sigma):
     opes = OPESParams(sigma="adaptive" if sigma == "adaptive" else tuple(sigma), barrier_kjmol=s["barrier_kjmol"],
                       pace_steps=step(s["pace_ps"]))
     return BiasConfig(cv=str(work / "learn" / ARMS[arm]), system=SYSTEM, out=str(walker_dir(work, arm, seed)),
-                      method="opes-metad", route="python", compile=s.get("compile", False),
+                      method="opes-metad", route="python", compile=s["compile"],
                       components=tuple(s["components"]),
                       range_margin_fraction=s["wall_margin_fraction"], walls_at_training_range=True, temperature_k=300.0,
                       n_steps=step(s["walker_ns"] * 1e3), report_interval_steps=step(s["frame_ps"]),

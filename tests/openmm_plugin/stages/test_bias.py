@@ -111,10 +111,8 @@ def _bias_config(cv, out, **changes) -> BiasConfig:
     return from_dict(BiasConfig, config, "bias.yaml")
 
 
-def test_system_xml_and_pdb_run_resume_and_skip(ala2_files, tmp_path, monkeypatch):
-    """A run killed after its first checkpoint resumes there: the COLVAR has every row once, run.json hashes the PDB."""
-    xml, pdb, cv = ala2_files
-    config = _bias_config(cv, tmp_path / "run", system_xml=str(xml), pdb=str(pdb))
+def _killed_at_second_save(config, monkeypatch) -> None:
+    """Run ``config`` and kill it (KeyboardInterrupt) at its second checkpoint, as a kill by hand would."""
     save, calls = BiasRunner.save, []
 
     def killed_at_second_save(self, *args, **kwargs):
@@ -127,6 +125,13 @@ def test_system_xml_and_pdb_run_resume_and_skip(ala2_files, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         run_bias(config)
     monkeypatch.undo()
+
+
+def test_system_xml_and_pdb_run_resume_and_skip(ala2_files, tmp_path, monkeypatch):
+    """A run killed after its first checkpoint resumes there: the COLVAR has every row once, run.json hashes the PDB."""
+    xml, pdb, cv = ala2_files
+    config = _bias_config(cv, tmp_path / "run", system_xml=str(xml), pdb=str(pdb))
+    _killed_at_second_save(config, monkeypatch)
     summary = run_bias(config)
     assert summary["md_steps_run"] == 100 and summary["system"] == f"system_xml {xml} + pdb {pdb}"
     colvar = read_colvar(tmp_path / "run" / "COLVAR")
@@ -234,18 +239,7 @@ def test_a_resumed_run_warms_the_cv_up_before_the_clock_starts(ala2_files, tmp_p
 
     xml, pdb, cv = ala2_files
     config = _bias_config(cv, tmp_path / "run", system_xml=str(xml), pdb=str(pdb))
-    save, calls = BiasRunner.save, []
-
-    def killed_at_second_save(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(BiasRunner, "save", killed_at_second_save)
-    with pytest.raises(KeyboardInterrupt):
-        run_bias(config)
-    monkeypatch.undo()
+    _killed_at_second_save(config, monkeypatch)
     real = CVEvaluator.warm_up
     monkeypatch.setattr(CVEvaluator, "warm_up", lambda self, *a, **k: (time.sleep(3.0), real(self, *a, **k))[1])
     summary = run_bias(config)  # resumed from the checkpoint: no setVelocitiesToTemperature
