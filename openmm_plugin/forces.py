@@ -22,7 +22,7 @@ import numpy as np
 import openmm
 import torch
 
-from openmm_plugin.cv_evaluation import CVEvaluator
+from openmm_plugin.cv_evaluation import CVEvaluator, acting_components
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ class CVComponent:
 
     def leaves(self) -> list:
         return [self]
+
+    def acts_on(self) -> tuple[int, ...]:
+        return (self.component,)
 
     def to_torch(self) -> torch.nn.Module:
         return _TorchCVComponent(self.component, self.scale)
@@ -136,6 +139,7 @@ class BiasCallback:
         self.evaluator = CVEvaluator(cv, compile=compile, device=device)
         if bias.n_cvs != self.evaluator.n_cvs:
             raise ValueError(f"bias {bias.label!r} acts on {bias.n_cvs} CVs but the CV module has {self.evaluator.n_cvs}")
+        self.evaluator.acts_on = acting_components(bias, self.evaluator.n_cvs)  # the rows its warm-up compiles
         self.bias = bias
         self.guard = None
         self.last_cv: np.ndarray | None = None

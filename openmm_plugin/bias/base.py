@@ -163,6 +163,10 @@ class Bias:
     def leaves(self) -> list["Bias"]:
         return [self]
 
+    def acts_on(self) -> tuple[int, ...]:
+        """The CV components whose dV/ds can be non-zero (all here): a compiled CV differentiates only these."""
+        return tuple(range(self.n_cvs))
+
 
 class AdaptiveBias(Bias):
     """A bias that deposits kernels every ``pace_steps`` and can share them with other walkers.
@@ -251,6 +255,9 @@ class BiasSum(Bias):
 
     def leaves(self) -> list[Bias]:
         return self._flatten(self.biases)
+
+    def acts_on(self) -> tuple[int, ...]:
+        return tuple(sorted({c for b in self.biases for c in b.acts_on()}))
 
     def energy_and_gradient(self, s):
         s = self.check_cv(s)
@@ -358,6 +365,9 @@ class OnComponents(Bias):
 
     def leaves(self):
         return [self]
+
+    def acts_on(self) -> tuple[int, ...]:
+        return tuple(sorted(self.components))
 
     def __getattr__(self, name):  # records, apply_records, colvar_values, ... of the inner bias
         if name == "inner":

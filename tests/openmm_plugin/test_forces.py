@@ -5,7 +5,7 @@ import openmm
 import pytest
 import torch
 
-from openmm_plugin.bias import BiasSum, HarmonicRestraint, Metadynamics, OPESMetad, Wall
+from openmm_plugin.bias import BiasSum, HarmonicRestraint, Metadynamics, OnComponents, OPESMetad, Wall
 from openmm_plugin.forces import CVComponent, python_bias_force, python_force_for_cv, torch_bias_force, torch_force_for_cv
 
 
@@ -157,3 +157,32 @@ def test_compiled_python_route_equals_torchscript(exported_cv64, ala2):
     assert np.allclose(f_c, f_ts, rtol=1e-7, atol=1e-8)
     clone = pickle.loads(pickle.dumps(force.callback))  # OpenMM pickles PythonForces (checkpoints, XML)
     assert isinstance(clone, BiasCallback) and clone.evaluator.compiled
+
+
+def test_compiled_route_differentiates_only_the_components_the_bias_acts_on(exported_cv64, ala2):
+    """OPES + wall on component 1 of a 2-D CV: the compiled graph returns one Jacobian row and the Context's energy
+    and forces equal the TorchScript route's; a bias whose dV/ds contradicts its acts_on() is refused."""
+    from cvlearn.export import load_eager_cv
+
+    cv, path = exported_cv64
+    opes = OPESMetad(sigma=[0.3], barrier_kjmol=20.0, pace_steps=1, temperature_k=300.0)
+    for k, p in enumerate(np.random.default_rng(1).normal(scale=0.8, size=(30, 1)), start=1):
+        opes.update(p, k)
+    bias = BiasSum([OnComponents(opes, [1], 2), OnComponents(Wall([0.3], 100.0, side="upper"), [1], 2)])
+    assert bias.acts_on() == (1,)
+    results = []
+    for module, compile in ((cv, False), (load_eager_cv(path), True)):
+        force = python_bias_force(module, bias, compile=compile)
+        results.append(_energy_forces(_context(force, 22, ala2.positions_nm)))
+    (e_ts, f_ts), (e_c, f_c) = results
+    evaluator = force.callback.evaluator
+    assert list(evaluator._jacobians) == [(1,)] and evaluator._jacobians[(1,)].fn is not evaluator._jacobians[(1,)].eager
+    assert abs(e_ts) > 1e-3 and e_c == pytest.approx(e_ts, rel=1e-9, abs=1e-9)
+    assert np.abs(f_ts).max() > 1e-3 and np.allclose(f_c, f_ts, rtol=1e-7, atol=1e-8)
+
+    class Liar(HarmonicRestraint):  # says it acts on component 1 only, pulls on component 0
+        def acts_on(self):
+            return (1,)
+
+    with pytest.raises(ValueError, match="acts_on"):
+        evaluator.bias_energy_forces(np.asarray(ala2.positions_nm)[evaluator.atom_indices], Liar([0.0, 0.0], 10.0))
