@@ -162,18 +162,18 @@ class CVEvaluator:
         """s ``[n_cvs]`` and ds/dx ``[len(rows), n_selected, 3]`` (all rows by default): compiled, one graph
         (:meth:`_compiled_jacobian`); else one forward, then one backward per component or one batched (vmapped)
         backward."""
+        rows = tuple(range(self.n_cvs)) if rows is None else rows
         if self.compiled:
-            jac, s = self._compiled_jacobian(tuple(range(self.n_cvs)) if rows is None else rows)(
-                *self._args(pos.detach(), box))
+            jac, s = self._compiled_jacobian(rows)(*self._args(pos.detach(), box))
             return s, jac
         s = self._call(pos, box)
-        eye = torch.eye(self.n_cvs, dtype=s.dtype, device=s.device)
-        if self.n_cvs == 1:
+        eye = torch.eye(self.n_cvs, dtype=s.dtype, device=s.device)[list(rows)]
+        if len(rows) == 1:
             return s, torch.autograd.grad(s, pos, grad_outputs=eye[0])[0].unsqueeze(0)
         if batched:
             return s, torch.autograd.grad(s, pos, grad_outputs=eye, is_grads_batched=True)[0]
-        return s, torch.stack([torch.autograd.grad(s, pos, grad_outputs=eye[i], retain_graph=i < self.n_cvs - 1)[0]
-                               for i in range(self.n_cvs)])
+        return s, torch.stack([torch.autograd.grad(s, pos, grad_outputs=e, retain_graph=i < len(rows) - 1)[0]
+                               for i, e in enumerate(eye)])
 
     def _with_jacobian(self, positions_nm, box_nm, batched: bool,
                        rows: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:

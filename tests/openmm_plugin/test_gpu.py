@@ -17,7 +17,7 @@ import torch
 
 from cvlearn.distributed import check_device, rank_device
 from cvlearn.errors import ConfigError
-from openmm_plugin.bias import BiasSum, HarmonicRestraint, Metadynamics, Wall
+from openmm_plugin.bias import BiasSum, HarmonicRestraint, Metadynamics, OnComponents, Wall
 from openmm_plugin.cv_evaluation import CVEvaluator
 from openmm_plugin.forces import python_bias_force
 from openmm_plugin.torch_force import TorchBiasForce, import_openmmtorch, torch_bias_force, torch_force_for_cv
@@ -88,6 +88,10 @@ def test_single_transfer_route_equals_old_route_on_cpu(exported_cv64, ala2):
     assert jac.shape == (2, len(x), 3) and np.allclose(jac, jac_batched, atol=1e-12)
     assert np.allclose(-np.tensordot(bias.energy_and_gradient(s_j)[1], jac, axes=1), forces_old, atol=1e-10)
     assert evaluator.calls == 4
+    one = OnComponents(HarmonicRestraint([0.1], 30.0), [1], 2)  # acts on component 1: one Jacobian row crosses
+    _, energy, forces = evaluator.bias_energy_forces(x, one)
+    _, energy_old, forces_old = _old_route(cv, x, one)
+    assert energy == pytest.approx(energy_old, rel=1e-12) and np.allclose(forces, forces_old, rtol=1e-10, atol=1e-10)
 
 
 def test_single_transfer_passes_the_box_of_a_periodic_cv(periodic_cv, ala2):
@@ -108,14 +112,15 @@ def test_single_transfer_passes_the_box_of_a_periodic_cv(periodic_cv, ala2):
 
 
 def test_compiled_single_transfer_equals_torchscript_on_cpu(exported_cv64, ala2):
-    """torch.compile's backward under the per-component Jacobian (the CUDA route with compile=True), on the CPU."""
+    """The compiled Jacobian graph (the CUDA route with compile=True), on the CPU."""
     from cvlearn.export import load_eager_cv
 
     cv, path = exported_cv64
     x, bias = _selected(cv, ala2), _bias()
     compiled = CVEvaluator(load_eager_cv(path), compile=True, single_transfer=True)
     s, energy, forces = compiled.bias_energy_forces(x, bias)
-    assert compiled._selected.fn is not compiled._selected.eager  # really compiled, no fallback
+    jacobian = compiled._jacobians[tuple(range(2))]
+    assert jacobian.fn is not jacobian.eager  # really compiled, no fallback
     s_old, energy_old, forces_old = _old_route(cv, x, bias)
     assert np.allclose(s, s_old, atol=1e-10) and np.allclose(forces, forces_old, rtol=1e-7, atol=1e-8)
 
