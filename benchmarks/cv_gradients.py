@@ -10,6 +10,12 @@ For each exported CV in ``--cvs`` (default: the committed learned CV, the one tr
   bias adds along the CV's stiffest direction: what an integrator's outer step has to resolve.
 
     python benchmarks/cv_gradients.py [--quick]      # results/cv_gradients[_quick].{json,md}
+
+Any other system (``--basins thirds``: frames split by the first CV's own value into the lower, middle and upper
+third of its training range, the middle third being where a transition runs; ``--tag`` names the result):
+
+    python benchmarks/cv_gradients.py --basins thirds --tag wlall --trajectory W/train/<run>.dcd \
+        --cvs W/learn/cv.pt W/learn/baseline_distances_cv.pt   # W = benchmarks/state/sampling_wlall
 """
 
 from __future__ import annotations
@@ -42,9 +48,12 @@ def cv_stats(path: Path, frames, masses, basins: dict, hessian_frames: int, seed
     x = torch.as_tensor(frames, dtype=torch.float64)
     inv_sqrt_m = (1.0 / torch.as_tensor(masses, dtype=torch.float64).sqrt()).repeat_interleave(3)
     rng = np.random.default_rng(seed)
-    out = {"cv": str(path.relative_to(ROOT)), "range": cv_range}
+    out = {"cv": str(path.resolve().relative_to(ROOT)), "range": cv_range}
     for basin, mask in basins.items():
         index = np.flatnonzero(mask)
+        if index.size == 0:
+            out[basin] = {"frames": 0}
+            continue
         grads = []
         for i in index:
             xi = x[i].clone().requires_grad_(True)
@@ -77,30 +86,52 @@ def run(args) -> dict:
     traj = mdtraj.load(str(dcd), top=str(dcd.with_suffix(".pdb")))
     stride = 10 if args.quick else 1
     traj = traj[::stride]
-    in_ax, in_eq = phi_basins(mdtraj.compute_phi(traj)[1][:, 0])
     masses = [atom.element.mass for atom in traj.topology.atoms]
     hessian_frames = 5 if args.quick else 60
-    rows = [cv_stats(Path(p), traj.xyz, masses, {"C7eq": in_eq, "C7ax": in_ax}, hessian_frames) for p in args.cvs]
+    if args.basins == "phi":
+        in_ax, in_eq = phi_basins(mdtraj.compute_phi(traj)[1][:, 0])
+        rows = [cv_stats(Path(p), traj.xyz, masses, {"C7eq": in_eq, "C7ax": in_ax}, hessian_frames) for p in args.cvs]
+    else:
+        rows = [cv_stats(Path(p), traj.xyz, masses, thirds(Path(p), traj.xyz), hessian_frames) for p in args.cvs]
     return {"benchmark": "cv_gradients", "date": now_utc(), "machine": machine(),
             "settings": {"quick": args.quick, "trajectory": str(dcd.relative_to(ROOT) if dcd.is_absolute() else dcd),
                          "stride": stride, "frames": traj.n_frames, "hessian_frames_per_basin": hessian_frames,
-                         "component": 0, "dtype": "float64"},
+                         "component": 0, "dtype": "float64", "basins": args.basins, "temperature": args.temperature},
             "rows": rows, "targets": []}
+
+
+def thirds(path: Path, frames) -> dict:
+    """Frames by the value of the CV's component 0: lower, middle and upper third of its training range."""
+    import torch
+
+    from cvlearn.export import load_cv
+
+    module, spec = load_cv(path)
+    lo, hi = spec.cv_range_training[0]
+    with torch.no_grad():
+        s = np.array([float(module(torch.as_tensor(x, dtype=torch.float32))[0]) for x in frames])
+    edges = lo + (hi - lo) * np.array([1 / 3, 2 / 3])
+    return {"lower": s < edges[0], "middle": (s >= edges[0]) & (s < edges[1]), "upper": s >= edges[1]}
 
 
 def markdown(result: dict) -> str:
     s = result["settings"]
     lines = [f"# Gradients and curvature of the sampling CVs ({result['date']}, quick={s['quick']})", "",
-             f"{s['frames']} frames of `{s['trajectory']}` (600 K), component 0, float64; curvature = largest |eigenvalue| "
+             f"{s['frames']} frames of `{s['trajectory']}` ({s.get('temperature', '600 K')}), component 0, float64, "
+             f"{'per φ basin' if s.get('basins', 'phi') == 'phi' else 'per third of the training range of s'}; "
+             "curvature = largest |eigenvalue| "
              f"of M^(-1/2) ∇²s M^(-1/2) per unit of training range on {s['hessian_frames_per_basin']} frames per basin.",
              "", "| CV | basin | median \\|∇s\\|/range (nm⁻¹) | p99 | max | curvature median (amu⁻¹ nm⁻²) | p90 | max |",
              "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        for basin in ("C7eq", "C7ax"):
+        for basin in [k for k in row if isinstance(row[k], dict)]:
+            if row[basin]["frames"] == 0:
+                lines.append(f"| `{row['cv']}` | {basin} | no frames | | | | | |")
+                continue
             g, c = row[basin]["grad_per_range_nm-1"], row[basin]["mass_weighted_curvature_per_range"]
             lines.append(f"| `{row['cv']}` | {basin} | {g['median']:.2f} | {g['p99']:.2f} | {g['max']:.2f} | "
                          f"{c['median']:.0f} | {c['p90']:.0f} | {c['max']:.0f} |")
-    return "\n".join(lines) + "\n\nNo targets: these numbers describe the CVs that `sampling.py` biases.\n"
+    return "\n".join(lines) + "\n\nNo targets: these numbers describe the CVs that the sampling benchmarks bias.\n"
 
 
 def main(argv=None) -> None:
@@ -108,10 +139,14 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cvs", nargs="+", default=[str(p) for p in CVS])
     parser.add_argument("--trajectory", default=str(ROOT / "runs" / "ala2_600k" / "alanine_dipeptide_T600_s3.dcd"),
-                        help="one 600 K trajectory of the training data (its .pdb beside it)")
+                        help="one trajectory of the training data (its .pdb beside it; default ala2 at 600 K)")
+    parser.add_argument("--temperature", default="600 K", help="of --trajectory, for the table's caption")
+    parser.add_argument("--basins", choices=("phi", "thirds"), default="phi",
+                        help="phi: ala2's C7eq/C7ax; thirds: the CV's own lower/middle/upper third of its range")
+    parser.add_argument("--tag", default="", help="results/cv_gradients_<tag> (default: results/cv_gradients)")
     args = parser.parse_args(argv)
     result = run(args)
-    save("cv_gradients", args.quick, result, markdown(result))
+    save("cv_gradients" + (f"_{args.tag}" if args.tag else ""), args.quick, result, markdown(result))
 
 
 if __name__ == "__main__":
