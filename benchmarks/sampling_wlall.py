@@ -18,7 +18,8 @@ between the two most populated states along TIC1 (hysteresis cores) per ns and p
 (target ≥ 5x per ns for the GNN CV); blow-ups (target 0); the reference's length against its slowest ITS.
 
     python benchmarks/sampling_wlall.py --quick                        # every code path (minutes), resumable too
-    nice python benchmarks/sampling_wlall.py --budget-min 50 --jobs 2  # the result, grown over several sessions
+    nice python benchmarks/sampling_wlall.py --work benchmarks/state/sampling_wlall --budget-min 50 --jobs 2
+                                                                       # the result, grown over several sessions
 
 Every part resumes after a kill and a finished part is reused (see ``benchmarks/_sampling_wlall_runs.py``);
 ``--budget-min`` stops an invocation cleanly (walkers are stopped and resume from their checkpoint, a reference
