@@ -164,8 +164,9 @@ class Bias:
         return [self]
 
     def acts_on(self) -> tuple[int, ...]:
-        """The CV components whose dV/ds can be non-zero (all here): a compiled CV differentiates only these."""
-        return tuple(range(self.n_cvs))
+        """The CV components whose dV/ds can be non-zero (``components`` of an :class:`OnComponents`, else all):
+        a compiled CV differentiates only these."""
+        return tuple(sorted(getattr(self, "components", range(self.n_cvs))))
 
 
 class AdaptiveBias(Bias):
@@ -242,19 +243,15 @@ class BiasSum(Bias):
         n_cvs = {b.n_cvs for b in biases}
         if len(n_cvs) != 1:
             raise ValueError(f"BiasSum: all biases must act on the same number of CVs, found {sorted(n_cvs)}")
-        labels = [b.label for b in self._flatten(biases)]
+        labels = [leaf.label for b in biases for leaf in b.leaves()]
         if len(set(labels)) != len(labels):
             raise ValueError(f"BiasSum: bias labels must be unique (they name COLVAR fields and files), found {labels}")
         super().__init__(n_cvs.pop(), label)
         self.biases = biases
         self.adaptive = any(b.adaptive for b in biases)
 
-    @staticmethod
-    def _flatten(biases):
-        return [leaf for b in biases for leaf in b.leaves()]
-
     def leaves(self) -> list[Bias]:
-        return self._flatten(self.biases)
+        return [leaf for b in self.biases for leaf in b.leaves()]
 
     def acts_on(self) -> tuple[int, ...]:
         return tuple(sorted({c for b in self.biases for c in b.acts_on()}))
@@ -365,9 +362,6 @@ class OnComponents(Bias):
 
     def leaves(self):
         return [self]
-
-    def acts_on(self) -> tuple[int, ...]:
-        return tuple(sorted(self.components))
 
     def __getattr__(self, name):  # records, apply_records, colvar_values, ... of the inner bias
         if name == "inner":
