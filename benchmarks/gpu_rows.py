@@ -1,16 +1,19 @@
-"""GPU rows of the PythonForce route (issue 16): ms/step on alanine dipeptide, CV on cuda vs cpu, eager vs compiled.
+"""GPU rows of the PythonForce route (issues 16, 17): ms/step with the CV on cuda vs cpu, eager vs compiled.
 
-Made for a GPU machine that has only torch, openmm (+ openmm-cuda-12) and numpy: no mdtraj, deeptime, openmm-torch,
-torchmd-net, PeptideBuilder or tqdm. So the System is read from ``benchmarks/data/ala2_system.xml`` + ``ala2.npz``
-(written once by ``--prepare`` on a machine with the full stack), and the CVs are plain torch here: ``phi`` (one
-torsion) and ``mlp`` (the 45 heavy-atom pair distances → 64 → 64 → 2, seeded, untrained: cost does not depend on
-the weights). ``--cv FILE`` adds a cvlearn-exported CV: its TorchScript module loads with torch alone, but only eagerly
+Made for a GPU machine that has only torch, openmm (+ openmm-cuda-13) and numpy: no mdtraj, deeptime, openmm-torch,
+torchmd-net, PeptideBuilder. So each System is read from ``benchmarks/data/<system>_system.xml`` + ``<system>.npz``
+(written once by ``--prepare`` on a machine with the full stack): ``ala2`` (vacuum/OBC, 22 atoms), ``ala2_water``
+(TIP3P, PME, 721 atoms), ``wlall`` (ACE-WLALL-NME, OBC, 103 atoms). The CVs are plain torch here: ``phi`` (one
+torsion) and ``mlp`` (the heavy-atom pair distances → 64 → 64 → 2, seeded, untrained: cost does not depend on the
+weights). ``--cv FILE`` adds a cvlearn-exported CV: its TorchScript module loads with torch alone, but only eagerly
 (its torch.compile twin unpickles cvlearn classes whose imports need mdtraj and torchmd-net). The bias is a harmonic
 restraint away from the start (dV/ds != 0: the backward always runs). Each row is the best of 3 timings after a
 warm-up (which also compiles); ``overhead`` is the row minus unbiased MD on the same platform.
+``benchmarks/gpu_rows.sh`` runs every row on the device machine in one call.
 
-    python benchmarks/gpu_rows.py --prepare          # full stack, once: writes benchmarks/data/ala2*
-    python benchmarks/gpu_rows.py [--quick] [--platform CUDA] [--devices cuda,cpu] [--cv cv.pt]
+    python benchmarks/gpu_rows.py --prepare          # full stack, once: writes benchmarks/data/<system>*
+    python benchmarks/gpu_rows.py [--quick] [--system ala2] [--platform CUDA] [--devices cuda,cpu] [--cvs phi,mlp]
+                                  [--cv cv.pt] [--steps N]
 """
 
 from __future__ import annotations
@@ -31,19 +34,48 @@ from openmm_plugin.forces import python_bias_force  # noqa: E402  (torch, openmm
 
 DATA = Path(__file__).resolve().parent / "data"
 TARGET_MS = 0.3
+NOTES = ["No TorchForce (openmm-torch) row: openmmtorch 1.5 needs torch 2.9.1 with CUDA, which does not travel to "
+         "the GPU machine (its image has torch 2.11, which openmmtorch 1.5 does not build against).",
+         "The file CV runs eagerly (TorchScript): its torch.compile twin needs torchmd-net (and NVIDIA Warp), which "
+         "do not travel either; the compiled rows are the plain-torch phi and mlp CVs."]
+
+
+SYSTEMS = {"ala2": ("systems.alanine_dipeptide", "alanine dipeptide, amber99sbildn + OBC, 22 atoms"),
+           "ala2_water": ("systems.alanine_dipeptide_water",
+                          "alanine dipeptide in TIP3P, amber14, PME 0.9 nm, 2.0 nm cube, 721 atoms"),
+           "wlall": ("systems.pentapeptide_wlall", "ACE-WLALL-NME, amber99sbildn + OBC, 103 atoms")}
+
+
+def _files(system: str) -> tuple[Path, Path]:
+    return DATA / f"{system}_system.xml", DATA / f"{system}.npz"
+
+
+def _phi_and_heavy(topology) -> tuple[list[int], list[int]]:
+    """The first backbone φ (C(i-1), N, CA, C) and the peptide's heavy atoms (water and ions left out)."""
+    residues = [r for r in topology.residues() if r.name not in ("HOH", "NA", "CL", "Na+", "Cl-")]
+    heavy = [a.index for r in residues for a in r.atoms() if a.element is not None and a.element.symbol != "H"]
+    for previous, residue in zip(residues, residues[1:]):
+        names = {a.name: a.index for a in residue.atoms()}
+        c_previous = [a.index for a in previous.atoms() if a.name == "C"]
+        if c_previous and all(k in names for k in ("N", "CA", "C")):
+            return [c_previous[0], names["N"], names["CA"], names["C"]], heavy
+    raise ValueError("no backbone phi in this topology")
 
 
 def prepare() -> None:
-    """Write the ala2 System (XML), its minimised positions, φ atoms and heavy atoms (needs the full stack)."""
-    from cvlearn.io import write_text_atomic
-    from systems import alanine_dipeptide as ala2
+    """Write each System (XML), its minimised positions, φ atoms and heavy atoms (needs the full stack)."""
+    import importlib
 
-    molecule = ala2.build()
+    from cvlearn.io import write_text_atomic
+
     DATA.mkdir(exist_ok=True)
-    write_text_atomic(DATA / "ala2_system.xml", openmm.XmlSerializer.serialize(molecule.system))
-    np.savez(DATA / "ala2.npz", positions_nm=molecule.positions_nm, phi=ala2.phi_psi_indices(molecule.topology)[0],
-             heavy=ala2.heavy_atom_indices(molecule.topology))
-    print(f"wrote {DATA / 'ala2_system.xml'} and {DATA / 'ala2.npz'}")
+    for name, (module, _) in SYSTEMS.items():
+        molecule = importlib.import_module(module).build()
+        phi, heavy = _phi_and_heavy(molecule.topology)
+        xml, npz = _files(name)
+        write_text_atomic(xml, openmm.XmlSerializer.serialize(molecule.system))
+        np.savez(npz, positions_nm=molecule.positions_nm, phi=phi, heavy=heavy)
+        print(f"wrote {xml} and {npz}")
 
 
 class PhiCV(torch.nn.Module):
@@ -116,13 +148,16 @@ def _best_ms(context, n_steps: int) -> list[float]:
     return times
 
 
-def run(quick: bool, platform: str, devices: list[str], cv_file: str | None) -> dict:
-    n_steps = 200 if quick else 2000
+def run(quick: bool, platform: str, devices: list[str], cv_file: str | None, system_name: str = "ala2",
+        builtin: tuple[str, ...] = ("phi", "mlp"), steps: int | None = None) -> dict:
+    n_steps = steps or (200 if quick else 2000)
     torch.set_num_threads(1)
-    system = openmm.XmlSerializer.deserialize((DATA / "ala2_system.xml").read_text())
-    data = np.load(DATA / "ala2.npz")
+    xml, npz = _files(system_name)
+    system = openmm.XmlSerializer.deserialize(xml.read_text())
+    data = np.load(npz)
     positions = data["positions_nm"]
-    cvs = {"phi": (PhiCV(data["phi"]), True), "mlp": (DistanceMLP(data["heavy"]), True)}
+    cvs = {name: (cv, True) for name, cv in (("phi", PhiCV(data["phi"])), ("mlp", DistanceMLP(data["heavy"])))
+           if name in builtin}
     if cv_file:
         cvs["file"] = (torch.jit.load(cv_file, map_location="cpu"), False)
     unbiased = _best_ms(_context(system, positions, platform), n_steps)
@@ -149,7 +184,7 @@ def run(quick: bool, platform: str, devices: list[str], cv_file: str | None) -> 
         on_gpu = [r for r in rows if r["cv"] == label and r["device"].startswith("cuda")]
         best = min(on_gpu, key=lambda r: r["ms_per_step"]) if on_gpu else None
         targets.append({"name": f"PythonForce route, {label} CV on the GPU, {platform} platform, best row "
-                                f"({best['name'] if best else 'no cuda row'}): <= {TARGET_MS} ms/step on ala2",
+                                f"({best['name'] if best else 'no cuda row'}): <= {TARGET_MS} ms/step on {system_name}",
                         "value": best["ms_per_step"] if best else None, "target": TARGET_MS, "unit": "ms/step",
                         "met": None if best is None else best["ms_per_step"] <= TARGET_MS})
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -157,31 +192,40 @@ def run(quick: bool, platform: str, devices: list[str], cv_file: str | None) -> 
     return {"benchmark": "gpu_rows", "date": now_utc(),
             "machine": {**machine(), "gpu": gpu, "openmm_platforms": platforms},
             "settings": {"quick": quick, "openmm_platform": platform, "devices": devices, "steps_timed": n_steps,
-                         "system": "alanine dipeptide, amber99sbildn + OBC, 22 atoms, 2 fs, LangevinMiddle",
+                         "system": f"{system_name}: {SYSTEMS[system_name][1]}, 2 fs, LangevinMiddle",
                          "bias": "harmonic restraint, kappa 10 kJ/mol per CV unit^2, 0.5 away from the start",
                          "torch_threads": 1, "cv_file": cv_file},
-            "rows": rows, "targets": targets}
+            "rows": rows, "targets": targets, "notes": NOTES}
 
 
 def markdown(result: dict) -> str:
     s = result["settings"]
-    lines = [f"# gpu_rows ({result['date']}, GPU {result['machine']['gpu']}, platform {s['openmm_platform']}, "
+    lines = [f"# gpu_rows, {s['system']} ({result['date']}, GPU {result['machine']['gpu']}, platform {s['openmm_platform']}, "
              f"quick={s['quick']})", "", "| run | ms/step | overhead ms/step |", "|---|---|---|"]
     lines += [f"| {r['name']} | {r['ms_per_step']:.4f} | {r.get('overhead_ms_per_step', 0.0):.4f} |"
               for r in result["rows"]]
+    lines += ["", *[f"- {note}" for note in result.get("notes", [])]]
     return "\n".join(lines + targets_table(result["targets"])) + "\n"
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prepare", action="store_true", help="write benchmarks/data/ala2* (needs the full stack)")
+    parser.add_argument("--prepare", action="store_true", help="write benchmarks/data/<system>* (needs the full stack)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--platform", default="CUDA", help="OpenMM platform of the MD (default CUDA)")
     parser.add_argument("--devices", default="cuda,cpu", help="CV devices, comma-separated (default cuda,cpu)")
     parser.add_argument("--cv", default=None, help="also a cvlearn-exported CV file (TorchScript, eager rows only)")
+    parser.add_argument("--system", default="ala2", choices=sorted(SYSTEMS), help="the System (default ala2)")
+    parser.add_argument("--cvs", default="phi,mlp", help="built-in CVs to time, comma-separated ('' for none)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per timing (default 2000, --quick 200)")
     args = parser.parse_args()
     if args.prepare:
         prepare()
     else:
-        result = run(args.quick, args.platform, [d.strip() for d in args.devices.split(",") if d.strip()], args.cv)
-        save("gpu_rows", args.quick, result, markdown(result))
+        def split(text):
+            return [t.strip() for t in text.split(",") if t.strip()]
+
+        result = run(args.quick, args.platform, split(args.devices), args.cv, args.system, tuple(split(args.cvs)),
+                     args.steps)
+        save("gpu_rows" if args.system == "ala2" else f"gpu_rows_{args.system}", args.quick, result,
+             markdown(result))

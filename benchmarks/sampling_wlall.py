@@ -172,9 +172,12 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
     return result
 
 
-def plan_costs(s_full: dict, result: dict, learned: dict | None, reference_ns: float) -> dict:
-    """CPU hours of the full plan from the measured ms/step (one core per run; wall on 2 cores = half)."""
-    ms_ref = (result.get("reference") or {}).get("ms_per_step", float("nan"))
+def plan_costs(s_full: dict, result: dict, learned: dict | None, reference_ns: float,
+               work: Path | None = None) -> dict:
+    """CPU hours of the full plan from the measured ms/step (one core per run; wall on 2 cores = half); before the
+    reference can be analysed, its finished segments' recorded speed (nan where nothing was measured)."""
+    speeds = list(runs.segment_speeds(work).values()) if work is not None else []
+    ms_ref = (result.get("reference") or {}).get("ms_per_step", float(np.median(speeds)) if speeds else float("nan"))
     hours = lambda ns, ms: ns * STEPS_PER_NS * ms / 3.6e6  # noqa: E731
     parts = {"training data (unbiased 400 K)": hours(s_full["train_seeds"] * s_full["train_ns"], ms_ref),
              "reference (unbiased 300 K)": hours(reference_ns, ms_ref)}
@@ -266,7 +269,7 @@ def run(args) -> dict:
                          "sigma": {arm: list(cs[0].opes.sigma) if cs and cs[0].opes.sigma != "adaptive" else "adaptive"
                                    for arm, cs in configs.items()}},
             "learn": learned, **result, "targets": targets(result),
-            "plan": plan_costs(FULL, result, learned if args.quick else None, reference_ns)}
+            "plan": plan_costs(FULL, result, learned if args.quick else None, reference_ns, work)}
 
 
 def _f(v, fmt=".2f") -> str:
@@ -302,7 +305,9 @@ def markdown(r: dict) -> str:
     p = r["plan"]
     lines += ["", f"Plan of the full run (ms/step measured here; reference {p['reference_ns_planned']:g} ns): "
               f"{p['total_core_hours']:.1f} core-hours, {p['wall_hours_on_2_cores']:.1f} h on 2 cores.", "",
-              "| part | core-hours |", "|---|---|", *[f"| {k} | {v:.2f} |" for k, v in p["core_hours"].items()]]
+              "| part | core-hours |", "|---|---|",
+              *[f"| {k} | {v:.2f} |" if np.isfinite(v) else f"| {k} | not measured yet |"
+                for k, v in p["core_hours"].items()]]
     lines += ["", "RMS over bins populated in both with F_ref ≤ "
               f"{st['fes_cutoff_kjmol']:g} kJ/mol, after the best constant shift; walkers pooled per arm, the first "
               "10 % of each dropped. Figures: " + ", ".join(f"`{f}`" for f in r["figures"])]

@@ -181,7 +181,8 @@ class CVEvaluator:
         way."""
         with self._precise():
             s, jac = self._jacobian(*self._inputs(positions_nm, box_nm, not self.compiled), batched, rows)
-            flat = torch.cat([s.detach().reshape(-1).to(jac.dtype), jac.reshape(-1)]).cpu().numpy()  # device→host
+            # detach: a CV whose parameters require grad (a user's nn.Module) gives a compiled Jacobian that does
+            flat = torch.cat([s.reshape(-1).to(jac.dtype), jac.reshape(-1)]).detach().cpu().numpy()  # device→host
         return flat[:self.n_cvs].astype(np.float64), flat[self.n_cvs:].reshape(-1, len(self.atom_indices), 3)
 
     def values(self, positions_nm: np.ndarray, box_nm: np.ndarray | None = None) -> np.ndarray:
