@@ -34,6 +34,8 @@ from openmm_plugin.forces import python_bias_force  # noqa: E402  (torch, openmm
 
 DATA = Path(__file__).resolve().parent / "data"
 TARGET_MS = 0.3
+FORCE_TOLERANCE = 1e-4  # float32 inside the CVs: rounding differs between devices and between eager and compiled
+BIAS_GROUP = 1
 NOTES = ["No TorchForce (openmm-torch) row: openmmtorch 1.5 needs torch 2.9.1 with CUDA, which does not travel to "
          "the GPU machine (its image has torch 2.11, which openmmtorch 1.5 does not build against).",
          "The file CV runs eagerly (TorchScript): its torch.compile twin needs torchmd-net (and NVIDIA Warp), which "
@@ -164,6 +166,7 @@ def run(quick: bool, platform: str, devices: list[str], cv_file: str | None, sys
     rows = [{"name": "unbiased", "cv": "-", "device": "-", "compile": False, "ms_per_step": min(unbiased),
              "repeats": unbiased}]
     print(f"unbiased on {platform}: {min(unbiased):.4f} ms/step", flush=True)
+    reference = None  # bias forces of the CV's first row
     for label, (cv, compilable) in cvs.items():
         atoms = cv.atom_indices.tolist()
         with torch.no_grad():
@@ -171,16 +174,28 @@ def run(quick: bool, platform: str, devices: list[str], cv_file: str | None, sys
         for device in devices:
             for compile in (False, True) if compilable else (False,):
                 force = python_bias_force(cv, Restraint(start + 0.5), compile=compile, device=device)
-                times = _best_ms(_context(system, positions, platform, force), n_steps)
+                force.setForceGroup(BIAS_GROUP)
+                context = _context(system, positions, platform, force)
+                state = context.getState(getForces=True, groups={BIAS_GROUP})  # at the start, before any step
+                forces = np.asarray(state.getForces(asNumpy=True)._value)
+                reference = reference if label in [r["cv"] for r in rows] else forces  # the CV's first row
+                times = _best_ms(context, n_steps)
                 evaluator = force.callback.evaluator
                 rows.append({"name": f"PythonForce, {label} CV on {device}" + (", torch.compile" if compile else ""),
                              "cv": label, "device": device, "compile": compile, "ms_per_step": min(times),
                              "overhead_ms_per_step": min(times) - min(unbiased), "repeats": times,
                              "single_transfer": evaluator.single_transfer,
-                             "compiled": bool(compile and evaluator._selected.fn is not evaluator._selected.eager)})
-                print(f"{rows[-1]['name']:55s} {min(times):8.4f} ms/step", flush=True)
+                             "compiled": bool(compile and evaluator._selected.fn is not evaluator._selected.eager),
+                             "max_bias_force": float(np.abs(forces).max()),
+                             "force_rel_diff": float(np.abs(forces - reference).max() / np.abs(reference).max())})
+                print(f"{rows[-1]['name']:55s} {min(times):8.4f} ms/step, bias forces {rows[-1]['force_rel_diff']:.1e} "
+                      f"(relative) from the CV's first row", flush=True)
     targets = []
     for label in cvs:
+        diffs = [r["force_rel_diff"] for r in rows if r["cv"] == label]
+        targets.append({"name": f"{label} CV: bias forces at the start, every row (device, compile) against the "
+                                f"first ({devices[0]}, eager), max |dF| / max |F|", "value": max(diffs),
+                        "target": FORCE_TOLERANCE, "unit": "relative", "met": max(diffs) <= FORCE_TOLERANCE})
         on_gpu = [r for r in rows if r["cv"] == label and r["device"].startswith("cuda")]
         best = min(on_gpu, key=lambda r: r["ms_per_step"]) if on_gpu else None
         targets.append({"name": f"PythonForce route, {label} CV on the GPU, {platform} platform, best row "
@@ -201,8 +216,11 @@ def run(quick: bool, platform: str, devices: list[str], cv_file: str | None, sys
 def markdown(result: dict) -> str:
     s = result["settings"]
     lines = [f"# gpu_rows, {s['system']} ({result['date']}, GPU {result['machine']['gpu']}, platform {s['openmm_platform']}, "
-             f"quick={s['quick']})", "", "| run | ms/step | overhead ms/step |", "|---|---|---|"]
-    lines += [f"| {r['name']} | {r['ms_per_step']:.4f} | {r.get('overhead_ms_per_step', 0.0):.4f} |"
+             f"quick={s['quick']})", "", "| run | ms/step | overhead ms/step | bias forces vs the CV's first row |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['ms_per_step']:.4f} | {r.get('overhead_ms_per_step', 0.0):.4f} | "
+              f"{r['force_rel_diff']:.1e} |" if "force_rel_diff" in r else
+              f"| {r['name']} | {r['ms_per_step']:.4f} | {r.get('overhead_ms_per_step', 0.0):.4f} | - |"
               for r in result["rows"]]
     lines += ["", *[f"- {note}" for note in result.get("notes", [])]]
     return "\n".join(lines + targets_table(result["targets"])) + "\n"

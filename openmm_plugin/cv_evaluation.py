@@ -71,7 +71,7 @@ class CVEvaluator:
                              "TorchScript module, which torch.compile cannot compile")
         self.device = check_device(device)
         self.atom_indices = [int(i) for i in cv.atom_indices.tolist()]
-        self.cv = _on_device(cv, self.device)
+        self.cv = _frozen(_on_device(cv, self.device)) if compile else _on_device(cv, self.device)
         self.compiled = bool(compile)
         self._selected = (CompiledOrEager(self.cv.selected, "the CV", fullgraph=True, dynamic=False) if compile
                           else self.cv.selected)
@@ -292,6 +292,18 @@ def acting_components(bias, n_cvs: int) -> tuple[int, ...]:
     """``bias.acts_on()`` (the components its dV/ds can be non-zero on), or all ``n_cvs`` for a bias without it."""
     acts_on = getattr(bias, "acts_on", None)
     return tuple(int(c) for c in acts_on()) if callable(acts_on) else tuple(range(n_cvs))
+
+
+def _frozen(cv: torch.nn.Module) -> torch.nn.Module:
+    """``cv`` itself when no parameter requires grad (exported CVs), else a copy whose parameters do not.
+
+    Why: torch 2.9.1's ``torch.compile(jacrev(f))`` of two or more rows returns an all-zero Jacobian when ``f``
+    passes through a nonlinear layer (SiLU) whose parameters require grad (eager jacrev is right; measured on a
+    distance MLP), so a user's trainable module would get zero bias forces, silently. A frozen copy is also an inference graph: no parameter
+    gradients traced."""
+    if not any(p.requires_grad for p in cv.parameters()):
+        return cv
+    return copy.deepcopy(cv).requires_grad_(False)
 
 
 def _on_device(cv: torch.nn.Module, device: torch.device) -> torch.nn.Module:
