@@ -211,7 +211,8 @@ def walker_config(work: Path, s: dict, arm: str, seed: int, sigma):
                       range_margin_fraction=s["wall_margin_fraction"], walls_at_training_range=True, temperature_k=300.0,
                       n_steps=step(s["walker_ns"] * 1e3), report_interval_steps=step(s["frame_ps"]),
                       save_every_steps=step(s["checkpoint_ps"]), seed=seed, mts_substeps=s["mts"], torch_threads=1,
-                      platform=s["platform"], trajectory=True, opes=opes)
+                      platform=s["platform"], trajectory=True, opes=opes,
+                      force_guard_kjmol_nm=s.get("force_guard_kjmol_nm"))
 
 
 def _outcome_path(config) -> Path:

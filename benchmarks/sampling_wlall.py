@@ -5,7 +5,9 @@ Both CVs come from one ``cvlearn learn`` run (``export_baselines: true``) on unb
 (``baseline_distances_cv.pt``), same data, same selection (heavy atoms). Each is biased the same way (arm ``gnn``,
 arm ``distances``): OPES-metad on component 0 (``--components``), σ by
 :func:`openmm_plugin.bias.sigma.learned_cv_sigma` (``--sigma-rule adaptive``: OPES adaptive σ), walls 10 % of the
-training range outside it (kappa 100), the same barrier and pace, MTS 2, ≥ 3 walkers with independent seeds, each a
+training range outside it (kappa 100), the same barrier and pace, MTS 2 (the GNN CV costs ~10 ms/step: MTS 1 would
+double it; on ala2's continuous CV MTS 2 and 1 gave the same ΔF within errors), the README recipe's bias-force guard
+(``force_guard_kjmol_nm`` 1000, capped atom-forces counted and reported), ≥ 3 walkers with independent seeds, each a
 ``cvlearn bias`` run (:func:`openmm_plugin.stages.bias.run_bias`: PythonForce + ``torch.compile`` of the CV, the
 route the README recommends; --quick measured 12.7 ms/step for the GNN CV against 30.7 through TorchScript; COLVAR +
 trajectory.dcd, checkpoints). The unbiased 300 K reference grows in segments until it is ``its_factor`` (20) ×
@@ -55,14 +57,19 @@ STEPS_PER_NS = 500_000  # WLALL runs 2 fs steps
 FULL = {"train_seeds": 3, "train_ns": 2.0, "train_temperature_k": 400.0, "frame_ps": 1.0, "checkpoint_ps": 10.0,
         "mixer": "attention", "learn_lag_ps": 10.0, "learn_seeds": 3, "n_clusters": 20, "platform": "CPU",
         "segment_ns": 1.0, "reference_seed": 1000, "first_chunk_ns": 10.0, "its_factor": 20.0,
-        "reference_max_ns": 500.0, "equilibration_ns": 1.0, "tica_lag_ps": 100.0,
-        "its_lags_ps": [50.0, 100.0, 200.0, 500.0, 1000.0], "its_clusters": 50, "seeds": 3, "walker_ns": 5.0,
+        "reference_max_ns": 500.0, "equilibration_ns": 1.0, "tica_lag_ps": 20.0,
+        "its_lags_ps": [2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0], "its_clusters": 50, "seeds": 3, "walker_ns": 2.0,
         "mts": 2, "compile": True, "pace_ps": 1.0, "barrier_kjmol": 30.0, "components": [0], "wall_margin_fraction": 0.1,
+        "force_guard_kjmol_nm": 1000.0,
         "sigma_rule": "learned", "tica_bins": 30, "torsion_bins": 24, "fes_cutoff_kjmol": 20.0}
 QUICK = {**FULL, "train_ns": 0.02, "frame_ps": 0.2, "checkpoint_ps": 0.4, "learn_lag_ps": 2.0, "n_clusters": 10,
          "segment_ns": 0.01, "first_chunk_ns": 0.02, "reference_max_ns": 0.04, "equilibration_ns": 0.0,
          "tica_lag_ps": 1.0, "its_lags_ps": [0.4, 1.0, 2.0], "its_clusters": 10, "walker_ns": 0.002, "pace_ps": 0.2,
          "tica_bins": 10, "torsion_bins": 12}
+
+
+# walker_ns 2: the reference's slowest resolved ITS is 78 ps (TICA at 20 ps on 10 ns), so a walker is >= 20 of them
+# before any bias speeds it up (the first plan, 5 ns, was made before the ITS was measured).
 
 
 def settings(args) -> dict:
@@ -109,10 +116,25 @@ def load_reference(work: Path, s: dict) -> dict | None:
             else float("nan")}
 
 
+def capped_atom_evaluations(colvar: Path) -> int:
+    """Atom-forces the bias-force guard capped over a walker (COLVAR ``guard.capped``: cumulative within a session,
+    so its positive increments are summed across restarts); 0 without a guard."""
+    from cvlearn.data.colvar import read_colvar
+
+    if not colvar.is_file():
+        return 0
+    column = read_colvar(colvar).get("guard.capped")
+    if column is None or not len(column):
+        return 0
+    c = np.nan_to_num(np.asarray(column, dtype=float))
+    return int(np.clip(np.diff(c, prepend=0.0), 0.0, None).sum())
+
+
 def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict) -> dict:
     """One walker's transitions along TIC1 and its frames on the reference's TICA model, with OPES weights."""
     out = runs.walker_outcome(config)
-    row = {"seed": config.seed, "failure": out["failure"], "ms_per_step": out["ms_per_step"]}
+    row = {"seed": config.seed, "failure": out["failure"], "ms_per_step": out["ms_per_step"],
+           "capped": capped_atom_evaluations(Path(config.out) / "COLVAR")}
     if out["failure"]:  # its last frames may be NaN: counted as a blow-up, left out of rates and free energies
         nan = float("nan")
         row.update({"ns": nan, "transitions": None, "transitions_per_ns": nan, "transitions_per_wall_hour": nan})
@@ -141,7 +163,8 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
     ref_hours = n_ref * s["frame_ps"] * 1e-3 * STEPS_PER_NS * ref["ms_per_step"] / 3.6e6
     result["reference"] = {
         "ns": ref["ns"], "ns_analysed": ref["ns_analysed"], "target_ns": reference_target_ns(args, s, ref),
-        "segments": ref["n_segments"], "slowest_its_ps": ref["slowest_its_ps"], "tica_lag_ps": ref["lag_ps"],
+        "segments": ref["n_segments"], "slowest_its_ps": ref["slowest_its_ps"],
+        "slowest_its_from": ref["slowest_its_from"], "its_resolved": ref["its_resolved"], "tica_lag_ps": ref["lag_ps"],
         "tica_its_ps": ref["tica_its_ps"], "its": ref["its"], "cores_tic1": cores, "transitions": ref_trans,
         "transitions_per_ns": ref_trans / ref["ns_analysed"] if ref["ns_analysed"] else float("nan"),
         "transitions_per_wall_hour": ref_trans / ref_hours if ref_hours > 0 else float("nan"),
@@ -158,7 +181,8 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         rate = _summary(rows, "transitions_per_ns")
         result["arms"][arm] = {
             "walkers_ended": len(ended), "walkers_planned": len(arm_configs),
-            "blown_up": sum(bool(r["failure"]) for r in rows), "transitions_per_ns": rate,
+            "blown_up": sum(bool(r["failure"]) for r in rows), "capped": sum(r["capped"] for r in rows),
+            "transitions_per_ns": rate,
             "transitions_per_wall_hour": _summary(rows, "transitions_per_wall_hour"),
             "rate_vs_reference_per_ns": rate[0] / result["reference"]["transitions_per_ns"]
             if result["reference"]["transitions_per_ns"] > 0 else float("nan"),
@@ -220,8 +244,17 @@ def targets(result: dict) -> list[dict]:
     return out
 
 
+def arms_to_run(args) -> list[str]:
+    """The arms whose walkers this invocation runs, in order (``--arms``); every arm's walkers are analysed."""
+    arms = [a.strip() for a in (args.arms or ",".join(runs.ARMS)).split(",") if a.strip()]
+    if not arms or set(arms) - set(runs.ARMS) or len(set(arms)) != len(arms):
+        raise SystemExit(f"--arms: expected distinct names from {list(runs.ARMS)}, found {args.arms!r}")
+    return arms
+
+
 def run(args) -> dict:
     s = settings(args)
+    arms_to_run(args)  # a bad --arms is refused before any compute
     work = Path(args.work or ("runs/sampling_wlall_quick" if args.quick else "runs/sampling_wlall"))
     work.mkdir(parents=True, exist_ok=True)
     from cvlearn.run_dir import open_run
@@ -243,7 +276,7 @@ def run(args) -> dict:
             sigma = "adaptive" if s["sigma_rule"] == "adaptive" else runs.cv_sigma(work, arm, cv_path, tuple(s["components"]))
             configs[arm] = [runs.walker_config(work, s, arm, seed, sigma) for seed in range(s["seeds"])]
         tasks = [runs.reference_task(work, s, reference_target_ns(args, s, ref)),  # beside the walkers (--jobs)
-                 *[runs.walker_task(c) for cs in configs.values() for c in cs]]
+                 *[runs.walker_task(c) for arm in arms_to_run(args) for c in configs[arm]]]
         left = runs.run_children(tasks, budget, args.jobs, min_start_s=5.0 if args.quick else 60.0)
         if left:
             raise runs.OutOfTime(f"{left} unfinished")
@@ -281,7 +314,7 @@ def markdown(r: dict) -> str:
     lines = [f"# sampling_wlall ({r['date']}, quick={st['quick']}, complete={r['complete']})", "",
              f"ACE-WLALL-NME at 300 K, OPES-metad (barrier {st['barrier_kjmol']} kJ/mol, pace {st['pace_ps']} ps, "
              f"σ rule {st['sigma_rule']}: {st['sigma']}, walls {st['wall_margin_fraction']:.0%} outside the training "
-             f"range, MTS {st['mts']}) on CV components {st['components']}, {st['seeds']} walkers × {st['walker_ns']} ns "
+             f"range, MTS {st['mts']}, bias-force guard {st.get('force_guard_kjmol_nm')} kJ/mol/nm) on CV components {st['components']}, {st['seeds']} walkers × {st['walker_ns']} ns "
              f"per arm, {st['platform']} platform, 1 thread."]
     if r["stopped"]:
         lines += ["", f"Stopped: {r['stopped']} (rerun to go on)."]
@@ -289,14 +322,17 @@ def markdown(r: dict) -> str:
         its = ", ".join(f"{lag:g} ps: {_f(row[0], '.0f')}" for lag, row in zip(ref["its"]["lags_ps"],
                                                                               ref["its"]["timescales_ps"]))
         lines += ["", f"Reference: {ref['ns']:g} ns in {ref['segments']} segments ({ref['ns_analysed']:.3g} ns analysed), "
-                  f"target {ref['target_ns']:.3g} ns; slowest ITS {_f(ref['slowest_its_ps'], '.0f')} ps (MSM on TIC1-2 "
-                  f"at lag {its}; TICA's own at {ref['tica_lag_ps']:g} ps: {_f(ref['tica_its_ps'][0], '.0f')} ps); "
+                  f"target {ref['target_ns']:.3g} ns; slowest ITS {_f(ref['slowest_its_ps'], '.0f')} ps "
+                  f"({ref.get('slowest_its_from', '')}: the largest estimate at least its lag; MSM on TIC1-2 at lag "
+                  f"{its}; TICA's own at {ref['tica_lag_ps']:g} ps: {_f(ref['tica_its_ps'][0], '.0f')} ps); "
                   f"{ref['transitions']} TIC1 transitions ({_f(ref['transitions_per_ns'])}/ns, "
                   f"{_f(ref['transitions_per_wall_hour'], '.1f')}/wall h), {_f(ref['ms_per_step'], '.3f')} ms/step.",
-                  "", "| arm | walkers ended | blew up | TIC1 transitions / ns | × reference | / wall h | "
-                  "RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ms/step |", "|---|---|---|---|---|---|---|---|---|"]
+                  "", "| arm | walkers ended | blew up | capped atom-forces | TIC1 transitions / ns | × reference | "
+                  "/ wall h | RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ms/step |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for arm, a in r["arms"].items():
             lines.append(f"| {arm} | {a['walkers_ended']}/{a['walkers_planned']} | {a['blown_up']} | "
+                         f"{a.get('capped', 0)} | "
                          f"{_f(a['transitions_per_ns'][0])} ± {_f(a['transitions_per_ns'][1])} | "
                          f"{_f(a['rate_vs_reference_per_ns'])} | {_f(a['transitions_per_wall_hour'][0], '.1f')} | "
                          f"{_f(a.get('rms_tica_kjmol'))} | {_f(a.get('rms_torsions_kjmol'))} | {_f(a['ms_per_step'], '.2f')} |")
@@ -322,12 +358,14 @@ def parse(argv=None):
     parser.add_argument("--budget-min", type=float, default=None, help="stop cleanly after about this many minutes")
     parser.add_argument("--reference-ns", default="auto", help="reference length, ns, or auto (default): "
                         "its-factor x the slowest ITS measured on the reference so far, at least the first chunk")
-    parser.add_argument("--walker-ns", type=float, default=None, help="ns per walker (default 5; quick 0.002)")
+    parser.add_argument("--walker-ns", type=float, default=None, help="ns per walker (default 2; quick 0.002)")
     parser.add_argument("--seeds", type=int, default=None, help="walkers per arm (default 3)")
     parser.add_argument("--components", default=None, help="biased CV components, comma-separated (default 0)")
     parser.add_argument("--sigma-rule", choices=("learned", "adaptive"), default=None,
                         help="learned: learned_cv_sigma (default); adaptive: OPES adaptive sigma")
     parser.add_argument("--jobs", type=int, default=1, help="walkers run at once, one process each")
+    parser.add_argument("--arms", default=None, help="arms whose walkers run now, in this order (default gnn,distances; "
+                        "e.g. distances,gnn: the cheap arm first); every arm's walkers are analysed")
     parser.add_argument("--plan-reference-ns", type=float, default=100.0,
                         help="--quick: the reference length the cost plan assumes (default 100 ns)")
     parser.add_argument("--restart-fresh", action="store_true", help="delete every part and start over")
