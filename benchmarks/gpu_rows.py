@@ -53,15 +53,12 @@ def _files(system: str) -> tuple[Path, Path]:
 
 
 def _phi_and_heavy(topology) -> tuple[list[int], list[int]]:
-    """The first backbone φ (C(i-1), N, CA, C) and the peptide's heavy atoms (water and ions left out)."""
-    residues = [r for r in topology.residues() if r.name not in ("HOH", "NA", "CL", "Na+", "Cl-")]
-    heavy = [a.index for r in residues for a in r.atoms() if a.element is not None and a.element.symbol != "H"]
-    for previous, residue in zip(residues, residues[1:]):
-        names = {a.name: a.index for a in residue.atoms()}
-        c_previous = [a.index for a in previous.atoms() if a.name == "C"]
-        if c_previous and all(k in names for k in ("N", "CA", "C")):
-            return [c_previous[0], names["N"], names["CA"], names["C"]], heavy
-    raise ValueError("no backbone phi in this topology")
+    """The first backbone φ (mdtraj's) and the solute's heavy atoms (the systems' own helper; water left out)."""
+    import mdtraj
+
+    from systems.alanine_dipeptide import heavy_atom_indices
+
+    return mdtraj.geometry.indices_phi(mdtraj.Topology.from_openmm(topology))[0].tolist(), heavy_atom_indices(topology)
 
 
 def prepare() -> None:
@@ -166,8 +163,8 @@ def run(quick: bool, platform: str, devices: list[str], cv_file: str | None, sys
     rows = [{"name": "unbiased", "cv": "-", "device": "-", "compile": False, "ms_per_step": min(unbiased),
              "repeats": unbiased}]
     print(f"unbiased on {platform}: {min(unbiased):.4f} ms/step", flush=True)
-    reference = None  # bias forces of the CV's first row
     for label, (cv, compilable) in cvs.items():
+        reference = None  # bias forces of this CV's first row
         atoms = cv.atom_indices.tolist()
         with torch.no_grad():
             start = cv.selected(torch.as_tensor(positions[atoms])).numpy()
@@ -178,7 +175,7 @@ def run(quick: bool, platform: str, devices: list[str], cv_file: str | None, sys
                 context = _context(system, positions, platform, force)
                 state = context.getState(getForces=True, groups={BIAS_GROUP})  # at the start, before any step
                 forces = np.asarray(state.getForces(asNumpy=True)._value)
-                reference = reference if label in [r["cv"] for r in rows] else forces  # the CV's first row
+                reference = forces if reference is None else reference
                 times = _best_ms(context, n_steps)
                 evaluator = force.callback.evaluator
                 rows.append({"name": f"PythonForce, {label} CV on {device}" + (", torch.compile" if compile else ""),

@@ -118,7 +118,8 @@ def load_reference(work: Path, s: dict) -> dict | None:
 
 def capped_atom_evaluations(colvar: Path) -> int:
     """Atom-forces the bias-force guard capped over a walker (COLVAR ``guard.capped``: cumulative within a session,
-    so its positive increments are summed across restarts); 0 without a guard."""
+    so its positive increments are summed across restarts); 0 without a guard. Read whole, not cut at a blow-up's
+    first non-finite row as :func:`read_walker` does: the caps just before a blow-up count too."""
     from cvlearn.data.colvar import read_colvar
 
     if not colvar.is_file():
@@ -259,7 +260,7 @@ def arms_to_run(args) -> list[str]:
 
 def run(args) -> dict:
     s = settings(args)
-    arms_to_run(args)  # a bad --arms is refused before any compute
+    arms = arms_to_run(args)  # a bad --arms is refused before any compute
     work = Path(args.work or ("runs/sampling_wlall_quick" if args.quick else "runs/sampling_wlall"))
     work.mkdir(parents=True, exist_ok=True)
     from cvlearn.run_dir import open_run
@@ -281,7 +282,7 @@ def run(args) -> dict:
             sigma = "adaptive" if s["sigma_rule"] == "adaptive" else runs.cv_sigma(work, arm, cv_path, tuple(s["components"]))
             configs[arm] = [runs.walker_config(work, s, arm, seed, sigma) for seed in range(s["seeds"])]
         tasks = [runs.reference_task(work, s, reference_target_ns(args, s, ref)),  # beside the walkers (--jobs)
-                 *[runs.walker_task(c) for arm in arms_to_run(args) for c in configs[arm]]]
+                 *[runs.walker_task(c) for arm in arms for c in configs[arm]]]
         left = runs.run_children(tasks, budget, args.jobs, min_start_s=5.0 if args.quick else 60.0)
         if left:
             raise runs.OutOfTime(f"{left} unfinished")
@@ -319,7 +320,8 @@ def markdown(r: dict) -> str:
     lines = [f"# sampling_wlall ({r['date']}, quick={st['quick']}, complete={r['complete']})", "",
              f"ACE-WLALL-NME at 300 K, OPES-metad (barrier {st['barrier_kjmol']} kJ/mol, pace {st['pace_ps']} ps, "
              f"σ rule {st['sigma_rule']}: {st['sigma']}, walls {st['wall_margin_fraction']:.0%} outside the training "
-             f"range, MTS {st['mts']}, bias-force guard {st.get('force_guard_kjmol_nm')} kJ/mol/nm) on CV components {st['components']}, {st['seeds']} walkers × {st['walker_ns']} ns "
+             f"range, MTS {st['mts']}, bias-force guard {st.get('force_guard_kjmol_nm')} kJ/mol/nm) on CV components "
+             f"{st['components']}, {st['seeds']} walkers × {st['walker_ns']} ns "
              f"per arm, {st['platform']} platform, 1 thread."]
     if r["stopped"]:
         lines += ["", f"Stopped: {r['stopped']} (rerun to go on)."]

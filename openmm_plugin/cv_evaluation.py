@@ -181,8 +181,7 @@ class CVEvaluator:
         way."""
         with self._precise():
             s, jac = self._jacobian(*self._inputs(positions_nm, box_nm, not self.compiled), batched, rows)
-            # detach: a CV whose parameters require grad (a user's nn.Module) gives a compiled Jacobian that does
-            flat = torch.cat([s.reshape(-1).to(jac.dtype), jac.reshape(-1)]).detach().cpu().numpy()  # device→host
+            flat = torch.cat([s.detach().reshape(-1).to(jac.dtype), jac.reshape(-1)]).cpu().numpy()  # device→host
         return flat[:self.n_cvs].astype(np.float64), flat[self.n_cvs:].reshape(-1, len(self.atom_indices), 3)
 
     def values(self, positions_nm: np.ndarray, box_nm: np.ndarray | None = None) -> np.ndarray:
@@ -299,8 +298,8 @@ def _frozen(cv: torch.nn.Module) -> torch.nn.Module:
 
     Why: torch 2.9.1's ``torch.compile(jacrev(f))`` of two or more rows returns an all-zero Jacobian when ``f``
     passes through a nonlinear layer (SiLU) whose parameters require grad (eager jacrev is right; measured on a
-    distance MLP), so a user's trainable module would get zero bias forces, silently. A frozen copy is also an inference graph: no parameter
-    gradients traced."""
+    distance MLP), so a user's trainable module would get zero bias forces, silently. A frozen copy is also an
+    inference graph: no parameter gradients traced."""
     if not any(p.requires_grad for p in cv.parameters()):
         return cv
     return copy.deepcopy(cv).requires_grad_(False)
