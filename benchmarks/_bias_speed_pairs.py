@@ -4,9 +4,10 @@
   MD: target ≤ 2x.
 * (b) OPES on the GNN CV (the demo's 2-layer ET, dense, exported by ``export_cv``) against OPES on the distance-VAMPNet
   CV (pairwise distances of the same heavy atoms → the same MLP head as ``cvlearn learn`` builds, exported the same
-  way), the same OPES settings, bias every step, each pair through one PythonForce route: torch.compile of the eager
-  CV (the route the README recommends for production runs: target GNN ≤ 2x distances) and TorchScript (reported). ``--pairs-cv`` / ``--pairs-distance-cv`` time trained files instead
-  (the cost does not depend on the weights).
+  way), the same OPES settings, bias every step, each pair through one PythonForce route: the compiled eager CV
+  (``CVEvaluator(compile=True)``: its Jacobian compiled ahead of time by AOTInductor on the CPU; the route the README
+  recommends for production runs: target GNN ≤ 2x distances) and TorchScript (reported). ``--pairs-cv`` /
+  ``--pairs-distance-cv`` time trained files instead (the cost does not depend on the weights).
 
 Steady state: an OPES bias without kernels is flat (dV/ds = 0), so the PythonForce skips the CV's backward pass and
 the native table is never refreshed. Every row is therefore warmed up past ``WARMUP_PACES`` depositions, and each
@@ -156,12 +157,12 @@ def _rows_to_time(molecule, cvs: dict, routes=("torchscript", "compiled")) -> di
     return rows
 
 
-ROUTE_NAMES = {"torchscript": "PythonForce (TorchScript CV)", "compiled": "PythonForce (torch.compile of the eager CV)"}
+ROUTE_NAMES = {"torchscript": "PythonForce (TorchScript CV)", "compiled": "PythonForce (compiled eager CV: AOTInductor on the CPU)"}
 RECOMMENDED_ROUTE = "compiled"  # the README's route for production runs (bias every step, compile once per run)
 
 
 def _row_name(label: str, route: str) -> str:
-    return f"OPES on the {label} CV, PythonForce + {'TorchScript' if route == 'torchscript' else 'torch.compile'}"
+    return f"OPES on the {label} CV, PythonForce + {'TorchScript' if route == 'torchscript' else 'compiled'}"
 
 
 def run_pairs(quick: bool, gnn_cv: str | None = None, distance_cv: str | None = None) -> dict:

@@ -6,10 +6,14 @@ once, get dV/ds from the (cheap, numpy) bias, then back-propagate the scalar (dV
 BiasVariable per component (``app.Metadynamics``) costs d forwards and d backwards. The full Jacobian
 (for analysis) uses batched vector-Jacobian products (``is_grads_batched``) or d backward passes.
 
-``compile=True`` runs the CV's eager twin (``cvlearn.export.load_eager_cv``) through ``torch.compile``: inductor
-fuses the per-step forward and backward into a few C++ kernels, where TorchScript dispatches ~1,100 tiny ops
-(ala2, 2-layer dense ET: 0.70 vs 2.01 ms per forward + backward, measured in bias_speed). The first call compiles (~30 s on
-2 cores); if compiling fails, the evaluator says why and stays eager.
+``compile=True`` compiles the CV's eager twin (``cvlearn.export.load_eager_cv``) with inductor, which fuses the
+per-step forward and backward into a few C++ kernels, where TorchScript dispatches ~1,100 tiny ops (ala2, 2-layer
+dense ET: 0.70 vs 2.01 ms per forward + backward, measured in bias_speed). On the CPU the Jacobian graph below is
+compiled ahead of time (:class:`cvlearn.compiling.AheadOfTime`: AOTInductor, kernels launched from C++, no guards:
+0.32 vs 0.50 ms per call through ``torch.compile`` for the ala2 sampling GNN CV, 0.04 vs 0.10 for its distance
+twin; per MD step 0.64 and 0.30 ms, ``bias_speed --pairs``); on a GPU it goes through ``torch.compile`` (the AOT
+route is not measured there). The first call compiles (~20-30 s on 2 cores) and checks the compiled result against
+the eager CV: a compiler error or a disagreement says why and falls back (AOT → torch.compile → eager).
 Inductor's ``cpp_wrapper`` (kernels launched from C++) is not used: it cut the GNN CV's forward + backward by ~20 %
 (0.98 vs 1.23 ms) but not the MD step (bias_speed --pairs: GNN/distance 2.31x, as before), and under torch 2.9.1 on
 Python 3.11 each call releases four references to ``None`` that it does not own, so a long run would free ``None``
@@ -41,7 +45,7 @@ import copy
 import numpy as np
 import torch
 
-from cvlearn.compiling import CompiledOrEager
+from cvlearn.compiling import AheadOfTime, CompiledOrEager
 from cvlearn.distributed import check_device, no_tf32
 
 
@@ -79,7 +83,7 @@ class CVEvaluator:
         self.periodic = bool(getattr(cv, "periodic", False))  # files exported before periodic CVs lack it
         self.single_transfer = self.device.type != "cpu" if single_transfer is None else bool(single_transfer)
         self.acts_on = tuple(range(self.n_cvs))  # rows the warm-up compiles; BiasCallback sets its bias's
-        self._jacobians: dict[tuple[int, ...], CompiledOrEager] = {}
+        self._jacobians: dict[tuple[int, ...], AheadOfTime | CompiledOrEager] = {}
         self.calls = 0
         self._warm = False
 
@@ -141,7 +145,7 @@ class CVEvaluator:
     def _args(pos: torch.Tensor, box: torch.Tensor | None) -> tuple:
         return (pos,) if box is None else (pos, box)
 
-    def _compiled_jacobian(self, rows: tuple[int, ...]) -> CompiledOrEager:
+    def _compiled_jacobian(self, rows: tuple[int, ...]) -> AheadOfTime | CompiledOrEager:
         """``(pos[, box]) -> (ds_rows/dx [len(rows), n_selected, 3], s [n_cvs])`` as one compiled graph, per row set.
 
         ``jacrev`` vmaps one vector-Jacobian product per row inside the graph: no autograd engine, no saved
@@ -153,8 +157,12 @@ class CVEvaluator:
                 s = selected(pos, *box)
                 return s[index], s.detach()
 
-            self._jacobians[rows] = CompiledOrEager(torch.func.jacrev(rows_and_values, argnums=0, has_aux=True),
-                                                    "the CV's Jacobian", fullgraph=True, dynamic=False)
+            # On the CPU ahead of time (AOTInductor, kernels launched from C++); on a GPU torch.compile (the AOT
+            # route has not been measured there).
+            jacobian = torch.func.jacrev(rows_and_values, argnums=0, has_aux=True)
+            options = dict(fullgraph=True, dynamic=False)
+            self._jacobians[rows] = (AheadOfTime(jacobian, "the CV's Jacobian", **options) if self.device.type == "cpu"
+                                     else CompiledOrEager(jacobian, "the CV's Jacobian", check=True, **options))
         return self._jacobians[rows]
 
     def _jacobian(self, pos: torch.Tensor, box: torch.Tensor | None, batched: bool,

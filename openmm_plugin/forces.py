@@ -130,7 +130,7 @@ class BiasCallback:
     bias
         A bias on the ``n_cvs`` CV components (``energy_and_gradient``, ``n_cvs``, ``label``).
     compile : bool
-        Run the CV through ``torch.compile``.
+        Compile the CV (:class:`CVEvaluator`: ahead of time on the CPU, ``torch.compile`` on a GPU).
     device : str or torch.device
         Where the CV runs (``cpu``, ``cuda``, ``cuda:N``).
     """
@@ -175,8 +175,9 @@ def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
                       system: openmm.System | None = None, device="cpu") -> openmm.PythonForce:
     """A PythonForce restricted to the CV atoms whose energy is ``bias`` on ``cv``.
 
-    ``compile=True`` (pass the eager CV) compiles the CV's forward and backward with ``torch.compile``: on ala2
-    0.73 vs 1.60 ms per MD step (bias every step, measured).
+    ``compile=True`` (pass the eager CV) compiles the CV's value and Jacobian into one graph (ahead of time on the
+    CPU): the ala2 sampling CV costs 0.64 vs 2.40 ms per MD step through TorchScript (bias every step,
+    ``benchmarks/results/bias_speed_pairs.md``).
 
     Parameters
     ----------
@@ -187,7 +188,7 @@ def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
     force_group : int, optional
         OpenMM force group (e.g. the slow group of an MTS integrator).
     compile : bool
-        ``torch.compile`` the CV (needs the eager twin).
+        Compile the CV (needs the eager twin; :class:`CVEvaluator`).
     system : openmm.System, optional
         The System the force will be added to: its particle count is checked against the CV's
         (:func:`check_cv_fits_system`); the force sees only the CV atoms, so it cannot check this itself.

@@ -130,7 +130,8 @@ def test_python_and_torch_routes_agree_on_ala2_gnn_cv(exported_cv64, ala2):
 
 
 def test_compiled_python_route_equals_torchscript(exported_cv64, ala2):
-    """torch.compile of the eager twin stored in the CV file: same energy and forces in a Context, no fallback."""
+    """The compiled route on the eager twin stored in the CV file (its Jacobian ahead of time on the CPU): same
+    energy and forces in a Context as the TorchScript module, no fallback."""
     import pickle
 
     from cvlearn.export import load_eager_cv
@@ -153,6 +154,7 @@ def test_compiled_python_route_equals_torchscript(exported_cv64, ala2):
         results.append((state.getPotentialEnergy()._value, state.getForces(asNumpy=True)._value))
     (e_ts, f_ts), (e_c, f_c) = results
     assert force.callback.evaluator._selected.fn is not force.callback.evaluator._selected.eager  # really compiled
+    assert [j.ahead_of_time for j in force.callback.evaluator._jacobians.values()] == [True]  # C++, on the CPU
     assert abs(e_ts) > 1e-3 and e_c == pytest.approx(e_ts, rel=1e-9, abs=1e-9)
     assert np.allclose(f_c, f_ts, rtol=1e-7, atol=1e-8)
     clone = pickle.loads(pickle.dumps(force.callback))  # OpenMM pickles PythonForces (checkpoints, XML)

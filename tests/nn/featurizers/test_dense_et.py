@@ -1,5 +1,8 @@
 """The dense ET equals torchmd-net's ET on the same weights: features, vectors, gradients, exported CVs."""
 
+import copy
+import io
+
 import pytest
 import torch
 
@@ -15,9 +18,10 @@ def _positions(n_frames, seed=0):
     return torch.randn(n_frames, len(Z), 3, generator=g, dtype=torch.float64) * 0.25
 
 
-@pytest.mark.parametrize("vector_cutoff", [False, True])
-def test_dense_equals_sparse_features_vectors_and_forces(vector_cutoff):
-    et = ETFeaturizer(Z, ETConfig(num_layers=3, vector_cutoff=vector_cutoff), seed=4).double()
+@pytest.mark.parametrize("vector_cutoff, num_layers", [(False, 3), (True, 3), (False, 1)])
+def test_dense_equals_sparse_features_vectors_and_forces(vector_cutoff, num_layers):
+    # 1 layer: the first layer is also the last, the scalar path through its cut (pruned) projections
+    et = ETFeaturizer(Z, ETConfig(num_layers=num_layers, vector_cutoff=vector_cutoff), seed=4).double()
     dense = DenseETFeaturizer(et)
     pos = _positions(3)
     r = torch.cdist(pos[0], pos[0]) * 10
@@ -31,6 +35,30 @@ def test_dense_equals_sparse_features_vectors_and_forces(vector_cutoff):
     (g_ref,) = torch.autograd.grad(et(p1).pow(2).sum(), p1)
     (g,) = torch.autograd.grad(dense(p2).pow(2).sum(), p2)
     torch.testing.assert_close(g, g_ref, atol=1e-9, rtol=1e-7)
+
+
+def test_a_dense_et_pickled_before_the_cut_projections_loads_with_them():
+    """CV files keep an eager copy pickled with the layers of their day; one saved before ``_prune`` existed (full
+    projections only) must load, gain the cut projections and give the same numbers."""
+    dense = DenseETFeaturizer(ETFeaturizer(Z, ETConfig(num_layers=2), seed=3).double())
+    pos = _positions(2).requires_grad_(True)
+    expected = dense(pos)
+    (g_expected,) = torch.autograd.grad(expected.pow(2).sum(), pos)
+    old = copy.deepcopy(dense)
+    for layer in old.layers:  # the layout of a file written before the cut
+        for name in ("filters_x", "filters_xv2", "qkv_x", "o_scalar", "vec_proj_x"):
+            del layer._modules[name]
+        for name in ("qkv0_x", "qkv0_xv2"):
+            del layer._buffers[name]
+    buffer = io.BytesIO()
+    torch.save(old, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert all("filters_x" in layer._modules for layer in loaded.layers)
+    out = loaded(pos)
+    (g,) = torch.autograd.grad(out.pow(2).sum(), pos)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(g, g_expected, atol=1e-12, rtol=0)
 
 
 def test_dense_is_an_independent_snapshot_and_scripts():
