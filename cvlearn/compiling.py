@@ -20,12 +20,15 @@ RELATIVE_TOLERANCE = 1e-4  # of each output's largest magnitude; float32 compile
 def disagreement(got, want) -> float | None:
     """Largest ``|got - want|`` relative to ``max |want|`` over matching outputs (tensors or tuples of them), or
     None when they agree within :data:`RELATIVE_TOLERANCE`."""
+    got, want = torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)
+    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
+        return float("inf")  # checked first: subtracting mismatched shapes would broadcast or raise
     worst = 0.0
-    for g, w in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+    for g, w in zip(got, want):
         g, w = g.detach().double(), w.detach().double()
         scale = float(w.abs().max()) if w.numel() else 0.0
         error = float((g - w).abs().max()) if w.numel() else 0.0
-        if g.shape != w.shape or not error <= RELATIVE_TOLERANCE * scale + 1e-12:  # NaN fails too
+        if not error <= RELATIVE_TOLERANCE * scale + 1e-12:  # NaN fails too
             worst = max(worst, error / scale if scale > 0 and error == error else float("inf"))
     return worst or None
 

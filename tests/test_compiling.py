@@ -52,3 +52,5 @@ def test_disagreement_is_relative_to_each_output_scale():
     assert disagreement((want[0] + 0.01, want[1]), want) is None  # 1e-5 of the first output's scale
     assert disagreement((want[0], want[1] * 2), want) == 1.0
     assert disagreement((want[0], torch.tensor([float("nan")])), want) is not None
+    assert disagreement((want[0], torch.zeros(2)), want) == float("inf")  # another shape
+    assert disagreement(want[0], want) == float("inf")  # another number of outputs
