@@ -53,9 +53,16 @@ rows() {  # seconds, then gpu_rows.py options
     timeout "$limit" "$py" benchmarks/gpu_rows.py ${QUICK:-} --platform "$platform" --devices "$devices" "$@" 2>&1 \
         | grep -v -E "FutureWarning|^  check\(|^$"
 }
-rows 300 --system ala2 --steps 1000 --cv benchmarks/data/ala2_sampling_vcut/cv.pt
-rows 100 --system wlall --cvs "" --steps 400 --cv benchmarks/state/sampling_wlall/learn/cv.pt
-rows 100 --system ala2_water --cvs "" --steps 1000 --cv benchmarks/data/ala2_sampling_vcut/cv.pt
+# The learned CVs twice: TorchScript (eager) and as torch.export programs (compiled; their eager twins need
+# torchmd-net, which does not travel). GPU rows only for WLALL: its CPU rows are bias_speed's.
+rows 420 --system ala2 --cvs mlp --steps 1000 --modes eager,inductor --cv benchmarks/data/ala2_sampling_vcut/cv.pt \
+    --program benchmarks/data/ala2_cv_program.pt2 --tag program
+rows 120 --system wlall --cvs "" --devices cuda --steps 300 --modes eager,inductor \
+    --cv benchmarks/state/sampling_wlall/learn/cv.pt --program benchmarks/data/wlall_cv_program.pt2 --tag program
+# AOTInductor on cuda apart: twice its process ended in its first compile with no row and no error (2026-12-04)
+rows 150 --system ala2 --cvs mlp --devices cuda --steps 1000 --modes aot --program benchmarks/data/ala2_cv_program.pt2 \
+    --tag aot
+echo "ala2 aot rows: exit status ${PIPESTATUS[0]:-?}"
 if [ -n "${OUT:-}" ]; then
     cp benchmarks/results/gpu_rows*.json benchmarks/results/gpu_rows*.md "$OUT"/ 2>/dev/null
 fi

@@ -11,9 +11,11 @@ per-step forward and backward into a few C++ kernels, where TorchScript dispatch
 dense ET: 0.70 vs 2.01 ms per forward + backward, measured in bias_speed). On the CPU the Jacobian graph below is
 compiled ahead of time (:class:`cvlearn.compiling.AheadOfTime`: AOTInductor, kernels launched from C++, no guards:
 0.32 vs 0.50 ms per call through ``torch.compile`` for the ala2 sampling GNN CV, 0.04 vs 0.10 for its distance
-twin; per MD step 0.64 and 0.30 ms, ``bias_speed --pairs``); on a GPU it goes through ``torch.compile`` (the AOT
-route is not measured there). The first call compiles (~20-30 s on 2 cores) and checks the compiled result against
-the eager CV: a compiler error or a disagreement says why and falls back (AOT → torch.compile → eager).
+twin; per MD step 0.64 and 0.30 ms, ``bias_speed --pairs``); on a GPU it goes through ``torch.compile``
+(``compile="aot"`` asks for AOTInductor there too: on the H200 its process ended in the first compile with no error,
+``benchmarks/results/gpu_rows_program.md``). The first call compiles (~20-30 s on 2 cores) and checks the
+compiled result against the eager CV: a compiler error or a disagreement says why and falls back (AOT →
+torch.compile → eager).
 Inductor's ``cpp_wrapper`` (kernels launched from C++) is not used: it cut the GNN CV's forward + backward by ~20 %
 (0.98 vs 1.23 ms) but not the MD step (bias_speed --pairs: GNN/distance 2.31x, as before), and under torch 2.9.1 on
 Python 3.11 each call releases four references to ``None`` that it does not own, so a long run would free ``None``
@@ -49,6 +51,9 @@ from cvlearn.compiling import AheadOfTime, CompiledOrEager
 from cvlearn.distributed import check_device, no_tf32
 
 
+AHEAD_OF_TIME = {"cpu": "aot"}  # compile=True's route per device type; others "inductor" (benchmarks/gpu_rows.py)
+
+
 class CVEvaluator:
     """Runs an exported CV on the CV atoms' positions (nm) and counts its model calls.
 
@@ -57,19 +62,23 @@ class CVEvaluator:
     cv : torch.nn.Module
         The TorchScript module (``cvlearn.export.load_cv``) or its eager twin (``load_eager_cv``); it must have
         ``selected``, ``atom_indices`` and ``n_cvs``. On another device than its own, the evaluator runs a copy.
-    compile : bool
-        Run ``cv.selected`` through ``torch.compile`` (needs the eager twin).
+    compile : bool or {"aot", "inductor"}
+        Compile the CV (needs the eager twin). ``True`` picks the faster route measured for the device: ahead of
+        time (``"aot"``, AOTInductor) on the CPU, ``"inductor"`` (``torch.compile``) on a GPU.
     device : str or torch.device
         ``cpu``, ``cuda`` or ``cuda:N`` (:func:`cvlearn.distributed.check_device`).
     single_transfer : bool, optional
         Bias forces from the Jacobian, one copy each way per step (see the module doc); None: on for CUDA only.
     """
 
-    def __init__(self, cv: torch.nn.Module, compile: bool = False, device="cpu", single_transfer: bool | None = None):
+    def __init__(self, cv: torch.nn.Module, compile: bool | str = False, device="cpu",
+                 single_transfer: bool | None = None):
         for attribute in ("selected", "atom_indices", "n_cvs"):
             if not hasattr(cv, attribute):
                 raise ValueError(f"cv: expected an exported CV (cvlearn.export.export_cv) with `{attribute}`, "
                                  f"found {type(cv).__name__} without it")
+        if compile not in (False, True, "aot", "inductor"):
+            raise ValueError(f"compile: expected False, True, 'aot' or 'inductor', found {compile!r}")
         if compile and isinstance(cv, torch.jit.ScriptModule):
             raise ValueError("compile=True: expected the eager CV (cvlearn.export.load_eager_cv(path)), found a "
                              "TorchScript module, which torch.compile cannot compile")
@@ -77,6 +86,8 @@ class CVEvaluator:
         self.atom_indices = [int(i) for i in cv.atom_indices.tolist()]
         self.cv = _frozen(_on_device(cv, self.device)) if compile else _on_device(cv, self.device)
         self.compiled = bool(compile)
+        self.compile_mode = ((compile if isinstance(compile, str) else AHEAD_OF_TIME.get(self.device.type, "inductor"))
+                             if compile else None)
         self._selected = (CompiledOrEager(self.cv.selected, "the CV", fullgraph=True, dynamic=False) if compile
                           else self.cv.selected)
         self.n_cvs = int(cv.n_cvs)
@@ -157,11 +168,10 @@ class CVEvaluator:
                 s = selected(pos, *box)
                 return s[index], s.detach()
 
-            # On the CPU ahead of time (AOTInductor, kernels launched from C++); on a GPU torch.compile (the AOT
-            # route has not been measured there).
             jacobian = torch.func.jacrev(rows_and_values, argnums=0, has_aux=True)
             options = dict(fullgraph=True, dynamic=False)
-            self._jacobians[rows] = (AheadOfTime(jacobian, "the CV's Jacobian", **options) if self.device.type == "cpu"
+            self._jacobians[rows] = (AheadOfTime(jacobian, "the CV's Jacobian", **options)
+                                     if self.compile_mode == "aot"
                                      else CompiledOrEager(jacobian, "the CV's Jacobian", check=True, **options))
         return self._jacobians[rows]
 

@@ -129,13 +129,13 @@ class BiasCallback:
         Exported CV (``cvlearn.export.load_cv``), or its eager twin (``load_eager_cv``) when ``compile``.
     bias
         A bias on the ``n_cvs`` CV components (``energy_and_gradient``, ``n_cvs``, ``label``).
-    compile : bool
-        Compile the CV (:class:`CVEvaluator`: ahead of time on the CPU, ``torch.compile`` on a GPU).
+    compile : bool or {"aot", "inductor"}
+        Compile the CV (:class:`CVEvaluator`: ``True`` is ahead of time on the CPU, ``torch.compile`` on a GPU).
     device : str or torch.device
         Where the CV runs (``cpu``, ``cuda``, ``cuda:N``).
     """
 
-    def __init__(self, cv: torch.nn.Module, bias, compile: bool = False, device="cpu"):
+    def __init__(self, cv: torch.nn.Module, bias, compile: bool | str = False, device="cpu"):
         self.evaluator = CVEvaluator(cv, compile=compile, device=device)
         if bias.n_cvs != self.evaluator.n_cvs:
             raise ValueError(f"bias {bias.label!r} acts on {bias.n_cvs} CVs but the CV module has {self.evaluator.n_cvs}")
@@ -161,8 +161,8 @@ class BiasCallback:
         cv = self.evaluator.cv
         scripted = isinstance(cv, torch.jit.ScriptModule)
         torch.jit.save(cv, buffer) if scripted else torch.save(cv, buffer)
-        return {"cv": buffer.getvalue(), "scripted": scripted, "compile": self.evaluator.compiled, "bias": self.bias,
-                "device": str(self.evaluator.device)}
+        return {"cv": buffer.getvalue(), "scripted": scripted, "compile": self.evaluator.compile_mode or False,
+                "bias": self.bias, "device": str(self.evaluator.device)}
 
     def __setstate__(self, state):
         buffer = io.BytesIO(state["cv"])
@@ -171,7 +171,7 @@ class BiasCallback:
         self.__init__(cv, state["bias"], compile=state.get("compile", False), device=state.get("device", "cpu"))
 
 
-def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None, compile: bool = False,
+def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None, compile: bool | str = False,
                       system: openmm.System | None = None, device="cpu") -> openmm.PythonForce:
     """A PythonForce restricted to the CV atoms whose energy is ``bias`` on ``cv``.
 
@@ -187,7 +187,7 @@ def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
         Bias on all ``n_cvs`` components (e.g. :class:`openmm_plugin.bias.Metadynamics`, :class:`CVComponent`).
     force_group : int, optional
         OpenMM force group (e.g. the slow group of an MTS integrator).
-    compile : bool
+    compile : bool or {"aot", "inductor"}
         Compile the CV (needs the eager twin; :class:`CVEvaluator`).
     system : openmm.System, optional
         The System the force will be added to: its particle count is checked against the CV's

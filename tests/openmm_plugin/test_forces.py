@@ -230,3 +230,39 @@ def test_compiled_route_takes_a_cv_whose_parameters_require_grad(ala2):
         context.setPositions(x_shift)
         energies.append(_energy_forces(context)[0])
     assert -(energies[0] - energies[1]) / (2 * h) == pytest.approx(f_compiled[4, 0], rel=1e-3)
+
+
+class _Distances(torch.nn.Module):
+    """Two pair distances (nm) of three atoms: a CV with the exported-CV interface, cheap to compile."""
+
+    n_cvs, periodic = 2, False
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("atom_indices", torch.tensor([0, 1, 2]))
+
+    def selected(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([(x[0] - x[1]).norm(), (x[1] - x[2]).norm()])
+
+
+def test_compile_modes_pick_the_route_and_survive_pickling():
+    """``compile=True`` is ahead of time on the CPU, ``"inductor"`` is torch.compile; both give the eager Jacobian,
+    the mode survives OpenMM's pickling of the callback, and an unknown mode is refused before any compile."""
+    import pickle
+
+    from cvlearn.compiling import AheadOfTime, CompiledOrEager
+    from openmm_plugin.cv_evaluation import CVEvaluator
+
+    cv = _Distances()
+    with pytest.raises(ValueError, match="compile: expected False, True, 'aot' or 'inductor', found 'fast'"):
+        CVEvaluator(cv, compile="fast")
+    x = np.array([[0.0, 0.0, 0.0], [0.1, 0.02, 0.0], [0.15, 0.12, 0.03]])
+    s_eager, j_eager = CVEvaluator(cv).jacobian(x)
+    for compile, mode, kind in ((True, "aot", AheadOfTime), ("inductor", "inductor", CompiledOrEager)):
+        evaluator = CVEvaluator(cv, compile=compile)
+        s, j = evaluator.jacobian(x)
+        assert evaluator.compile_mode == mode
+        assert [type(f) for f in evaluator._jacobians.values()] == [kind]
+        assert np.allclose(s, s_eager, rtol=1e-12) and np.allclose(j, j_eager, rtol=1e-10, atol=1e-12)
+        force = python_bias_force(cv, HarmonicRestraint([0.1, 0.1], [100.0, 100.0]), compile=compile)
+        assert pickle.loads(pickle.dumps(force.callback)).evaluator.compile_mode == mode
