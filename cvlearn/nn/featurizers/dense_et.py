@@ -112,14 +112,23 @@ class DenseETLayer(torch.nn.Module):
         (continuous at the cutoff); without it they are masked, and jump there (``dv_proj``'s bias is not zero)."""
         return cut if self.vector_cutoff else mask
 
+    def _attention(self, q: Tensor, k: Tensor, dk: Tensor, cut: Tensor) -> Tensor:
+        """Attention weights ``[B, t, s, heads]``.
+
+        Products and sums rather than ``einsum`` here and in the messages: inductor fuses them into a few loops,
+        where each einsum became a batched-matmul library call (value + Jacobian row ahead of time, idle: ala2
+        GNN CV 0.35 → 0.32 ms, WLALL 5.9 → 5.2 ms per call; TorchScript forward + backward, ala2: 2.2 → 1.5 ms).
+        The attention's pair tensors are no larger than einsum's own intermediates (it forms q_t k_s over all pairs
+        too); the first layer's vector message forms one ``[B, n, n, 3, F]`` product (n ≤ 64 atoms, export)."""
+        b, n, h, d = cut.shape[0], cut.shape[1], self.heads, self.head_dim
+        attn = (q.reshape(b, n, 1, h, d) * k.reshape(b, 1, n, h, d) * dk.reshape(b, n, n, h, d)).sum(-1)
+        return self.attn_activation(attn) * cut.unsqueeze(-1)
+
     def _attend(self, q: Tensor, k: Tensor, v_x: Tensor, dk: Tensor, dv_x: Tensor, cut: Tensor) -> Tensor:
         """The attention-weighted scalar messages summed over senders: ``[B, n, F]``."""
         b, n, h, d = cut.shape[0], cut.shape[1], self.heads, self.head_dim
-        attn = torch.einsum("bthd,bshd,btshd->btsh", q.reshape(b, n, h, d), k.reshape(b, n, h, d),
-                            dk.reshape(b, n, n, h, d))
-        attn = self.attn_activation(attn) * cut.unsqueeze(-1)
         x_msg = v_x.reshape(b, 1, n, h, d) * dv_x.reshape(b, n, n, h, d)
-        return torch.einsum("btshd,btsh->bthd", x_msg, attn).reshape(b, n, self.hidden)
+        return (x_msg * self._attention(q, k, dk, cut).unsqueeze(-1)).sum(2).reshape(b, n, self.hidden)
 
     def forward(self, x: Tensor, vec: Tensor, rbf: Tensor, cut: Tensor, mask: Tensor, unit: Tensor,
                 need_vectors: bool) -> Tuple[Tensor, Tensor]:
@@ -135,8 +144,8 @@ class DenseETLayer(torch.nn.Module):
             dk, dv_x, dv2 = torch.split(self.act(self.filters_xv2(rbf)), f, dim=-1)
             dx = self.o_scalar(self._attend(q, k, v_x, dk, dv_x, cut))
             v2_ts = v2.reshape(b, 1, n, h, d) * dv2.reshape(b, n, n, h, d)
-            vec_msg = torch.einsum("btshd,btsc->btchd", v2_ts * self._vector_weight(cut, mask).reshape(b, n, n, 1, 1),
-                                   unit)
+            v2_ts = v2_ts * self._vector_weight(cut, mask).reshape(b, n, n, 1, 1)
+            vec_msg = (v2_ts.unsqueeze(3) * unit.reshape(b, n, n, 3, 1, 1)).sum(2)
             return dx, vec_msg.reshape(b, n, 3, f)
         if not need_vectors:  # a CV's last layer: the x blocks, o2, o3, vec1 and vec2 only
             q, k, v_x = torch.split(self.qkv_x(self.layernorm(x)), f, dim=-1)
@@ -148,10 +157,7 @@ class DenseETLayer(torch.nn.Module):
         dk, dv = torch.split(self.act(self.filters(rbf)), [f, 3 * f], dim=-1)
         v_ts = v.reshape(b, 1, n, h, 3 * d) * dv.reshape(b, n, n, h, 3 * d)
         x_msg, v1, v2 = torch.split(v_ts, d, dim=-1)
-        attn = torch.einsum("bthd,bshd,btshd->btsh", q.reshape(b, n, h, d), k.reshape(b, n, h, d),
-                            dk.reshape(b, n, n, h, d))
-        attn = self.attn_activation(attn) * cut.unsqueeze(-1)
-        x_out = torch.einsum("btshd,btsh->bthd", x_msg, attn).reshape(b, n, f)
+        x_out = (x_msg * self._attention(q, k, dk, cut).unsqueeze(-1)).sum(2).reshape(b, n, f)
         o1, o2, o3 = torch.split(self.o_proj(x_out), f, dim=-1)
         vec1, vec2, vec3 = torch.split(self.vec_proj(vec), f, dim=-1)
         dx = (vec1 * vec2).sum(dim=2) * o2 + o3
