@@ -174,7 +174,7 @@ def _method_params(method: str, params, method_kwargs: dict):
 def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *, temperature_k: float = 300.0,
             params=None, walls: WallParams | None = None, components: Sequence[int] | None = None, periods=None,
             range_margin_fraction: float = 0.3, walls_at_training_range: bool = False, route: str = "python",
-            compile: bool = False, force_group: int = BIAS_GROUP, mts_substeps: int = 1,
+            compile: bool | str = False, force_group: int = BIAS_GROUP, mts_substeps: int = 1,
             colvar: str | Path | None = None, report_interval_steps: int = 500, save_path: str | Path | None = None,
             save_every_steps: int | None = None, walkers_dir: str | Path | None = None, walker_id: int = 0,
             system_label: str = "the System", trajectory: str | Path | None = None, timestep_ps: float | None = None,
@@ -205,8 +205,8 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
         Walls at the training range ± margin (kappa ``walls.*_kappa_kjmol``, default 100 kJ/mol per CV unit²).
     route : {"python", "torch"}
         PythonForce (live bias, one model call per step) or TorchForce (refreshed at each deposition).
-    compile : bool
-        Python route: ``torch.compile`` the CV's eager twin.
+    compile : bool or {"aot", "inductor"}
+        Python route: compile the CV's eager twin (:class:`openmm_plugin.cv_evaluation.CVEvaluator`).
     force_group : int
         Force group of the bias (the slow group of an MTS integrator).
     mts_substeps : int

@@ -85,12 +85,15 @@ def test_example_07_quick(tmp_path):
     assert config.method == "opes-metad"
 
 
-def test_compile_needs_the_python_route():
-    from openmm_plugin.stages.bias import BiasConfig
-
+def test_compile_needs_the_python_route(tmp_path):
     with pytest.raises(ValueError, match="route 'python'"):
         BiasConfig(route="torch", compile=True, system="alanine_dipeptide")
     assert BiasConfig(route="python", compile=True, system="alanine_dipeptide").compile
+    # a route by name, or one line naming the file and key
+    ala2 = {"system": "alanine_dipeptide"}
+    assert load_config(BiasConfig, _write(tmp_path / "aot.yaml", {"compile": "inductor", **ala2})).compile == "inductor"
+    with pytest.raises(ConfigError, match=r"fast\.yaml.*compile: expected true, false, 'aot' or 'inductor', found"):
+        load_config(BiasConfig, _write(tmp_path / "fast.yaml", {"compile": "fast", **ala2}))
 
 
 # --- any System: serialized System + PDB, force-field files + PDB ------------------------------------------------
