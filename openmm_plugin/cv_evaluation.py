@@ -51,7 +51,8 @@ from cvlearn.compiling import AheadOfTime, CompiledOrEager
 from cvlearn.distributed import check_device, no_tf32
 
 
-AHEAD_OF_TIME = {"cpu": "aot"}  # compile=True's route per device type; others "inductor" (benchmarks/gpu_rows.py)
+COMPILE_CHOICES = (False, True, "aot", "inductor")  # CVEvaluator's compile, also `compile` in a bias config
+COMPILE_DEFAULT = {"cpu": "aot"}  # compile=True's route per device type; others "inductor" (benchmarks/gpu_rows.py)
 
 
 class CVEvaluator:
@@ -77,7 +78,7 @@ class CVEvaluator:
             if not hasattr(cv, attribute):
                 raise ValueError(f"cv: expected an exported CV (cvlearn.export.export_cv) with `{attribute}`, "
                                  f"found {type(cv).__name__} without it")
-        if compile not in (False, True, "aot", "inductor"):
+        if compile not in COMPILE_CHOICES:
             raise ValueError(f"compile: expected False, True, 'aot' or 'inductor', found {compile!r}")
         if compile and isinstance(cv, torch.jit.ScriptModule):
             raise ValueError("compile=True: expected the eager CV (cvlearn.export.load_eager_cv(path)), found a "
@@ -85,9 +86,8 @@ class CVEvaluator:
         self.device = check_device(device)
         self.atom_indices = [int(i) for i in cv.atom_indices.tolist()]
         self.cv = _frozen(_on_device(cv, self.device)) if compile else _on_device(cv, self.device)
-        self.compiled = bool(compile)
-        self.compile_mode = ((compile if isinstance(compile, str) else AHEAD_OF_TIME.get(self.device.type, "inductor"))
-                             if compile else None)
+        default = COMPILE_DEFAULT.get(self.device.type, "inductor")
+        self.compile_mode = (compile if isinstance(compile, str) else default) if compile else None
         self._selected = (CompiledOrEager(self.cv.selected, "the CV", fullgraph=True, dynamic=False) if compile
                           else self.cv.selected)
         self.n_cvs = int(cv.n_cvs)
@@ -97,6 +97,11 @@ class CVEvaluator:
         self._jacobians: dict[tuple[int, ...], AheadOfTime | CompiledOrEager] = {}
         self.calls = 0
         self._warm = False
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the CV runs compiled (:attr:`compile_mode` ``"aot"`` or ``"inductor"``)."""
+        return self.compile_mode is not None
 
     def _precise(self):
         """TF32 off for the evaluation on CUDA (forces need float32 mantissas); nothing to do on the CPU."""

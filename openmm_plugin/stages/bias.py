@@ -43,6 +43,7 @@ from openmm_plugin.bias.params import (METHODS, MetadParams, OPESParams, Restrai
                                        make_bias)
 from openmm_plugin.bias.guard import ForceGuard
 from openmm_plugin.bias.setup import bias_cv
+from openmm_plugin.cv_evaluation import COMPILE_CHOICES
 from openmm_plugin.simulation import BIAS_GROUP, make_integrator, make_simulation, platform_by_name
 from openmm_plugin.user_system import check_system_source, load_system
 
@@ -105,7 +106,7 @@ class BiasConfig:
             raise ValueError(f"method: expected one of {METHODS}, found {self.method!r}")
         if self.route not in ("python", "torch"):
             raise ValueError(f"route: expected 'python' or 'torch', found {self.route!r}")
-        if self.compile not in (False, True, "aot", "inductor"):
+        if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"compile: expected true, false, 'aot' or 'inductor', found {self.compile!r}")
         if self.compile and self.route != "python":
             raise ValueError("compile: true needs route 'python' (a TorchForce runs TorchScript, which torch.compile "
