@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cvlearn.analysis.reweighting import free_energy_surface, opes_weights
+from cvlearn.units import kt_kjmol
 
 BURN_IN_FRACTION = 0.1  # of each walker, dropped from reweighting (the OPES bias is still building)
 
@@ -160,6 +161,53 @@ def compare_fes(ref: dict, arm_runs: list[dict], s: dict) -> dict:
             "_fes_tica": (f_arm, xe, ye), "_fes_ref": (f_ref, xe, ye), "_torsion_surfaces": surfaces}
 
 
+def basin_dF(tic1: np.ndarray, weights: np.ndarray | None, cores: dict) -> float:
+    """F(B) − F(A) in kJ/mol at 300 K between the two TIC1 states of :func:`two_state_cores`, split at the midpoint of
+    their centres; ±inf where a state was never visited. ``weights`` (reweighting, any scale) or None (unbiased)."""
+    x = np.asarray(tic1, dtype=float)
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
+    mid = 0.5 * sum(cores["centres"])
+    p_a, p_b = float(w[x < mid].sum()), float(w[x >= mid].sum())
+    with np.errstate(divide="ignore"):
+        return float(-kt_kjmol(300.0) * np.log(p_b / p_a)) if p_a > 0 else float("-inf")
+
+
+def basin_dF_over_time(tic1: np.ndarray, weights: np.ndarray | None, cores: dict, frame_ps: float,
+                       points: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """ΔF(B − A) from the first t ns of one run (``weights`` for its frames, a prefix of them per point), for a
+    convergence plot: flat means converged, a jump at a state's first visit means not yet. ±inf become NaN."""
+    n = len(tic1)
+    ends = sorted({n * k // points for k in range(1, points + 1)} - {0})
+    df = np.array([basin_dF(tic1[:e], None if weights is None else weights[:e], cores) for e in ends])
+    return np.array(ends) * frame_ps * 1e-3, np.where(np.isfinite(df), df, np.nan)
+
+
+def reference_basins(tic1: np.ndarray, cores: dict, frame_ps: float) -> dict:
+    """How well the reference knows its slowest process: ΔF(B − A) over the whole run and over each half, and when
+    each state was first entered (ns from the analysed start).
+
+    Why: the RMS of F over bins populated in both runs cannot see a state one run never visited, so two halves of a
+    run that stayed in A for most of its length agree on F while knowing nothing of B; ΔF per half shows it.
+    """
+    x = np.asarray(tic1, dtype=float)
+    half = len(x) // 2
+    mid = 0.5 * sum(cores["centres"])
+    first = {k: (float(np.argmax(hit)) * frame_ps * 1e-3 if hit.any() else None)
+             for k, hit in (("A", x < mid), ("B", x >= mid))}
+    return {"dF_BA_kjmol": basin_dF(x, None, cores), "dF_BA_halves_kjmol": [basin_dF(x[:half], None, cores),
+                                                                        basin_dF(x[half:], None, cores)],
+            "first_entry_ns": first}
+
+
+def plot_dF_convergence(curves: dict, path: Path) -> str:
+    """ΔF(B − A) against simulated time: the reference and each arm's walkers (``curves``: name → [(t_ns, ΔF)])."""
+    from cvlearn.analysis.plots import plot_free_energy_profiles
+
+    plot_free_energy_profiles(curves, path, "simulated time (ns; walkers: after the burn-in)",
+                              "ΔF(B − A) along TIC1 (kJ/mol), from the start")
+    return path.name
+
+
 def plot(ref_fes, arms: dict, path_stem: Path) -> list[str]:
     """F(TIC1, TIC2) of the reference and of each arm reweighted (one PNG each, the same bins), and the
     Ramachandran plane of the slowest-moving residue side by side (one PNG). Returns the file names."""
@@ -184,5 +232,7 @@ def plot(ref_fes, arms: dict, path_stem: Path) -> list[str]:
     return names
 
 
-__all__ = ["compare_fes", "count_core_transitions", "fes_rms", "plot", "project", "reference_model", "torsions",
+__all__ = ["compare_fes", "count_core_transitions", "fes_rms", "plot", "project", "reference_model",
+           "basin_dF", "basin_dF_over_time",
+           "plot_dF_convergence", "reference_basins", "torsions",
            "two_state_cores", "walker_weights"]

@@ -17,7 +17,9 @@ few lags, on all the reference so far once it holds the first chunk), or ``--ref
 Compared (``results/sampling_wlall[_quick].{json,md}`` and PNGs): reweighted F(TIC1, TIC2) of the reference's TICA
 model and per-residue F(φ, ψ), RMS difference to the reference (target ≤ 2.5 kJ/mol for the GNN CV); transitions
 between the two most populated states along TIC1 (hysteresis cores) per ns and per wall hour, biased vs unbiased
-(target ≥ 5x per ns for the GNN CV); blow-ups (target 0); the reference's length against its slowest ITS.
+(target ≥ 5x per ns for the GNN CV); blow-ups (target 0); the reference's length against its slowest ITS; ΔF(B − A)
+between those two states, reweighted per arm and walker, and the reference's per half (RMS F over bins populated
+in both runs is blind to a state one run never reached: the halves' ΔF says whether the reference knows it).
 
     python benchmarks/sampling_wlall.py --quick                        # every code path (minutes), resumable too
     nice python benchmarks/sampling_wlall.py --work benchmarks/state/sampling_wlall --budget-min 50 --jobs 2
@@ -169,8 +171,9 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         "tica_its_ps": ref["tica_its_ps"], "its": ref["its"], "cores_tic1": cores, "transitions": ref_trans,
         "transitions_per_ns": ref_trans / ref["ns_analysed"] if ref["ns_analysed"] else float("nan"),
         "transitions_per_wall_hour": ref_trans / ref_hours if ref_hours > 0 else float("nan"),
-        "ms_per_step": ref["ms_per_step"], "its_factor": s["its_factor"]}
-    compared = {}
+        "ms_per_step": ref["ms_per_step"], "its_factor": s["its_factor"],
+        "basins": ana.reference_basins(ref["tics"][:, 0], cores, s["frame_ps"])}
+    compared, curves = {}, {"reference": [ana.basin_dF_over_time(ref["tics"][:, 0], None, cores, s["frame_ps"])]}
     for arm, arm_configs in configs.items():
         ended = [c for c in arm_configs if runs.walker_outcome(c) is not None]
         walkers = [analyse_walker(work, c, ref, cores, s) for c in ended]
@@ -179,6 +182,11 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         compared[arm] = ana.compare_fes(ref, fine, s) if fine else {}
         for w, rms in zip(fine, compared[arm].get("rms_tica_per_walker_kjmol", [])):
             w["row"]["rms_tica_kjmol"] = rms
+        for w in fine:
+            w["row"]["dF_BA_kjmol"] = ana.basin_dF(w["tics"][w["keep"], 0], w["weights"], cores)
+        curves[arm] = [ana.basin_dF_over_time(w["tics"][w["keep"], 0], w["weights"], cores, s["frame_ps"]) for w in fine]
+        pooled_dF = ana.basin_dF(np.concatenate([w["tics"][w["keep"], 0] for w in fine]),
+                                 np.concatenate([w["weights"] for w in fine]), cores) if fine else float("nan")
         rate = _summary(rows, "transitions_per_ns")
         result["arms"][arm] = {
             "walkers_ended": len(ended), "walkers_planned": len(arm_configs),
@@ -188,12 +196,14 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
             "rate_vs_reference_per_ns": rate[0] / result["reference"]["transitions_per_ns"]
             if result["reference"]["transitions_per_ns"] > 0 else float("nan"),
             "ms_per_step": float(np.nanmean([r["ms_per_step"] for r in rows])) if rows else float("nan"),
+            "dF_BA_kjmol": pooled_dF, "dF_BA_per_walker_kjmol": [w["row"]["dF_BA_kjmol"] for w in fine],
             **{k: v for k, v in compared[arm].items() if not k.startswith("_")}}
         result["rows"] += [{"arm": arm, **r} for r in rows]
     stem = RESULTS / ("sampling_wlall_quick" if args.quick else "sampling_wlall")
     ref_fes = ana.pooled_fes([tuple(ref["tics"].T)], [None], s["tica_bins"],
                              tuple((float(v.min()), float(v.max())) for v in ref["tics"].T))
     result["figures"] = ana.plot(ref_fes, {a: v for a, v in compared.items() if v}, stem)
+    result["figures"].append(ana.plot_dF_convergence(curves, stem.with_name(f"{stem.name}_dF_convergence.png")))
     return result
 
 
@@ -247,6 +257,10 @@ def targets(result: dict) -> list[dict]:
         out.append({"name": "reference TIC1 transitions (the unbiased rate needs >= 10 events)",
                     "value": ref["transitions"], "target": 10, "unit": "transitions",
                     "met": bool(ref["transitions"] >= 10)})
+        halves = (ref.get("basins") or {}).get("dF_BA_halves_kjmol", [float("nan")] * 2)
+        gap = abs(halves[0] - halves[1]) if all(np.isfinite(halves)) else float("inf")
+        out.append({"name": "reference dF(B-A) along TIC1, first half vs second half (inf: a half never saw B)",
+                    "value": gap, "target": 2.5, "unit": "kJ/mol", "met": bool(gap <= 2.5)})
     return out
 
 
@@ -315,6 +329,13 @@ def _f(v, fmt=".2f") -> str:
     return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
 
 
+def _dF(v) -> str:
+    """ΔF(B − A) for a table: ±inf says which state a run never visited."""
+    if v is not None and isinstance(v, float) and np.isinf(v):
+        return "no B" if v > 0 else "no A"
+    return _f(v, ".1f")
+
+
 def markdown(r: dict) -> str:
     st, ref = r["settings"], r["reference"]
     lines = [f"# sampling_wlall ({r['date']}, quick={st['quick']}, complete={r['complete']})", "",
@@ -326,6 +347,9 @@ def markdown(r: dict) -> str:
     if r["stopped"]:
         lines += ["", f"Stopped: {r['stopped']} (rerun to go on)."]
     if ref:
+        basins = ref.get("basins") or {}
+        halves, first = basins.get("dF_BA_halves_kjmol", [None, None]), basins.get("first_entry_ns", {})
+        mid = 0.5 * sum(ref["cores_tic1"]["centres"])
         its = ", ".join(f"{lag:g} ps: {_f(row[0], '.0f')}" for lag, row in zip(ref["its"]["lags_ps"],
                                                                               ref["its"]["timescales_ps"]))
         lines += ["", f"Reference: {ref['ns']:g} ns in {ref['segments']} segments ({ref['ns_analysed']:.3g} ns analysed), "
@@ -334,15 +358,23 @@ def markdown(r: dict) -> str:
                   f"{its}; TICA's own at {ref['tica_lag_ps']:g} ps: {_f(ref['tica_its_ps'][0], '.0f')} ps); "
                   f"{ref['transitions']} TIC1 transitions ({_f(ref['transitions_per_ns'])}/ns, "
                   f"{_f(ref['transitions_per_wall_hour'], '.1f')}/wall h), {_f(ref['ms_per_step'], '.3f')} ms/step.",
+                  "", f"Slowest process, TIC1 states A (TIC1 < {_f(mid)}) and B: the reference first entered A at "
+                  f"{_f(first.get('A'), '.1f')} ns and B at {_f(first.get('B'), '.1f')} ns of its analysed run; "
+                  f"ΔF(B − A) = {_dF(basins.get('dF_BA_kjmol'))} kJ/mol (first half {_dF(halves[0])}, second half "
+                  f"{_dF(halves[1])}; no A / no B: a state never visited). While the halves disagree, the reference does not know "
+                  "this ΔF, and RMS F over bins populated in both runs cannot show it.",
                   "", "| arm | walkers ended | blew up | capped atom-forces | TIC1 transitions / ns | × reference | "
-                  "/ wall h | RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ms/step |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "/ wall h | RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ΔF(B − A) kJ/mol, pooled (per walker) | "
+                  "ms/step |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm, a in r["arms"].items():
             lines.append(f"| {arm} | {a['walkers_ended']}/{a['walkers_planned']} | {a['blown_up']} | "
                          f"{a.get('capped', 0)} | "
                          f"{_f(a['transitions_per_ns'][0])} ± {_f(a['transitions_per_ns'][1])} | "
                          f"{_f(a['rate_vs_reference_per_ns'])} | {_f(a['transitions_per_wall_hour'][0], '.1f')} | "
-                         f"{_f(a.get('rms_tica_kjmol'))} | {_f(a.get('rms_torsions_kjmol'))} | {_f(a['ms_per_step'], '.2f')} |")
+                         f"{_f(a.get('rms_tica_kjmol'))} | {_f(a.get('rms_torsions_kjmol'))} | "
+                         f"{_dF(a.get('dF_BA_kjmol'))} ({', '.join(_dF(v) for v in a.get('dF_BA_per_walker_kjmol', []))}) | "
+                         f"{_f(a['ms_per_step'], '.2f')} |")
     else:
         lines += ["", "The reference is shorter than its first chunk: nothing compared yet."]
     p = r["plan"]

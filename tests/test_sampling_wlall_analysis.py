@@ -1,0 +1,47 @@
+"""The pentapeptide benchmark's judgement of its reference: ΔF between the slowest process's two states, per half."""
+
+import numpy as np
+import pytest
+
+from benchmarks import _sampling_wlall_analysis as ana
+from cvlearn.units import kt_kjmol
+
+
+def test_basin_free_energy_counts_weighted_populations():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.0, 0.1, 3000), rng.normal(2.0, 0.1, 1000)])
+    cores = ana.two_state_cores(x)
+    assert cores["centres"][0] == pytest.approx(0.0, abs=0.02) and cores["centres"][1] == pytest.approx(2.0, abs=0.02)
+    assert ana.basin_dF(x, None, cores) == pytest.approx(kt_kjmol(300.0) * np.log(3.0), rel=1e-12)
+    # weights that undo the 3:1 imbalance make the states equal
+    w = np.where(x < 1.0, 1.0, 3.0)
+    assert ana.basin_dF(x, w, cores) == pytest.approx(0.0, abs=1e-12)
+    assert ana.basin_dF(x[:3000], None, cores) == np.inf and ana.basin_dF(x[3000:], None, cores) == -np.inf
+
+
+def test_reference_halves_expose_a_state_one_half_never_saw():
+    """A run that stays in A for 3/4 of its length: RMS F over bins populated in both halves is blind to B (its
+    bins are left out), ΔF per half is not."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0.0, 0.1, 3000), rng.normal(2.0, 0.1, 1000)])
+    y = rng.normal(0.0, 1.0, len(x))
+    half = len(x) // 2
+    f_a, f_b = (ana.pooled_fes([(x[p], y[p])], [None], 20, ((-0.5, 2.5), (-3.0, 3.0)))[0]
+                for p in (slice(None, half), slice(half, None)))
+    rms, n_bins = ana.fes_rms(f_a, f_b, 20.0)
+    assert np.isfinite(rms) and n_bins > 0  # the halves "agree" on A's bins only
+    basins = ana.reference_basins(x, ana.two_state_cores(x), frame_ps=2.0)
+    assert basins["dF_BA_halves_kjmol"][0] == np.inf  # the first half never entered B
+    assert np.isfinite(basins["dF_BA_halves_kjmol"][1])
+    assert basins["first_entry_ns"] == {"A": 0.0, "B": pytest.approx(3000 * 2.0e-3)}
+
+
+def test_basin_dF_over_time_shows_the_first_visit(tmp_path):
+    x = np.concatenate([np.zeros(300), np.full(100, 2.0)])
+    cores = ana.two_state_cores(x)
+    t_ns, df = ana.basin_dF_over_time(x, None, cores, frame_ps=1.0, points=4)
+    assert t_ns.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert np.isnan(df[:3]).all()  # B not yet visited: no finite ΔF
+    assert df[3] == pytest.approx(kt_kjmol(300.0) * np.log(3.0))
+    name = ana.plot_dF_convergence({"reference": [(t_ns, df)]}, tmp_path / "dF.png")
+    assert (tmp_path / name).stat().st_size > 0
