@@ -29,8 +29,8 @@ walker, so that a later session resumes them):
     nice python benchmarks/sampling.py --cv $cv --work $work --ns 3 --seeds 5 --route compiled --mts 2 --jobs 2
     nice python benchmarks/sampling.py --cv $cv --work $work --ns 3 --seeds 5 --jobs 2                    # TorchScript
     nice python benchmarks/sampling.py --cv $cv --work $work --route compiled --timestep-fs 1 --seeds 1 --ns 3
-    nice python benchmarks/sampling.py --cv benchmarks/data/ala2_sampling_smooth/cv.pt --tag smooth --work $work \
-        --arms learned,phi_psi --ns 3 --seeds 5 --route compiled --jobs 2     # the CV trained with smoothness 1e-4
+    nice python benchmarks/sampling.py --cv benchmarks/data/ala2_sampling_smooth_vcut/cv.pt --tag smooth-vcut \
+        --work $work --arms learned,phi_psi --ns 3 --seeds 5 --route compiled --jobs 2   # smoothness 1e-4 (learn.yaml)
 
 The README route is ``cvlearn bias``'s: compiled, bias force every step (``--mts 1``, the default here). ``--mts 2``
 (the first runs: every 2nd step, a 4 fs outer step) gave the learned CV a ΔF 1.5 kJ/mol below φ/ψ's
