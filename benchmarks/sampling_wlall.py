@@ -133,6 +133,11 @@ def capped_atom_evaluations(colvar: Path) -> int:
     return int(np.clip(np.diff(c, prepend=0.0), 0.0, None).sum())
 
 
+def min_dwell_frames(s: dict) -> int:
+    """A core visit counts as a transition when it lasts one TICA lag: TIC1 does not resolve faster events."""
+    return max(1, int(round(s["tica_lag_ps"] / s["frame_ps"])))
+
+
 def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict) -> dict:
     """One walker's transitions along TIC1 and its frames on the reference's TICA model, with OPES weights."""
     out = runs.walker_outcome(config)
@@ -148,7 +153,7 @@ def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict) -> dict:
     tics = ana.project(ref["model"], features[:n])
     keep, weights = ana.walker_weights(colvar["bias"][:n])
     ns = n * s["frame_ps"] * 1e-3
-    transitions = ana.count_core_transitions(tics[:, 0], cores["below"], cores["above"])
+    transitions = ana.count_core_transitions(tics[:, 0], cores["below"], cores["above"], min_dwell_frames(s))
     hours = n * s["frame_ps"] * 1e-3 * STEPS_PER_NS * out["ms_per_step"] / 3.6e6
     row.update({"ns": ns, "transitions": transitions, "transitions_per_ns": transitions / ns if ns else float("nan"),
                 "transitions_per_wall_hour": transitions / hours if hours > 0 else float("nan")})
@@ -162,7 +167,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         return result
     cores = ana.two_state_cores(ref["tics"][:, 0])
     n_ref = len(ref["tics"])
-    ref_trans = ana.count_core_transitions(ref["tics"][:, 0], cores["below"], cores["above"])
+    ref_trans = ana.count_core_transitions(ref["tics"][:, 0], cores["below"], cores["above"], min_dwell_frames(s))
     ref_hours = n_ref * s["frame_ps"] * 1e-3 * STEPS_PER_NS * ref["ms_per_step"] / 3.6e6
     result["reference"] = {
         "ns": ref["ns"], "ns_analysed": ref["ns_analysed"], "target_ns": reference_target_ns(args, s, ref),
@@ -356,7 +361,8 @@ def markdown(r: dict) -> str:
                   f"target {ref['target_ns']:.3g} ns; slowest ITS {_f(ref['slowest_its_ps'], '.0f')} ps "
                   f"({ref.get('slowest_its_from', '')}: the largest estimate at least its lag; MSM on TIC1-2 at lag "
                   f"{its}; TICA's own at {ref['tica_lag_ps']:g} ps: {_f(ref['tica_its_ps'][0], '.0f')} ps); "
-                  f"{ref['transitions']} TIC1 transitions ({_f(ref['transitions_per_ns'])}/ns, "
+                  f"{ref['transitions']} TIC1 transitions (a core visit counts when it lasts one TICA lag; "
+                  f"{_f(ref['transitions_per_ns'])}/ns, "
                   f"{_f(ref['transitions_per_wall_hour'], '.1f')}/wall h), {_f(ref['ms_per_step'], '.3f')} ms/step.",
                   "", f"Slowest process, TIC1 states A (TIC1 < {_f(mid)}) and B: the reference first entered A at "
                   f"{_f(first.get('A'), '.1f')} ns and B at {_f(first.get('B'), '.1f')} ns of its analysed run; "

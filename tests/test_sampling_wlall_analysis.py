@@ -45,3 +45,14 @@ def test_basin_dF_over_time_shows_the_first_visit(tmp_path):
     assert df[3] == pytest.approx(kt_kjmol(300.0) * np.log(3.0))
     name = ana.plot_dF_convergence({"reference": [(t_ns, df)]}, tmp_path / "dF.png")
     assert (tmp_path / name).stat().st_size > 0
+
+
+def test_core_transitions_ignore_visits_shorter_than_the_dwell():
+    """One long stay in B with flickers back into A: one transition there and one back, not every flicker."""
+    a, b = np.zeros, lambda n: np.full(n, 2.0)
+    x = np.concatenate([a(100), b(30), a(3), b(40), a(2), b(50), a(100)])
+    assert ana.count_core_transitions(x, 0.5, 1.5) == 6
+    assert ana.count_core_transitions(x, 0.5, 1.5, min_dwell_frames=20) == 2
+    # frames between the cores keep the last core; a short first visit still sets the starting core
+    x = np.concatenate([b(2), np.full(10, 1.0), a(100), b(25)])
+    assert ana.count_core_transitions(x, 0.5, 1.5, min_dwell_frames=20) == 2  # B -> A -> B
