@@ -92,9 +92,9 @@ def two_state_cores(tic1: np.ndarray) -> dict:
             break
         centres = new
     a, b = sorted(centres.tolist())
-    d = b - a
-    return {"centres": [a, b], "below": a + 0.25 * d, "above": b - 0.25 * d,
-            "population_A": float(np.mean(x < 0.5 * (a + b))), "population_B": float(np.mean(x >= 0.5 * (a + b)))}
+    d, split = b - a, 0.5 * (a + b)
+    return {"centres": [a, b], "below": a + 0.25 * d, "above": b - 0.25 * d, "split": split,
+            "population_A": float(np.mean(x < split)), "population_B": float(np.mean(x >= split))}
 
 
 def count_core_transitions(x: np.ndarray, below: float, above: float, min_dwell_frames: int = 1) -> int:
@@ -175,12 +175,11 @@ def compare_fes(ref: dict, arm_runs: list[dict], s: dict) -> dict:
 
 
 def basin_dF(tic1: np.ndarray, weights: np.ndarray | None, cores: dict) -> float:
-    """F(B) − F(A) in kJ/mol at 300 K between the two TIC1 states of :func:`two_state_cores`, split at the midpoint of
-    their centres; ±inf where a state was never visited. ``weights`` (reweighting, any scale) or None (unbiased)."""
+    """F(B) − F(A) in kJ/mol at 300 K between the two TIC1 states of :func:`two_state_cores`, split at ``split``
+    (the midpoint of their centres); ±inf where a state was never visited. ``weights`` (reweighting, any scale) or None (unbiased)."""
     x = np.asarray(tic1, dtype=float)
     w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
-    mid = 0.5 * sum(cores["centres"])
-    p_a, p_b = float(w[x < mid].sum()), float(w[x >= mid].sum())
+    p_a, p_b = float(w[x < cores["split"]].sum()), float(w[x >= cores["split"]].sum())
     with np.errstate(divide="ignore"):
         return float(-kt_kjmol(300.0) * np.log(p_b / p_a)) if p_a > 0 else float("-inf")
 
@@ -204,9 +203,8 @@ def reference_basins(tic1: np.ndarray, cores: dict, frame_ps: float) -> dict:
     """
     x = np.asarray(tic1, dtype=float)
     half = len(x) // 2
-    mid = 0.5 * sum(cores["centres"])
     first = {k: (float(np.argmax(hit)) * frame_ps * 1e-3 if hit.any() else None)
-             for k, hit in (("A", x < mid), ("B", x >= mid))}
+             for k, hit in (("A", x < cores["split"]), ("B", x >= cores["split"]))}
     return {"dF_BA_kjmol": basin_dF(x, None, cores), "dF_BA_halves_kjmol": [basin_dF(x[:half], None, cores),
                                                                         basin_dF(x[half:], None, cores)],
             "first_entry_ns": first}

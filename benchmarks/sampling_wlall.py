@@ -187,11 +187,12 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         compared[arm] = ana.compare_fes(ref, fine, s) if fine else {}
         for w, rms in zip(fine, compared[arm].get("rms_tica_per_walker_kjmol", [])):
             w["row"]["rms_tica_kjmol"] = rms
-        for w in fine:
-            w["row"]["dF_BA_kjmol"] = ana.basin_dF(w["tics"][w["keep"], 0], w["weights"], cores)
-        curves[arm] = [ana.basin_dF_over_time(w["tics"][w["keep"], 0], w["weights"], cores, s["frame_ps"]) for w in fine]
-        pooled_dF = ana.basin_dF(np.concatenate([w["tics"][w["keep"], 0] for w in fine]),
-                                 np.concatenate([w["weights"] for w in fine]), cores) if fine else float("nan")
+        tic1 = [w["tics"][w["keep"], 0] for w in fine]  # reweighted frames (burn-in dropped)
+        for w, x in zip(fine, tic1):
+            w["row"]["dF_BA_kjmol"] = ana.basin_dF(x, w["weights"], cores)
+        curves[arm] = [ana.basin_dF_over_time(x, w["weights"], cores, s["frame_ps"]) for w, x in zip(fine, tic1)]
+        pooled_dF = ana.basin_dF(np.concatenate(tic1), np.concatenate([w["weights"] for w in fine]),
+                                 cores) if fine else float("nan")
         rate = _summary(rows, "transitions_per_ns")
         result["arms"][arm] = {
             "walkers_ended": len(ended), "walkers_planned": len(arm_configs),
@@ -354,7 +355,6 @@ def markdown(r: dict) -> str:
     if ref:
         basins = ref.get("basins") or {}
         halves, first = basins.get("dF_BA_halves_kjmol", [None, None]), basins.get("first_entry_ns", {})
-        mid = 0.5 * sum(ref["cores_tic1"]["centres"])
         its = ", ".join(f"{lag:g} ps: {_f(row[0], '.0f')}" for lag, row in zip(ref["its"]["lags_ps"],
                                                                               ref["its"]["timescales_ps"]))
         lines += ["", f"Reference: {ref['ns']:g} ns in {ref['segments']} segments ({ref['ns_analysed']:.3g} ns analysed), "
@@ -364,7 +364,7 @@ def markdown(r: dict) -> str:
                   f"{ref['transitions']} TIC1 transitions (a core visit counts when it lasts one TICA lag; "
                   f"{_f(ref['transitions_per_ns'])}/ns, "
                   f"{_f(ref['transitions_per_wall_hour'], '.1f')}/wall h), {_f(ref['ms_per_step'], '.3f')} ms/step.",
-                  "", f"Slowest process, TIC1 states A (TIC1 < {_f(mid)}) and B: the reference first entered A at "
+                  "", f"Slowest process, TIC1 states A (TIC1 < {_f(ref['cores_tic1']['split'])}) and B: the reference first entered A at "
                   f"{_f(first.get('A'), '.1f')} ns and B at {_f(first.get('B'), '.1f')} ns of its analysed run; "
                   f"ΔF(B − A) = {_dF(basins.get('dF_BA_kjmol'))} kJ/mol (first half {_dF(halves[0])}, second half "
                   f"{_dF(halves[1])}; no A / no B: a state never visited). While the halves disagree, the reference does not know "
