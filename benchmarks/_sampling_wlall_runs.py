@@ -220,9 +220,21 @@ def _outcome_path(config) -> Path:
 
 
 def walker_outcome(config) -> dict | None:
-    """``{"failure": str | None, "ms_per_step": float}`` of a walker that ended (ran through or blew up), else None."""
+    """``{"failure": str | None, "ms_per_step": float}`` of a walker that ended (ran through, to this or an earlier
+    length, or blew up), else None: what the analysis reads."""
     path = _outcome_path(config)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def walker_done(config) -> bool:
+    """Whether a walker has nothing left to run: it blew up, or its run record reached ``config.n_steps`` (a larger
+    ``--walker-ns`` extends finished walkers, as ``cvlearn bias`` does with a larger ``n_steps``)."""
+    outcome = walker_outcome(config)
+    if outcome is None or outcome["failure"]:
+        return outcome is not None
+    record = Path(config.out) / "run.json"
+    recorded = json.loads(record.read_text()) if record.is_file() else {}
+    return bool(recorded.get("finished")) and recorded.get("config", {}).get("n_steps", 0) >= config.n_steps
 
 
 def _die_with_parent() -> None:
@@ -266,7 +278,7 @@ def _reference_main(work: Path, s: dict, target_ns: float) -> None:
 
 def walker_task(config) -> tuple:
     """(name, child function, its arguments, whether it has ended) of one walker, for :func:`run_children`."""
-    return Path(config.out).name, _walker_main, (config,), lambda: walker_outcome(config) is not None
+    return Path(config.out).name, _walker_main, (config,), lambda: walker_done(config)
 
 
 def reference_task(work: Path, s: dict, target_ns: float) -> tuple:
@@ -314,4 +326,4 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
 
 __all__ = ["ARMS", "Budget", "OutOfTime", "cv_sigma", "extend_reference", "finished_segments", "learn",
            "reduce_segment", "reference_task", "run_children", "segment_prefix", "segment_speeds", "training_data", "walker_config", "walker_dir",
-           "walker_outcome", "walker_task"]
+           "walker_done", "walker_outcome", "walker_task"]

@@ -41,6 +41,7 @@ import os
 os.environ.setdefault("OPENMM_CPU_THREADS", "1")  # before openmm is imported: one core per CPU-platform Context
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -278,16 +279,27 @@ def arms_to_run(args) -> list[str]:
     return arms
 
 
+def extended_walker_ns(args, work: Path, s: dict) -> dict:
+    """``s`` with ``walker_ns`` at the length the walkers in ``work`` were extended to, when ``--walker-ns`` is not
+    given: a rerun without it goes on with them instead of being refused as a shortening."""
+    record = work / "benchmark.run.json"
+    if args.walker_ns is not None or not record.is_file():
+        return s
+    recorded = json.loads(record.read_text()).get("config", {}).get("walker_ns")
+    return {**s, "walker_ns": recorded} if isinstance(recorded, (int, float)) and recorded > s["walker_ns"] else s
+
+
 def run(args) -> dict:
     s = settings(args)
     arms = arms_to_run(args)  # a bad --arms is refused before any compute
     work = Path(args.work or ("runs/sampling_wlall_quick" if args.quick else "runs/sampling_wlall"))
+    s = extended_walker_ns(args, work, s)
     work.mkdir(parents=True, exist_ok=True)
     from cvlearn.run_dir import open_run
 
     open_run(work / "benchmark.run.json", s, outputs=[work / d for d in ("train", "learn", "reference", "bias",
                                                                           "sigma.json")],
-             restart_fresh=args.restart_fresh)
+             restart_fresh=args.restart_fresh, extendable=("walker_ns",))  # a longer --walker-ns extends the walkers
     budget = runs.Budget(args.budget_min)
     started, stopped, learned, configs, ref = time.perf_counter(), None, None, {}, None
     try:
@@ -317,7 +329,7 @@ def run(args) -> dict:
         print(f"stopping cleanly: {why}; rerun to go on", flush=True)
     ref = load_reference(work, s)
     result = analyse(args, work, s, configs, ref, learned)
-    complete = stopped is None and all(runs.walker_outcome(c) is not None for cs in configs.values() for c in cs)
+    complete = stopped is None and all(runs.walker_done(c) for cs in configs.values() for c in cs)
     reference_ns = result["reference"]["target_ns"] if result["reference"] and not args.quick else args.plan_reference_ns
     return {"benchmark": "sampling_wlall", "date": now_utc(), "machine": machine(), "complete": complete,
             "stopped": stopped, "seconds_this_invocation": time.perf_counter() - started,
@@ -403,7 +415,8 @@ def parse(argv=None):
     parser.add_argument("--budget-min", type=float, default=None, help="stop cleanly after about this many minutes")
     parser.add_argument("--reference-ns", default="auto", help="reference length, ns, or auto (default): "
                         "its-factor x the slowest ITS measured on the reference so far, at least the first chunk")
-    parser.add_argument("--walker-ns", type=float, default=None, help="ns per walker (default 2; quick 0.002)")
+    parser.add_argument("--walker-ns", type=float, default=None, help="ns per walker (default 2, or the length "
+                        "the walkers were extended to; quick 0.002); more than before extends the walkers")
     parser.add_argument("--seeds", type=int, default=None, help="walkers per arm (default 3)")
     parser.add_argument("--components", default=None, help="biased CV components, comma-separated (default 0)")
     parser.add_argument("--sigma-rule", choices=("learned", "adaptive"), default=None,

@@ -4,7 +4,8 @@ A stage opens its output with :func:`open_run`: the record (``<name>.run.json``)
 sha256 of every input file. A rerun whose config or inputs differ is refused with the difference (``key: old ->
 new``) unless ``restart_fresh`` is set, which deletes the stage's outputs and starts over. The record says
 ``finished`` only after :meth:`Run.mark_finished`, which a stage calls at its real end; a run killed or stopped
-early stays resumable.
+early stays resumable. A stage may name ``extendable`` keys (a run's length): a rerun that only raises them
+extends the run from its last checkpoint, as ``gmx convert-tpr -extend`` does; lowering them is refused.
 """
 
 from __future__ import annotations
@@ -72,12 +73,15 @@ class Run:
         A record of the same config and inputs existed (the stage should resume from its checkpoint).
     finished : bool
         That record said the run had finished.
+    extended : dict
+        ``{key: [old, new]}`` of the extendable keys this rerun raised (the record now holds the new values).
     """
 
     record_path: Path
     record: dict
     resumed: bool
     finished: bool
+    extended: dict = dataclasses.field(default_factory=dict)
 
     def mark_finished(self, **info) -> None:
         """Record that the run reached its real end (call only there); ``info`` is stored alongside."""
@@ -100,9 +104,16 @@ def _is_default(config, key: str, value) -> bool:
     return False
 
 
+def _grows(old, new) -> bool:
+    """Whether ``new`` is a larger number than ``old`` (both real numbers, not bools)."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (old, new))
+    return numbers and new > old
+
+
 def open_run(record_path: str | os.PathLike, config, inputs: Mapping[str, str | os.PathLike] | None = None, *,
              outputs: Iterable[str | os.PathLike] = (), restart_fresh: bool = False,
-             ignore: Iterable[str] = ("out",), extra: Mapping | None = None) -> Run:
+             ignore: Iterable[str] = ("out",), extendable: Iterable[str] = (),
+             extra: Mapping | None = None) -> Run:
     """Open (create, resume or refuse) the run recorded at ``record_path``.
 
     Parameters
@@ -121,6 +132,9 @@ def open_run(record_path: str | os.PathLike, config, inputs: Mapping[str, str | 
     ignore : iterable of str
         Config keys that may change between reruns (default ``out``: the directory may be moved). A key the
         record lacks (added to the config type since) matches when it holds its default.
+    extendable : iterable of str
+        Numeric config keys that a rerun may raise (a run's length, e.g. ``n_steps``): the run, finished or not,
+        resumes from its checkpoint to the new length and the record takes the new value. Lowering one is refused.
     extra : mapping, optional
         More identity to compare, e.g. hashes of built (not file) inputs: ``{"system_xml": "sha256:..."}``.
 
@@ -160,13 +174,21 @@ def open_run(record_path: str | os.PathLike, config, inputs: Mapping[str, str | 
         recorded = old.get("config", {})
         current = {k: v for k, v in identity["config"].items()  # a key added later, at its default, changes nothing
                    if k in recorded or not _is_default(config, k, v)}
-        difference = describe_difference(recorded, current)  # config keys as the user writes them
+        grown = {key: [recorded[key], current[key]] for key in extendable if _grows(recorded.get(key), current.get(key))}
+        difference = describe_difference({**recorded, **{k: v[1] for k, v in grown.items()}}, current)
         difference += describe_difference({"inputs": old.get("inputs", {}), "extra": old.get("extra", {})},
                                           {"inputs": identity["inputs"], "extra": identity["extra"]})
         if difference:
-            raise RunMismatchError(f"{record_path}: this run differs from the recorded one ({'; '.join(difference)}); "
-                                   f"{hint}")
-        return Run(record_path, old, resumed=True, finished=bool(old.get("finished")))
+            shrunk = [key for key in extendable if _grows(current.get(key), recorded.get(key))]
+            note = f" ({', '.join(shrunk)} can be raised, to extend the run, not lowered)" if shrunk else ""
+            raise RunMismatchError(f"{record_path}: this run differs from the recorded one ({'; '.join(difference)})"
+                                   f"{note}; {hint}")
+        if grown:  # recorded before any step runs: a kill during the extension resumes the extension
+            old["config"].update({key: new for key, (_, new) in grown.items()})
+            old["finished"] = False
+            old.setdefault("extensions", []).append(grown)
+            write_json_atomic(record_path, old)
+        return Run(record_path, old, resumed=True, finished=bool(old.get("finished")), extended=grown)
     existing = [str(p) for p in outputs if p.exists()]
     if existing:
         raise RunMismatchError(f"{record_path.parent}: outputs of an unrecorded run exist ({', '.join(existing)}); {hint}")

@@ -118,7 +118,8 @@ def bias_config(args: argparse.Namespace):
 
     from cvlearn.errors import ConfigError
 
-    config = _load(BiasConfig, args.config, cv=args.cv, out=args.out, walker_id=args.walker_id, seed=args.seed)
+    config = _load(BiasConfig, args.config, cv=args.cv, out=args.out, walker_id=args.walker_id, seed=args.seed,
+                   n_steps=args.n_steps)
     if args.quick:
         config = quick_config(config)
     if not config.cv:
@@ -154,6 +155,8 @@ def _add_bias(commands) -> None:
     p.add_argument("--walker-id", type=int, help="this walker's id in `walkers_dir` (overrides the config; e.g. "
                                                  "$SLURM_ARRAY_TASK_ID, one `cvlearn bias` per walker)")
     p.add_argument("--seed", type=int, help="MD seed (overrides the config; give each walker its own)")
+    p.add_argument("--n-steps", type=int, help="MD steps (overrides the config); more than a run's recorded steps "
+                                               "extends it from its last checkpoint, finished or not")
     _add_restart_fresh(p)
     p.set_defaults(func=_bias)
 

@@ -77,3 +77,18 @@ def test_a_key_added_since_the_record_matches_at_its_default_only(tmp_path):
         open_run(tmp_path / "run.json", _NewerConfig(device="cuda"))
     with pytest.raises(RunMismatchError, match=r"n_steps: 100 -> <none>"):  # a key dropped since is a difference
         open_run(tmp_path / "run.json", _NewerConfig(), ignore=("out", "n_steps"))
+
+
+def test_raising_an_extendable_key_reopens_a_finished_run(tmp_path):
+    open_run(tmp_path / "run.json", _Config(n_steps=100), extendable=("n_steps",)).mark_finished()
+    run = open_run(tmp_path / "run.json", _Config(n_steps=300), extendable=("n_steps",))
+    assert run.resumed and not run.finished and run.extended == {"n_steps": [100, 300]}
+    again = open_run(tmp_path / "run.json", _Config(n_steps=300), extendable=("n_steps",))  # recorded at once
+    assert again.resumed and not again.extended and again.record["extensions"] == [{"n_steps": [100, 300]}]
+    with pytest.raises(RunMismatchError, match=r"n_steps: 300 -> 200\) \(n_steps can be raised"):
+        open_run(tmp_path / "run.json", _Config(n_steps=200), extendable=("n_steps",))
+    with pytest.raises(RunMismatchError, match=r"sigma: \[0\.1\] -> \[0\.2\]"):  # a longer run of another config
+        open_run(tmp_path / "run.json", _Config(n_steps=400, sigma=(0.2,)), extendable=("n_steps",))
+    with pytest.raises(RunMismatchError, match=r"n_steps: 300 -> 400"):  # not extendable here
+        open_run(tmp_path / "run.json", _Config(n_steps=400))
+    assert open_run(tmp_path / "run.json", _Config(n_steps=300)).record["config"]["n_steps"] == 300

@@ -12,7 +12,7 @@ Context, on the CUDA platform in its CUDA context (``cuda_graphs`` replays it as
 k > 1 evaluates the bias force every k-th step (MTSLangevinIntegrator); step counts
 in the config are always in MD steps of ``timestep_ps`` and must then be multiples of k. Outputs in ``out``:
 COLVAR, bias_state.npz (bias + OpenMM checkpoint, saved every ``save_every_steps``; a rerun resumes from it),
-final.pdb and summary.json, all written atomically; a finished run is skipped. The set-up is
+final.pdb and summary.json, all written atomically; a finished run is skipped, or extended by a larger ``n_steps``. The set-up is
 :func:`openmm_plugin.bias.setup.bias_cv`, the one-call Python API.
 """
 
@@ -218,7 +218,8 @@ def run_bias(config: BiasConfig, *, restart_fresh: bool = False) -> dict:
 
     ``<out>/run.json`` records the config and the hashes of the CV file, the System (its XML) and the PDB: a
     rerun resumes from ``bias_state.npz`` (the COLVAR cut back to its time) or skips a finished run only when they
-    match, and is refused with the difference otherwise.
+    match, and is refused with the difference otherwise. A larger ``n_steps`` extends the run, finished or not:
+    MD, bias, COLVAR and trajectory go on from the last checkpoint as if it had been one run.
 
     Parameters
     ----------
@@ -260,7 +261,10 @@ def run_bias(config: BiasConfig, *, restart_fresh: bool = False) -> dict:
     run = open_run(out / "run.json", config, {"cv": config.cv, **loaded.input_files}, restart_fresh=restart_fresh,
                    outputs=[out / name for name in ("COLVAR", "trajectory.dcd", "bias_state.npz", "bias_state.stopped.npz",
                                                     "final.pdb", "summary.json")],
-                   ignore=("out", "torch_threads", "device", "cuda_graphs"), extra={"system_xml": system_hash})
+                   ignore=("out", "torch_threads", "device", "cuda_graphs"), extendable=("n_steps",),
+                   extra={"system_xml": system_hash})
+    if run.extended:
+        logger.info("%s: extending the run from %d to %d MD steps", out, *run.extended["n_steps"])
     if run.finished and summary_path.is_file():
         logger.info("%s: run finished, skipping", out)
         return json.loads(summary_path.read_text())

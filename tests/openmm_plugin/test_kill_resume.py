@@ -158,3 +158,44 @@ def _config_from(path: Path) -> BiasConfig:
 
     return load_config(BiasConfig, path)
 
+
+
+@pytest.mark.slow
+def test_a_finished_bias_run_extends_to_the_uninterrupted_longer_run(exported_cv64, tmp_path):
+    """``--n-steps`` above the recorded steps extends a finished run from its last checkpoint: the COLVAR, hills,
+    trajectory and final structure are the longer uninterrupted run's; lowering it is refused."""
+    _, cv_path = exported_cv64
+    ref_path = tmp_path / "ref.yaml"
+    ref_path.write_text(yaml.safe_dump(_bias_config(cv_path, tmp_path / "ref")))
+    run_bias(_config_from(ref_path))  # 2400 steps in one go
+    out = tmp_path / "extended"
+    config_path = tmp_path / "bias.yaml"
+    config_path.write_text(yaml.safe_dump(_bias_config(cv_path, out, n_steps=1200)))
+    assert run_bias(_config_from(config_path))["md_steps_run"] == 1200
+    assert '"finished": true' in (out / "run.json").read_text()
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "openmm_plugin.cli", "bias", "--config", str(config_path),
+                             "--n-steps", "2400"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("1200 steps")  # only the extension ran
+    record = json.loads((out / "run.json").read_text())
+    assert record["finished"] and record["config"]["n_steps"] == 2400
+    assert record["extensions"] == [{"n_steps": [1200, 2400]}]
+
+    np.testing.assert_array_equal(_rows(read_colvar(out / "COLVAR")), _rows(read_colvar(tmp_path / "ref" / "COLVAR")))
+    assert (out / "final.pdb").read_text() == (tmp_path / "ref" / "final.pdb").read_text()
+    with np.load(out / "bias_state.npz") as a, np.load(tmp_path / "ref" / "bias_state.npz") as b:
+        hills = [k for k in b.files if k.startswith("bias/")]
+        assert hills and set(hills) == {k for k in a.files if k.startswith("bias/")}
+        for key in hills:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    ours = mdtraj.load(str(out / "trajectory.dcd"), top=str(out / "final.pdb"))
+    ref = mdtraj.load(str(tmp_path / "ref" / "trajectory.dcd"), top=str(tmp_path / "ref" / "final.pdb"))
+    assert ours.n_frames == ref.n_frames == 60
+    np.testing.assert_array_equal(ours.xyz, ref.xyz)
+
+    longer = _config_from(config_path)  # n_steps 1200 in the file: a shortening, refused before any step
+    with pytest.raises(RunMismatchError, match=r"n_steps: 2400 -> 1200\) \(n_steps can be raised, to extend the run, "
+                                               r"not lowered\); pass --restart-fresh"):
+        run_bias(longer)
