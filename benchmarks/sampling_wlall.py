@@ -28,7 +28,8 @@ in both runs is blind to a state one run never reached: the halves' ΔF says whe
 Every part resumes after a kill and a finished part is reused (see ``benchmarks/_sampling_wlall_runs.py``);
 ``--budget-min`` stops an invocation cleanly (walkers are stopped and resume from their checkpoint, a reference
 segment starts only when it fits). The settings are recorded in ``<work>/benchmark.run.json``: a changed one is
-refused (``--restart-fresh`` starts over). Results are written at the end of every invocation from what exists
+refused (``--restart-fresh`` starts over), but for ``--walker-ns``: a larger one extends every walker that ran through
+from its last checkpoint (a rerun without it keeps the extended length). Results are written at the end of every invocation from what exists
 (``complete: false`` until every part has finished). A finished reference segment keeps what the analysis needs in
 ``reference/seg_k.reduced.npz`` (backbone torsions and its last frame, ~0.12 MB per ns): its ``.dcd`` can be deleted,
 so the reference's state can be committed and grown across sessions.
