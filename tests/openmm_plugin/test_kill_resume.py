@@ -126,20 +126,7 @@ def test_killed_bias_resumes_to_the_uninterrupted_run(exported_cv64, tmp_path):
 
     summary = run_bias(_config_from(config_path))
     assert summary["md_steps_run"] < 2400  # it resumed
-    np.testing.assert_array_equal(_rows(read_colvar(out / "COLVAR")), ref_colvar)  # all rows, none twice
-    assert (out / "final.pdb").read_text() == (tmp_path / "ref" / "final.pdb").read_text()
-    with np.load(out / "bias_state.npz") as a, np.load(tmp_path / "ref" / "bias_state.npz") as b:
-        hills = [k for k in b.files if k.startswith("bias/")]
-        assert hills and set(hills) == {k for k in a.files if k.startswith("bias/")}
-        for key in hills:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    # the trajectory: frame k at COLVAR row k, every frame once, the uninterrupted run's coordinates
-    import mdtraj
-
-    ours = mdtraj.load(str(out / "trajectory.dcd"), top=str(out / "final.pdb"))
-    ref = mdtraj.load(str(tmp_path / "ref" / "trajectory.dcd"), top=str(tmp_path / "ref" / "final.pdb"))
-    assert ours.n_frames == ref.n_frames == ref_colvar.shape[0]
-    np.testing.assert_array_equal(ours.xyz, ref.xyz)
+    _assert_same_bias_run(out, tmp_path / "ref")
     _only(out, {"COLVAR", "trajectory.dcd", "bias_state.npz", "final.pdb", "summary.json", "run.json"})
     assert run_bias(_config_from(config_path)) == json.loads(json.dumps(summary))  # finished: skipped
 
@@ -151,6 +138,23 @@ def test_killed_bias_resumes_to_the_uninterrupted_run(exported_cv64, tmp_path):
     assert "metad.sigma: [0.1] -> [0.3]" in result.stderr and "--restart-fresh" in result.stderr
     assert "Traceback" not in result.stderr
     assert (out / "summary.json").exists()  # the refused rerun touched nothing
+
+
+def _assert_same_bias_run(out: Path, ref: Path) -> None:
+    """``out`` holds ``ref``'s run bit for bit: every COLVAR row once, the hills, the final structure, and the
+    trajectory (frame k at COLVAR row k)."""
+    rows = _rows(read_colvar(ref / "COLVAR"))
+    np.testing.assert_array_equal(_rows(read_colvar(out / "COLVAR")), rows)  # all rows, none twice
+    assert (out / "final.pdb").read_text() == (ref / "final.pdb").read_text()
+    with np.load(out / "bias_state.npz") as a, np.load(ref / "bias_state.npz") as b:
+        hills = [k for k in b.files if k.startswith("bias/")]
+        assert hills and set(hills) == {k for k in a.files if k.startswith("bias/")}
+        for key in hills:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    ours = mdtraj.load(str(out / "trajectory.dcd"), top=str(out / "final.pdb"))
+    theirs = mdtraj.load(str(ref / "trajectory.dcd"), top=str(ref / "final.pdb"))
+    assert ours.n_frames == theirs.n_frames == rows.shape[0]
+    np.testing.assert_array_equal(ours.xyz, theirs.xyz)
 
 
 def _config_from(path: Path) -> BiasConfig:
@@ -182,18 +186,7 @@ def test_a_finished_bias_run_extends_to_the_uninterrupted_longer_run(exported_cv
     record = json.loads((out / "run.json").read_text())
     assert record["finished"] and record["config"]["n_steps"] == 2400
     assert record["extensions"] == [{"n_steps": [1200, 2400]}]
-
-    np.testing.assert_array_equal(_rows(read_colvar(out / "COLVAR")), _rows(read_colvar(tmp_path / "ref" / "COLVAR")))
-    assert (out / "final.pdb").read_text() == (tmp_path / "ref" / "final.pdb").read_text()
-    with np.load(out / "bias_state.npz") as a, np.load(tmp_path / "ref" / "bias_state.npz") as b:
-        hills = [k for k in b.files if k.startswith("bias/")]
-        assert hills and set(hills) == {k for k in a.files if k.startswith("bias/")}
-        for key in hills:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    ours = mdtraj.load(str(out / "trajectory.dcd"), top=str(out / "final.pdb"))
-    ref = mdtraj.load(str(tmp_path / "ref" / "trajectory.dcd"), top=str(tmp_path / "ref" / "final.pdb"))
-    assert ours.n_frames == ref.n_frames == 60
-    np.testing.assert_array_equal(ours.xyz, ref.xyz)
+    _assert_same_bias_run(out, tmp_path / "ref")
 
     longer = _config_from(config_path)  # n_steps 1200 in the file: a shortening, refused before any step
     with pytest.raises(RunMismatchError, match=r"n_steps: 2400 -> 1200\) \(n_steps can be raised, to extend the run, "
