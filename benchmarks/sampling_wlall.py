@@ -198,6 +198,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         rate = _summary(rows, "transitions_per_ns")
         result["arms"][arm] = {
             "walkers_ended": len(ended), "walkers_planned": len(arm_configs),
+            "ns_per_walker": [r["ns"] for r in rows],  # lengths differ while --walker-ns extends them
             "blown_up": sum(bool(r["failure"]) for r in rows), "capped": sum(r["capped"] for r in rows),
             "transitions_per_ns": rate,
             "transitions_per_wall_hour": _summary(rows, "transitions_per_wall_hour"),
@@ -382,12 +383,13 @@ def markdown(r: dict) -> str:
                   f"ΔF(B − A) = {_dF(basins.get('dF_BA_kjmol'))} kJ/mol (first half {_dF(halves[0])}, second half "
                   f"{_dF(halves[1])}; no A / no B: a state never visited). While the halves disagree, the reference does not know "
                   "this ΔF, and RMS F over bins populated in both runs cannot show it.",
-                  "", "| arm | walkers ended | blew up | capped atom-forces | TIC1 transitions / ns | × reference | "
-                  "/ wall h | RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ΔF(B − A) kJ/mol, pooled (per walker) | "
-                  "ms/step |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "", "| arm | walkers ended | ns per walker | blew up | capped atom-forces | TIC1 transitions / ns | "
+                  "× reference | / wall h | RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ΔF(B − A) kJ/mol, pooled "
+                  "(per walker) | ms/step |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm, a in r["arms"].items():
-            lines.append(f"| {arm} | {a['walkers_ended']}/{a['walkers_planned']} | {a['blown_up']} | "
+            lines.append(f"| {arm} | {a['walkers_ended']}/{a['walkers_planned']} | "
+                         f"{', '.join(_f(v, '.2f') for v in a.get('ns_per_walker', []))} | {a['blown_up']} | "
                          f"{a.get('capped', 0)} | "
                          f"{_f(a['transitions_per_ns'][0])} ± {_f(a['transitions_per_ns'][1])} | "
                          f"{_f(a['rate_vs_reference_per_ns'])} | {_f(a['transitions_per_wall_hour'][0], '.1f')} | "
