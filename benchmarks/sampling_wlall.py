@@ -142,6 +142,9 @@ def min_dwell_frames(s: dict) -> int:
 
 def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict) -> dict:
     """One walker's transitions along TIC1 and its frames on the reference's TICA model, with OPES weights."""
+    from cvlearn.export import load_cv
+    from openmm_plugin.bias.setup import colvar_cv_names
+
     out = runs.walker_outcome(config)
     row = {"seed": config.seed, "failure": out["failure"], "ms_per_step": out["ms_per_step"],
            "capped": capped_atom_evaluations(Path(config.out) / "COLVAR")}
@@ -156,6 +159,10 @@ def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict) -> dict:
     keep, weights = ana.walker_weights(colvar["bias"][:n])
     ns = n * s["frame_ps"] * 1e-3
     transitions = ana.count_core_transitions(tics[:, 0], cores["below"], cores["above"], min_dwell_frames(s))
+    # Does the biased component still follow the slowest process under bias? (A CV that tracks TIC1 on unbiased
+    # frames can be moved by faster motions once biased: then transitions stay rare however flat the bias.)
+    biased = colvar[colvar_cv_names(load_cv(config.cv)[1])[s["components"][0]]][:n]
+    row["r_cv_tic1"] = float(np.corrcoef(biased, tics[:, 0])[0, 1]) if n > 2 else float("nan")
     hours = n * s["frame_ps"] * 1e-3 * STEPS_PER_NS * out["ms_per_step"] / 3.6e6
     row.update({"ns": ns, "transitions": transitions, "transitions_per_ns": transitions / ns if ns else float("nan"),
                 "transitions_per_wall_hour": transitions / hours if hours > 0 else float("nan")})
@@ -199,6 +206,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         result["arms"][arm] = {
             "walkers_ended": len(ended), "walkers_planned": len(arm_configs),
             "ns_per_walker": [r["ns"] for r in rows],  # lengths differ while --walker-ns extends them
+            "r_cv_tic1_per_walker": [w["row"]["r_cv_tic1"] for w in fine],
             "blown_up": sum(bool(r["failure"]) for r in rows), "capped": sum(r["capped"] for r in rows),
             "transitions_per_ns": rate,
             "transitions_per_wall_hour": _summary(rows, "transitions_per_wall_hour"),
@@ -396,6 +404,9 @@ def markdown(r: dict) -> str:
                          f"{_f(a.get('rms_tica_kjmol'))} | {_f(a.get('rms_torsions_kjmol'))} | "
                          f"{_dF(a.get('dF_BA_kjmol'))} ({', '.join(_dF(v) for v in a.get('dF_BA_per_walker_kjmol', []))}) | "
                          f"{_f(a['ms_per_step'], '.2f')} |")
+        lines += ["", "Pearson r between the biased CV component and TIC1 on each walker's frames: " + "; ".join(
+            f"{arm} {', '.join(_f(v) for v in a.get('r_cv_tic1_per_walker', []))}" for arm, a in r["arms"].items())
+            + " (low: the bias moves the CV by motions other than the slowest process)."]
     else:
         lines += ["", "The reference is shorter than its first chunk: nothing compared yet."]
     p = r["plan"]

@@ -89,7 +89,7 @@ class BiasedCV:
                              "bias force), found another System")
         restored = self.runner.save_path is not None and self.runner.restore(simulation)
         if self.colvar is not None and self.reporter is None:
-            names = self.spec.extra.get("cv_names") or [f"cv{i}" for i in range(int(self.spec.n_cvs))]
+            names = colvar_cv_names(self.spec)
             self.reporter = BiasReporter(self.colvar, self.bias, self.runner.evaluator,
                                          self.report_interval_steps // self.mts_substeps, cv_names=names,
                                          guard=self.runner.guard)
@@ -133,6 +133,11 @@ class BiasedCV:
             self.trajectory_reporter.close()
         if simulation is not None and self.runner.save_path is not None:
             self.runner.save(simulation)
+
+
+def colvar_cv_names(spec) -> list[str]:
+    """The COLVAR field of each CV component: the CV file's ``cv_names``, else ``cv0``, ``cv1``, ..."""
+    return list(spec.extra.get("cv_names") or [f"cv{i}" for i in range(int(spec.n_cvs))])
 
 
 def check_cv_matches_system(spec, system: openmm.System, cv_label: str = "the CV",
