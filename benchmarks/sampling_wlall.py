@@ -140,11 +140,9 @@ def min_dwell_frames(s: dict) -> int:
     return max(1, int(round(s["tica_lag_ps"] / s["frame_ps"])))
 
 
-def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict) -> dict:
-    """One walker's transitions along TIC1 and its frames on the reference's TICA model, with OPES weights."""
-    from cvlearn.export import load_cv
-    from openmm_plugin.bias.setup import colvar_cv_names
-
+def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict, cv_field: str) -> dict:
+    """One walker's transitions along TIC1 and its frames on the reference's TICA model, with OPES weights;
+    ``cv_field``: the COLVAR field of the biased CV component."""
     out = runs.walker_outcome(config)
     row = {"seed": config.seed, "failure": out["failure"], "ms_per_step": out["ms_per_step"],
            "capped": capped_atom_evaluations(Path(config.out) / "COLVAR")}
@@ -161,8 +159,7 @@ def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict) -> dict:
     transitions = ana.count_core_transitions(tics[:, 0], cores["below"], cores["above"], min_dwell_frames(s))
     # Does the biased component still follow the slowest process under bias? (A CV that tracks TIC1 on unbiased
     # frames can be moved by faster motions once biased: then transitions stay rare however flat the bias.)
-    biased = colvar[colvar_cv_names(load_cv(config.cv)[1])[s["components"][0]]][:n]
-    row["r_cv_tic1"] = float(np.corrcoef(biased, tics[:, 0])[0, 1]) if n > 2 else float("nan")
+    row["r_cv_tic1"] = float(np.corrcoef(colvar[cv_field][:n], tics[:, 0])[0, 1]) if n > 2 else float("nan")
     hours = n * s["frame_ps"] * 1e-3 * STEPS_PER_NS * out["ms_per_step"] / 3.6e6
     row.update({"ns": ns, "transitions": transitions, "transitions_per_ns": transitions / ns if ns else float("nan"),
                 "transitions_per_wall_hour": transitions / hours if hours > 0 else float("nan")})
@@ -174,6 +171,9 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
     result = {"reference": None, "arms": {}, "rows": [], "figures": []}
     if ref is None:
         return result
+    from cvlearn.export import load_cv
+    from openmm_plugin.bias.setup import colvar_cv_names
+
     cores = ana.two_state_cores(ref["tics"][:, 0])
     n_ref = len(ref["tics"])
     ref_trans = ana.count_core_transitions(ref["tics"][:, 0], cores["below"], cores["above"], min_dwell_frames(s))
@@ -190,7 +190,9 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
     compared, curves = {}, {"reference": [ana.basin_dF_over_time(ref["tics"][:, 0], None, cores, s["frame_ps"])]}
     for arm, arm_configs in configs.items():
         ended = [c for c in arm_configs if runs.walker_outcome(c) is not None]
-        walkers = [analyse_walker(work, c, ref, cores, s) for c in ended]
+        # one CV file per arm: its COLVAR field names are read once, not per walker
+        cv_field = colvar_cv_names(load_cv(ended[0].cv)[1])[s["components"][0]] if ended else None
+        walkers = [analyse_walker(work, c, ref, cores, s, cv_field) for c in ended]
         rows = [w["row"] for w in walkers]
         fine = [w for w in walkers if not w["row"]["failure"]]
         compared[arm] = ana.compare_fes(ref, fine, s) if fine else {}

@@ -163,7 +163,6 @@ def _config_from(path: Path) -> BiasConfig:
     return load_config(BiasConfig, path)
 
 
-
 @pytest.mark.slow
 def test_a_finished_bias_run_extends_to_the_uninterrupted_longer_run(exported_cv64, tmp_path):
     """``--n-steps`` above the recorded steps extends a finished run from its last checkpoint: the COLVAR, hills,
