@@ -26,9 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from cvlearn.io import write_json_atomic
+from cvlearn.run_dir import read_record
 
 SYSTEM = "pentapeptide_wlall"
-ARMS = {"gnn": "cv.pt", "distances": "baseline_distances_cv.pt"}  # arm -> file in the learn directory
+# arm -> its CV file in the work directory. ``gnn_retrained``: the GNN CV retrained on the ``gnn`` walkers' biased
+# 300 K frames, reweighted (the practitioners' protocol for learned CVs, ``cvlearn iterate``; :func:`retrain`).
+ARMS = {"gnn": "learn/cv.pt", "distances": "learn/baseline_distances_cv.pt", "gnn_retrained": "retrain/cv.pt"}
+RETRAINED_FROM = {"gnn_retrained": "gnn"}  # arm -> the arm whose walkers' frames it is trained on
 
 
 class OutOfTime(Exception):
@@ -75,6 +79,68 @@ def learn(work: Path, s: dict, trajectories: list[Path], quick: bool) -> dict:
     metrics = run_learn(config, quick=quick, progress=False)
     return {"vamp2_val": metrics.get("vamp2_val"), "seconds": metrics.get("seconds"),
             "n_frames": metrics.get("n_frames")}
+
+
+def retrain_data(work: Path, s: dict, configs: list) -> list[tuple[Path, Path]] | None:
+    """The first ``retrain_ns`` of every walker in ``configs`` that did not blow up, as (trajectory, COLVAR) pairs
+    in ``<work>/retrain/data`` (written once, atomically; COLVAR row k = frame k), or None while any of them has
+    not ended once (a walker runs in a child: its files are read only after it stopped).
+
+    A fixed prefix, not the whole walker: the retrained CV must not change when ``--walker-ns`` extends the
+    walkers it learned from."""
+    from cvlearn.data.trajectories import load_trajectories
+    from cvlearn.io import atomic_path, write_text_atomic
+
+    outcomes = [walker_outcome(c) for c in configs]
+    if any(o is None for o in outcomes):
+        return None
+    n = int(round(s["retrain_ns"] * 1e3 / s["frame_ps"]))
+    pairs = []
+    for config, outcome in zip(configs, outcomes):
+        if outcome["failure"]:
+            continue
+        name, source = Path(config.out).name, Path(config.out)
+        dcd, colvar = work / "retrain" / "data" / f"{name}.dcd", work / "retrain" / "data" / f"{name}.colvar"
+        if not (dcd.is_file() and colvar.is_file()):
+            lines = (source / "COLVAR").read_text().splitlines()
+            header = [line for line in lines if line.startswith("#")]
+            rows = [line for line in lines if line.strip() and not line.startswith("#")]
+            traj, = load_trajectories([source / "trajectory.dcd"], source / "final.pdb")
+            if min(len(rows), traj.n_frames) < n:
+                raise RuntimeError(f"{source}: {min(len(rows), traj.n_frames)} frames, retraining needs the first {n} "
+                                   f"(retrain_ns {s['retrain_ns']:g} > walker_ns?)")
+            dcd.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dcd, suffix=".dcd") as tmp:
+                traj[:n].save_dcd(str(tmp))
+            write_text_atomic(colvar, "\n".join(header + rows[:n]) + "\n")
+        pairs.append((dcd, colvar))
+    return pairs or None
+
+
+def retrain(work: Path, s: dict, data: list[tuple[Path, Path]], quick: bool) -> None:
+    """``cvlearn learn`` as for the ``gnn`` arm, on biased 300 K frames (:func:`retrain_data`), reweighted on
+    rescaled time t' = Σ exp(β(V − c(t))) dt (``cvlearn iterate``'s default, as in Deep-TICA): V the COLVAR's total
+    bias (walls included), c(t) OPES's ``opes.rct``."""
+    from openmm_plugin.stages.learn import BiasedSpec, LearnConfig, run_learn
+
+    config = LearnConfig(out=str(work / "retrain"), topology=str(Path(f"{segment_prefix(work, 0)}.pdb")),
+                         trajectories=tuple(str(d) for d, _ in data), frame_interval_ps=s["frame_ps"],
+                         selection="not element H", featurizer={"checkpoint": "default"}, context="molecule",
+                         mixer=s["mixer"], lagtime_ps=s["retrain_lag_ps"], n_cvs=2,
+                         seeds=tuple(range(s["learn_seeds"])), n_clusters=s["n_clusters"],
+                         biased=BiasedSpec(colvars=tuple(str(c) for _, c in data), temperature_k=300.0,
+                                           method="rescaled_time", bias_column="bias", rct_column="opes.rct"))
+    run_learn(config, quick=quick, progress=False)
+
+
+def retrained(work: Path) -> dict | None:
+    """What the results show of the retrained CV (None before it exists)."""
+    path = work / "retrain" / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return {"vamp2_val": metrics.get("vamp2_val"), "seconds": metrics.get("seconds"),
+            "n_frames": metrics.get("n_frames"), "from_walkers": sorted(p.stem for p in (work / "retrain" / "data").glob("*.dcd"))}
 
 
 # --- the unbiased reference, in segments ----------------------------------------------------------------------------
@@ -198,14 +264,14 @@ def walker_dir(work: Path, arm: str, seed: int) -> Path:
 
 
 def walker_config(work: Path, s: dict, arm: str, seed: int, sigma):
-    """The ``cvlearn bias`` config of one walker: both arms alike but for the CV file and its σ."""
+    """The ``cvlearn bias`` config of one walker: every arm alike but for the CV file and its σ."""
     from openmm_plugin.bias.params import OPESParams
     from openmm_plugin.stages.bias import BiasConfig
 
     step = lambda ps: int(round(ps / 0.002)) // s["mts"] * s["mts"]  # noqa: E731  (WLALL steps are 2 fs)
     opes = OPESParams(sigma="adaptive" if sigma == "adaptive" else tuple(sigma), barrier_kjmol=s["barrier_kjmol"],
                       pace_steps=step(s["pace_ps"]))
-    return BiasConfig(cv=str(work / "learn" / ARMS[arm]), system=SYSTEM, out=str(walker_dir(work, arm, seed)),
+    return BiasConfig(cv=str(work / ARMS[arm]), system=SYSTEM, out=str(walker_dir(work, arm, seed)),
                       method="opes-metad", route="python", compile=s["compile"],
                       components=tuple(s["components"]),
                       range_margin_fraction=s["wall_margin_fraction"], walls_at_training_range=True, temperature_k=300.0,
@@ -232,8 +298,7 @@ def walker_done(config) -> bool:
     outcome = walker_outcome(config)
     if outcome is None or outcome["failure"]:
         return outcome is not None
-    record = Path(config.out) / "run.json"
-    recorded = json.loads(record.read_text()) if record.is_file() else {}
+    recorded = read_record(Path(config.out) / "run.json") or {}
     return bool(recorded.get("finished")) and recorded.get("config", {}).get("n_steps", 0) >= config.n_steps
 
 
@@ -324,6 +389,6 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
     return [task[0] for task in tasks if not task[3]()]
 
 
-__all__ = ["ARMS", "Budget", "OutOfTime", "cv_sigma", "extend_reference", "finished_segments", "learn",
-           "reduce_segment", "reference_task", "run_children", "segment_prefix", "segment_speeds", "training_data", "walker_config", "walker_dir",
+__all__ = ["ARMS", "Budget", "OutOfTime", "RETRAINED_FROM", "cv_sigma", "extend_reference", "finished_segments",
+           "learn", "reduce_segment", "reference_task", "retrain", "retrain_data", "retrained", "run_children", "segment_prefix", "segment_speeds", "training_data", "walker_config", "walker_dir",
            "walker_done", "walker_outcome", "walker_task"]

@@ -2,8 +2,11 @@
 
 Both CVs come from one ``cvlearn learn`` run (``export_baselines: true``) on unbiased 400 K runs: the GNN CV
 (``cv.pt``, the shipped pre-trained ET, frozen, attention mixer, 2 components) and the distance-VAMPNet baseline
-(``baseline_distances_cv.pt``), same data, same selection (heavy atoms). Each is biased the same way (arm ``gnn``,
-arm ``distances``): OPES-metad on component 0 (``--components``), σ by
+(``baseline_distances_cv.pt``), same data, same selection (heavy atoms). A third CV, arm ``gnn_retrained``, follows
+the practitioners' protocol for learned CVs (``cvlearn iterate``; Deep-TICA): the GNN CV retrained with the same
+settings on the first ``retrain_ns`` of the ``gnn`` walkers (biased, 300 K), reweighted on rescaled time; it asks
+whether a CV learned from biased 300 K frames drives the slowest process better than one learned at 400 K. Each is
+biased the same way (arm ``gnn``, arm ``distances``, arm ``gnn_retrained``): OPES-metad on component 0 (``--components``), σ by
 :func:`openmm_plugin.bias.sigma.learned_cv_sigma` (``--sigma-rule adaptive``: OPES adaptive σ), walls 10 % of the
 training range outside it (kappa 100), the same barrier and pace, MTS 2 (the GNN CV costs ~10 ms/step: MTS 1 would
 double it; on ala2's continuous CV MTS 2 and 1 gave the same ΔF within errors), the README recipe's bias-force guard
@@ -42,7 +45,6 @@ import os
 os.environ.setdefault("OPENMM_CPU_THREADS", "1")  # before openmm is imported: one core per CPU-platform Context
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -56,6 +58,7 @@ from benchmarks import _sampling_wlall_runs as runs  # noqa: E402
 from benchmarks._sampling_walkers import read_walker  # noqa: E402
 from benchmarks.common import RESULTS, machine, now_utc, run_resumable, save, targets_table  # noqa: E402
 from benchmarks.sampling import _summary  # noqa: E402
+from cvlearn.run_dir import read_record  # noqa: E402
 
 STEPS_PER_NS = 500_000  # WLALL runs 2 fs steps
 FULL = {"train_seeds": 3, "train_ns": 2.0, "train_temperature_k": 400.0, "frame_ps": 1.0, "checkpoint_ps": 10.0,
@@ -65,11 +68,13 @@ FULL = {"train_seeds": 3, "train_ns": 2.0, "train_temperature_k": 400.0, "frame_
         "its_lags_ps": [2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0], "its_clusters": 50, "seeds": 3, "walker_ns": 2.0,
         "mts": 2, "compile": True, "pace_ps": 1.0, "barrier_kjmol": 30.0, "components": [0], "wall_margin_fraction": 0.1,
         "force_guard_kjmol_nm": 1000.0,
-        "sigma_rule": "learned", "tica_bins": 30, "torsion_bins": 24, "fes_cutoff_kjmol": 20.0}
+        "sigma_rule": "learned", "tica_bins": 30, "torsion_bins": 24, "fes_cutoff_kjmol": 20.0,
+        "retrain_ns": 2.0, "retrain_lag_ps": 10.0}
 QUICK = {**FULL, "train_ns": 0.02, "frame_ps": 0.2, "checkpoint_ps": 0.4, "learn_lag_ps": 2.0, "n_clusters": 10,
          "segment_ns": 0.01, "first_chunk_ns": 0.02, "reference_max_ns": 0.04, "equilibration_ns": 0.0,
          "tica_lag_ps": 1.0, "its_lags_ps": [0.4, 1.0, 2.0], "its_clusters": 10, "walker_ns": 0.002, "pace_ps": 0.2,
-         "tica_bins": 10, "torsion_bins": 12}
+         "tica_bins": 10, "torsion_bins": 12, "retrain_ns": 0.002, "retrain_lag_ps": 0.2}
+ADDED = ("retrain_ns", "retrain_lag_ps")  # settings added after runs were recorded; nothing recorded before used them
 
 
 # walker_ns 2: the reference's slowest resolved ITS is 78 ps (TICA at 20 ps on 10 ns), so a walker is >= 20 of them
@@ -252,7 +257,7 @@ def plan_costs(s_full: dict, result: dict, learned: dict | None, reference_ns: f
 def targets(result: dict) -> list[dict]:
     out = []
     ref = result.get("reference")
-    for arm, bound in (("gnn", True), ("distances", False)):
+    for arm, bound in (("gnn", True), ("gnn_retrained", True), ("distances", False)):  # the targets are the GNN CV's
         a = result["arms"].get(arm)
         if not a:
             continue
@@ -291,13 +296,33 @@ def arms_to_run(args) -> list[str]:
     return arms
 
 
+def arm_configs(args, work: Path, s: dict, arms: list[str], configs: dict, budget) -> None:
+    """Fill ``configs`` (arm -> walker configs) for every arm whose CV exists, retraining a CV first when it is run
+    now (``arms``) and its source arm's walkers have ended once."""
+    for arm, cv_file in runs.ARMS.items():
+        if arm in configs:
+            continue
+        cv_path = work / cv_file
+        source = runs.RETRAINED_FROM.get(arm)
+        if source and arm in arms and not cv_path.is_file():
+            data = runs.retrain_data(work, s, configs.get(source, []))
+            if data is None:
+                continue
+            budget.check(f"retraining the {source} CV for {arm}", 300.0)
+            runs.retrain(work, s, data, args.quick)
+        if not cv_path.is_file():
+            continue
+        sigma = "adaptive" if s["sigma_rule"] == "adaptive" else runs.cv_sigma(work, arm, cv_path, tuple(s["components"]))
+        configs[arm] = [runs.walker_config(work, s, arm, seed, sigma) for seed in range(s["seeds"])]
+
+
 def extended_walker_ns(args, work: Path, s: dict) -> dict:
     """``s`` with ``walker_ns`` at the length the walkers in ``work`` were extended to, when ``--walker-ns`` is not
     given: a rerun without it goes on with them instead of being refused as a shortening."""
-    record = work / "benchmark.run.json"
-    if args.walker_ns is not None or not record.is_file():
+    record = read_record(work / "benchmark.run.json")
+    if args.walker_ns is not None or record is None:
         return s
-    recorded = json.loads(record.read_text()).get("config", {}).get("walker_ns")
+    recorded = record.get("config", {}).get("walker_ns")
     return {**s, "walker_ns": recorded} if isinstance(recorded, (int, float)) and recorded > s["walker_ns"] else s
 
 
@@ -310,8 +335,9 @@ def run(args) -> dict:
     from cvlearn.run_dir import open_run
 
     open_run(work / "benchmark.run.json", s, outputs=[work / d for d in ("train", "learn", "reference", "bias",
-                                                                          "sigma.json")],
-             restart_fresh=args.restart_fresh, extendable=("walker_ns",))  # a longer --walker-ns extends the walkers
+                                                                          "sigma.json", "retrain")],
+             restart_fresh=args.restart_fresh, extendable=("walker_ns",),  # a longer --walker-ns extends the walkers
+             added={k: s[k] for k in ADDED})
     budget = runs.Budget(args.budget_min)
     started, stopped, learned, configs, ref = time.perf_counter(), None, None, {}, None
     try:
@@ -321,15 +347,20 @@ def run(args) -> dict:
         learned = runs.learn(work, s, trajectories, args.quick)
         runs.extend_reference(work, s, s["first_chunk_ns"], budget)
         ref = load_reference(work, s)
-        for arm in runs.ARMS:
-            cv_path = work / "learn" / runs.ARMS[arm]
-            sigma = "adaptive" if s["sigma_rule"] == "adaptive" else runs.cv_sigma(work, arm, cv_path, tuple(s["components"]))
-            configs[arm] = [runs.walker_config(work, s, arm, seed, sigma) for seed in range(s["seeds"])]
-        tasks = [runs.reference_task(work, s, reference_target_ns(args, s, ref)),  # beside the walkers (--jobs)
-                 *[runs.walker_task(c) for arm in arms for c in configs[arm]]]
-        left = runs.run_children(tasks, budget, args.jobs, min_start_s=5.0 if args.quick else 60.0)
-        if left:
-            raise runs.OutOfTime(f"{left} unfinished")
+        while True:  # a retrained arm's CV needs its source arm's walkers: a second round runs its walkers
+            arm_configs(args, work, s, arms, configs, budget)
+            tasks = [runs.reference_task(work, s, reference_target_ns(args, s, ref)),  # beside the walkers (--jobs)
+                     *[runs.walker_task(c) for arm in arms if arm in configs for c in configs[arm]]]
+            left = runs.run_children(tasks, budget, args.jobs, min_start_s=5.0 if args.quick else 60.0)
+            if left:
+                raise runs.OutOfTime(f"{left} unfinished")
+            waiting = [arm for arm in arms if arm not in configs]
+            if not waiting:
+                break
+            source = {arm: runs.RETRAINED_FROM[arm] for arm in waiting}
+            if any(runs.retrain_data(work, s, configs.get(src, [])) is None for src in source.values()):
+                raise runs.OutOfTime(f"{', '.join(waiting)} wait(s) for the walkers of {', '.join(set(source.values()))}"
+                                     " (--arms " + ",".join(dict.fromkeys([*source.values(), *waiting])) + ")")
         ref = load_reference(work, s)
         target = reference_target_ns(args, s, ref)
         while runs.finished_segments(work) * s["segment_ns"] < target - 1e-9:  # the target follows the ITS as it grows
@@ -351,7 +382,7 @@ def run(args) -> dict:
                          "reference_ns_option": args.reference_ns,
                          "sigma": {arm: list(cs[0].opes.sigma) if cs and cs[0].opes.sigma != "adaptive" else "adaptive"
                                    for arm, cs in configs.items()}},
-            "learn": learned, **result, "targets": targets(result),
+            "learn": learned, "retrain": runs.retrained(work), **result, "targets": targets(result),
             "plan": plan_costs(FULL, result, learned if args.quick else None, reference_ns, work)}
 
 
@@ -406,6 +437,13 @@ def markdown(r: dict) -> str:
                          f"{_f(a.get('rms_tica_kjmol'))} | {_f(a.get('rms_torsions_kjmol'))} | "
                          f"{_dF(a.get('dF_BA_kjmol'))} ({', '.join(_dF(v) for v in a.get('dF_BA_per_walker_kjmol', []))}) | "
                          f"{_f(a['ms_per_step'], '.2f')} |")
+        if r.get("retrain"):
+            rt = r["retrain"]
+            lines += ["", f"Arm gnn_retrained: the GNN CV retrained (same settings, lag {st['retrain_lag_ps']:g} ps) on the "
+                      f"first {st['retrain_ns']:g} ns of the gnn walkers {', '.join(rt['from_walkers'])} (biased, 300 K), "
+                      "reweighted on rescaled time t' = Σ exp(β(V − c(t))) dt (`cvlearn iterate`'s default); VAMP-2 "
+                      f"{_f(rt['vamp2_val'])} on its validation frames (rescaled time: not comparable to the gnn CV's "
+                      "on 400 K data)."]
         lines += ["", "Pearson r between the biased CV component and TIC1 on each walker's frames: " + "; ".join(
             f"{arm} {', '.join(_f(v) for v in a.get('r_cv_tic1_per_walker', []))}" for arm, a in r["arms"].items())
             + " (low: the bias moves the CV by motions other than the slowest process)."]
@@ -438,8 +476,9 @@ def parse(argv=None):
     parser.add_argument("--sigma-rule", choices=("learned", "adaptive"), default=None,
                         help="learned: learned_cv_sigma (default); adaptive: OPES adaptive sigma")
     parser.add_argument("--jobs", type=int, default=1, help="walkers run at once, one process each")
-    parser.add_argument("--arms", default=None, help="arms whose walkers run now, in this order (default gnn,distances; "
-                        "e.g. distances,gnn: the cheap arm first); every arm's walkers are analysed")
+    parser.add_argument("--arms", default=None, help="arms whose walkers run now, in this order (default "
+                        "gnn,distances,gnn_retrained; e.g. distances,gnn: the cheap arm first; gnn_retrained waits for "
+                        "the gnn walkers); every arm's walkers are analysed")
     parser.add_argument("--plan-reference-ns", type=float, default=100.0,
                         help="--quick: the reference length the cost plan assumes (default 100 ns)")
     parser.add_argument("--restart-fresh", action="store_true", help="delete every part and start over")

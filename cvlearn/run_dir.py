@@ -21,9 +21,16 @@ from cvlearn.errors import ConfigError
 from cvlearn.io import file_sha256 as io_file_sha256
 from cvlearn.io import remove_stale_temporaries, write_json_atomic
 
-__all__ = ["Run", "RunMismatchError", "describe_difference", "file_sha256", "open_run"]
+__all__ = ["Run", "RunMismatchError", "describe_difference", "file_sha256", "open_run", "read_record"]
 
 _FORMAT = 1
+
+
+def read_record(record_path: str | os.PathLike) -> dict | None:
+    """The run record at ``record_path`` as written (``config``, ``finished``, ``extensions``, ...), or None when
+    there is none: for readers that decide from a run's state without opening (and so touching) it."""
+    record_path = Path(record_path)
+    return json.loads(record_path.read_text()) if record_path.is_file() else None
 
 
 class RunMismatchError(ConfigError):
@@ -113,7 +120,7 @@ def _grows(old, new) -> bool:
 def open_run(record_path: str | os.PathLike, config, inputs: Mapping[str, str | os.PathLike] | None = None, *,
              outputs: Iterable[str | os.PathLike] = (), restart_fresh: bool = False,
              ignore: Iterable[str] = ("out",), extendable: Iterable[str] = (),
-             extra: Mapping | None = None) -> Run:
+             added: Mapping | None = None, extra: Mapping | None = None) -> Run:
     """Open (create, resume or refuse) the run recorded at ``record_path``.
 
     Parameters
@@ -135,6 +142,10 @@ def open_run(record_path: str | os.PathLike, config, inputs: Mapping[str, str | 
     extendable : iterable of str
         Numeric config keys that a rerun may raise (a run's length, e.g. ``n_steps``): the run, finished or not,
         resumes from its checkpoint to the new length and the record takes the new value. Lowering one is refused.
+    added : mapping, optional
+        Keys added to a mapping ``config`` since records were written, each with the value that does what the runs
+        before it did (the dataclass-default rule above, for configs that are plain mappings): a record without the
+        key matches when the config holds that value.
     extra : mapping, optional
         More identity to compare, e.g. hashes of built (not file) inputs: ``{"system_xml": "sha256:..."}``.
 
@@ -172,8 +183,9 @@ def open_run(record_path: str | os.PathLike, config, inputs: Mapping[str, str | 
         if old.get("format") != _FORMAT:
             raise RunMismatchError(f"{record_path}: run record of format {old.get('format')!r}, expected {_FORMAT}; {hint}")
         recorded = old.get("config", {})
+        as_before = {k: _jsonable({"v": v})["v"] for k, v in (added or {}).items()}
         current = {k: v for k, v in identity["config"].items()  # a key added later, at its default, changes nothing
-                   if k in recorded or not _is_default(config, k, v)}
+                   if k in recorded or not (_is_default(config, k, v) or (k in as_before and as_before[k] == v))}
         grown = {key: [recorded[key], current[key]] for key in extendable if _grows(recorded.get(key), current.get(key))}
         difference = describe_difference({**recorded, **{k: v[1] for k, v in grown.items()}}, current)
         difference += describe_difference({"inputs": old.get("inputs", {}), "extra": old.get("extra", {})},

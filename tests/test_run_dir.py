@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from cvlearn.run_dir import RunMismatchError, describe_difference, file_sha256, open_run
+from cvlearn.run_dir import RunMismatchError, describe_difference, file_sha256, open_run, read_record
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,18 @@ def test_a_key_added_since_the_record_matches_at_its_default_only(tmp_path):
         open_run(tmp_path / "run.json", _NewerConfig(device="cuda"))
     with pytest.raises(RunMismatchError, match=r"n_steps: 100 -> <none>"):  # a key dropped since is a difference
         open_run(tmp_path / "run.json", _NewerConfig(), ignore=("out", "n_steps"))
+
+
+def test_a_key_added_to_a_mapping_config_matches_at_its_as_before_value_only(tmp_path):
+    open_run(tmp_path / "run.json", {"n_steps": 100})
+    assert read_record(tmp_path / "run.json")["config"] == {"n_steps": 100}
+    assert read_record(tmp_path / "absent.json") is None
+    newer = {"n_steps": 100, "lags_ps": (2.0, 10.0)}
+    assert open_run(tmp_path / "run.json", newer, added={"lags_ps": [2.0, 10.0]}).resumed
+    with pytest.raises(RunMismatchError, match=r"lags_ps: <none> -> \[2\.0, 5\.0\]"):
+        open_run(tmp_path / "run.json", {**newer, "lags_ps": (2.0, 5.0)}, added={"lags_ps": [2.0, 10.0]})
+    with pytest.raises(RunMismatchError, match=r"lags_ps: <none> -> \[2\.0, 10\.0\]"):  # a mapping has no defaults
+        open_run(tmp_path / "run.json", newer)
 
 
 def test_raising_an_extendable_key_reopens_a_finished_run(tmp_path):

@@ -3,6 +3,8 @@
 import argparse
 import json
 
+import numpy as np
+
 from benchmarks import _sampling_wlall_runs as runs
 from benchmarks.sampling_wlall import extended_walker_ns
 from cvlearn.run_dir import open_run
@@ -38,3 +40,46 @@ def test_a_rerun_without_walker_ns_goes_on_at_the_extended_length(tmp_path):
     assert extended_walker_ns(args, tmp_path, {"walker_ns": 2.0})["walker_ns"] == 4.0
     assert extended_walker_ns(argparse.Namespace(walker_ns=3.0), tmp_path, {"walker_ns": 3.0})["walker_ns"] == 3.0
     assert extended_walker_ns(args, tmp_path / "new", {"walker_ns": 2.0})["walker_ns"] == 2.0
+
+
+def _walker_files(out, n_frames: int, failure=None, ended=True) -> BiasConfig:
+    """A walker directory as ``cvlearn bias`` leaves it: trajectory.dcd, final.pdb, COLVAR (row k = frame k)."""
+    import mdtraj
+
+    out.mkdir(parents=True)
+    top = mdtraj.Topology()
+    residue = top.add_residue("ALA", top.add_chain())
+    for name, element in (("N", "nitrogen"), ("CA", "carbon"), ("C", "carbon")):
+        top.add_atom(name, mdtraj.element.get_by_symbol(element[0].upper()), residue)
+    xyz = np.random.default_rng(len(str(out))).normal(size=(n_frames, 3, 3)).astype(np.float32)
+    traj = mdtraj.Trajectory(xyz, top)
+    traj[-1].save_pdb(str(out / "final.pdb"))
+    traj.save_dcd(str(out / "trajectory.dcd"))
+    rows = [f"{k + 1} {0.1 * k:.3f} {k:.1f} 0.0" for k in range(n_frames)]
+    (out / "COLVAR").write_text("\n".join(["#! FIELDS time cv1 bias opes.rct", *rows]) + "\n")
+    if ended:
+        (out / "outcome.json").write_text(json.dumps({"failure": failure, "ms_per_step": 1.0}))
+    return BiasConfig(cv="cv.pt", system="pentapeptide_wlall", out=str(out), n_steps=1000)
+
+
+def test_retrain_data_is_the_first_retrain_ns_of_each_walker_that_ran_through(tmp_path):
+    import pytest
+
+    from cvlearn.data import read_colvar
+    from cvlearn.data.trajectories import load_trajectories
+
+    s = {"retrain_ns": 0.005, "frame_ps": 1.0}  # 5 frames
+    good = _walker_files(tmp_path / "bias" / "gnn_s0", 12)
+    running = _walker_files(tmp_path / "bias" / "gnn_s1", 12, ended=False)
+    assert runs.retrain_data(tmp_path, s, [good, running]) is None  # read only after every walker ended once
+    (tmp_path / "bias" / "gnn_s1" / "outcome.json").write_text(json.dumps({"failure": "blew up", "ms_per_step": 1.0}))
+    (dcd, colvar), = runs.retrain_data(tmp_path, s, [good, running])  # the blown-up walker is left out
+    assert (dcd.name, colvar.name) == ("gnn_s0.dcd", "gnn_s0.colvar")
+    columns = read_colvar(colvar)
+    assert list(columns["bias"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    short, = load_trajectories([dcd], tmp_path / "bias" / "gnn_s0" / "final.pdb")
+    whole, = load_trajectories([tmp_path / "bias" / "gnn_s0" / "trajectory.dcd"], tmp_path / "bias" / "gnn_s0" / "final.pdb")
+    np.testing.assert_allclose(short.xyz, whole.xyz[:5], atol=1e-6)
+    too_short = _walker_files(tmp_path / "bias" / "gnn_s2", 3)
+    with pytest.raises(RuntimeError, match=r"gnn_s2: 3 frames, retraining needs the first 5"):
+        runs.retrain_data(tmp_path, s, [too_short])

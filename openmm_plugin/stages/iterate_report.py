@@ -34,7 +34,7 @@ def reweighting_info(retrain) -> dict:
     from cvlearn.data import (biased_pairs, effective_sample_size, peek_trajectory, rescaled_time, self_pair_fraction,
                               take_segments)
     from cvlearn.data.lagged import log_weights_from_colvar
-    from cvlearn.data.splits import split_by_trajectory
+    from openmm_plugin.stages.learn_data import split_segments
 
     spec = retrain.biased
     try:
@@ -44,12 +44,13 @@ def reweighting_info(retrain) -> dict:
         raise ConfigError(str(err), key="biased.colvars") from None
     interval = retrain.frame_interval_ps or peek_trajectory(retrain.trajectories[0])[2]
     interval *= retrain.stride
-    train, val = split_by_trajectory([len(log_w)], retrain.validation_fraction, seed=0)
+    train, val = split_segments(retrain, [len(log_w)])
+    used = np.concatenate(take_segments([log_w], [*train, *val]))
     info = {"method": spec.method, "normalise_time": spec.normalise_time, "colvar": spec.colvars[0],
             "bias_column": spec.bias_column,
             "rct_column": spec.rct_column, "temperature_k": spec.temperature_k, "n_biased_frames": int(len(log_w)),
             "frame_interval_ps": float(interval), "lagtime_ps": retrain.lagtime_ps,
-            "effective_sample_size": effective_sample_size(log_w)}
+            "skip_fraction": spec.skip_fraction, "effective_sample_size": effective_sample_size(used)}
     if spec.method == "rescaled_time":
         for part, segments in (("train", train), ("validation", val)):
             parts = take_segments([log_w], segments)

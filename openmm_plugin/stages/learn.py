@@ -153,7 +153,14 @@ class BiasedSpec:
     ``normalise_time`` (rescaled time; default true) divides t' by its mean acceleration, so ``lagtime_ps`` counts
     simulated time on average. Unnormalised, t' = Σ exp(β(V − c)) dt has the scale of the bias's offset: a 2-ns
     OPES-explore run of ala2 (barrier 40 kJ/mol) spanned 2.4e8 ps of t', so a 5-ps lag paired nearly every frame
-    with itself and the retrained CV learned no slow process (|r| with φ 0.17)."""
+    with itself and the retrained CV learned no slow process (|r| with φ 0.17).
+
+    ``skip_fraction`` of each biased trajectory's first frames is left out of training and validation (the same
+    default as ``cvlearn analyze``): the bias's transient, where β(V − c(t)) is no weight yet. Right after OPES's
+    first deposition V jumps from −ΔE to ≈ 0 at the kernel while c(t) is still −ΔE, so that one frame carries
+    e^(βΔE) of the weight (measured on three 2-ns OPES-metad walkers of WLALL, barrier 30 kJ/mol: a Kish effective
+    sample size of 1 frame in 2,000 per walker, and 99 % of the rescaled-time pair weight pairing a frame with
+    itself; without the first two frames, 520-880 and 0 %)."""
 
     colvars: tuple[str, ...] = ()
     temperature_k: float = 300.0
@@ -161,13 +168,14 @@ class BiasedSpec:
     bias_column: Optional[str] = None  # default: found (``<label>.rbias``, ``<label>.bias`` − ``.rct``, ``bias``)
     rct_column: Optional[str] = None
     normalise_time: bool = True
+    skip_fraction: float = 0.1  # of each biased trajectory's first frames: the bias's transient, left out
 
     def __post_init__(self):
         if not self.colvars:
             raise ValueError("colvars: expected one COLVAR file per trajectory, found none")
         if self.method not in BIAS_METHODS:
             raise ValueError(f"method: expected one of {list(BIAS_METHODS)}, found {self.method!r}")
-        check_ranges(self, positive=("temperature_k",))
+        check_ranges(self, positive=("temperature_k",), fraction=("skip_fraction",))
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,20 @@ def lag_frames(config, interval_ps: float) -> int:
     return int(round(lag))
 
 
+def split_segments(config, n_frames: list[int]) -> tuple[list, list]:
+    """Training and validation segments of trajectories of ``n_frames`` frames (after stride); of biased ones, the
+    first ``biased.skip_fraction`` of each is left out (the bias's transient, see :class:`BiasedSpec`)."""
+    try:
+        train, val = split_by_trajectory(n_frames, config.validation_fraction, seed=0)
+    except ValueError as err:
+        raise ConfigError(str(err), key="validation_fraction") from None
+    if config.biased is not None and config.biased.skip_fraction > 0:
+        skip = [int(config.biased.skip_fraction * n) for n in n_frames]
+        train, val = ([s._replace(start=max(s.start, skip[s.traj])) for s in part if s.stop > skip[s.traj]]
+                      for part in (train, val))
+    return train, val
+
+
 def check_lag(config, plan: Plan, n_frames: list, interval_ps: float) -> tuple[list, list]:
     """Lag shorter than the longest trajectory, and a split in which both sides hold lagged pairs."""
     lag = lag_frames(config, interval_ps)
@@ -193,10 +207,7 @@ def check_lag(config, plan: Plan, n_frames: list, interval_ps: float) -> tuple[l
         raise ConfigError(f"lag {lag} frames ({config.lagtime_ps:g} ps) is not shorter than the longest trajectory "
                           f"{str(plan.trajectories[longest])!r} ({known[longest]} frames after stride "
                           f"{config.stride})", key="lagtime_ps")
-    try:
-        train, val = split_by_trajectory(known, config.validation_fraction, seed=0)
-    except ValueError as err:
-        raise ConfigError(str(err), key="validation_fraction") from None
+    train, val = split_segments(config, known)
     for name, segments in (("training", train), ("validation", val)):
         if not any(s.stop - s.start > lag for s in segments):
             sizes = [s.stop - s.start for s in segments]

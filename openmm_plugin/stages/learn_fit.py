@@ -76,9 +76,9 @@ def fit_weights(config, plan, data) -> dict:
     if config.biased is None:
         return {}
     log_w = plan.log_weights
-    if config.biased.method == "weights":
-        w = frame_weights(log_w)
-        return {"train_weights": take_segments(w, data.train), "validation_weights": take_segments(w, data.validation)}
+    if config.biased.method == "weights":  # one common shift over the frames used (not the transient left out)
+        w = frame_weights(take_segments(log_w, [*data.train, *data.validation]))
+        return {"train_weights": w[:len(data.train)], "validation_weights": w[len(data.train):]}
     pairs = {f"{part}_pairs": biased_pairs(take_segments(log_w, segments), data.frame_interval_ps, config.lagtime_ps,
                                            normalise=config.biased.normalise_time)
              for part, segments in (("train", data.train), ("validation", data.validation))}

@@ -365,3 +365,39 @@ def test_a_checkpoint_is_read_twice_at_start_up_not_five_times(tmp_path, monkeyp
     assert "continuous at the cutoff" in featurizer_note(config)
     assert featurizer.config.vector_cutoff is True  # the default, set on the checkpoint's architecture
     assert len(reads) == 2, reads
+
+
+@pytest.mark.parametrize("method", ["rescaled_time", "weights"])
+def test_the_bias_transient_is_left_out_of_biased_training(method):
+    """Right after OPES's first deposition V jumps from -ΔE to ~0 while c(t) is still -ΔE: one frame carries
+    e^(βΔE) (β(V - c) = 12 on WLALL walkers at 30 kJ/mol). Kept, it is the whole training set (rescaled time: the
+    lag falls inside that frame; weights: an effective sample size of 1); skipped with the transient, it is not."""
+    from types import SimpleNamespace
+
+    from cvlearn.data import effective_sample_size, self_pair_fraction
+    from openmm_plugin.stages.learn_data import split_segments
+    from openmm_plugin.stages.learn_fit import fit_weights
+
+    rng = np.random.default_rng(0)
+    log_w = [rng.normal(0.0, 1.0, 400) for _ in range(4)]
+    for lw in log_w:
+        lw[1] = 12.0  # the frame after the first deposition
+    outcome = {}
+    for skip in (0.0, 0.1):
+        config = LearnConfig(topology="t.pdb", trajectories=tuple(f"{i}.dcd" for i in range(4)), lagtime_ps=5.0,
+                             biased={"colvars": tuple(f"{i}.colvar" for i in range(4)), "method": method,
+                                     "skip_fraction": skip})
+        train, val = split_segments(config, [400] * 4)
+        assert all(s.start >= int(skip * 400) for s in [*train, *val]) and train and val
+        kwargs = fit_weights(config, SimpleNamespace(log_weights=log_w),
+                             SimpleNamespace(train=train, validation=val, frame_interval_ps=1.0))
+        if method == "rescaled_time":
+            outcome[skip] = self_pair_fraction(kwargs["train_pairs"])
+        else:
+            outcome[skip] = effective_sample_size(np.log(np.concatenate(kwargs["train_weights"])))
+    if method == "rescaled_time":
+        assert outcome[0.0] > 0.9 and outcome[0.1] < 0.05
+    else:
+        assert outcome[0.0] < 4 and outcome[0.1] > 100  # one spike per training trajectory: ESS ~3
+    with pytest.raises(ValueError, match=r"skip_fraction: expected a fraction in \[0, 1\), found 1"):
+        LearnConfig(topology="t.pdb", trajectories=("a.dcd",), biased={"colvars": ("c",), "skip_fraction": 1})
