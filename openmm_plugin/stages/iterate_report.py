@@ -224,6 +224,7 @@ def render_summary(s: dict) -> str:
         lines.append(f"| {name} | {r['method']} | {r['cv']} | {r['ns']:.3g} | {visited} | {training} | {rate} |")
     lines += ["", f"Retrain data: {rw['n_biased_frames']} frames of the explore run reweighted by `{rw['method']}` "
                   f"(log-weight β({rw['bias_column']} − {rw['rct_column'] or '0'}) at {rw['temperature_k']:g} K), "
+                  f"the first {rw.get('skip_fraction', 0):.0%} left out as the bias's transient, "
                   f"effective sample size {rw['effective_sample_size']:.1f}"
               + (f"; {rw['n_train_pairs']} training and {rw['n_validation_pairs']} validation pairs at "
                  f"{rw['lagtime_ps']:g} ps on the {'normalised ' if rw['normalise_time'] else ''}rescaled time axis "
