@@ -33,7 +33,8 @@ Every part resumes after a kill and a finished part is reused (see ``benchmarks/
 segment starts only when it fits). The settings are recorded in ``<work>/benchmark.run.json``: a changed one is
 refused (``--restart-fresh`` starts over), but for ``--walker-ns``: a larger one extends every walker that ran through
 from its last checkpoint (a rerun without it keeps the extended length). Results are written at the end of every invocation from what exists
-(``complete: false`` until every part has finished). A finished reference segment keeps what the analysis needs in
+(``complete: false`` until every part has finished; a walker the budget stopped is analysed as it stands once it
+holds half of ``walker_ns``, counted as running). A finished reference segment keeps what the analysis needs in
 ``reference/seg_k.reduced.npz`` (backbone torsions and its last frame, ~0.12 MB per ns): its ``.dcd`` can be deleted,
 so the reference's state can be committed and grown across sessions.
 """
@@ -145,12 +146,23 @@ def min_dwell_frames(s: dict) -> int:
     return max(1, int(round(s["tica_lag_ps"] / s["frame_ps"])))
 
 
+def interim_walker(config, s: dict) -> bool:
+    """Whether a walker that has not ended yet (stopped by the budget, resumes next time) is analysed as it stands:
+    once it holds half of ``walker_ns``, so a new arm shows before its walkers end; its row says ``running``."""
+    colvar = Path(config.out) / "COLVAR"
+    if runs.walker_outcome(config) is not None or not colvar.is_file():
+        return False
+    rows = sum(1 for line in colvar.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    return rows * s["frame_ps"] * 1e-3 >= 0.5 * s["walker_ns"]
+
+
 def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict, cv_field: str) -> dict:
     """One walker's transitions along TIC1 and its frames on the reference's TICA model, with OPES weights;
-    ``cv_field``: the COLVAR field of the biased CV component."""
-    out = runs.walker_outcome(config)
+    ``cv_field``: the COLVAR field of the biased CV component. A walker still running (:func:`interim_walker`) has
+    no speed yet (nan ms/step)."""
+    out = runs.walker_outcome(config) or {"failure": None, "ms_per_step": float("nan")}
     row = {"seed": config.seed, "failure": out["failure"], "ms_per_step": out["ms_per_step"],
-           "capped": capped_atom_evaluations(Path(config.out) / "COLVAR")}
+           "running": runs.walker_outcome(config) is None, "capped": capped_atom_evaluations(Path(config.out) / "COLVAR")}
     if out["failure"]:  # its last frames may be NaN: counted as a blow-up, left out of rates and free energies
         nan = float("nan")
         row.update({"ns": nan, "transitions": None, "transitions_per_ns": nan, "transitions_per_wall_hour": nan})
@@ -194,7 +206,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         "basins": ana.reference_basins(ref["tics"][:, 0], cores, s["frame_ps"])}
     compared, curves = {}, {"reference": [ana.basin_dF_over_time(ref["tics"][:, 0], None, cores, s["frame_ps"])]}
     for arm, arm_configs in configs.items():
-        ended = [c for c in arm_configs if runs.walker_outcome(c) is not None]
+        ended = [c for c in arm_configs if runs.walker_outcome(c) is not None or interim_walker(c, s)]
         # one CV file per arm: its COLVAR field names are read once, not per walker
         cv_field = colvar_cv_names(load_cv(ended[0].cv)[1])[s["components"][0]] if ended else None
         walkers = [analyse_walker(work, c, ref, cores, s, cv_field) for c in ended]
@@ -211,7 +223,8 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
                                  cores) if fine else float("nan")
         rate = _summary(rows, "transitions_per_ns")
         result["arms"][arm] = {
-            "walkers_ended": len(ended), "walkers_planned": len(arm_configs),
+            "walkers_ended": len(ended) - sum(r["running"] for r in rows), "walkers_planned": len(arm_configs),
+            "walkers_running": sum(r["running"] for r in rows),
             "ns_per_walker": [r["ns"] for r in rows],  # lengths differ while --walker-ns extends them
             "r_cv_tic1_per_walker": [w["row"]["r_cv_tic1"] for w in fine],
             "blown_up": sum(bool(r["failure"]) for r in rows), "capped": sum(r["capped"] for r in rows),
@@ -267,7 +280,7 @@ def targets(result: dict) -> list[dict]:
             value = a.get(key, float("nan"))
             out.append({"name": f"{name}, {arm}", "value": value, "target": t(2.5), "unit": "kJ/mol",
                         "met": bool(value <= 2.5) if bound and np.isfinite(value) else None})
-        r = a["rate_vs_reference_per_ns"]
+        r = a["rate_vs_reference_per_ns"]  # walkers still running count with the ns they hold
         out.append({"name": f"TIC1 transitions per ns, {arm} / unbiased", "value": r, "target": t(5.0), "unit": "x",
                     "met": bool(r >= 5.0) if bound and np.isfinite(r) else None})
         out.append({"name": f"{arm} walkers that blew up (of {a['walkers_ended']} ended)", "value": a["blown_up"],
@@ -429,7 +442,8 @@ def markdown(r: dict) -> str:
                   "(per walker) | ms/step |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm, a in r["arms"].items():
-            lines.append(f"| {arm} | {a['walkers_ended']}/{a['walkers_planned']} | "
+            running = f" (+{a['walkers_running']} running)" if a.get("walkers_running") else ""
+            lines.append(f"| {arm} | {a['walkers_ended']}/{a['walkers_planned']}{running} | "
                          f"{', '.join(_f(v, '.2f') for v in a.get('ns_per_walker', []))} | {a['blown_up']} | "
                          f"{a.get('capped', 0)} | "
                          f"{_f(a['transitions_per_ns'][0])} ± {_f(a['transitions_per_ns'][1])} | "

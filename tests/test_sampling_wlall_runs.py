@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from benchmarks import _sampling_wlall_runs as runs
-from benchmarks.sampling_wlall import extended_walker_ns
+from benchmarks.sampling_wlall import extended_walker_ns, interim_walker
 from cvlearn.run_dir import open_run
 from openmm_plugin.stages.bias import BiasConfig
 
@@ -83,3 +83,13 @@ def test_retrain_data_is_the_first_retrain_ns_of_each_walker_that_ran_through(tm
     too_short = _walker_files(tmp_path / "bias" / "gnn_s2", 3)
     with pytest.raises(RuntimeError, match=r"gnn_s2: 3 frames, retraining needs the first 5"):
         runs.retrain_data(tmp_path, s, [too_short])
+
+
+def test_a_stopped_walker_is_analysed_as_it_stands_once_it_holds_half_its_length(tmp_path):
+    s = {"frame_ps": 1.0, "walker_ns": 0.01}  # 10 frames planned
+    stopped = _walker_files(tmp_path / "a", 4, ended=False)
+    assert not interim_walker(stopped, s)  # under half: not yet
+    halfway = _walker_files(tmp_path / "b", 5, ended=False)
+    assert interim_walker(halfway, s)
+    assert not interim_walker(_walker_files(tmp_path / "c", 5), s)  # an ended walker is analysed as ended
+    assert not interim_walker(BiasConfig(cv="cv.pt", system="pentapeptide_wlall", out=str(tmp_path / "d")), s)
