@@ -67,15 +67,22 @@ def training_data(work: Path, s: dict) -> list[Path]:
     return paths
 
 
+def _learn_config(s: dict, out: Path, topology: Path, trajectories, lagtime_ps: float, **more):
+    """The ``cvlearn learn`` settings every CV of the benchmark shares (``more``: what one CV adds)."""
+    from openmm_plugin.stages.learn import LearnConfig
+
+    return LearnConfig(out=str(out), topology=str(topology), trajectories=tuple(str(p) for p in trajectories),
+                       selection="not element H", featurizer={"checkpoint": "default"}, context="molecule",
+                       mixer=s["mixer"], lagtime_ps=lagtime_ps, n_cvs=2, seeds=tuple(range(s["learn_seeds"])),
+                       n_clusters=s["n_clusters"], **more)
+
+
 def learn(work: Path, s: dict, trajectories: list[Path], quick: bool) -> dict:
     """``cvlearn learn`` on the training data, the distance-VAMPNet baseline exported beside ``cv.pt``."""
-    from openmm_plugin.stages.learn import LearnConfig, run_learn
+    from openmm_plugin.stages.learn import run_learn
 
-    config = LearnConfig(out=str(work / "learn"), topology=str(trajectories[0].with_suffix(".pdb")),
-                         trajectories=tuple(str(p) for p in trajectories), selection="not element H",
-                         featurizer={"checkpoint": "default"}, context="molecule", mixer=s["mixer"],
-                         lagtime_ps=s["learn_lag_ps"], n_cvs=2, seeds=tuple(range(s["learn_seeds"])),
-                         export_baselines=True, n_clusters=s["n_clusters"])
+    config = _learn_config(s, work / "learn", trajectories[0].with_suffix(".pdb"), trajectories, s["learn_lag_ps"],
+                           export_baselines=True)
     metrics = run_learn(config, quick=quick, progress=False)
     return {"vamp2_val": metrics.get("vamp2_val"), "seconds": metrics.get("seconds"),
             "n_frames": metrics.get("n_frames")}
@@ -121,15 +128,12 @@ def retrain(work: Path, s: dict, data: list[tuple[Path, Path]], quick: bool) -> 
     """``cvlearn learn`` as for the ``gnn`` arm, on biased 300 K frames (:func:`retrain_data`), reweighted on
     rescaled time t' = Σ exp(β(V − c(t))) dt (``cvlearn iterate``'s default, as in Deep-TICA): V the COLVAR's total
     bias (walls included), c(t) OPES's ``opes.rct``."""
-    from openmm_plugin.stages.learn import BiasedSpec, LearnConfig, run_learn
+    from openmm_plugin.stages.learn import BiasedSpec, run_learn
 
-    config = LearnConfig(out=str(work / "retrain"), topology=str(Path(f"{segment_prefix(work, 0)}.pdb")),
-                         trajectories=tuple(str(d) for d, _ in data), frame_interval_ps=s["frame_ps"],
-                         selection="not element H", featurizer={"checkpoint": "default"}, context="molecule",
-                         mixer=s["mixer"], lagtime_ps=s["retrain_lag_ps"], n_cvs=2,
-                         seeds=tuple(range(s["learn_seeds"])), n_clusters=s["n_clusters"],
-                         biased=BiasedSpec(colvars=tuple(str(c) for _, c in data), temperature_k=300.0,
-                                           method="rescaled_time", bias_column="bias", rct_column="opes.rct"))
+    config = _learn_config(s, work / "retrain", Path(f"{segment_prefix(work, 0)}.pdb"), [d for d, _ in data],
+                           s["retrain_lag_ps"], frame_interval_ps=s["frame_ps"],
+                           biased=BiasedSpec(colvars=tuple(str(c) for _, c in data), temperature_k=300.0,
+                                             method="rescaled_time", bias_column="bias", rct_column="opes.rct"))
     run_learn(config, quick=quick, progress=False)
 
 

@@ -160,9 +160,10 @@ def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict, cv_field
     """One walker's transitions along TIC1 and its frames on the reference's TICA model, with OPES weights;
     ``cv_field``: the COLVAR field of the biased CV component. A walker still running (:func:`interim_walker`) has
     no speed yet (nan ms/step)."""
-    out = runs.walker_outcome(config) or {"failure": None, "ms_per_step": float("nan")}
+    ended = runs.walker_outcome(config)
+    out = ended or {"failure": None, "ms_per_step": float("nan")}
     row = {"seed": config.seed, "failure": out["failure"], "ms_per_step": out["ms_per_step"],
-           "running": runs.walker_outcome(config) is None, "capped": capped_atom_evaluations(Path(config.out) / "COLVAR")}
+           "running": ended is None, "capped": capped_atom_evaluations(Path(config.out) / "COLVAR")}
     if out["failure"]:  # its last frames may be NaN: counted as a blow-up, left out of rates and free energies
         nan = float("nan")
         row.update({"ns": nan, "transitions": None, "transitions_per_ns": nan, "transitions_per_wall_hour": nan})
@@ -206,10 +207,10 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         "basins": ana.reference_basins(ref["tics"][:, 0], cores, s["frame_ps"])}
     compared, curves = {}, {"reference": [ana.basin_dF_over_time(ref["tics"][:, 0], None, cores, s["frame_ps"])]}
     for arm, arm_configs in configs.items():
-        ended = [c for c in arm_configs if runs.walker_outcome(c) is not None or interim_walker(c, s)]
+        analysed = [c for c in arm_configs if runs.walker_outcome(c) is not None or interim_walker(c, s)]
         # one CV file per arm: its COLVAR field names are read once, not per walker
-        cv_field = colvar_cv_names(load_cv(ended[0].cv)[1])[s["components"][0]] if ended else None
-        walkers = [analyse_walker(work, c, ref, cores, s, cv_field) for c in ended]
+        cv_field = colvar_cv_names(load_cv(analysed[0].cv)[1])[s["components"][0]] if analysed else None
+        walkers = [analyse_walker(work, c, ref, cores, s, cv_field) for c in analysed]
         rows = [w["row"] for w in walkers]
         fine = [w for w in walkers if not w["row"]["failure"]]
         compared[arm] = ana.compare_fes(ref, fine, s) if fine else {}
@@ -223,7 +224,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
                                  cores) if fine else float("nan")
         rate = _summary(rows, "transitions_per_ns")
         result["arms"][arm] = {
-            "walkers_ended": len(ended) - sum(r["running"] for r in rows), "walkers_planned": len(arm_configs),
+            "walkers_ended": len(analysed) - sum(r["running"] for r in rows), "walkers_planned": len(arm_configs),
             "walkers_running": sum(r["running"] for r in rows),
             "ns_per_walker": [r["ns"] for r in rows],  # lengths differ while --walker-ns extends them
             "r_cv_tic1_per_walker": [w["row"]["r_cv_tic1"] for w in fine],
@@ -360,8 +361,8 @@ def run(args) -> dict:
         learned = runs.learn(work, s, trajectories, args.quick)
         runs.extend_reference(work, s, s["first_chunk_ns"], budget)
         ref = load_reference(work, s)
+        arm_configs(args, work, s, arms, configs, budget)
         while True:  # a retrained arm's CV needs its source arm's walkers: a second round runs its walkers
-            arm_configs(args, work, s, arms, configs, budget)
             tasks = [runs.reference_task(work, s, reference_target_ns(args, s, ref)),  # beside the walkers (--jobs)
                      *[runs.walker_task(c) for arm in arms if arm in configs for c in configs[arm]]]
             left = runs.run_children(tasks, budget, args.jobs, min_start_s=5.0 if args.quick else 60.0)
@@ -370,10 +371,11 @@ def run(args) -> dict:
             waiting = [arm for arm in arms if arm not in configs]
             if not waiting:
                 break
-            source = {arm: runs.RETRAINED_FROM[arm] for arm in waiting}
-            if any(runs.retrain_data(work, s, configs.get(src, [])) is None for src in source.values()):
-                raise runs.OutOfTime(f"{', '.join(waiting)} wait(s) for the walkers of {', '.join(set(source.values()))}"
-                                     " (--arms " + ",".join(dict.fromkeys([*source.values(), *waiting])) + ")")
+            arm_configs(args, work, s, arms, configs, budget)  # the walkers above have ended: retrain now
+            if any(arm not in configs for arm in waiting):
+                sources = [runs.RETRAINED_FROM[arm] for arm in waiting]
+                raise runs.OutOfTime(f"{', '.join(waiting)} wait(s) for the walkers of {', '.join(set(sources))}"
+                                     " (--arms " + ",".join(dict.fromkeys([*sources, *waiting])) + ")")
         ref = load_reference(work, s)
         target = reference_target_ns(args, s, ref)
         while runs.finished_segments(work) * s["segment_ns"] < target - 1e-9:  # the target follows the ITS as it grows
