@@ -147,17 +147,23 @@ def pooled_fes(pairs, weights, bins: int, range_xy, periodic: bool = False):
     return free_energy_surface(x, y, w, 300.0, bins=bins, range_xy=range_xy)
 
 
-def compare_fes(ref: dict, arm_runs: list[dict], s: dict) -> dict:
-    """RMS of the reweighted F(TIC1, TIC2) and per-residue F(φ, ψ) of one arm (pooled walkers) and per walker."""
-    tic_range = tuple((float(v.min()), float(v.max())) for v in ref["tics"].T)
-    f_ref, xe, ye = pooled_fes([tuple(ref["tics"].T)], [None], s["tica_bins"], tic_range)
+def tic_range(tics: np.ndarray) -> tuple:
+    """The (min, max) of each TIC column: the bins every F(TIC1, TIC2) here shares."""
+    return tuple((float(v.min()), float(v.max())) for v in np.asarray(tics).T)
+
+
+def compare_fes(ref: dict, arm_runs: list[dict], s: dict, range_tics: tuple | None = None) -> dict:
+    """RMS of the reweighted F(TIC1, TIC2) and per-residue F(φ, ψ) of one arm (pooled walkers) and per walker;
+    TIC bins over ``range_tics`` (default: the range of ``ref``)."""
+    rng = range_tics if range_tics is not None else tic_range(ref["tics"])
+    f_ref, xe, ye = pooled_fes([tuple(ref["tics"].T)], [None], s["tica_bins"], rng)
     runs = [r for r in arm_runs if len(r["tics"])]
     if not runs:
         return {"rms_tica_kjmol": float("nan"), "rms_torsions_kjmol": float("nan"), "n_bins_tica": 0}
     pairs = [tuple(r["tics"][r["keep"]].T) for r in runs]
-    f_arm = pooled_fes(pairs, [r["weights"] for r in runs], s["tica_bins"], tic_range)[0]
+    f_arm = pooled_fes(pairs, [r["weights"] for r in runs], s["tica_bins"], rng)[0]
     rms_tica, n_bins = fes_rms(f_ref, f_arm, s["fes_cutoff_kjmol"])
-    per_walker = [fes_rms(f_ref, pooled_fes([p], [r["weights"]], s["tica_bins"], tic_range)[0],
+    per_walker = [fes_rms(f_ref, pooled_fes([p], [r["weights"]], s["tica_bins"], rng)[0],
                           s["fes_cutoff_kjmol"])[0] for p, r in zip(pairs, runs)]
     per_residue, surfaces = [], []
     torsion_range = ((-np.pi, np.pi), (-np.pi, np.pi))
@@ -172,6 +178,20 @@ def compare_fes(ref: dict, arm_runs: list[dict], s: dict) -> dict:
             "rms_torsions_per_residue_kjmol": per_residue,
             "rms_torsions_kjmol": float(np.nanmean(finite)) if np.isfinite(finite).any() else float("nan"),
             "_fes_tica": (f_arm, xe, ye), "_fes_ref": (f_ref, xe, ye), "_torsion_surfaces": surfaces}
+
+
+def reference_halves_rms(ref: dict, s: dict) -> dict:
+    """RMS F(TIC1, TIC2) and mean per-residue RMS F(φ, ψ) between the reference's first and second half, binned as
+    the arms are (the whole run's TIC range).
+
+    Why: an arm cannot be shown to match the reference better than two halves of the reference match each other;
+    where the halves differ by more than a target, this reference cannot test that target.
+    """
+    half = len(ref["tics"]) // 2
+    first = {k: ref[k][:half] for k in ("tics", "phi", "psi")}
+    second = {**{k: ref[k][half:] for k in ("tics", "phi", "psi")}, "keep": slice(None), "weights": None}
+    c = compare_fes(first, [second], s, tic_range(ref["tics"]))
+    return {k: c[k] for k in ("rms_tica_kjmol", "n_bins_tica", "rms_torsions_kjmol", "rms_torsions_per_residue_kjmol")}
 
 
 def basin_dF(tic1: np.ndarray, weights: np.ndarray | None, cores: dict) -> float:
@@ -245,5 +265,5 @@ def plot(ref_fes, arms: dict, path_stem: Path) -> list[str]:
 
 __all__ = ["compare_fes", "count_core_transitions", "fes_rms", "plot", "project", "reference_model",
            "basin_dF", "basin_dF_over_time",
-           "plot_dF_convergence", "reference_basins", "torsions",
+           "plot_dF_convergence", "reference_basins", "reference_halves_rms", "tic_range", "torsions",
            "two_state_cores", "walker_weights"]

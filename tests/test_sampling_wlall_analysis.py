@@ -56,3 +56,24 @@ def test_core_transitions_ignore_visits_shorter_than_the_dwell():
     # frames between the cores keep the last core; a short first visit still sets the starting core
     x = np.concatenate([b(2), np.full(10, 1.0), a(100), b(25)])
     assert ana.count_core_transitions(x, 0.5, 1.5, min_dwell_frames=20) == 2  # B -> A -> B
+
+
+def test_reference_halves_rms_is_the_floor_an_arm_is_judged_against():
+    """Halves drawn from one distribution agree to sampling noise; a second half whose TIC2 well moved does not,
+    and the RMS grows with the shift: the number says how finely this reference can judge an arm."""
+    rng = np.random.default_rng(2)
+    n, s = 40000, {"tica_bins": 20, "torsion_bins": 12, "fes_cutoff_kjmol": 20.0}
+
+    def reference(shift):
+        tics = rng.normal(0.0, 1.0, (n, 2))
+        tics[n // 2:, 1] += shift
+        phi, psi = rng.vonmises(-1.2, 4.0, (n, 2)), rng.vonmises(2.5, 4.0, (n, 2))
+        return {"tics": tics, "phi": phi, "psi": psi}
+
+    same, moved, far = (ana.reference_halves_rms(reference(d), s) for d in (0.0, 0.75, 1.5))
+    assert same["n_bins_tica"] > 50 and same["rms_tica_kjmol"] < 1.5
+    assert moved["rms_tica_kjmol"] > 2.0 * same["rms_tica_kjmol"]
+    assert far["rms_tica_kjmol"] > moved["rms_tica_kjmol"]
+    # the torsions did not move: their halves agree in every case
+    assert max(r["rms_torsions_kjmol"] for r in (same, moved, far)) < 1.5
+    assert len(same["rms_torsions_per_residue_kjmol"]) == 2
