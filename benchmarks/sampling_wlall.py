@@ -156,11 +156,10 @@ def interim_walker(config, s: dict) -> bool:
     return rows * s["frame_ps"] * 1e-3 >= 0.5 * s["walker_ns"]
 
 
-def analyse_walker(work: Path, config, ref: dict, cores: dict, s: dict, cv_field: str) -> dict:
+def analyse_walker(work: Path, config, ended: dict | None, ref: dict, cores: dict, s: dict, cv_field: str) -> dict:
     """One walker's transitions along TIC1 and its frames on the reference's TICA model, with OPES weights;
-    ``cv_field``: the COLVAR field of the biased CV component. A walker still running (:func:`interim_walker`) has
-    no speed yet (nan ms/step)."""
-    ended = runs.walker_outcome(config)
+    ``ended``: its :func:`runs.walker_outcome`, None for a walker still running (:func:`interim_walker`), which has
+    no speed yet (nan ms/step); ``cv_field``: the COLVAR field of the biased CV component."""
     out = ended or {"failure": None, "ms_per_step": float("nan")}
     row = {"seed": config.seed, "failure": out["failure"], "ms_per_step": out["ms_per_step"],
            "running": ended is None, "capped": capped_atom_evaluations(Path(config.out) / "COLVAR")}
@@ -208,10 +207,11 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         "halves": ana.reference_halves_rms(ref, s)}
     compared, curves = {}, {"reference": [ana.basin_dF_over_time(ref["tics"][:, 0], None, cores, s["frame_ps"])]}
     for arm, arm_configs in configs.items():
-        analysed = [c for c in arm_configs if runs.walker_outcome(c) is not None or interim_walker(c, s)]
+        outcomes = [(c, runs.walker_outcome(c)) for c in arm_configs]
+        analysed = [(c, o) for c, o in outcomes if o is not None or interim_walker(c, s)]
         # one CV file per arm: its COLVAR field names are read once, not per walker
-        cv_field = colvar_cv_names(load_cv(analysed[0].cv)[1])[s["components"][0]] if analysed else None
-        walkers = [analyse_walker(work, c, ref, cores, s, cv_field) for c in analysed]
+        cv_field = colvar_cv_names(load_cv(analysed[0][0].cv)[1])[s["components"][0]] if analysed else None
+        walkers = [analyse_walker(work, c, o, ref, cores, s, cv_field) for c, o in analysed]
         rows = [w["row"] for w in walkers]
         fine = [w for w in walkers if not w["row"]["failure"]]
         compared[arm] = ana.compare_fes(ref, fine, s) if fine else {}
@@ -429,6 +429,7 @@ def markdown(r: dict) -> str:
     if ref:
         basins = ref.get("basins") or {}
         halves, first = basins.get("dF_BA_halves_kjmol", [None, None]), basins.get("first_entry_ns", {})
+        own = ref.get("halves") or {}
         its = ", ".join(f"{lag:g} ps: {_f(row[0], '.0f')}" for lag, row in zip(ref["its"]["lags_ps"],
                                                                               ref["its"]["timescales_ps"]))
         lines += ["", f"Reference: {ref['ns']:g} ns in {ref['segments']} segments ({ref['ns_analysed']:.3g} ns analysed), "
@@ -444,8 +445,8 @@ def markdown(r: dict) -> str:
                   f"{_dF(halves[1])}; no A / no B: a state never visited). While the halves disagree, the reference does not know "
                   "this ΔF, and RMS F over bins populated in both runs cannot show it. "
                   f"The reference against itself, first half vs second half: RMS F(TIC1,TIC2) "
-                  f"{_f((ref.get('halves') or {}).get('rms_tica_kjmol'))} kJ/mol, RMS F(φ,ψ) "
-                  f"{_f((ref.get('halves') or {}).get('rms_torsions_kjmol'))} kJ/mol (mean over residues): no arm can be "
+                  f"{_f(own.get('rms_tica_kjmol'))} kJ/mol, RMS F(φ,ψ) "
+                  f"{_f(own.get('rms_torsions_kjmol'))} kJ/mol (mean over residues): no arm can be "
                   "shown closer to the reference than that.",
                   "", "| arm | walkers ended | ns per walker | blew up | capped atom-forces | TIC1 transitions / ns | "
                   "× reference | / wall h | RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ΔF(B − A) kJ/mol, pooled "
