@@ -1,19 +1,16 @@
-"""Can a CV be retrained on an OPES-explore run of ala2 at 300 K? (issue 17, item 4: explore → retrain → bias)
+"""What does a retrain on an OPES-explore run of ala2 at 300 K learn from? (issue 17, item 4: explore → retrain → bias)
 
 Reads the committed explore COLVAR of ``benchmarks/data/ala2_iterate/iterate.yaml`` (2 ns OPES-explore at 300 K on
-component 0 of the CV learned from 600 K MD; a row per ps) and the metrics of the retrains run on it, and reports
-what the retrain had to learn from:
+component 0 of the CV learned from 600 K MD; a row per ps) and reports, for the log-weights β(V − c) the iterate's
+retrain uses (the total ``bias``, walls included, minus ``opes_explore.rct``):
 
-- the spread of the log-weights β(V − c) and the effective sample size of the frame weights;
-- on the rescaled time axis t' = Σ exp(β(V − c)) Δt, raw and normalised to the simulated time (cvlearn's default
-  since this run), the share of the pair weight that pairs a frame with itself, per lag: such pairs carry no
-  kinetics;
-- per retrain: validation VAMP-2 and |r| of CV 1 with φ, against the first CV's.
+- their spread and the effective sample size of the frame weights, over the whole run and without the first
+  ``skip_fraction`` (10 %, ``BiasedSpec``'s default): the bias's transient, where one early frame carries almost all
+  the weight;
+- on the rescaled time axis t' = Σ exp(β(V − c)) Δt, raw and normalised to the simulated time (cvlearn's default),
+  the share of the pair weight that pairs a frame with itself, per lag: such pairs carry no kinetics.
 
-The log-weights are those the retrains used (their configs' ``biased`` columns: the total ``bias``, walls included,
-minus ``opes_explore.rct``), over the whole run as the committed retrains saw it and without the first
-``skip_fraction`` (10 %, ``BiasedSpec``'s default since): the bias's transient, where one early frame carries almost
-all the weight.
+The retrains themselves, and how their CVs bias, are ``benchmarks/retrain_smoothness.py``'s.
 
     python benchmarks/iterate_reweighting.py [--quick]     # results/iterate_reweighting[_quick].{json,md}
 
@@ -22,8 +19,6 @@ all the weight.
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 from pathlib import Path
 
@@ -37,33 +32,19 @@ RUN = DATA / "ala2_iterate"
 LAGS_PS = (5.0, 10.0, 20.0, 50.0)
 TEMPERATURE_K = 300.0
 FRAME_PS = 1.0
-RETRAINS = {  # name: (metrics, report) of the retrains as run, committed beside the config
-    "first CV (600 K MD)": ("learn_metrics.json", "learn_report.md"),
-    "rescaled time, lag 5 ps, unnormalised": ("retrain_lag5_unnormalised_metrics.json",
-                                              "retrain_lag5_unnormalised_report.md"),
-    "frame weights, lag 5 ps": ("retrain_weights_metrics.json", "retrain_weights_report.md"),
-}
-
-
-def _phi_r(report: Path | None) -> float | None:
-    """|r| of CV 1 with φ from a learn report's observable table."""
-    if report is None:
-        return None
-    match = re.search(r"^\| phi \| ([0-9.]+) \|", report.read_text(), flags=re.M)
-    return float(match.group(1)) if match else None
 
 
 def run(quick: bool) -> dict:
     from cvlearn.data import biased_pairs, effective_sample_size, self_pair_fraction
     from cvlearn.data.lagged import log_weights_from_colvar
+    from openmm_plugin.stages.iterate import RCT_LABEL
     from openmm_plugin.stages.learn import BiasedSpec
 
-    columns = json.loads((RUN / RETRAINS["frame weights, lag 5 ps"][0]).read_text())["config"]["biased"]
-    log_w = log_weights_from_colvar(RUN / "explore.colvar", TEMPERATURE_K, bias_column=columns["bias_column"],
-                                    rct_column=columns["rct_column"])
+    columns = {"bias_column": "bias", "rct_column": f"{RCT_LABEL['opes-explore']}.rct"}  # as the iterate's retrain
+    log_w = log_weights_from_colvar(RUN / "explore.colvar", TEMPERATURE_K, **columns)
     if quick:
         log_w = log_w[:500]
-    skip_fraction = BiasedSpec(colvars=("c",)).skip_fraction
+    skip_fraction = BiasedSpec.__dataclass_fields__["skip_fraction"].default
     kept = log_w[int(skip_fraction * len(log_w)):]
     ess, ess_kept = effective_sample_size(log_w), effective_sample_size(kept)
     rows = []
@@ -73,12 +54,6 @@ def run(quick: bool) -> dict:
         normalised_kept = self_pair_fraction(biased_pairs([kept], FRAME_PS, lag, normalise=True))
         rows.append({"lag_ps": lag, "self_pair_fraction_raw": raw, "self_pair_fraction_normalised": normalised,
                      "self_pair_fraction_normalised_skipped": normalised_kept})
-    retrains = []
-    for name, (metrics, report) in RETRAINS.items():
-        m = json.loads((RUN / metrics).read_text())
-        retrains.append({"name": name, "vamp2_val": m["vamp2_val"], "weighted": m["config"].get("biased") is not None,
-                         "phi_abs_r_cv1": _phi_r(None if report is None else RUN / report),
-                         "tica_torsions_vamp2_val": m["baselines"].get("tica_torsions", {}).get("vamp2_val")})
     at_5 = rows[0]
     targets = [
         {"name": "rescaled-time pair weight on self-pairs at the config's 5-ps lag, normalised, transient skipped",
@@ -95,19 +70,20 @@ def run(quick: bool) -> dict:
             "log_weight_span_skipped": [float(kept.min()), float(kept.max())],
             "mean_acceleration": float(np.mean(np.exp(log_w))), "effective_sample_size": ess,
             "effective_sample_size_skipped": ess_kept, "n_frames_skipped": int(len(log_w) - len(kept)),
-            "rows": rows, "retrains": retrains, "targets": targets}
+            "rows": rows, "targets": targets}
 
 
 def markdown(r: dict) -> str:
     s = r["settings"]
     lines = [f"# iterate_reweighting ({r['date']}, quick={r['quick']}, {s['n_frames']} frames of "
              f"`benchmarks/data/ala2_iterate/explore.colvar`)", "",
-             f"log-weights β(V − c) as the retrains used them (`{s['bias_column']}` − `{s['rct_column']}`) span "
+             f"log-weights β(V − c) as the iterate's retrain uses them (`{s['bias_column']}` − `{s['rct_column']}`) "
+             "span "
              f"[{r['log_weight_span'][0]:.1f}, {r['log_weight_span'][1]:.1f}], largest at frame {r['argmax_frame']}; "
              f"mean acceleration ⟨exp β(V − c)⟩ = {r['mean_acceleration']:.3g}; effective sample size "
              f"{r['effective_sample_size']:.0f} of {s['n_frames']} frames. Without the first {s['skip_fraction']:.0%} "
-             f"({r['n_frames_skipped']} frames, the bias's transient; `BiasedSpec.skip_fraction`, the default since "
-             f"the retrains below were run): span [{r['log_weight_span_skipped'][0]:.1f}, "
+             f"({r['n_frames_skipped']} frames, the bias's transient; `BiasedSpec.skip_fraction`, the default): span "
+             f"[{r['log_weight_span_skipped'][0]:.1f}, "
              f"{r['log_weight_span_skipped'][1]:.1f}], effective sample size "
              f"{r['effective_sample_size_skipped']:.0f} of {s['n_frames'] - r['n_frames_skipped']}.", "",
              "| lag (ps on t') | self-pair weight, raw t' | self-pair weight, normalised t' | normalised, transient "
@@ -115,14 +91,7 @@ def markdown(r: dict) -> str:
              *[f"| {row['lag_ps']:g} | {row['self_pair_fraction_raw']:.4f} | "
                f"{row['self_pair_fraction_normalised']:.4f} | {row['self_pair_fraction_normalised_skipped']:.4f} |"
                for row in r["rows"]], "",
-             "| CV | validation VAMP-2 | weighted | |r| CV 1 with φ | TICA φ/ψ on the same frames |", "|---|---|---|---|---|",
-             *[f"| {t['name']} | {t['vamp2_val']:.3f} | {t['weighted']} | "
-               f"{'n/a' if t['phi_abs_r_cv1'] is None else format(t['phi_abs_r_cv1'], '.2f')} | "
-               f"{'n/a' if t['tica_torsions_vamp2_val'] is None else format(t['tica_torsions_vamp2_val'], '.3f')} |"
-               for t in r["retrains"]],
-             "", "The retrain on normalised rescaled time at 20 ps kept no VAMP component (validation VAMP-2 1.044; "
-             "`cvlearn learn` refuses to export it, see `retrain_lag20.yaml`). These retrains kept the transient: "
-             "they learned from the few frames that carried its weight, not from the run."]
+             "The retrains on these frames, and whether their CVs can be biased: `retrain_smoothness.md`."]
     return "\n".join(lines + targets_table(r["targets"])) + "\n"
 
 

@@ -169,7 +169,13 @@ def analyse_walker(work: Path, config, ended: dict | None, ref: dict, cores: dic
         return {"row": row}
     colvar = read_walker(Path(config.out) / "COLVAR")
     (features, phi, psi), = ana.torsions([Path(config.out) / "trajectory.dcd"], Path(f"{runs.segment_prefix(work, 0)}.pdb"))
-    n = min(len(features), len(colvar["time"]))
+    # Rows pair with frames by time (frame k was written with the row at (k + 1) frame_ps): walkers resumed before
+    # the reporter kept the row at a checkpoint lost it, and by position every later row took the next frame.
+    frame = np.rint(colvar["time"] / s["frame_ps"]).astype(int) - 1
+    paired = (frame >= 0) & (frame < len(features))
+    colvar, frame = {k: v[paired] for k, v in colvar.items()}, frame[paired]
+    features, phi, psi = features[frame], phi[frame], psi[frame]
+    n = len(frame)
     tics = ana.project(ref["model"], features[:n])
     keep, weights = ana.walker_weights(colvar["bias"][:n])
     ns = n * s["frame_ps"] * 1e-3

@@ -10,7 +10,9 @@ return finite forces), and :class:`openmm_plugin.bias.BiasRunner` then saves a r
 no longer -∇V): a run with capped forces is not a faithful biased ensemble, which is why the count is reported.
 
 With ``max_kinetic_temperature_k``, the guard also watches the heat: a thermostatted run whose kinetic temperature,
-averaged over ``temperature_window_steps``, exceeds the limit is gaining energy the integrator does not conserve. That
+averaged over ``temperature_window_steps``, exceeds the limit is gaining energy the integrator does not conserve, and
+the runner stops it in either mode (``mode`` is about the force cap; nothing can be capped about heat, and a run that
+went on would end in a NaN with nothing saved since its last checkpoint). That
 is how learned-CV OPES walkers of the sampling benchmark died (``benchmarks/blowup.py``): at the edge of a truncated
 OPES kernel dV/ds jumps (by ~700-900 kJ/mol per CV unit there), the learned CV's gradient at that edge is ~180/nm, and
 each crossing of the resulting force step kicked the atoms by up to ~90 kJ/mol; one walker heated from 300 K to
@@ -45,7 +47,8 @@ class ForceGuard:
         Steps between the runner's checks of a tripped ``"stop"`` guard (and between kinetic-temperature samples).
     max_kinetic_temperature_k : float, optional
         Limit on the kinetic temperature (K) averaged over ``temperature_window_steps`` (e.g. 1.5 x the bath's); None:
-        not watched. Over the limit counts as ``n_hot``; ``"stop"`` then stops the run (restartable state + RunError).
+        not watched. Over the limit counts as ``n_hot`` and stops the run in either mode (restartable state +
+        RunError).
     temperature_window_steps : int
         Steps averaged for the kinetic temperature (a multiple of ``check_every_steps``).
     """
@@ -92,8 +95,9 @@ class ForceGuard:
 
     @property
     def tripped(self) -> bool:
-        """A ``"stop"`` guard that capped at least once, or found the run too hot: the runner stops the run."""
-        return self.mode == "stop" and (self.n_capped > self._armed_at or self.n_hot > self._hot_armed_at)
+        """A ``"stop"`` guard that capped at least once, or any guard that found the run too hot: the runner stops
+        the run."""
+        return (self.mode == "stop" and self.n_capped > self._armed_at) or self.n_hot > self._hot_armed_at
 
     def rearm(self) -> None:
         """Count only caps and hot windows from now on towards ``tripped`` (after a restore)."""

@@ -9,8 +9,8 @@ its own deposition records to ``<walkers_dir>/<label>.walker<id>.npz`` (atomical
 new rows of the others' files, as ``app.Metadynamics``'s ``biasDir`` does. With ``native`` (a
 :class:`openmm_plugin.bias.native.NativeBiasForce`), the CV comes from the Context's ``CustomCVForce`` and each
 change of the bias refreshes its table. With ``guard`` (:class:`openmm_plugin.bias.guard.ForceGuard`), capped bias
-forces (and a kinetic temperature over the guard's limit) are logged, and a tripped ``"stop"`` guard saves
-``<save_path stem>.stopped.npz`` and raises ``RunError``.
+forces (and a kinetic temperature over the guard's limit) are logged, and a tripped guard (a cap in mode ``"stop"``,
+or heat in either mode) saves ``<save_path stem>.stopped.npz`` and raises ``RunError``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 _FORMAT = 1
 
+
+BLOWN_UP = ("the simulation has blown up (try a smaller MTS factor or timestep, walls at the CV's trusted range, or a "
+            "smoother CV: learn with smoothness, e.g. 1e-4)")
 
 class BiasRunner:
     """Deposition, checkpoint and multiple-walker bookkeeping for one bias (possibly a :class:`BiasSum`).
@@ -157,8 +160,7 @@ class BiasRunner:
             if self._due(now):
                 cv = self.current_cv(simulation)
                 if not np.all(np.isfinite(cv)):  # stop here, not after hours of NaN steps and a NaN bias
-                    raise FloatingPointError(f"step {now}: the CV is {cv.tolist()}; the simulation has blown up "
-                                             "(try a smaller MTS factor or timestep, or walls at the CV's trusted range)")
+                    raise FloatingPointError(f"step {now}: the CV is {cv.tolist()}; {BLOWN_UP}")
                 changed = self.bias.update(cv, now)
                 if changed and self.walkers_dir is not None:
                     self.write_walker_files()

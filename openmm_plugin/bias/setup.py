@@ -118,7 +118,14 @@ class BiasedCV:
         """
         if int(n_steps) % self.mts_substeps:
             raise ValueError(f"n_steps: expected a multiple of mts_substeps={self.mts_substeps}, found {n_steps}")
-        self.runner.step(simulation, int(n_steps) // self.mts_substeps)
+        try:
+            self.runner.step(simulation, int(n_steps) // self.mts_substeps)
+        except BaseException:
+            # A run that blew up or was stopped keeps its COLVAR rows and frames up to there, the record of what
+            # went wrong (else they wait for the next checkpoint, which never comes); a resume cuts both back to
+            # its checkpoint.
+            self._flush()
+            raise
 
     def _flush(self) -> None:
         for reporter in (self.reporter, self.trajectory_reporter):

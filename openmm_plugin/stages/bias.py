@@ -95,7 +95,8 @@ class BiasConfig:
     trajectory: bool = True  # trajectory.dcd: a frame at every COLVAR row (frame k = row k), for `cvlearn analyze`
     force_guard_kjmol_nm: Optional[float] = None  # cap on each atom's bias force (python route); None: no cap
     force_guard_mode: str = "cap"  # cap (count in COLVAR `guard.capped`) | stop (save a restartable state, exit 1)
-    force_guard_max_temperature_k: Optional[float] = None  # stop (restartable) when the 2000-step mean T_kin exceeds it
+    force_guard_max_temperature_k: Optional[float] = None  # stop (restartable) when the 2000-step mean T_kin exceeds it,
+    # in either force_guard_mode (e.g. 1.5 x temperature_k: healthy ala2 at 300 K peaked at 395 K over 400 ps)
     metad: MetadParams = field(default_factory=MetadParams)
     opes: OPESParams = field(default_factory=OPESParams)
     restraint: RestraintParams = field(default_factory=RestraintParams)

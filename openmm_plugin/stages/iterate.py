@@ -7,7 +7,8 @@ The protocol practitioners use for learned CVs (Deep-TICA; Bonati, Piccini & Par
 2. ``explore``: ``cvlearn bias`` with OPES-explore (the default ``method``) on that CV → ``explore/COLVAR`` and
    ``explore/trajectory.dcd`` (frame k = COLVAR row k);
 3. ``retrain``: ``cvlearn learn`` again, the same settings unless overridden, on the explore run's frames,
-   reweighted through its COLVAR (``biased``) → ``retrain/cv.pt``;
+   reweighted through its COLVAR (``biased``) → ``retrain/cv.pt``; with the smoothness penalty
+   (:data:`RETRAIN_SMOOTHNESS`) unless a section sets ``smoothness``;
 4. ``bias``: ``cvlearn bias`` (OPES-metad by default) on the retrained CV, on the explore's System unless the section
    names another → ``bias/``;
 5. optional ``analyze``: ``cvlearn analyze`` of the final bias's COLVAR (and trajectory) → ``analyze/``;
@@ -55,7 +56,7 @@ from cvlearn.run_dir import open_run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILLED", "IterateConfig", "QUICK_EXPLORE_FRAMES", "Stages", "TransitionSpec",
+__all__ = ["FILLED", "IterateConfig", "QUICK_EXPLORE_FRAMES", "RETRAIN_SMOOTHNESS", "Stages", "TransitionSpec",
            "frame_interval_ps", "resolve_stages", "run_iterate"]
 
 STEPS = ("learn", "explore", "retrain", "bias", "analyze")
@@ -70,6 +71,11 @@ QUICK_EXPLORE_FRAMES = 40
 # carries the reweighted data and the retrain finds no slow process (a smoke test must not fail on that).
 QUICK_EXPLORE_BARRIER_KJMOL = 5.0
 OUTPUTS = ("learn", "explore", "retrain", "bias", "analyze", "summary.json", "summary.md")
+# The retrain's smoothness penalty λ (nm²) unless the learn or retrain section sets one. Retrained on ala2's 2-ns
+# OPES-explore run without it, 2 of 3 CVs were rough enough (|∇s| up to 80 per unit of their range on the explore
+# frames, 3x the first CV's) that their OPES-metad run heated and blew up within 11 ps at 2 fs; with it, 0 of 3, and
+# validation VAMP-2 went up (benchmarks/results/retrain_smoothness.md). The first learn keeps cvlearn learn's default.
+RETRAIN_SMOOTHNESS = 1e-4
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,8 @@ def _retrain_config(config: IterateConfig, learn_map: dict, explore, quick: bool
     if "colvars" in user_biased:
         raise ConfigError("filled in by the iterate run (the explore run's COLVAR); remove it",
                           key="retrain.biased.colvars")
-    data = {**learn_map, "stride": 1, "frame_interval_ps": None, "store": None, **overrides,
+    data = {**learn_map, "stride": 1, "frame_interval_ps": None, "store": None,
+            "smoothness": learn_map.get("smoothness", RETRAIN_SMOOTHNESS), **overrides,
             "out": str(Path(config.out) / "retrain"), "trajectories": [str(Path(explore.out) / "trajectory.dcd")],
             "biased": {**biased, **user_biased, "colvars": [str(Path(explore.out) / "COLVAR")]}}
     retrain = from_dict(LearnConfig, data, None, key="retrain")

@@ -230,6 +230,14 @@ def _check_colvars(config, plan: Plan) -> list[np.ndarray]:
         if n_frames is not None and n_rows != n_frames:
             raise ConfigError(f"COLVAR {str(path)!r} has {n_rows} rows, trajectory {str(traj)!r} has {n_frames} "
                               "frames", key="biased.colvars")
+        time = columns.get("time")
+        if time is not None and len(time) > 2:  # a missing row pairs every later row with the next frame
+            steps = np.diff(time)
+            odd = np.flatnonzero(np.abs(steps - np.median(steps)) > 1e-3 * abs(np.median(steps)))
+            if odd.size:
+                raise ConfigError(f"COLVAR {str(path)!r}: expected a row every {np.median(steps):g} ps (row k = frame "
+                                  f"k), found a step of {steps[odd[0]]:g} ps after row {odd[0]} (time "
+                                  f"{time[odd[0]]:g} ps)", key="biased.colvars")
         try:
             log_w = log_weights_from_colvar(columns, biased.temperature_k, bias_column=biased.bias_column,
                                             rct_column=biased.rct_column)

@@ -102,7 +102,7 @@ def _particles_system(n: int) -> openmm.System:
     return dw.make_system(n_particles=n)
 
 
-def _guarded(tmp_path, temperature_k: float, n: int = 30):
+def _guarded(tmp_path, temperature_k: float, n: int = 30, mode: str = "stop"):
     system = _particles_system(n)
     cv = dw.coordinate_cv(tmp_path / "cv.pt", n_particles=n)
     bias = HarmonicRestraint([-dw.MINIMUM_NM], 10.0)
@@ -117,19 +117,20 @@ def _guarded(tmp_path, temperature_k: float, n: int = 30):
     sim = app.Simulation(top, system, integrator, openmm.Platform.getPlatformByName("Reference"))
     sim.context.setPositions(dw.start_positions(n))
     sim.context.setVelocitiesToTemperature(temperature_k, 3)
-    guard = ForceGuard(1e9, mode="stop", check_every_steps=10, max_kinetic_temperature_k=1.5 * dw.TEMPERATURE_K,
+    guard = ForceGuard(1e9, mode=mode, check_every_steps=10, max_kinetic_temperature_k=1.5 * dw.TEMPERATURE_K,
                        temperature_window_steps=200)
     runner = BiasRunner(bias, callback=force.callback, guard=guard, save_path=tmp_path / "state.npz")
     return sim, runner, guard
 
 
-def test_temperature_guard_stops_a_heating_run_restartably_and_spares_a_healthy_one(tmp_path):
+@pytest.mark.parametrize("mode", ["stop", "cap"])  # heat stops a run in either mode: nothing to cap about it
+def test_temperature_guard_stops_a_heating_run_restartably_and_spares_a_healthy_one(tmp_path, mode):
     (tmp_path / "cold").mkdir()
-    sim, runner, guard = _guarded(tmp_path / "cold", dw.TEMPERATURE_K)
+    sim, runner, guard = _guarded(tmp_path / "cold", dw.TEMPERATURE_K, mode=mode)
     runner.step(sim, 1000)  # 300 K against a 450 K limit: no false alarm
     assert guard.n_hot == 0 and abs(guard.t_kin_window_k - dw.TEMPERATURE_K) < 0.2 * dw.TEMPERATURE_K
     assert degrees_of_freedom(sim.system) == 3 * 30
-    sim, runner, guard = _guarded(tmp_path, 3 * dw.TEMPERATURE_K)  # a run that is "heating": 900 K
+    sim, runner, guard = _guarded(tmp_path, 3 * dw.TEMPERATURE_K, mode=mode)  # a run that is "heating": 900 K
     with pytest.raises(RunError, match="the run heats up.*kernel_cutoff"):
         runner.step(sim, 1000)
     assert sim.currentStep == 200  # the first full window

@@ -195,6 +195,27 @@ def test_colvar_resumes_and_parses(tmp_path):
     assert np.allclose(again["time"], colvar["time"]) and np.array_equal(again["x"], colvar["x"])
 
 
+
+def test_a_resume_keeps_the_row_at_its_checkpoint_whatever_the_time_rounding(tmp_path):
+    """OpenMM's time is a running sum of the step: after 710,000 steps of 2 fs it reads 1419.99999998 ps while the
+    COLVAR row written at that step says 1420 (10 digits). The row at the checkpoint must survive the cut-back, or
+    the file loses it and every later row pairs with the next trajectory frame."""
+    from cvlearn.data.colvar import write_colvar
+
+    elapsed = 0.0
+    for _ in range(710_000):
+        elapsed += 0.002
+    assert elapsed != 1420.0  # the rounding this is about
+    cv = dw.coordinate_cv(tmp_path / "cv.pt")
+    bias = _make_bias("opes-metad")
+    fields = BiasReporter(tmp_path / "probe", bias, cv, 500).fields
+    rows = np.zeros((1421, len(fields)))
+    rows[:, 0] = np.arange(1, 1422)  # a row per ps, the last one after the checkpoint
+    write_colvar(tmp_path / "COLVAR", fields, rows)
+    reporter = BiasReporter(tmp_path / "COLVAR", bias, cv, 500)
+    reporter.keep_until(elapsed)
+    assert read_colvar(tmp_path / "COLVAR")["time"][-1] == 1420.0 and len(reporter.rows) == 1420
+
 def test_runner_stops_when_the_simulation_blows_up(tmp_path):
     """A NaN CV at a deposition raises at once (a blown-up walker must not run on for hours)."""
     cv = dw.coordinate_cv(tmp_path / "cv.pt")

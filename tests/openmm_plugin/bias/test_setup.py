@@ -73,6 +73,38 @@ def test_bias_cv_builds_attaches_runs_and_resumes(phi_psi_cv, ala2, tmp_path):
         again.attach(simulation)
 
 
+
+def test_a_run_that_blows_up_keeps_its_colvar_and_frames_up_to_there(phi_psi_cv, ala2, tmp_path):
+    """The rows before a blow-up are the record of what went wrong: written, not left waiting for a checkpoint that
+    never comes; a resume still cuts them back to its checkpoint."""
+    system = _fresh_system(ala2)
+    biased = bias_cv(system, phi_psi_cv, method="opes-metad", temperature_k=300, sigma=0.3, barrier_kjmol=30,
+                     pace_steps=20, colvar=tmp_path / "COLVAR", report_interval_steps=20, route="python",
+                     force_group=1, save_path=tmp_path / "state.npz", save_every_steps=40,
+                     trajectory=tmp_path / "trajectory.dcd", timestep_ps=0.002)
+    simulation = app.Simulation(ala2.topology, system, make_integrator(300.0, 1.0, 0.002, seed=1, bias_group=1),
+                                openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions(ala2.positions_nm)
+    biased.attach(simulation)
+    biased.run(simulation, 100)  # checkpoints at 40 and 80; rows at 20, 40, ..., 100
+    simulation.context.setPositions(np.full((22, 3), np.nan))
+    with pytest.raises(FloatingPointError, match="blown up"):
+        biased.run(simulation, 20)
+    assert len(read_colvar(tmp_path / "COLVAR")["time"]) == 6  # every row, the one of the NaN step included
+    import mdtraj
+
+    frames = mdtraj.load(str(tmp_path / "trajectory.dcd"), top=mdtraj.Topology.from_openmm(ala2.topology))
+    assert frames.n_frames == 5 and np.isfinite(frames.xyz).all()  # the NaN frame is refused, in the same words
+    again = bias_cv(_fresh_system(ala2), phi_psi_cv, sigma=0.3, barrier_kjmol=30, pace_steps=20,
+                    colvar=tmp_path / "COLVAR", report_interval_steps=20, save_path=tmp_path / "state.npz",
+                    trajectory=tmp_path / "trajectory.dcd", timestep_ps=0.002)
+    sim2 = app.Simulation(ala2.topology, again.system, make_integrator(300.0, 1.0, 0.002, seed=1, bias_group=1),
+                          openmm.Platform.getPlatformByName("Reference"))
+    assert again.attach(sim2) is True and sim2.currentStep == 80
+    again.run(sim2, 20)
+    again.close(sim2)
+    assert np.allclose(read_colvar(tmp_path / "COLVAR")["time"], np.arange(1, 6) * 20 * 0.002)
+
 def test_bias_force_is_minus_the_gradient_of_the_bias_energy(phi_psi_cv, ala2):
     """Restraint on φ, ψ: the force of group 1 equals −dV/dx by central differences of the group's energy."""
     system = _fresh_system(ala2)

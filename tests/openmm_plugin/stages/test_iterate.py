@@ -14,6 +14,7 @@ import yaml
 from cvlearn.analysis.transitions import count_phi_transitions
 from cvlearn.data.colvar import read_colvar
 from openmm_plugin.cli import main
+from openmm_plugin.stages.iterate import RETRAIN_SMOOTHNESS, IterateConfig, resolve_stages
 from tests.openmm_plugin.stages.ala2_runs import ala2_runs
 
 N_FRAMES = 150
@@ -70,6 +71,8 @@ def test_every_step_writes_its_outputs_and_the_retrain_learns_from_the_explore_r
     assert retrained["config"]["trajectories"] == [str(out / "explore" / "trajectory.dcd")]
     assert retrained["config"]["biased"]["colvars"] == [str(out / "explore" / "COLVAR")]
     assert retrained["config"]["biased"]["method"] == "rescaled_time"
+    assert retrained["config"]["smoothness"] == RETRAIN_SMOOTHNESS  # a CV meant to be biased next: smooth by default
+    assert json.loads((out / "learn" / "metrics.json").read_text())["config"]["smoothness"] == 0.0
     assert retrained["n_frames"]["total"] == 40 and retrained["vamp2_val_deeptime"] is None  # weighted: no deeptime
     reweighting = summary["reweighting"]
     assert reweighting["n_biased_frames"] == 40 and reweighting["rct_column"] == "opes_explore.rct"
@@ -95,6 +98,19 @@ def test_every_step_writes_its_outputs_and_the_retrain_learns_from_the_explore_r
                                                      for n in ("cv1", "cv2")])
     assert summary["biased_runs"]["bias"]["method"] == "opes-metad"
     assert "C7ax-C7eq" in summary["analyze"]["deltaF"]
+
+
+def test_the_retrain_smoothness_default_gives_way_to_a_section_that_sets_one(md, tmp_path):
+    from cvlearn.config import from_dict
+
+    def retrain(edit):
+        config = _config(md, tmp_path / "out")
+        edit(config)
+        return resolve_stages(from_dict(IterateConfig, config, "iterate.yaml")).retrain
+
+    assert retrain(lambda c: None).smoothness == RETRAIN_SMOOTHNESS
+    assert retrain(lambda c: c.update(retrain={"smoothness": 0.0})).smoothness == 0.0
+    assert retrain(lambda c: c["learn"].update(smoothness=1e-3)).smoothness == 1e-3  # the learn section's, inherited
 
 
 def _stamps(out: Path) -> dict:

@@ -153,6 +153,12 @@ def test_learning_from_biased_runs_uses_the_colvar_weights(md, tmp_path):
     with pytest.raises(ConfigError, match=rf"COLVAR '.*short' has {N_FRAMES - 1} rows, trajectory '.*traj0\.dcd' has "
                                           rf"{N_FRAMES} frames"):
         run_learn(LearnConfig(**_config(md, tmp_path / "x", biased={"colvars": [short, *colvars[1:]]})))
+    gap = str(tmp_path / "gap")  # a row lost on a resume: later rows would pair with the next frame
+    time = np.r_[np.arange(70), np.arange(71, N_FRAMES + 1)] * FRAME_PS
+    write_colvar(gap, ["time", "bias"], np.column_stack([time, np.zeros(N_FRAMES)]))
+    with pytest.raises(ConfigError, match=r"biased\.colvars: COLVAR '.*gap': expected a row every 0\.1 ps \(row k = "
+                                          r"frame k\), found a step of 0\.2 ps after row 69 \(time 6\.9 ps\)"):
+        run_learn(LearnConfig(**_config(md, tmp_path / "x", biased={"colvars": [gap, *colvars[1:]]})))
     no_bias = str(tmp_path / "nobias")
     write_colvar(no_bias, ["time", "cv1"], np.zeros((N_FRAMES, 2)))
     with pytest.raises(ConfigError, match=r"biased\.colvars: .*nobias: expected one bias column .* found fields "
