@@ -226,6 +226,8 @@ def _iterate(args: argparse.Namespace) -> int:
         rate = run.get("transitions_per_ns")
         rate = "" if rate is None else f", {rate:.3g} transitions/ns"
         print(f"{name:8s} {run['method']:13s} {run['ns']:.3g} ns{rate}")
+    for sentence in summary.get("verdict", []):
+        print(sentence)
     print(f"summary: {config.out}/summary.md")
     return 0
 

@@ -113,6 +113,21 @@ def test_the_retrain_smoothness_default_gives_way_to_a_section_that_sets_one(md,
     assert retrain(lambda c: c["learn"].update(smoothness=1e-3)).smoothness == 1e-3  # the learn section's, inherited
 
 
+def test_the_summary_says_when_the_retrain_did_not_learn_better():
+    from openmm_plugin.stages.iterate_report import verdict
+
+    def summary(first, retrained, share):
+        return {"vamp2_heldout": {"vamp2": {"first": first, "retrained": retrained}},
+                "reweighting": {"self_pair_fraction_train": share}}
+
+    assert verdict(summary(1.74, 1.72, 0.05)) == []  # as good, within the margin: nothing to say
+    worse, = verdict(summary(1.74, 1.07, 0.05))
+    assert worse.startswith("The retrained CV scores 1.070 against the first CV's 1.740") and "learn/cv.pt" in worse
+    short, = verdict(summary(1.74, 1.80, 0.46))
+    assert short.startswith("46 % of the retrain's training pair weight pairs a frame with itself")
+    assert len(verdict({"vamp2_heldout": {"vamp2": {"first": 1.7, "retrained": 1.0}}, "reweighting": {}})) == 1
+
+
 def _stamps(out: Path) -> dict:
     files = ["learn/cv.pt", "learn/seeds/seed0.ckpt", "explore/COLVAR", "explore/trajectory.dcd", "retrain/cv.pt",
              "bias/COLVAR", "bias/trajectory.dcd"]
