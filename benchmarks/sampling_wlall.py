@@ -176,17 +176,17 @@ def analyse_walker(work: Path, config, ended: dict | None, ref: dict, cores: dic
     colvar, frame = {k: v[paired] for k, v in colvar.items()}, frame[paired]
     features, phi, psi = features[frame], phi[frame], psi[frame]
     n = len(frame)
-    tics = ana.project(ref["model"], features[:n])
-    keep, weights = ana.walker_weights(colvar["bias"][:n])
+    tics = ana.project(ref["model"], features)
+    keep, weights = ana.walker_weights(colvar["bias"])
     ns = n * s["frame_ps"] * 1e-3
     transitions = ana.count_core_transitions(tics[:, 0], cores["below"], cores["above"], min_dwell_frames(s))
     # Does the biased component still follow the slowest process under bias? (A CV that tracks TIC1 on unbiased
     # frames can be moved by faster motions once biased: then transitions stay rare however flat the bias.)
-    row["r_cv_tic1"] = float(np.corrcoef(colvar[cv_field][:n], tics[:, 0])[0, 1]) if n > 2 else float("nan")
+    row["r_cv_tic1"] = float(np.corrcoef(colvar[cv_field], tics[:, 0])[0, 1]) if n > 2 else float("nan")
     hours = n * s["frame_ps"] * 1e-3 * STEPS_PER_NS * out["ms_per_step"] / 3.6e6
     row.update({"ns": ns, "transitions": transitions, "transitions_per_ns": transitions / ns if ns else float("nan"),
                 "transitions_per_wall_hour": transitions / hours if hours > 0 else float("nan")})
-    return {"row": row, "tics": tics, "phi": phi[:n], "psi": psi[:n], "keep": keep, "weights": weights}
+    return {"row": row, "tics": tics, "phi": phi, "psi": psi, "keep": keep, "weights": weights}
 
 
 def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned: dict | None) -> dict:

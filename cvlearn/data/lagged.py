@@ -316,6 +316,32 @@ class BiasedRun:
     trajectory: object  # the mdtraj.Trajectory (all atoms), for analysis
 
 
+def uneven_step(time_ps: np.ndarray, rtol: float = 1e-3) -> int | None:
+    """Index of the first step of ``time_ps`` that differs from the median step by more than ``rtol`` of it, or None.
+
+    Row k of a biased run's COLVAR belongs to frame k only while the rows are evenly spaced: a missing row would pair
+    every later row with the next frame.
+
+    Parameters
+    ----------
+    time_ps : np.ndarray
+        ``[n_rows]`` times, ps.
+    rtol : float
+        Tolerance relative to the median step.
+
+    Returns
+    -------
+    int or None
+        ``i`` such that ``time_ps[i + 1] - time_ps[i]`` is the first odd step.
+    """
+    steps = np.diff(np.asarray(time_ps, dtype=np.float64))
+    if steps.size == 0:
+        return None
+    dt = float(np.median(steps))
+    odd = np.flatnonzero(np.abs(steps - dt) > rtol * abs(dt))
+    return int(odd[0]) if odd.size else None
+
+
 def load_biased_run(traj_path: str | Path, top_path: str | Path, colvar_path: str | Path, temperature_k: float, *,
                     atom_indices: Sequence[int] | None = None, bias_column: str | None = None,
                     rct_column: str | None = None, skip_ps: float = 0.0) -> BiasedRun:
@@ -354,7 +380,7 @@ def load_biased_run(traj_path: str | Path, top_path: str | Path, colvar_path: st
         raise ValueError(f"{colvar_path}: expected a 'time' column with at least 2 rows, found fields {list(columns)}")
     steps = np.diff(time_ps)
     dt = float(np.median(steps))
-    if dt <= 0 or np.abs(steps - dt).max() > 1e-3 * dt:
+    if dt <= 0 or uneven_step(time_ps) is not None:
         raise ValueError(f"{colvar_path}: expected evenly spaced 'time' (ps), found steps from {steps.min()} to {steps.max()}")
     keep = time_ps >= time_ps[0] + skip_ps - 1e-9
     xyz = traj.xyz[keep] if atom_indices is None else traj.xyz[keep][:, list(atom_indices)]

@@ -37,6 +37,7 @@ _FORMAT = 1
 BLOWN_UP = ("the simulation has blown up (try a smaller MTS factor or timestep, walls at the CV's trusted range, or a "
             "smoother CV: learn with smoothness, e.g. 1e-4)")
 
+
 class BiasRunner:
     """Deposition, checkpoint and multiple-walker bookkeeping for one bias (possibly a :class:`BiasSum`).
 

@@ -26,7 +26,7 @@ import torch
 from cvlearn.config import check_input_file
 from cvlearn.data import (iter_trajectory, load_trajectories, peek_trajectory, read_colvar, read_topology,
                           select_atoms)
-from cvlearn.data.lagged import log_weights_from_colvar
+from cvlearn.data.lagged import log_weights_from_colvar, uneven_step
 from cvlearn.data.splits import split_by_trajectory
 from cvlearn.errors import ConfigError
 from cvlearn.estimators.baselines import backbone_torsion_features
@@ -231,13 +231,11 @@ def _check_colvars(config, plan: Plan) -> list[np.ndarray]:
             raise ConfigError(f"COLVAR {str(path)!r} has {n_rows} rows, trajectory {str(traj)!r} has {n_frames} "
                               "frames", key="biased.colvars")
         time = columns.get("time")
-        if time is not None and len(time) > 2:  # a missing row pairs every later row with the next frame
-            steps = np.diff(time)
-            odd = np.flatnonzero(np.abs(steps - np.median(steps)) > 1e-3 * abs(np.median(steps)))
-            if odd.size:
-                raise ConfigError(f"COLVAR {str(path)!r}: expected a row every {np.median(steps):g} ps (row k = frame "
-                                  f"k), found a step of {steps[odd[0]]:g} ps after row {odd[0]} (time "
-                                  f"{time[odd[0]]:g} ps)", key="biased.colvars")
+        odd = None if time is None or len(time) <= 2 else uneven_step(time)
+        if odd is not None:
+            raise ConfigError(f"COLVAR {str(path)!r}: expected a row every {np.median(np.diff(time)):g} ps (row k = "
+                              f"frame k), found a step of {time[odd + 1] - time[odd]:g} ps after row {odd} (time "
+                              f"{time[odd]:g} ps)", key="biased.colvars")
         try:
             log_w = log_weights_from_colvar(columns, biased.temperature_k, bias_column=biased.bias_column,
                                             rct_column=biased.rct_column)
