@@ -31,8 +31,18 @@ from cvlearn.run_dir import read_record
 SYSTEM = "pentapeptide_wlall"
 # arm -> its CV file in the work directory. ``gnn_retrained``: the GNN CV retrained on the ``gnn`` walkers' biased
 # 300 K frames, reweighted (the practitioners' protocol for learned CVs, ``cvlearn iterate``; :func:`retrain`).
-ARMS = {"gnn": "learn/cv.pt", "distances": "learn/baseline_distances_cv.pt", "gnn_retrained": "retrain/cv.pt"}
+# ``gnn_2d``: the same GNN CV biased on both components: on the 400 K training frames component 0 follows TIC1 and
+# TIC2 of the 300 K reference alike (|r| 0.4-0.9 with each), so a 1-D bias on it pushes as much along TIC2 as along
+# the slowest process; component 1 carries the rest of that plane.
+ARMS = {"gnn": "learn/cv.pt", "distances": "learn/baseline_distances_cv.pt", "gnn_retrained": "retrain/cv.pt",
+        "gnn_2d": "learn/cv.pt"}
 RETRAINED_FROM = {"gnn_retrained": "gnn"}  # arm -> the arm whose walkers' frames it is trained on
+ARM_COMPONENTS = {"gnn_2d": (0, 1)}  # arm -> its biased CV components (else the settings' ``components``)
+
+
+def arm_components(s: dict, arm: str) -> tuple[int, ...]:
+    """The CV components an arm biases: its own (:data:`ARM_COMPONENTS`) or the settings' ``components``."""
+    return tuple(ARM_COMPONENTS.get(arm, s["components"]))
 
 
 class OutOfTime(Exception):
@@ -277,7 +287,7 @@ def walker_config(work: Path, s: dict, arm: str, seed: int, sigma):
                       pace_steps=step(s["pace_ps"]))
     return BiasConfig(cv=str(work / ARMS[arm]), system=SYSTEM, out=str(walker_dir(work, arm, seed)),
                       method="opes-metad", route="python", compile=s["compile"],
-                      components=tuple(s["components"]),
+                      components=arm_components(s, arm),
                       range_margin_fraction=s["wall_margin_fraction"], walls_at_training_range=True, temperature_k=300.0,
                       n_steps=step(s["walker_ns"] * 1e3), report_interval_steps=step(s["frame_ps"]),
                       save_every_steps=step(s["checkpoint_ps"]), seed=seed, mts_substeps=s["mts"], torch_threads=1,
@@ -393,6 +403,7 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
     return [task[0] for task in tasks if not task[3]()]
 
 
-__all__ = ["ARMS", "Budget", "OutOfTime", "RETRAINED_FROM", "cv_sigma", "extend_reference", "finished_segments",
-           "learn", "reduce_segment", "reference_task", "retrain", "retrain_data", "retrained", "run_children", "segment_prefix", "segment_speeds", "training_data", "walker_config", "walker_dir",
-           "walker_done", "walker_outcome", "walker_task"]
+__all__ = ["ARMS", "ARM_COMPONENTS", "Budget", "OutOfTime", "RETRAINED_FROM", "arm_components", "cv_sigma",
+           "extend_reference", "finished_segments", "learn", "reduce_segment", "reference_task", "retrain",
+           "retrain_data", "retrained", "run_children", "segment_prefix", "segment_speeds", "training_data",
+           "walker_config", "walker_dir", "walker_done", "walker_outcome", "walker_task"]

@@ -6,7 +6,8 @@ Both CVs come from one ``cvlearn learn`` run (``export_baselines: true``) on unb
 the practitioners' protocol for learned CVs (``cvlearn iterate``; Deep-TICA): the GNN CV retrained with the same
 settings on the first ``retrain_ns`` of the ``gnn`` walkers (biased, 300 K), reweighted on rescaled time; it asks
 whether a CV learned from biased 300 K frames drives the slowest process better than one learned at 400 K. Each is
-biased the same way (arm ``gnn``, arm ``distances``, arm ``gnn_retrained``): OPES-metad on component 0 (``--components``), σ by
+biased the same way (arm ``gnn``, arm ``distances``, arm ``gnn_retrained``): OPES-metad on component 0 (``--components``;
+arm ``gnn_2d`` biases the ``gnn`` arm's CV on both its components, a 2-D OPES: ``runs.ARM_COMPONENTS``), σ by
 :func:`openmm_plugin.bias.sigma.learned_cv_sigma` (``--sigma-rule adaptive``: OPES adaptive σ), walls 10 % of the
 training range outside it (kappa 100), the same barrier and pace, MTS 2 (the GNN CV costs ~10 ms/step: MTS 1 would
 double it; on ala2's continuous CV MTS 2 and 1 gave the same ΔF within errors), the README recipe's bias-force guard
@@ -216,7 +217,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         outcomes = [(c, runs.walker_outcome(c)) for c in arm_configs]
         analysed = [(c, o) for c, o in outcomes if o is not None or interim_walker(c, s)]
         # one CV file per arm: its COLVAR field names are read once, not per walker
-        cv_field = colvar_cv_names(load_cv(analysed[0][0].cv)[1])[s["components"][0]] if analysed else None
+        cv_field = colvar_cv_names(load_cv(analysed[0][0].cv)[1])[runs.arm_components(s, arm)[0]] if analysed else None
         walkers = [analyse_walker(work, c, o, ref, cores, s, cv_field) for c, o in analysed]
         rows = [w["row"] for w in walkers]
         fine = [w for w in walkers if not w["row"]["failure"]]
@@ -277,18 +278,20 @@ def plan_costs(s_full: dict, result: dict, learned: dict | None, reference_ns: f
 def targets(result: dict) -> list[dict]:
     out = []
     ref = result.get("reference")
-    for arm, bound in (("gnn", True), ("gnn_retrained", True), ("distances", False)):  # the targets are the GNN CV's
+    for arm, bound in (("gnn", True), ("gnn_retrained", True), ("gnn_2d", True), ("distances", False)):  # the targets are the GNN CV's
         a = result["arms"].get(arm)
         if not a:
             continue
         t = lambda target: target if bound else None  # noqa: E731
+        # walkers stopped by the budget are analysed as they stand: their numbers can still move either way
+        interim = f" (interim: {a['walkers_running']} walkers running)" if a.get("walkers_running") else ""
         for key, name in (("rms_tica_kjmol", "RMS F(TIC1,TIC2) vs reference"),
                           ("rms_torsions_kjmol", "RMS F(phi,psi) vs reference, mean over residues")):
             value = a.get(key, float("nan"))
-            out.append({"name": f"{name}, {arm}", "value": value, "target": t(2.5), "unit": "kJ/mol",
+            out.append({"name": f"{name}, {arm}{interim}", "value": value, "target": t(2.5), "unit": "kJ/mol",
                         "met": bool(value <= 2.5) if bound and np.isfinite(value) else None})
         r = a["rate_vs_reference_per_ns"]  # walkers still running count with the ns they hold
-        out.append({"name": f"TIC1 transitions per ns, {arm} / unbiased", "value": r, "target": t(5.0), "unit": "x",
+        out.append({"name": f"TIC1 transitions per ns, {arm} / unbiased{interim}", "value": r, "target": t(5.0), "unit": "x",
                     "met": bool(r >= 5.0) if bound and np.isfinite(r) else None})
         out.append({"name": f"{arm} walkers that blew up (of {a['walkers_ended']} ended)", "value": a["blown_up"],
                     "target": t(0), "unit": "walkers", "met": a["blown_up"] == 0 if bound else None})
@@ -336,7 +339,8 @@ def arm_configs(args, work: Path, s: dict, arms: list[str], configs: dict, budge
             runs.retrain(work, s, data, args.quick)
         if not cv_path.is_file():
             continue
-        sigma = "adaptive" if s["sigma_rule"] == "adaptive" else runs.cv_sigma(work, arm, cv_path, tuple(s["components"]))
+        sigma = "adaptive" if s["sigma_rule"] == "adaptive" else runs.cv_sigma(work, arm, cv_path,
+                                                                                 runs.arm_components(s, arm))
         configs[arm] = [runs.walker_config(work, s, arm, seed, sigma) for seed in range(s["seeds"])]
 
 
@@ -405,6 +409,7 @@ def run(args) -> dict:
                          "route": ("python (PythonForce + torch.compile of the CV)" if s["compile"] else
                                    "python (PythonForce + TorchScript CV)") + ", cvlearn bias", "method": "opes-metad",
                          "reference_ns_option": args.reference_ns,
+                         "arm_components": {arm: list(c) for arm, c in runs.ARM_COMPONENTS.items() if arm in configs},
                          "sigma": {arm: list(cs[0].opes.sigma) if cs and cs[0].opes.sigma != "adaptive" else "adaptive"
                                    for arm, cs in configs.items()}},
             "learn": learned, "retrain": runs.retrained(work), **result, "targets": targets(result),
@@ -422,13 +427,19 @@ def _dF(v) -> str:
     return _f(v, ".1f")
 
 
+def _own_components(st: dict) -> str:
+    """The arms that bias other components than the settings' (``runs.ARM_COMPONENTS``), for the header."""
+    own = st.get("arm_components") or {}
+    return "".join(f" (arm {arm}: {', '.join(map(str, c))})" for arm, c in own.items())
+
+
 def markdown(r: dict) -> str:
     st, ref = r["settings"], r["reference"]
     lines = [f"# sampling_wlall ({r['date']}, quick={st['quick']}, complete={r['complete']})", "",
              f"ACE-WLALL-NME at 300 K, OPES-metad (barrier {st['barrier_kjmol']} kJ/mol, pace {st['pace_ps']} ps, "
              f"σ rule {st['sigma_rule']}: {st['sigma']}, walls {st['wall_margin_fraction']:.0%} outside the training "
              f"range, MTS {st['mts']}, bias-force guard {st.get('force_guard_kjmol_nm')} kJ/mol/nm) on CV components "
-             f"{st['components']}, {st['seeds']} walkers × {st['walker_ns']} ns "
+             f"{st['components']}{_own_components(st)}, {st['seeds']} walkers × {st['walker_ns']} ns "
              f"per arm, {st['platform']} platform, 1 thread."]
     if r["stopped"]:
         lines += ["", f"Stopped: {r['stopped']} (rerun to go on)."]

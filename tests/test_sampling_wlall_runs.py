@@ -93,3 +93,14 @@ def test_a_stopped_walker_is_analysed_as_it_stands_once_it_holds_half_its_length
     assert interim_walker(halfway, s)
     assert not interim_walker(_walker_files(tmp_path / "c", 5), s)  # an ended walker is analysed as ended
     assert not interim_walker(BiasConfig(cv="cv.pt", system="pentapeptide_wlall", out=str(tmp_path / "d")), s)
+
+
+def test_the_2d_arm_biases_both_components_of_the_gnn_cv_and_the_others_the_settings_components(tmp_path):
+    from benchmarks.sampling_wlall import FULL
+
+    s = {**FULL, "components": [0]}
+    two_d = runs.walker_config(tmp_path, s, "gnn_2d", 0, [0.3, 0.4])
+    one_d = runs.walker_config(tmp_path, s, "gnn", 0, [0.3])
+    assert two_d.components == (0, 1) and two_d.opes.sigma == (0.3, 0.4)
+    assert one_d.components == (0,) and two_d.cv == one_d.cv  # one CV file, biased in 2-D and in 1-D
+    assert runs.walker_dir(tmp_path, "gnn_2d", 0) != runs.walker_dir(tmp_path, "gnn", 0)
