@@ -37,6 +37,7 @@ SYSTEM = "pentapeptide_wlall"
 ARMS = {"gnn": "learn/cv.pt", "distances": "learn/baseline_distances_cv.pt", "gnn_retrained": "retrain/cv.pt",
         "gnn_2d": "learn/cv.pt"}
 RETRAINED_FROM = {"gnn_retrained": "gnn"}  # arm -> the arm whose walkers' frames it is trained on
+BASELINE_ARMS = ("distances",)  # arms that answer "does the GNN do better?": the targets are the others'
 ARM_COMPONENTS = {"gnn_2d": (0, 1)}  # arm -> its biased CV components (else the settings' ``components``)
 
 
@@ -403,7 +404,7 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
     return [task[0] for task in tasks if not task[3]()]
 
 
-__all__ = ["ARMS", "ARM_COMPONENTS", "Budget", "OutOfTime", "RETRAINED_FROM", "arm_components", "cv_sigma",
+__all__ = ["ARMS", "ARM_COMPONENTS", "BASELINE_ARMS", "Budget", "OutOfTime", "RETRAINED_FROM", "arm_components", "cv_sigma",
            "extend_reference", "finished_segments", "learn", "reduce_segment", "reference_task", "retrain",
            "retrain_data", "retrained", "run_children", "segment_prefix", "segment_speeds", "training_data",
            "walker_config", "walker_dir", "walker_done", "walker_outcome", "walker_task"]

@@ -278,10 +278,8 @@ def plan_costs(s_full: dict, result: dict, learned: dict | None, reference_ns: f
 def targets(result: dict) -> list[dict]:
     out = []
     ref = result.get("reference")
-    for arm, bound in (("gnn", True), ("gnn_retrained", True), ("gnn_2d", True), ("distances", False)):  # the targets are the GNN CV's
-        a = result["arms"].get(arm)
-        if not a:
-            continue
+    for arm in sorted(result["arms"], key=lambda name: name in runs.BASELINE_ARMS):  # the GNN CVs' first, baselines last
+        a, bound = result["arms"][arm], arm not in runs.BASELINE_ARMS  # the targets are the GNN CVs'
         t = lambda target: target if bound else None  # noqa: E731
         # walkers stopped by the budget are analysed as they stand: their numbers can still move either way
         interim = f" (interim: {a['walkers_running']} walkers running)" if a.get("walkers_running") else ""
