@@ -266,10 +266,11 @@ def cv_sigma(work: Path, arm: str, cv_path: Path, components: tuple[int, ...]) -
     if key not in cache:
         cv, spec = load_cv(cv_path)
         molecule = wl.build()
-        cache[key] = [learned_cv_sigma(cv, tuple(spec.cv_range_training[c]), molecule.topology, molecule.system,
-                                       molecule.positions_nm,
-                                       make_integrator(300.0, wl.FRICTION_PER_PS, wl.TIMESTEP_PS, seed=12345), 300.0,
-                                       component=c)[0] for c in components]
+        sigma, _ = learned_cv_sigma(cv, spec.cv_range_training, molecule.topology, molecule.system,
+                                    molecule.positions_nm,
+                                    make_integrator(300.0, wl.FRICTION_PER_PS, wl.TIMESTEP_PS, seed=12345), 300.0,
+                                    components=components)
+        cache[key] = [float(v) for v in sigma]
         write_json_atomic(cache_path, cache)
     return [float(v) for v in cache[key]]
 

@@ -101,8 +101,9 @@ def _cv_settings(arm: str, path: Path, component: int, sigma: float | None, mole
         raise SystemExit(f"--component: expected 0..{spec.n_cvs - 1} for {path}, found {component}")
     lo, hi = spec.cv_range_training[component]
     sigma_cv = sigma if sigma is not None else learned_cv_sigma(
-        cv, (lo, hi), molecule.topology, molecule.system, molecule.positions_nm,
-        make_integrator(300.0, ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, seed=12345), 300.0, component=component)[0]
+        cv, spec.cv_range_training, molecule.topology, molecule.system, molecule.positions_nm,
+        make_integrator(300.0, ala2.FRICTION_PER_PS, ala2.TIMESTEP_PS, seed=12345), 300.0,
+        components=(component,))[0][0]
     meta = {k: v for k, v in json.loads(spec.to_json()).items() if k not in ("atom_indices", "atomic_numbers",
                                                                             "residue_of_atom", "bonds")}
     return {"job": {"cv_path": str(path), "n_cvs": int(spec.n_cvs), "component": component, "sigma_cv": float(sigma_cv),

@@ -187,9 +187,9 @@ def _cv_bounds(spec, margin: float) -> tuple[float, float]:
 
 
 def _learned_cv_sigma(cfg: DemoConfig, cv, spec, molecule) -> float:
-    sigma, fluctuation = learned_cv_sigma(cv, spec.cv_range_training[0], molecule.topology, molecule.system,
-                                          molecule.positions_nm, _integrator(cfg.temperature_k, cfg.seed),
-                                          cfg.temperature_k, min_fraction=cfg.sigma_min_fraction)
+    (sigma,), (fluctuation,) = learned_cv_sigma(cv, spec.cv_range_training, molecule.topology, molecule.system,
+                                                molecule.positions_nm, _integrator(cfg.temperature_k, cfg.seed),
+                                                cfg.temperature_k, min_fraction=cfg.sigma_min_fraction)
     log.info("learned-CV sigma %.3f (unbiased std %.3f, floor %.0f%% of the training range)", sigma, fluctuation,
              100 * cfg.sigma_min_fraction)
     return sigma
