@@ -59,8 +59,9 @@ def unbiased_cv_std(cv: torch.jit.ScriptModule, topology: app.Topology, system: 
     return np.std(np.asarray(values), axis=0)
 
 
-def learned_cv_sigma(cv: torch.jit.ScriptModule, cv_ranges, topology: app.Topology, system: openmm.System,
-                     positions_nm: np.ndarray, integrator: openmm.Integrator, temperature_k: float, *,
+def learned_cv_sigma(cv: torch.jit.ScriptModule, cv_ranges: Sequence[Sequence[float]], topology: app.Topology,
+                     system: openmm.System, positions_nm: np.ndarray, integrator: openmm.Integrator,
+                     temperature_k: float, *,
                      components: Sequence[int] = (0,), min_fraction: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Kernel width per CV component: ``max(unbiased std, min_fraction * range)``; also returns the stds.
 

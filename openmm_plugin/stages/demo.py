@@ -192,7 +192,7 @@ def _learned_cv_sigma(cfg: DemoConfig, cv, spec, molecule) -> float:
                                                 cfg.temperature_k, min_fraction=cfg.sigma_min_fraction)
     log.info("learned-CV sigma %.3f (unbiased std %.3f, floor %.0f%% of the training range)", sigma, fluctuation,
              100 * cfg.sigma_min_fraction)
-    return sigma
+    return float(sigma)
 
 
 def _metadynamics(cfg: DemoConfig, pace_steps: int, sigma, lower, upper, periods=None) -> Metadynamics:
