@@ -60,6 +60,7 @@ from benchmarks import _sampling_wlall_runs as runs  # noqa: E402
 from benchmarks._sampling_walkers import read_walker  # noqa: E402
 from benchmarks.common import RESULTS, machine, now_utc, run_resumable, save, targets_table  # noqa: E402
 from benchmarks.sampling import _summary  # noqa: E402
+from cvlearn.analysis import rate_ratio_ci  # noqa: E402
 from cvlearn.run_dir import read_record  # noqa: E402
 
 STEPS_PER_NS = 500_000  # WLALL runs 2 fs steps
@@ -231,6 +232,9 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         pooled_dF = ana.basin_dF(np.concatenate(tic1), np.concatenate([w["weights"] for w in fine]),
                                  cores) if fine else float("nan")
         rate = _summary(rows, "transitions_per_ns")
+        counted = [r for r in rows if r["transitions"] is not None]  # blown-up walkers hold no rate
+        ratio_ci = rate_ratio_ci(sum(r["transitions"] for r in counted), sum(r["ns"] for r in counted), ref_trans,
+                                 ref["ns_analysed"])[1:] if counted and ref["ns_analysed"] else (float("nan"),) * 2
         result["arms"][arm] = {
             "walkers_ended": len(analysed) - sum(r["running"] for r in rows), "walkers_planned": len(arm_configs),
             "walkers_running": sum(r["running"] for r in rows),
@@ -241,6 +245,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
             "transitions_per_wall_hour": _summary(rows, "transitions_per_wall_hour"),
             "rate_vs_reference_per_ns": rate[0] / result["reference"]["transitions_per_ns"]
             if result["reference"]["transitions_per_ns"] > 0 else float("nan"),
+            "rate_vs_reference_ci95": list(ratio_ci),  # exact Poisson interval on the pooled counts
             "ms_per_step": float(np.nanmean([r["ms_per_step"] for r in rows])) if rows else float("nan"),
             "dF_BA_kjmol": pooled_dF, "dF_BA_per_walker_kjmol": [w["row"]["dF_BA_kjmol"] for w in fine],
             **{k: v for k, v in compared[arm].items() if not k.startswith("_")}}
@@ -289,7 +294,8 @@ def targets(result: dict) -> list[dict]:
             out.append({"name": f"{name}, {arm}{interim}", "value": value, "target": t(2.5), "unit": "kJ/mol",
                         "met": bool(value <= 2.5) if bound and np.isfinite(value) else None})
         r = a["rate_vs_reference_per_ns"]  # walkers still running count with the ns they hold
-        out.append({"name": f"TIC1 transitions per ns, {arm} / unbiased{interim}", "value": r, "target": t(5.0), "unit": "x",
+        ci = f" (95 % CI {_ci(a.get('rate_vs_reference_ci95'))})"
+        out.append({"name": f"TIC1 transitions per ns, {arm} / unbiased{ci}{interim}", "value": r, "target": t(5.0), "unit": "x",
                     "met": bool(r >= 5.0) if bound and np.isfinite(r) else None})
         out.append({"name": f"{arm} walkers that blew up (of {a['walkers_ended']} ended)", "value": a["blown_up"],
                     "target": t(0), "unit": "walkers", "met": a["blown_up"] == 0 if bound else None})
@@ -418,6 +424,11 @@ def _f(v, fmt=".2f") -> str:
     return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
 
 
+def _ci(bounds) -> str:
+    """A confidence interval for a table; results written before it was computed show n/a."""
+    return f"{_f(bounds[0], '.1f')}–{_f(bounds[1], '.1f')}" if bounds else "n/a"
+
+
 def _dF(v) -> str:
     """ΔF(B − A) for a table: ±inf says which state a run never visited."""
     if v is not None and isinstance(v, float) and np.isinf(v):
@@ -464,7 +475,7 @@ def markdown(r: dict) -> str:
                   f"{_f(own.get('rms_torsions_kjmol'))} kJ/mol (mean over residues): no arm can be "
                   "shown closer to the reference than that.",
                   "", "| arm | walkers ended | ns per walker | blew up | capped atom-forces | TIC1 transitions / ns | "
-                  "× reference | / wall h | RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ΔF(B − A) kJ/mol, pooled "
+                  "× reference (95 % CI) | / wall h | RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ΔF(B − A) kJ/mol, pooled "
                   "(per walker) | ms/step |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm, a in r["arms"].items():
@@ -473,7 +484,8 @@ def markdown(r: dict) -> str:
                          f"{', '.join(_f(v, '.2f') for v in a.get('ns_per_walker', []))} | {a['blown_up']} | "
                          f"{a.get('capped', 0)} | "
                          f"{_f(a['transitions_per_ns'][0])} ± {_f(a['transitions_per_ns'][1])} | "
-                         f"{_f(a['rate_vs_reference_per_ns'])} | {_f(a['transitions_per_wall_hour'][0], '.1f')} | "
+                         f"{_f(a['rate_vs_reference_per_ns'])} ({_ci(a.get('rate_vs_reference_ci95'))}) | "
+                         f"{_f(a['transitions_per_wall_hour'][0], '.1f')} | "
                          f"{_f(a.get('rms_tica_kjmol'))} | {_f(a.get('rms_torsions_kjmol'))} | "
                          f"{_dF(a.get('dF_BA_kjmol'))} ({', '.join(_dF(v) for v in a.get('dF_BA_per_walker_kjmol', []))}) | "
                          f"{_f(a['ms_per_step'], '.2f')} |")

@@ -54,3 +54,32 @@ def test_phi_basins_is_the_one_basin_definition():
     assert in_ax.tolist() == [False, False, False, True, True, True, False, False, False]
     assert in_eq.tolist() == [True, True, True, False, False, False, False, False, True]  # 240° wraps to -120°
     assert AX_BASIN_DEG[0] <= AX_CORE_DEG[0] < AX_CORE_DEG[1] <= AX_BASIN_DEG[1]  # the core lies in the basin
+
+
+def test_rate_ratio_ci_covers_the_true_ratio_at_its_level():
+    """Exact (Clopper-Pearson) intervals are conservative: over many Poisson draws they hold the true ratio at
+    least `level` of the time, and they narrow as the counts grow."""
+    from cvlearn.analysis import rate_ratio_ci
+
+    rng = np.random.default_rng(0)
+    true_ratio, rate_ref, t, t_ref = 5.0, 0.15, 12.0, 150.0  # the WLALL benchmark's scale: per ns, ns
+    k = rng.poisson(true_ratio * rate_ref * t, 2000)
+    k_ref = rng.poisson(rate_ref * t_ref, 2000)
+    intervals = np.array([rate_ratio_ci(a, t, b, t_ref)[1:] for a, b in zip(k, k_ref)])
+    covered = np.mean((intervals[:, 0] <= true_ratio) & (true_ratio <= intervals[:, 1]))
+    assert 0.95 <= covered < 0.995
+    ratio, low, high = rate_ratio_ci(10, 12.0, 21, 144.0)
+    assert ratio == pytest.approx((10 / 12.0) / (21 / 144.0)) and low < ratio < high
+    _, low4, high4 = rate_ratio_ci(40, 48.0, 84, 576.0)  # same rates, 4x the time
+    assert high4 - low4 < 0.6 * (high - low)
+
+
+def test_rate_ratio_ci_edges_and_refusals():
+    from cvlearn.analysis import rate_ratio_ci
+
+    assert rate_ratio_ci(0, 12.0, 21, 144.0)[:2] == (0.0, 0.0)
+    assert rate_ratio_ci(5, 10.0, 0, 100.0)[0] == float("inf")
+    with pytest.raises(ValueError, match="time, time_ref: expected > 0"):
+        rate_ratio_ci(1, 0.0, 1, 1.0)
+    with pytest.raises(ValueError, match="events, events_ref: expected counts"):
+        rate_ratio_ci(-1, 1.0, 1, 1.0)
