@@ -502,7 +502,7 @@ def markdown(r: dict) -> str:
     else:
         lines += ["", "The reference is shorter than its first chunk: nothing compared yet."]
     p = r["plan"]
-    lines += ["", f"Plan of the full run (ms/step measured here; reference {p['reference_ns_planned']:g} ns): "
+    lines += ["", f"Plan of the full run (ms/step measured here; reference {p['reference_ns_planned']:.3g} ns): "
               f"{p['total_core_hours']:.1f} core-hours, {p['wall_hours_on_2_cores']:.1f} h on 2 cores.", "",
               "| part | core-hours |", "|---|---|",
               *[f"| {k} | {v:.2f} |" if np.isfinite(v) else f"| {k} | not measured yet |"
