@@ -233,8 +233,9 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
                                  cores) if fine else float("nan")
         rate = _summary(rows, "transitions_per_ns")
         counted = [r for r in rows if r["transitions"] is not None]  # blown-up walkers hold no rate
-        ratio_ci = rate_ratio_ci(sum(r["transitions"] for r in counted), sum(r["ns"] for r in counted), ref_trans,
-                                 ref["ns_analysed"])[1:] if counted and ref["ns_analysed"] else (float("nan"),) * 2
+        ns_counted = sum(r["ns"] for r in counted)  # 0 for a walker that ended before its first frame
+        ratio_ci = rate_ratio_ci(sum(r["transitions"] for r in counted), ns_counted, ref_trans, ref["ns_analysed"])[1:] \
+            if ns_counted > 0 and ref["ns_analysed"] > 0 else (float("nan"),) * 2
         result["arms"][arm] = {
             "walkers_ended": len(analysed) - sum(r["running"] for r in rows), "walkers_planned": len(arm_configs),
             "walkers_running": sum(r["running"] for r in rows),
@@ -502,7 +503,7 @@ def markdown(r: dict) -> str:
     else:
         lines += ["", "The reference is shorter than its first chunk: nothing compared yet."]
     p = r["plan"]
-    lines += ["", f"Plan of the full run (ms/step measured here; reference {p['reference_ns_planned']:.3g} ns): "
+    lines += ["", f"Plan of the full run (ms/step measured here; reference {round(p['reference_ns_planned'], 1):g} ns): "
               f"{p['total_core_hours']:.1f} core-hours, {p['wall_hours_on_2_cores']:.1f} h on 2 cores.", "",
               "| part | core-hours |", "|---|---|",
               *[f"| {k} | {v:.2f} |" if np.isfinite(v) else f"| {k} | not measured yet |"
