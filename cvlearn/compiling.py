@@ -78,6 +78,25 @@ class CompiledOrEager:
         return out
 
 
+# Inductor settings for the ahead-of-time build (``AheadOfTime``), each measured on the ala2 sampling CVs (value +
+# Jacobian row per call, 1 thread; bias_speed --pairs for the MD step):
+# - ``realize_opcount_threshold`` 6 (default 30): inductor inlines a pointwise chain of up to 30 ops into each of
+#   its consumers, which in a dense pair graph recomputed, e.g., each pair's cosine cutoff once per attention head,
+#   in scalar code; stored once past 6 ops: GNN CV 0.21 -> 0.17 ms (4, 6 and 8 alike, 1-2 and 12-16 slower);
+# - ``memory_planning``: the call's intermediate buffers come from one allocation instead of one each, which cost
+#   more inside an MD run (Python and OpenMM allocate in between) than in a timing loop: GNN CV 0.195 -> 0.171 ms
+#   per call inside the MD step, its distance twin 0.041 -> 0.037;
+# - matrix products of <= 10 rows as generated loops (``decompose_mm_pass``; the default decomposes only 1-row
+#   ones), which fuse with their neighbours instead of a library call each (the MLP head's matrix-vector products
+#   and a 10-atom molecule's projections): GNN CV 0.160 -> 0.145 ms (1-row ones only: 0.149), distance CV 0.024
+#   -> 0.016 ms.
+# With the dense ET's per-pair filters (``cvlearn.nn.featurizers.dense_et``), side by side on the same loaded
+# machine: ala2 GNN CV 0.362 -> 0.288 ms per MD step, its distance twin 0.158 -> 0.136; WLALL's 48-atom GNN CV
+# 8.6 -> 3.1 ms per call (value + 2 Jacobian rows).
+AOT_INDUCTOR_OPTIONS = {"realize_opcount_threshold": 6, "memory_planning": True,
+                        "post_grad_fusion_options": {"decompose_mm_pass": {"cpu_max_first_dimension_decomposition": 10}}}
+
+
 class AheadOfTime:
     """``fn`` compiled ahead of time at its first call's shapes, run from C++ (AOTInductor); else :class:`CompiledOrEager`.
 
@@ -128,7 +147,8 @@ class AheadOfTime:
         try:
             graph = make_fx(self.eager, tracing_mode="real")(*args)
             program = torch.export.export(graph, tuple(args), strict=False)
-            with tempfile.TemporaryDirectory(prefix="cvlearn_aoti_") as directory:
+            with tempfile.TemporaryDirectory(prefix="cvlearn_aoti_") as directory, \
+                    torch._inductor.config.patch(AOT_INDUCTOR_OPTIONS):
                 package = torch._inductor.aoti_compile_and_package(program,
                                                                    package_path=str(Path(directory) / "fn.pt2"))
                 runner = torch._inductor.aoti_load_package(package)

@@ -11,7 +11,9 @@ per-step forward and backward into a few C++ kernels, where TorchScript dispatch
 dense ET: 0.70 vs 2.01 ms per forward + backward, measured in bias_speed). On the CPU the Jacobian graph below is
 compiled ahead of time (:class:`cvlearn.compiling.AheadOfTime`: AOTInductor, kernels launched from C++, no guards:
 0.32 vs 0.50 ms per call through ``torch.compile`` for the ala2 sampling GNN CV, 0.04 vs 0.10 for its distance
-twin; per MD step 0.60 and 0.30 ms, ``bias_speed --pairs``); on a GPU it goes through ``torch.compile``
+twin; per MD step 0.60 and 0.30 ms, ``bias_speed --pairs``; with the settings of
+:data:`cvlearn.compiling.AOT_INDUCTOR_OPTIONS` and the dense ET's per-pair filters, 0.29 and 0.14 ms); on a GPU it
+goes through ``torch.compile``
 (``compile="aot"`` asks for AOTInductor there too: on the H200 its process ended in the first compile with no error,
 ``benchmarks/results/gpu_rows_program.md``). The first call compiles (~20-30 s on 2 cores) and checks the
 compiled result against the eager CV: a compiler error or a disagreement says why and falls back (AOT →

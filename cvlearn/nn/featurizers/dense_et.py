@@ -9,7 +9,8 @@ rather than arithmetic: a 2-layer, 64-wide ET is about 10 MFLOP but ~400 dispatc
   a mask and the self loop is the diagonal with r = 0, exactly as ``FixedTopologyNeighbors`` + ``TorchMD_ET``;
 - what depends only on the elements is computed once: the embedding and the first layer's layer norm and
   q/k/v projections (the atoms never change), and the first layer's vector terms, which vanish (vec = 0);
-- the distance filters of keys and values share one matrix multiply;
+- the distance filters of keys and values share one matrix multiply, evaluated once per unordered pair (r_ts =
+  r_st) and once for the self loop, then placed in the n² slots (``DenseETFeaturizer._pairs``);
 - the last layer skips its vector update when only scalars are asked for (a CV never uses them), and every layer
   multiplies only by the weight rows its path reads (``DenseETLayer._prune``).
 
@@ -79,11 +80,7 @@ class DenseETLayer(torch.nn.Module):
         halves the last layer's pair filters (the largest matmul, over n² pairs) and drops a quarter of the first's:
         the ala2 sampling GNN CV's value + Jacobian row through torch.compile went from 0.65 to 0.50 ms per call
         (idle 2-core machine). Built from the full layers, so a CV file pickled before the cut gets it when loaded
-        (``__setstate__``).
-
-        Not done, though it would save more: evaluating the pair filters once per unordered pair (r_ts = r_st) and
-        gathering them back to n² slots. torch 2.9.1's inductor compiled that gather's Jacobian wrongly with ≤ 4
-        attention heads (relative error ~1, eager right), for a ~4 % gain."""
+        (``__setstate__``)."""
         f, h, d = self.hidden, self.heads, self.head_dim
 
         def blocks(offset: int, part: int) -> list[int]:  # one of the per-head [x | v1 | v2] blocks, all heads
@@ -130,18 +127,33 @@ class DenseETLayer(torch.nn.Module):
         x_msg = v_x.reshape(b, 1, n, h, d) * dv_x.reshape(b, n, n, h, d)
         return (x_msg * self._attention(q, k, dk, cut).unsqueeze(-1)).sum(2).reshape(b, n, self.hidden)
 
-    def forward(self, x: Tensor, vec: Tensor, rbf: Tensor, cut: Tensor, mask: Tensor, unit: Tensor,
-                need_vectors: bool) -> Tuple[Tensor, Tensor]:
-        # x [B, n, F]; vec [B, n, 3, F]; rbf [B, t, s, R]; cut, mask [B, t, s]; unit [B, t, s, 3] = (pos_s - pos_t)/r
-        b, n = rbf.shape[0], rbf.shape[1]
+    def _to_slots(self, per_pair: Tensor, pair_slot: Tensor, diagonal: Tensor) -> Tensor:
+        """The filters of each distinct pair and of the self loop, ``per_pair`` ``[B, P + 1, out]`` (before the
+        activation), placed in the pair slots: ``[B, n, n, out]``.
+
+        Placed by a copy into the upper triangle plus its transpose, not by a gather with repeated indices: the
+        gather's backward is a scatter-add, whose batched form (a Jacobian of 2+ rows, ``jacrev``) torch 2.9.1's
+        inductor compiled wrongly (relative error 2.4 on the 4-head test CV of
+        ``tests/openmm_plugin/test_forces.py::test_compiled_python_route_equals_torchscript``, which then fell back
+        to eager); this backward gathers only."""
+        act = self.act(per_pair)
+        b, n, p, out = act.shape[0], diagonal.shape[0], pair_slot.shape[0], act.shape[-1]
+        upper = act.new_zeros(b, n * n, out).index_copy(1, pair_slot, act[:, :p]).reshape(b, n, n, out)
+        return upper + upper.transpose(1, 2) + diagonal.reshape(1, n, n, 1) * act[:, p:].reshape(b, 1, 1, out)
+
+    def forward(self, x: Tensor, vec: Tensor, rbf: Tensor, pair_slot: Tensor, diagonal: Tensor, cut: Tensor,
+                mask: Tensor, unit: Tensor, need_vectors: bool) -> Tuple[Tensor, Tensor]:
+        # x [B, n, F]; vec [B, n, 3, F]; rbf [B, P + 1, R] of the P pairs t < s (flat slots pair_slot [P]) and the
+        # self loop; diagonal [n, n] the identity; cut, mask [B, t, s]; unit [B, t, s, 3] = (pos_s - pos_t) / r
+        b, n = cut.shape[0], cut.shape[1]
         f, h, d = self.hidden, self.heads, self.head_dim
         if self.first:  # vec = 0 on entry: no vector terms in dx, and only the direction term (v2) in dvec
             if not need_vectors:
                 q, k, v_x = torch.split(self.qkv0_x.expand(b, n, 3 * f), f, dim=-1)
-                dk, dv_x = torch.split(self.act(self.filters_x(rbf)), f, dim=-1)
+                dk, dv_x = torch.split(self._to_slots(self.filters_x(rbf), pair_slot, diagonal), f, dim=-1)
                 return self.o_scalar(self._attend(q, k, v_x, dk, dv_x, cut)), vec
             q, k, v_x, v2 = torch.split(self.qkv0_xv2.expand(b, n, 4 * f), f, dim=-1)
-            dk, dv_x, dv2 = torch.split(self.act(self.filters_xv2(rbf)), f, dim=-1)
+            dk, dv_x, dv2 = torch.split(self._to_slots(self.filters_xv2(rbf), pair_slot, diagonal), f, dim=-1)
             dx = self.o_scalar(self._attend(q, k, v_x, dk, dv_x, cut))
             v2_ts = v2.reshape(b, 1, n, h, d) * dv2.reshape(b, n, n, h, d)
             v2_ts = v2_ts * self._vector_weight(cut, mask).reshape(b, n, n, 1, 1)
@@ -149,12 +161,12 @@ class DenseETLayer(torch.nn.Module):
             return dx, vec_msg.reshape(b, n, 3, f)
         if not need_vectors:  # a CV's last layer: the x blocks, o2, o3, vec1 and vec2 only
             q, k, v_x = torch.split(self.qkv_x(self.layernorm(x)), f, dim=-1)
-            dk, dv_x = torch.split(self.act(self.filters_x(rbf)), f, dim=-1)
+            dk, dv_x = torch.split(self._to_slots(self.filters_x(rbf), pair_slot, diagonal), f, dim=-1)
             o2, o3 = torch.split(self.o_scalar(self._attend(q, k, v_x, dk, dv_x, cut)), f, dim=-1)
             vec1, vec2 = torch.split(self.vec_proj_x(vec), f, dim=-1)
             return (vec1 * vec2).sum(dim=2) * o2 + o3, vec
         q, k, v = torch.split(self.qkv(self.layernorm(x)), [f, f, 3 * f], dim=-1)
-        dk, dv = torch.split(self.act(self.filters(rbf)), [f, 3 * f], dim=-1)
+        dk, dv = torch.split(self._to_slots(self.filters(rbf), pair_slot, diagonal), [f, 3 * f], dim=-1)
         v_ts = v.reshape(b, 1, n, h, 3 * d) * dv.reshape(b, n, n, h, 3 * d)
         x_msg, v1, v2 = torch.split(v_ts, d, dim=-1)
         x_out = (x_msg * self._attention(q, k, dk, cut).unsqueeze(-1)).sum(2).reshape(b, n, f)
@@ -208,6 +220,29 @@ class DenseETFeaturizer(FeaturizerBase):
                                            for i, layer in enumerate(gnn.attention_layers)])
         self.out_norm = gnn.out_norm
         self.register_buffer("off_diagonal", 1.0 - torch.eye(self.n_atoms, dtype=x0.dtype), persistent=False)
+        self._pairs()
+
+    def _pairs(self) -> None:
+        """The distinct pairs t < s: ``pair_slot`` ``[P]``, each one's flat ``[n * n]`` slot, and ``pair_incidence``
+        ``[n, P]`` (+1 at s, -1 at t), so that ``pos^T @ pair_incidence`` is each pair's pos_s - pos_t.
+
+        Why: the pair filters' matmul and its backward are the largest products of a CV's call (ala2 sampling GNN
+        CV: [100, 32] x [32, 192] and x [32, 128], ~45 of ~170 us per value + Jacobian row ahead of time); each pair
+        once and the self loop once is 46 rows instead of 100 for 10 atoms (:meth:`DenseETLayer._to_slots`). The
+        pair distances come from a product, not a gather of the n² distances: the gather's backward is a
+        scatter-add, which inductor compiled wrongly when batched (:meth:`DenseETLayer._to_slots`)."""
+        n = self.n_atoms
+        t, s = torch.triu_indices(n, n, 1)
+        incidence = torch.zeros(n, t.numel(), dtype=self.x0.dtype)
+        incidence[s, torch.arange(t.numel())] = 1.0
+        incidence[t, torch.arange(t.numel())] = -1.0
+        self.register_buffer("pair_slot", (t * n + s).to(torch.long), persistent=False)
+        self.register_buffer("pair_incidence", incidence, persistent=False)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "pair_slot" not in self._buffers:  # pickled before per-pair filters
+            self._pairs()
 
     def _run(self, pos_nm: Tensor, need_vectors: bool) -> Tuple[Tensor, Tensor]:
         pos = pos_nm * self.angstrom_per_nm  # [B, n, 3] Å
@@ -219,13 +254,15 @@ class DenseETFeaturizer(FeaturizerBase):
         r = torch.sqrt((diff * diff).sum(-1) + diagonal) * off
         mask = (r < self.cutoff_angstrom).to(pos.dtype)
         unit = diff / (r + diagonal).unsqueeze(-1)
-        rbf = self.distance_expansion(r)
+        diff_pairs = pos.transpose(1, 2) @ self.pair_incidence.to(pos.dtype)  # [B, 3, P]: pos_s - pos_t
+        r_pairs = torch.sqrt((diff_pairs * diff_pairs).sum(1))
+        rbf = self.distance_expansion(torch.cat([r_pairs, r_pairs.new_zeros(b, 1)], dim=1))  # [B, P + 1, R]
         cut = 0.5 * (torch.cos(r * (torch.pi / self.cutoff_angstrom)) + 1.0) * mask
         x = self.x0.to(pos.dtype).expand(b, n, self.hidden_channels)
         vec = torch.zeros(b, n, 3, self.hidden_channels, dtype=pos.dtype, device=pos.device)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            dx, dvec = layer(x, vec, rbf, cut, mask, unit, need_vectors or i < last)
+            dx, dvec = layer(x, vec, rbf, self.pair_slot, diagonal, cut, mask, unit, need_vectors or i < last)
             x = x + dx
             vec = vec + dvec if (need_vectors or i < last) else vec
         return self.out_norm(x), vec

@@ -39,7 +39,8 @@ def test_dense_equals_sparse_features_vectors_and_forces(vector_cutoff, num_laye
 
 def test_a_dense_et_pickled_before_the_cut_projections_loads_with_them():
     """CV files keep an eager copy pickled with the layers of their day; one saved before ``_prune`` existed (full
-    projections only) must load, gain the cut projections and give the same numbers."""
+    projections only) and before the per-pair filters (no pair buffers) must load, gain both and give the same
+    numbers."""
     dense = DenseETFeaturizer(ETFeaturizer(Z, ETConfig(num_layers=2), seed=3).double())
     pos = _positions(2).requires_grad_(True)
     expected = dense(pos)
@@ -50,11 +51,13 @@ def test_a_dense_et_pickled_before_the_cut_projections_loads_with_them():
             del layer._modules[name]
         for name in ("qkv0_x", "qkv0_xv2"):
             del layer._buffers[name]
+    for name in ("pair_slot", "pair_incidence"):
+        del old._buffers[name]
     buffer = io.BytesIO()
     torch.save(old, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
-    assert all("filters_x" in layer._modules for layer in loaded.layers)
+    assert all("filters_x" in layer._modules for layer in loaded.layers) and "pair_incidence" in loaded._buffers
     out = loaded(pos)
     (g,) = torch.autograd.grad(out.pow(2).sum(), pos)
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
