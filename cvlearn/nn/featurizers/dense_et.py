@@ -228,7 +228,9 @@ class DenseETFeaturizer(FeaturizerBase):
 
         Why: the pair filters' matmul and its backward are the largest products of a CV's call (ala2 sampling GNN
         CV: [100, 32] x [32, 192] and x [32, 128], ~45 of ~170 us per value + Jacobian row ahead of time); each pair
-        once and the self loop once is 46 rows instead of 100 for 10 atoms (:meth:`DenseETLayer._to_slots`). The
+        once and the self loop once is 46 rows instead of 100 for 10 atoms (:meth:`DenseETLayer._to_slots`); the
+        placement adds a few ops, which the TorchScript route pays (ala2 GNN CV 1.59 -> 1.66 ms per MD step, where
+        the compiled one went from 0.36 to 0.29, ``bias_speed --pairs`` side by side on a loaded machine). The
         pair distances come from a product, not a gather of the n² distances: the gather's backward is a
         scatter-add, which inductor compiled wrongly when batched (:meth:`DenseETLayer._to_slots`)."""
         n = self.n_atoms
