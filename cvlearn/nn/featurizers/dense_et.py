@@ -233,11 +233,12 @@ class DenseETFeaturizer(FeaturizerBase):
         the compiled one went from 0.36 to 0.29, ``bias_speed --pairs`` side by side on a loaded machine). The
         pair distances come from a product, not a gather of the n² distances: the gather's backward is a
         scatter-add, which inductor compiled wrongly when batched (:meth:`DenseETLayer._to_slots`)."""
-        n = self.n_atoms
-        t, s = torch.triu_indices(n, n, 1)
-        incidence = torch.zeros(n, t.numel(), dtype=self.x0.dtype)
-        incidence[s, torch.arange(t.numel())] = 1.0
-        incidence[t, torch.arange(t.numel())] = -1.0
+        n, device = self.n_atoms, self.x0.device  # a file loaded onto a GPU rebuilds them there (__setstate__)
+        t, s = torch.triu_indices(n, n, 1, device=device)
+        pair = torch.arange(t.numel(), device=device)
+        incidence = torch.zeros(n, t.numel(), dtype=self.x0.dtype, device=device)
+        incidence[s, pair] = 1.0
+        incidence[t, pair] = -1.0
         self.register_buffer("pair_slot", (t * n + s).to(torch.long), persistent=False)
         self.register_buffer("pair_incidence", incidence, persistent=False)
 
