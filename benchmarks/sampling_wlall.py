@@ -15,15 +15,18 @@ double it; on ala2's continuous CV MTS 2 and 1 gave the same ΔF within errors),
 ``cvlearn bias`` run (:func:`openmm_plugin.stages.bias.run_bias`: PythonForce + ``torch.compile`` of the CV, the
 route the README recommends; --quick measured 12.7 ms/step for the GNN CV against 30.7 through TorchScript; COLVAR +
 trajectory.dcd, checkpoints). The unbiased 300 K reference grows in segments until it is ``its_factor`` (20) ×
-its slowest implied timescale long (``--reference-ns auto``; measured by TICA on backbone torsions, MSM ITS at a
-few lags, on all the reference so far once it holds the first chunk), or ``--reference-ns`` ns.
+its slowest implied timescale long and holds ``min_reference_transitions`` (10) at its rate so far (``--reference-ns
+auto``; measured by TICA on backbone torsions, MSM ITS at lags up to 2 ns, on all the reference so far once it holds
+the first chunk), or ``--reference-ns`` ns.
 
 Compared (``results/sampling_wlall[_quick].{json,md}`` and PNGs): reweighted F(TIC1, TIC2) of the reference's TICA
 model and per-residue F(φ, ψ), RMS difference to the reference (target ≤ 2.5 kJ/mol for the GNN CV); transitions
-between the two most populated states along TIC1 (hysteresis cores) per ns and per wall hour, biased vs unbiased
-(target ≥ 5x per ns for the GNN CV); blow-ups (target 0); the reference's length against its slowest ITS; ΔF(B − A)
-between those two states, reweighted per arm and walker, and the reference's per half (RMS F over bins populated
-in both runs is blind to a state one run never reached: the halves' ΔF says whether the reference knows it).
+between the two most populated states along TIC1 (hysteresis cores, a visit counted when it lasts
+``transition_dwell_ps``; the counts at other dwells and the reference's two-state prediction are reported beside)
+per ns and per wall hour, biased vs unbiased (target ≥ 5x per ns for the GNN CV); blow-ups (target 0); the
+reference's length against its slowest ITS; ΔF(B − A) between those two states, reweighted per arm and walker, and
+the reference's per half (RMS F over bins populated in both runs is blind to a state one run never reached: the
+halves' ΔF says whether the reference knows it).
 
     python benchmarks/sampling_wlall.py --quick                        # every code path (minutes), resumable too
     nice python benchmarks/sampling_wlall.py --work benchmarks/state/sampling_wlall --budget-min 50 --jobs 2
@@ -32,10 +35,11 @@ in both runs is blind to a state one run never reached: the halves' ΔF says whe
 Every part resumes after a kill and a finished part is reused (see ``benchmarks/_sampling_wlall_runs.py``);
 ``--budget-min`` stops an invocation cleanly (walkers are stopped and resume from their checkpoint, a reference
 segment starts only when it fits). The settings are recorded in ``<work>/benchmark.run.json``: a changed one is
-refused (``--restart-fresh`` starts over), but for ``--walker-ns``: a larger one extends every walker that ran through
-from its last checkpoint (a rerun without it keeps the extended length). Results are written at the end of every invocation from what exists
-(``complete: false`` until every part has finished; a walker the budget stopped is analysed as it stands once it
-holds half of ``walker_ns``, counted as running). A finished reference segment keeps what the analysis needs in
+refused (``--restart-fresh`` starts over), but for the analysis' own (``ANALYSIS_ONLY``) and ``--walker-ns``: a
+larger one extends every walker that ran through from its last checkpoint (a rerun without it keeps the extended
+length). Results are written at the end of every invocation from what exists (``complete: false`` until every part
+has finished; a walker the budget stopped is analysed as it stands once it holds half of ``walker_ns``, counted as
+running). A finished reference segment keeps what the analysis needs in
 ``reference/seg_k.reduced.npz`` (backbone torsions and its last frame, ~0.12 MB per ns): its ``.dcd`` can be deleted,
 so the reference's state can be committed and grown across sessions.
 """
@@ -68,16 +72,27 @@ FULL = {"train_seeds": 3, "train_ns": 2.0, "train_temperature_k": 400.0, "frame_
         "mixer": "attention", "learn_lag_ps": 10.0, "learn_seeds": 3, "n_clusters": 20, "platform": "CPU",
         "segment_ns": 1.0, "reference_seed": 1000, "first_chunk_ns": 10.0, "its_factor": 20.0,
         "reference_max_ns": 500.0, "equilibration_ns": 1.0, "tica_lag_ps": 20.0,
-        "its_lags_ps": [2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0], "its_clusters": 50, "seeds": 3, "walker_ns": 2.0,
+        "its_lags_ps": [2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0], "its_clusters": 50,
+        "transition_dwell_ps": 200.0, "min_reference_transitions": 10, "seeds": 3, "walker_ns": 2.0,
         "mts": 2, "compile": True, "pace_ps": 1.0, "barrier_kjmol": 30.0, "components": [0], "wall_margin_fraction": 0.1,
         "force_guard_kjmol_nm": 1000.0,
         "sigma_rule": "learned", "tica_bins": 30, "torsion_bins": 24, "fes_cutoff_kjmol": 20.0,
         "retrain_ns": 2.0, "retrain_lag_ps": 10.0}
 QUICK = {**FULL, "train_ns": 0.02, "frame_ps": 0.2, "checkpoint_ps": 0.4, "learn_lag_ps": 2.0, "n_clusters": 10,
          "segment_ns": 0.01, "first_chunk_ns": 0.02, "reference_max_ns": 0.04, "equilibration_ns": 0.0,
-         "tica_lag_ps": 1.0, "its_lags_ps": [0.4, 1.0, 2.0], "its_clusters": 10, "walker_ns": 0.002, "pace_ps": 0.2,
+         "tica_lag_ps": 1.0, "its_lags_ps": [0.4, 1.0, 2.0], "its_clusters": 10, "transition_dwell_ps": 2.0,
+         "walker_ns": 0.002, "pace_ps": 0.2,
          "tica_bins": 10, "torsion_bins": 12, "retrain_ns": 0.002, "retrain_lag_ps": 0.2}
 ADDED = ("retrain_ns", "retrain_lag_ps")  # settings added after runs were recorded; nothing recorded before used them
+# Settings of the analysis alone: no stored run depends on them (each invocation analyses everything anew), so a
+# rerun may change them. The reference's planned length follows some of them, and grows when they ask for more.
+ANALYSIS_ONLY = ("tica_lag_ps", "its_lags_ps", "its_clusters", "transition_dwell_ps", "min_reference_transitions",
+                 "tica_bins", "torsion_bins", "fes_cutoff_kjmol")
+# its_lags_ps up to 2 ns: at 188 ns the MSM's ITS_1 rose from 5.2 ns at a 200-ps lag to 7.6-8.3 ns at 0.5-3 ns,
+# so lags up to 200 ps understated the slowest process (and the plan built on it) by 1.6x.
+# transition_dwell_ps 200 (was one TICA lag, 20 ps): see cvlearn.analysis.count_core_transitions; on the reference
+# the count is 25 / 17 / 11 / 7 / 7 / 7 at 20 / 50 / 100 / 200 / 500 / 2000 ps, and its two-state relaxation
+# (benchmarks._sampling_wlall_analysis.core_relaxation) predicts ~9.
 
 
 # walker_ns 2: the reference's slowest resolved ITS is 78 ps (TICA at 20 ps on 10 ns), so a walker is >= 20 of them
@@ -103,11 +118,18 @@ def settings(args) -> dict:
 
 
 def reference_target_ns(args, s: dict, model: dict | None) -> float:
-    """The reference's planned length: the user's, or its_factor × the slowest ITS (at least the first chunk)."""
+    """The reference's planned length: the user's, or its_factor × the slowest ITS and long enough to hold
+    ``min_reference_transitions`` at its rate so far (the unbiased rate every arm is divided by), at least the first
+    chunk and at most ``reference_max_ns``."""
     if args.reference_ns != "auto":
         return float(args.reference_ns)
-    its_ns = model["slowest_its_ps"] * 1e-3 if model is not None else float("nan")
+    if model is None:
+        return float(s["first_chunk_ns"])
+    its_ns = model["slowest_its_ps"] * 1e-3
     want = s["its_factor"] * its_ns if np.isfinite(its_ns) else s["first_chunk_ns"]
+    needed = s.get("min_reference_transitions", 0)
+    if needed:
+        want = max(want, needed * model["ns_analysed"] / model["transitions"] if model["transitions"] else np.inf)
     return float(min(s["reference_max_ns"], max(s["first_chunk_ns"], want)))
 
 
@@ -122,8 +144,10 @@ def load_reference(work: Path, s: dict) -> dict | None:
     features, phi, psi = (np.concatenate([p[key] for p in parts]).astype(np.float64)[skip:]
                           for key in ("features", "phi", "psi"))
     model = ana.reference_model(features, s["frame_ps"], s["tica_lag_ps"], s["its_lags_ps"], s["its_clusters"])
+    cores = ana.two_state_cores(model["tics"][:, 0])
     speeds = list(runs.segment_speeds(work).values())
-    return {**model, "phi": phi, "psi": psi, "n_segments": n, "ns": n * s["segment_ns"],
+    return {**model, "phi": phi, "psi": psi, "n_segments": n, "ns": n * s["segment_ns"], "cores": cores,
+            "transitions": ana.tic1_transitions(model["tics"][:, 0], cores, min_dwell_frames(s)),
             "ns_analysed": len(features) * s["frame_ps"] * 1e-3, "ms_per_step": float(np.median(speeds)) if speeds
             else float("nan")}
 
@@ -143,9 +167,19 @@ def capped_atom_evaluations(colvar: Path) -> int:
     return int(np.clip(np.diff(c, prepend=0.0), 0.0, None).sum())
 
 
-def min_dwell_frames(s: dict) -> int:
-    """A core visit counts as a transition when it lasts one TICA lag: TIC1 does not resolve faster events."""
-    return max(1, int(round(s["tica_lag_ps"] / s["frame_ps"])))
+def min_dwell_frames(s: dict, dwell_ps: float | None = None) -> int:
+    """Frames a core visit must last to count as a transition (``transition_dwell_ps``, or ``dwell_ps``)."""
+    return max(1, int(round((s["transition_dwell_ps"] if dwell_ps is None else dwell_ps) / s["frame_ps"])))
+
+
+def sensitivity_dwells_ps(s: dict) -> list[float]:
+    """Dwells the transition counts are also reported at: from one TICA lag to 100 of them."""
+    return [s["tica_lag_ps"] * k for k in (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0)]
+
+
+def transitions_by_dwell(tic1: np.ndarray, cores: dict, s: dict) -> list[int]:
+    """TIC1 transitions at each of :func:`sensitivity_dwells_ps`: how much a count rests on the dwell rule."""
+    return [ana.tic1_transitions(tic1, cores, min_dwell_frames(s, d)) for d in sensitivity_dwells_ps(s)]
 
 
 def interim_walker(config, s: dict) -> bool:
@@ -181,7 +215,8 @@ def analyse_walker(work: Path, config, ended: dict | None, ref: dict, cores: dic
     tics = ana.project(ref["model"], features)
     keep, weights = ana.walker_weights(colvar["bias"])
     ns = n * s["frame_ps"] * 1e-3
-    transitions = ana.count_core_transitions(tics[:, 0], cores["below"], cores["above"], min_dwell_frames(s))
+    transitions = ana.tic1_transitions(tics[:, 0], cores, min_dwell_frames(s))
+    row["transitions_by_dwell"] = transitions_by_dwell(tics[:, 0], cores, s)
     # Does the biased component still follow the slowest process under bias? (A CV that tracks TIC1 on unbiased
     # frames can be moved by faster motions once biased: then transitions stay rare however flat the bias.)
     row["r_cv_tic1"] = float(np.corrcoef(colvar[cv_field], tics[:, 0])[0, 1]) if n > 2 else float("nan")
@@ -199,15 +234,19 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
     from cvlearn.export import load_cv
     from openmm_plugin.bias.setup import colvar_cv_names
 
-    cores = ana.two_state_cores(ref["tics"][:, 0])
+    cores, ref_trans = ref["cores"], ref["transitions"]
     n_ref = len(ref["tics"])
-    ref_trans = ana.count_core_transitions(ref["tics"][:, 0], cores["below"], cores["above"], min_dwell_frames(s))
+    dwells = sensitivity_dwells_ps(s)
     ref_hours = n_ref * s["frame_ps"] * 1e-3 * STEPS_PER_NS * ref["ms_per_step"] / 3.6e6
     result["reference"] = {
         "ns": ref["ns"], "ns_analysed": ref["ns_analysed"], "target_ns": reference_target_ns(args, s, ref),
         "segments": ref["n_segments"], "slowest_its_ps": ref["slowest_its_ps"],
         "slowest_its_from": ref["slowest_its_from"], "its_resolved": ref["its_resolved"], "tica_lag_ps": ref["lag_ps"],
         "tica_its_ps": ref["tica_its_ps"], "its": ref["its"], "cores_tic1": cores, "transitions": ref_trans,
+        "transition_dwell_ps": s["transition_dwell_ps"], "sensitivity_dwells_ps": dwells,
+        "transitions_by_dwell": transitions_by_dwell(ref["tics"][:, 0], cores, s),
+        "core_relaxation": ana.core_relaxation(ref["tics"][:, 0], cores, [
+            lag for lag in s["its_lags_ps"] if lag >= s["transition_dwell_ps"]], s["frame_ps"]),
         "transitions_per_ns": ref_trans / ref["ns_analysed"] if ref["ns_analysed"] else float("nan"),
         "transitions_per_wall_hour": ref_trans / ref_hours if ref_hours > 0 else float("nan"),
         "ms_per_step": ref["ms_per_step"], "its_factor": s["its_factor"],
@@ -247,6 +286,8 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
             "rate_vs_reference_per_ns": rate[0] / result["reference"]["transitions_per_ns"]
             if result["reference"]["transitions_per_ns"] > 0 else float("nan"),
             "rate_vs_reference_ci95": list(ratio_ci),  # exact Poisson interval on the pooled counts
+            "transitions_by_dwell": [sum(r["transitions_by_dwell"][k] for r in counted) for k in range(len(dwells))],
+            "ns_counted": ns_counted,
             "ms_per_step": float(np.nanmean([r["ms_per_step"] for r in rows])) if rows else float("nan"),
             "dF_BA_kjmol": pooled_dF, "dF_BA_per_walker_kjmol": [w["row"]["dF_BA_kjmol"] for w in fine],
             **{k: v for k, v in compared[arm].items() if not k.startswith("_")}}
@@ -370,7 +411,7 @@ def run(args) -> dict:
     open_run(work / "benchmark.run.json", s, outputs=[work / d for d in ("train", "learn", "reference", "bias",
                                                                           "sigma.json", "retrain")],
              restart_fresh=args.restart_fresh, extendable=("walker_ns",),  # a longer --walker-ns extends the walkers
-             added={k: s[k] for k in ADDED})
+             added={k: s[k] for k in ADDED}, ignore=("out", *ANALYSIS_ONLY))
     budget = runs.Budget(args.budget_min)
     started, stopped, learned, configs, ref = time.perf_counter(), None, None, {}, None
     try:
@@ -443,6 +484,31 @@ def _own_components(st: dict) -> str:
     return "".join(f" (arm {arm}: {', '.join(map(str, c))})" for arm, c in own.items())
 
 
+def _dwell_lines(r: dict) -> list[str]:
+    """How the transition counts, and each arm's ratio to the reference, depend on the dwell a visit must last; and
+    the count the reference's two-state relaxation predicts."""
+    ref = r["reference"]
+    if "transitions_by_dwell" not in ref:
+        return []
+    relax = ref.get("core_relaxation") or {}
+    taus = ", ".join(f"{lag:g} ps: {_f(tau, '.0f')}"
+                     for lag, tau in zip(relax.get("lags_ps", []), relax.get("tau_ps", [])))
+    lines = ["", f"Transitions vs the dwell a core visit must last (counts; × reference per ns in brackets). The "
+             f"core-assigned reference relaxes in τ = {_f(relax.get('tau_ps_resolved'), '.0f')} ps (two-state MSM, "
+             f"lag {taus}; p_B {_f(relax.get('population_B'))}), from which a two-state model predicts "
+             f"2 p_A p_B T / τ = {_f(relax.get('predicted_transitions'), '.1f')} transitions: a dwell that counts "
+             f"more than that counts excursions that return. The targets use {ref['transition_dwell_ps']:g} ps.", "",
+             "| run | ns | " + " | ".join(f"{d:g} ps" for d in ref["sensitivity_dwells_ps"]) + " |",
+             "|---|---|" + "---|" * len(ref["sensitivity_dwells_ps"]),
+             f"| reference | {ref['ns_analysed']:.3g} | " + " | ".join(map(str, ref["transitions_by_dwell"])) + " |"]
+    for arm, a in r["arms"].items():
+        ns, counts = a.get("ns_counted", 0.0), a.get("transitions_by_dwell", [])
+        cells = [f"{n} ({_f(n / ns / (m / ref['ns_analysed']), '.1f')})" if ns and m else str(n)
+                 for n, m in zip(counts, ref["transitions_by_dwell"])]
+        lines.append(f"| {arm} | {ns:.3g} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(r: dict) -> str:
     st, ref = r["settings"], r["reference"]
     lines = [f"# sampling_wlall ({r['date']}, quick={st['quick']}, complete={r['complete']})", "",
@@ -463,7 +529,8 @@ def markdown(r: dict) -> str:
                   f"target {ref['target_ns']:.3g} ns; slowest ITS {_f(ref['slowest_its_ps'], '.0f')} ps "
                   f"({ref.get('slowest_its_from', '')}: the largest estimate at least its lag; MSM on TIC1-2 at lag "
                   f"{its}; TICA's own at {ref['tica_lag_ps']:g} ps: {_f(ref['tica_its_ps'][0], '.0f')} ps); "
-                  f"{ref['transitions']} TIC1 transitions (a core visit counts when it lasts one TICA lag; "
+                  f"{ref['transitions']} TIC1 transitions (a core visit counts when it lasts "
+                  f"{ref.get('transition_dwell_ps', ref['tica_lag_ps']):g} ps; "
                   f"{_f(ref['transitions_per_ns'])}/ns, "
                   f"{_f(ref['transitions_per_wall_hour'], '.1f')}/wall h), {_f(ref['ms_per_step'], '.3f')} ms/step.",
                   "", f"Slowest process, TIC1 states A (TIC1 < {_f(ref['cores_tic1']['split'])}) and B: the reference first entered A at "
@@ -475,6 +542,7 @@ def markdown(r: dict) -> str:
                   f"{_f(own.get('rms_tica_kjmol'))} kJ/mol, RMS F(φ,ψ) "
                   f"{_f(own.get('rms_torsions_kjmol'))} kJ/mol (mean over residues): no arm can be "
                   "shown closer to the reference than that.",
+                  *_dwell_lines(r),
                   "", "| arm | walkers ended | ns per walker | blew up | capped atom-forces | TIC1 transitions / ns | "
                   "× reference (95 % CI) | / wall h | RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ΔF(B − A) kJ/mol, pooled "
                   "(per walker) | ms/step |",

@@ -137,8 +137,9 @@ def open_run(record_path: str | os.PathLike, config, inputs: Mapping[str, str | 
     restart_fresh : bool
         Delete the outputs and the record and start over.
     ignore : iterable of str
-        Config keys that may change between reruns (default ``out``: the directory may be moved). A key the
-        record lacks (added to the config type since) matches when it holds its default.
+        Config keys that may change between reruns (default ``out``: the directory may be moved), neither recorded
+        nor compared, also where an older record holds them. A key the record lacks (added to the config type
+        since) matches when it holds its default.
     extendable : iterable of str
         Numeric config keys that a rerun may raise (a run's length, e.g. ``n_steps``): the run, finished or not,
         resumes from its checkpoint to the new length and the record takes the new value. Lowering one is refused.
@@ -182,7 +183,8 @@ def open_run(record_path: str | os.PathLike, config, inputs: Mapping[str, str | 
             raise RunMismatchError(f"{record_path}: unreadable run record ({error}); {hint}") from None
         if old.get("format") != _FORMAT:
             raise RunMismatchError(f"{record_path}: run record of format {old.get('format')!r}, expected {_FORMAT}; {hint}")
-        recorded = old.get("config", {})
+        # an ignored key may change: a record written before it was ignored holds it, and it is not compared
+        recorded = {k: v for k, v in old.get("config", {}).items() if k not in ignored}
         as_before = {k: _jsonable({"v": v})["v"] for k, v in (added or {}).items()}
         current = {k: v for k, v in identity["config"].items()  # a key added later, at its default, changes nothing
                    if k in recorded or not (_is_default(config, k, v) or (k in as_before and as_before[k] == v))}

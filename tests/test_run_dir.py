@@ -70,13 +70,19 @@ class _NewerConfig(_Config):
     device: str = "cpu"  # a key added after the run was recorded
 
 
+@dataclass(frozen=True)
+class _DroppedConfig:
+    out: str = "runs/x"
+    sigma: tuple = (0.1,)  # n_steps dropped from the config type since the run was recorded
+
+
 def test_a_key_added_since_the_record_matches_at_its_default_only(tmp_path):
     open_run(tmp_path / "run.json", _Config())
     assert open_run(tmp_path / "run.json", _NewerConfig()).resumed
     with pytest.raises(RunMismatchError, match=r"device: <none> -> cuda"):
         open_run(tmp_path / "run.json", _NewerConfig(device="cuda"))
     with pytest.raises(RunMismatchError, match=r"n_steps: 100 -> <none>"):  # a key dropped since is a difference
-        open_run(tmp_path / "run.json", _NewerConfig(), ignore=("out", "n_steps"))
+        open_run(tmp_path / "run.json", _DroppedConfig())
 
 
 def test_a_key_added_to_a_mapping_config_matches_at_its_as_before_value_only(tmp_path):
@@ -104,3 +110,13 @@ def test_raising_an_extendable_key_reopens_a_finished_run(tmp_path):
     with pytest.raises(RunMismatchError, match=r"n_steps: 300 -> 400"):  # not extendable here
         open_run(tmp_path / "run.json", _Config(n_steps=400))
     assert open_run(tmp_path / "run.json", _Config(n_steps=300)).record["config"]["n_steps"] == 300
+
+
+def test_an_ignored_key_is_not_compared_even_where_an_older_record_holds_it(tmp_path):
+    """Analysis settings made ignorable after runs were recorded: the old record keeps them, a rerun may change them."""
+    open_run(tmp_path / "run.json", {"n_steps": 100, "bins": 30})
+    assert open_run(tmp_path / "run.json", {"n_steps": 100, "bins": 40}, ignore=("out", "bins")).resumed
+    with pytest.raises(RunMismatchError, match=r"n_steps: 100 -> 200"):
+        open_run(tmp_path / "run.json", {"n_steps": 200, "bins": 40}, ignore=("out", "bins"))
+    with pytest.raises(RunMismatchError, match=r"bins: 30 -> 40"):
+        open_run(tmp_path / "run.json", {"n_steps": 100, "bins": 40})

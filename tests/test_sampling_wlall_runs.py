@@ -4,9 +4,10 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks import _sampling_wlall_runs as runs
-from benchmarks.sampling_wlall import extended_walker_ns, interim_walker
+from benchmarks.sampling_wlall import FULL, extended_walker_ns, interim_walker, reference_target_ns
 from cvlearn.run_dir import open_run
 from openmm_plugin.stages.bias import BiasConfig
 
@@ -96,11 +97,20 @@ def test_a_stopped_walker_is_analysed_as_it_stands_once_it_holds_half_its_length
 
 
 def test_the_2d_arm_biases_both_components_of_the_gnn_cv_and_the_others_the_settings_components(tmp_path):
-    from benchmarks.sampling_wlall import FULL
-
     s = {**FULL, "components": [0]}
     two_d = runs.walker_config(tmp_path, s, "gnn_2d", 0, [0.3, 0.4])
     one_d = runs.walker_config(tmp_path, s, "gnn", 0, [0.3])
     assert two_d.components == (0, 1) and two_d.opes.sigma == (0.3, 0.4)
     assert one_d.components == (0,) and two_d.cv == one_d.cv  # one CV file, biased in 2-D and in 1-D
     assert runs.walker_dir(tmp_path, "gnn_2d", 0) != runs.walker_dir(tmp_path, "gnn", 0)
+
+
+def test_the_planned_reference_holds_the_transitions_the_unbiased_rate_needs():
+    """20 x ITS, or longer where the rate so far gives fewer than min_reference_transitions; capped; the user's."""
+    auto = argparse.Namespace(reference_ns="auto")
+    model = {"slowest_its_ps": 8000.0, "ns_analysed": 190.0, "transitions": 7}
+    assert reference_target_ns(auto, FULL, model) == pytest.approx(10 * 190.0 / 7)  # 271 ns > 20 x 8 ns
+    assert reference_target_ns(auto, FULL, {**model, "transitions": 30}) == pytest.approx(160.0)  # 20 x ITS
+    assert reference_target_ns(auto, FULL, {**model, "transitions": 0}) == FULL["reference_max_ns"]
+    assert reference_target_ns(auto, FULL, None) == FULL["first_chunk_ns"]
+    assert reference_target_ns(argparse.Namespace(reference_ns="50"), FULL, model) == 50.0

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cvlearn.analysis.transitions import count_core_transitions
 from cvlearn.errors import ConfigError
 
-__all__ = ["biased_run_stats", "check_rescaled_pairs", "count_core_transitions", "heldout_vamp2", "render_summary",
+__all__ = ["biased_run_stats", "check_rescaled_pairs", "heldout_vamp2", "render_summary",
            "reweighting_info", "summarize"]
 
 MODEL_BATCH_FRAMES = 256
@@ -118,29 +119,6 @@ def heldout_vamp2(learn, cv_paths: dict) -> dict:
         scores[name] = deeptime_vamp_score(outputs, data.lag, r=2)
     return {"lagtime_ps": learn.lagtime_ps, "lag_frames": int(data.lag), "n_frames": int(sum(map(len, held_out))),
             "trajectories": sorted({str(plan.trajectories[s.traj]) for s in data.validation}), "vamp2": scores}
-
-
-def count_core_transitions(values: np.ndarray, a, b) -> int:
-    """Entries into one core after last visiting the other; frames outside both cores keep the last core, so jitter
-    at a barrier top is not counted (as :func:`cvlearn.analysis.count_phi_transitions`, for any observable).
-
-    Parameters
-    ----------
-    values : np.ndarray
-        ``[n_frames]`` the observable (rad, nm, ...).
-    a, b : (float, float)
-        The two cores, closed intervals in the observable's units.
-
-    Returns
-    -------
-    int
-    """
-    values = np.asarray(values, dtype=np.float64)
-    state = np.full(values.shape, -1, dtype=np.int8)
-    state[(values >= a[0]) & (values <= a[1])] = 0
-    state[(values >= b[0]) & (values <= b[1])] = 1
-    visited = state[state >= 0]
-    return int(np.count_nonzero(visited[1:] != visited[:-1]))
 
 
 def _observable_values(spec, trajectory: Path, learn) -> np.ndarray:

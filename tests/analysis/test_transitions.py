@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from cvlearn.analysis.transitions import AX_BASIN_DEG, AX_CORE_DEG, count_phi_transitions, phi_basins
+from cvlearn.analysis.transitions import (AX_BASIN_DEG, AX_CORE_DEG, count_core_transitions, count_phi_transitions,
+                                          last_core, phi_basins)
 
 
 def rad(*deg):
@@ -83,3 +84,25 @@ def test_rate_ratio_ci_edges_and_refusals():
         rate_ratio_ci(1, 0.0, 1, 1.0)
     with pytest.raises(ValueError, match="events, events_ref: expected counts"):
         rate_ratio_ci(-1, 1.0, 1, 1.0)
+
+
+def test_core_transitions_ignore_visits_shorter_than_the_dwell():
+    """One long stay in B with flickers back into A: one transition there and one back, not every flicker."""
+    a, b = np.zeros, lambda n: np.full(n, 2.0)
+    core_a, core_b = (-np.inf, 0.5), (1.5, np.inf)
+    x = np.concatenate([a(100), b(30), a(3), b(40), a(2), b(50), a(100)])
+    assert count_core_transitions(x, core_a, core_b) == 6
+    assert count_core_transitions(x, core_a, core_b, min_dwell_frames=20) == 2
+    # frames between the cores keep the last core; a short first visit still sets the starting core
+    x = np.concatenate([b(2), np.full(10, 1.0), a(100), b(25)])
+    assert count_core_transitions(x, core_a, core_b, min_dwell_frames=20) == 2  # B -> A -> B
+    assert count_core_transitions(np.ones(5), core_a, core_b) == 0  # never in a core
+    with pytest.raises(ValueError, match="min_dwell_frames"):
+        count_core_transitions(x, core_a, core_b, min_dwell_frames=0)
+    with pytest.raises(ValueError, match="b: expected"):
+        count_core_transitions(x, core_a, (2.0, 1.0))
+
+
+def test_last_core_fills_the_frames_between_cores_and_leaves_the_start_unassigned():
+    x = np.array([1.0, 0.0, 1.0, 1.0, 2.0, 1.0, 0.5, 1.5])
+    assert last_core(x, (0.0, 0.5), (1.5, 2.0)).tolist() == [-1, 0, 0, 0, 1, 1, 0, 1]  # closed intervals
