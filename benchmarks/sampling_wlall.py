@@ -278,6 +278,8 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         result["arms"][arm] = {
             "walkers_ended": len(analysed) - sum(r["running"] for r in rows), "walkers_planned": len(arm_configs),
             "walkers_running": sum(r["running"] for r in rows),
+            # ended at an earlier --walker-ns and being extended: analysed as they stand, counted as ended
+            "walkers_extending": sum(o is not None and not runs.walker_done(c) for c, o in analysed),
             "ns_per_walker": [r["ns"] for r in rows],  # lengths differ while --walker-ns extends them
             "r_cv_tic1_per_walker": [w["row"]["r_cv_tic1"] for w in fine],
             "blown_up": sum(bool(r["failure"]) for r in rows), "capped": sum(r["capped"] for r in rows),
@@ -329,7 +331,8 @@ def targets(result: dict) -> list[dict]:
         a, bound = result["arms"][arm], arm not in runs.BASELINE_ARMS  # the targets are the GNN CVs'
         t = lambda target: target if bound else None  # noqa: E731
         # walkers stopped by the budget are analysed as they stand: their numbers can still move either way
-        interim = f" (interim: {a['walkers_running']} walkers running)" if a.get("walkers_running") else ""
+        moving = a.get("walkers_running", 0) + a.get("walkers_extending", 0)
+        interim = f" (interim: {moving} walkers running or being extended)" if moving else ""
         for key, name in (("rms_tica_kjmol", "RMS F(TIC1,TIC2) vs reference"),
                           ("rms_torsions_kjmol", "RMS F(phi,psi) vs reference, mean over residues")):
             value = a.get(key, float("nan"))
@@ -549,6 +552,7 @@ def markdown(r: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm, a in r["arms"].items():
             running = f" (+{a['walkers_running']} running)" if a.get("walkers_running") else ""
+            running += f" ({a['walkers_extending']} extending)" if a.get("walkers_extending") else ""
             lines.append(f"| {arm} | {a['walkers_ended']}/{a['walkers_planned']}{running} | "
                          f"{', '.join(_f(v, '.2f') for v in a.get('ns_per_walker', []))} | {a['blown_up']} | "
                          f"{a.get('capped', 0)} | "
