@@ -9,7 +9,8 @@ of biased walkers onto it, reweighted free energies against the reference, and s
 * Free energies: F(TIC1, TIC2) and per-residue F(φ, ψ), biased frames weighted exp(βV) (OPES,
   :func:`cvlearn.analysis.reweighting.opes_weights`, the first 10 % of each walker dropped while the bias builds),
   the walkers of an arm pooled with equal weight each; RMS difference to the reference over bins populated in both
-  with F_ref ≤ ``cutoff_kjmol``, after the best constant shift (F is defined up to a constant).
+  with F_ref ≤ ``cutoff_kjmol``, after the best constant shift (F is defined up to a constant); beside it, what that
+  RMS cannot see: each side's probability in bins the other never visited (:func:`mass_outside`).
 * Transitions: the two most populated states along TIC1 (1-D 2-means on the reference), cores the outer three
   quarters of each side (a frame between the cores keeps its last core: hysteresis), a visit counted when it lasts
   the benchmark's dwell; checked against the two-state relaxation time of the core-assigned reference
@@ -149,6 +150,19 @@ def fes_rms(f_ref: np.ndarray, f: np.ndarray, cutoff_kjmol: float) -> tuple[floa
     return float(np.sqrt(np.mean((diff - diff.mean()) ** 2))), int(mask.sum())
 
 
+def mass_outside(f: np.ndarray, other: np.ndarray, temperature_k: float = 300.0) -> float:
+    """Probability of the run behind ``f`` (F per bin, NaN where unvisited; equal bins) in the bins ``other`` never
+    visited.
+
+    Why: :func:`fes_rms` compares only bins populated in both runs, so a state one run found and the other never
+    visited cannot show in it; this is that state's weight (measured on WLALL: the reference first entered Leu2's
+    αL region at 238 ns, where every GNN walker had been within 4 ns)."""
+    f, other = np.asarray(f, dtype=float), np.asarray(other, dtype=float)
+    p = np.where(np.isfinite(f), np.exp(-np.nan_to_num(f, nan=0.0) / kt_kjmol(temperature_k)), 0.0)
+    total = p.sum()
+    return float(p[~np.isfinite(other)].sum() / total) if total > 0 else float("nan")
+
+
 def walker_weights(bias_kjmol: np.ndarray) -> tuple[slice, np.ndarray]:
     """Frames kept (burn-in dropped) and their OPES weights, normalised to sum 1 per walker."""
     keep = slice(int(len(bias_kjmol) * BURN_IN_FRACTION), None)
@@ -173,7 +187,9 @@ def tic_range(tics: np.ndarray) -> tuple:
 
 def compare_fes(ref: dict, arm_runs: list[dict], s: dict, range_tics: tuple | None = None) -> dict:
     """RMS of the reweighted F(TIC1, TIC2) and per-residue F(φ, ψ) of one arm (pooled walkers) and per walker;
-    TIC bins over ``range_tics`` (default: the range of ``ref``)."""
+    TIC bins over ``range_tics`` (default: the range of ``ref``). ``outside_tica`` and each residue's
+    ``outside_torsions_per_residue`` entry: [the arm's probability in bins the reference never visited, the
+    reference's in bins the arm never visited] (:func:`mass_outside`), what the RMS over shared bins cannot see."""
     rng = range_tics if range_tics is not None else tic_range(ref["tics"])
     f_ref, xe, ye = pooled_fes([tuple(ref["tics"].T)], [None], s["tica_bins"], rng)
     runs = [r for r in arm_runs if len(r["tics"])]
@@ -184,16 +200,19 @@ def compare_fes(ref: dict, arm_runs: list[dict], s: dict, range_tics: tuple | No
     rms_tica, n_bins = fes_rms(f_ref, f_arm, s["fes_cutoff_kjmol"])
     per_walker = [fes_rms(f_ref, pooled_fes([p], [r["weights"]], s["tica_bins"], rng)[0],
                           s["fes_cutoff_kjmol"])[0] for p, r in zip(pairs, runs)]
-    per_residue, surfaces = [], []
+    per_residue, outside_torsions, surfaces = [], [], []
     torsion_range = ((-np.pi, np.pi), (-np.pi, np.pi))
     for i in range(ref["phi"].shape[1]):
         f_r = pooled_fes([(ref["phi"][:, i], ref["psi"][:, i])], [None], s["torsion_bins"], torsion_range, True)
         f_b = pooled_fes([(r["phi"][r["keep"], i], r["psi"][r["keep"], i]) for r in runs], [r["weights"] for r in runs],
                          s["torsion_bins"], torsion_range, True)
         per_residue.append(fes_rms(f_r[0], f_b[0], s["fes_cutoff_kjmol"])[0])
+        outside_torsions.append([mass_outside(f_b[0], f_r[0]), mass_outside(f_r[0], f_b[0])])
         surfaces.append((f_r, f_b))
     finite = np.asarray(per_residue, dtype=float)
     return {"rms_tica_kjmol": rms_tica, "n_bins_tica": n_bins, "rms_tica_per_walker_kjmol": per_walker,
+            "outside_tica": [mass_outside(f_arm, f_ref), mass_outside(f_ref, f_arm)],
+            "outside_torsions_per_residue": outside_torsions,
             "rms_torsions_per_residue_kjmol": per_residue,
             "rms_torsions_kjmol": float(np.nanmean(finite)) if np.isfinite(finite).any() else float("nan"),
             "_fes_tica": (f_arm, xe, ye), "_fes_ref": (f_ref, xe, ye), "_torsion_surfaces": surfaces}
@@ -210,7 +229,8 @@ def reference_halves_rms(ref: dict, s: dict) -> dict:
     first = {k: ref[k][:half] for k in ("tics", "phi", "psi")}
     second = {**{k: ref[k][half:] for k in ("tics", "phi", "psi")}, "keep": slice(None), "weights": None}
     c = compare_fes(first, [second], s, tic_range(ref["tics"]))
-    return {k: c[k] for k in ("rms_tica_kjmol", "n_bins_tica", "rms_torsions_kjmol", "rms_torsions_per_residue_kjmol")}
+    return {k: c[k] for k in ("rms_tica_kjmol", "n_bins_tica", "rms_torsions_kjmol", "rms_torsions_per_residue_kjmol",
+                              "outside_tica", "outside_torsions_per_residue")}
 
 
 def basin_dF(tic1: np.ndarray, weights: np.ndarray | None, cores: dict) -> float:
@@ -282,7 +302,7 @@ def plot(ref_fes, arms: dict, path_stem: Path) -> list[str]:
     return names
 
 
-__all__ = ["compare_fes", "core_intervals", "core_relaxation", "fes_rms", "plot", "project", "reference_model",
-           "basin_dF", "basin_dF_over_time",
+__all__ = ["compare_fes", "core_intervals", "core_relaxation", "fes_rms", "mass_outside", "plot", "project",
+           "reference_model", "basin_dF", "basin_dF_over_time",
            "plot_dF_convergence", "reference_basins", "reference_halves_rms", "tic_range", "torsions",
            "tic1_transitions", "two_state_cores", "walker_weights"]

@@ -364,6 +364,26 @@ def targets(result: dict) -> list[dict]:
     return out
 
 
+def _outside_sentence(c: dict, one: str, other: str) -> str:
+    """``c``'s ``outside_tica`` / ``outside_torsions_per_residue`` (:func:`ana.mass_outside`) in words."""
+    tica = c.get("outside_tica")
+    if not tica:
+        return ""
+    torsions = np.asarray(c.get("outside_torsions_per_residue") or [[np.nan, np.nan]], dtype=float)
+    worst = [int(np.nanargmax(torsions[:, k])) if np.isfinite(torsions[:, k]).any() else 0 for k in range(2)]
+    return (f"{one} holds {_pct(tica[0])} of its probability in F(TIC1,TIC2) bins {other} never visited, and "
+            f"{other} {_pct(tica[1])} in bins {one} never visited; in F(φ,ψ) at most {_pct(torsions[worst[0], 0])} "
+            f"(residue {worst[0] + 1}) and {_pct(torsions[worst[1], 1])} (residue {worst[1] + 1})")
+
+
+def _capital(sentence: str) -> str:
+    return sentence[:1].upper() + sentence[1:] + "." if sentence else ""
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.2g} %" if v is not None and np.isfinite(v) else "n/a"
+
+
 def arms_to_run(args) -> list[str]:
     """The arms whose walkers this invocation runs, in order (``--arms``); every arm's walkers are analysed."""
     arms = [a.strip() for a in (args.arms or ",".join(runs.ARMS)).split(",") if a.strip()]
@@ -544,7 +564,7 @@ def markdown(r: dict) -> str:
                   f"The reference against itself, first half vs second half: RMS F(TIC1,TIC2) "
                   f"{_f(own.get('rms_tica_kjmol'))} kJ/mol, RMS F(φ,ψ) "
                   f"{_f(own.get('rms_torsions_kjmol'))} kJ/mol (mean over residues): no arm can be "
-                  "shown closer to the reference than that.",
+                  "shown closer to the reference than that. " + _capital(_outside_sentence(own, "the second half", "the first")),
                   *_dwell_lines(r),
                   "", "| arm | walkers ended | ns per walker | blew up | capped atom-forces | TIC1 transitions / ns | "
                   "× reference (95 % CI) | / wall h | RMS F(TIC1,TIC2) kJ/mol | RMS F(φ,ψ) kJ/mol | ΔF(B − A) kJ/mol, pooled "
@@ -569,6 +589,9 @@ def markdown(r: dict) -> str:
                       "reweighted on rescaled time t' = Σ exp(β(V − c(t))) dt (`cvlearn iterate`'s default); VAMP-2 "
                       f"{_f(rt['vamp2_val'])} on its validation frames (rescaled time: not comparable to the gnn CV's "
                       "on 400 K data)."]
+        lines += ["", "What the RMS over shared bins cannot see: " + "; ".join(
+            f"{arm}: {_outside_sentence(a, 'the arm (reweighted)', 'the reference')}" for arm, a in r["arms"].items()
+            if a.get("outside_tica")) + "."]
         lines += ["", "Pearson r between the biased CV component and TIC1 on each walker's frames: " + "; ".join(
             f"{arm} {', '.join(_f(v) for v in a.get('r_cv_tic1_per_walker', []))}" for arm, a in r["arms"].items())
             + " (low: the bias moves the CV by motions other than the slowest process)."]

@@ -95,3 +95,27 @@ def test_reference_halves_rms_is_the_floor_an_arm_is_judged_against():
     # the torsions did not move: their halves agree in every case
     assert max(r["rms_torsions_kjmol"] for r in (same, moved, far)) < 1.5
     assert len(same["rms_torsions_per_residue_kjmol"]) == 2
+
+
+def test_mass_outside_weighs_a_state_only_one_run_visited():
+    """The halves of a run that finds B in its last eighth: RMS F over shared bins is blind to B, the second half's
+    probability in bins the first never visited is B's share of it (1/4), and the first half has none outside."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0.0, 0.1, 3500), rng.normal(2.0, 0.1, 500)])
+    y = rng.normal(0.0, 0.3, len(x))
+    n = len(x) // 2
+    s = {"tica_bins": 20, "torsion_bins": 12, "fes_cutoff_kjmol": 20.0}
+    tor = rng.vonmises(-1.2, 4.0, (len(x), 2))
+    run = {"tics": np.stack([x, y], axis=1), "phi": tor, "psi": tor[:, ::-1].copy()}
+    halves = ana.reference_halves_rms(run, s)
+    second_outside_first, first_outside_second = halves["outside_tica"]  # [the "arm" (second), the "reference"]
+    assert second_outside_first == pytest.approx(500 / (len(x) - n), abs=0.02)
+    assert first_outside_second < 0.01  # only A's sparse tail bins the second half happened to miss
+    assert np.isfinite(halves["rms_tica_kjmol"])
+    # weights: a state holding a known share of a reweighted run's probability holds that share outside
+    f_ref = ana.pooled_fes([(x[:3500], y[:3500])], [None], 20, ((-0.5, 2.5), (-2.0, 2.0)))[0]
+    w = np.where(x > 1.0, 3.0, 1.0)
+    f_w = ana.pooled_fes([(x, y)], [w], 20, ((-0.5, 2.5), (-2.0, 2.0)))[0]
+    assert ana.mass_outside(f_w, f_ref) == pytest.approx(1500 / 5000, abs=0.01)
+    assert ana.mass_outside(f_ref, f_w) == 0.0
+    assert np.isnan(ana.mass_outside(np.full((2, 2), np.nan), f_ref[:2, :2]))
