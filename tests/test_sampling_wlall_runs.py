@@ -114,3 +114,22 @@ def test_the_planned_reference_holds_the_transitions_the_unbiased_rate_needs():
     assert reference_target_ns(auto, FULL, {**model, "transitions": 0}) == FULL["reference_max_ns"]
     assert reference_target_ns(auto, FULL, None) == FULL["first_chunk_ns"]
     assert reference_target_ns(argparse.Namespace(reference_ns="50"), FULL, model) == 50.0
+
+
+def test_the_reference_is_not_passed_while_one_half_holds_a_state_the_other_never_visited():
+    """The halves' RMS over shared bins can meet its bound while the second half sits in a state the first never
+    entered; the outside-probability row says so."""
+    from benchmarks.sampling_wlall import OUTSIDE_MAX, targets
+
+    def rows(outside):
+        ref = {"its_factor": 20.0, "slowest_its_ps": 1e4, "ns_analysed": 300.0, "transitions": 12,
+               "basins": {"dF_BA_halves_kjmol": [-1.0, -1.5]},
+               "halves": {"rms_tica_kjmol": 1.9, "outside_tica": outside}}
+        return {r["name"].split(" (")[0]: r for r in targets({"arms": {}, "reference": ref})}
+
+    name = "reference, the larger half's probability in F(TIC1,TIC2) bins the other half never visited"
+    unsampled, fine = rows([0.24, 0.0005]), rows([0.004, 0.002])
+    assert unsampled["reference RMS F(TIC1,TIC2), first half vs second half"]["met"] is True
+    assert unsampled[name]["value"] == 0.24 and unsampled[name]["met"] is False
+    assert fine[name]["met"] is True and fine[name]["target"] == OUTSIDE_MAX
+    assert rows(None)[name]["met"] is None
