@@ -156,7 +156,7 @@ def mass_outside(f: np.ndarray, other: np.ndarray, temperature_k: float = 300.0)
 
     Why: :func:`fes_rms` compares only bins populated in both runs, so a state one run found and the other never
     visited cannot show in it; this is that state's weight (measured on WLALL: the reference first entered Leu2's
-    αL region at 238 ns, where every GNN walker had been within 4 ns)."""
+    αL region at 238 ns, where each 2-D GNN walker had been within 4 ns)."""
     f, other = np.asarray(f, dtype=float), np.asarray(other, dtype=float)
     p = np.where(np.isfinite(f), np.exp(-np.nan_to_num(f, nan=0.0) / kt_kjmol(temperature_k)), 0.0)
     total = p.sum()
