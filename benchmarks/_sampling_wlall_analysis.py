@@ -10,7 +10,9 @@ of biased walkers onto it, reweighted free energies against the reference, and s
   :func:`cvlearn.analysis.reweighting.opes_weights`, the first 10 % of each walker dropped while the bias builds),
   the walkers of an arm pooled with equal weight each; RMS difference to the reference over bins populated in both
   with F_ref ≤ ``cutoff_kjmol``, after the best constant shift (F is defined up to a constant); beside it, what that
-  RMS cannot see: each side's probability in bins the other never visited (:func:`mass_outside`).
+  RMS cannot see: each side's probability in bins the other never visited (:func:`mass_outside`); and the same
+  RMS on the region the reference's halves agree on (:func:`settled_region`), where a state the reference has
+  entered once (and not left) is left out of both sides.
 * Transitions: the two most populated states along TIC1 (1-D 2-means on the reference), cores the outer three
   quarters of each side (a frame between the cores keeps its last core: hysteresis), a visit counted when it lasts
   the benchmark's dwell; checked against the two-state relaxation time of the core-assigned reference
@@ -28,6 +30,10 @@ from cvlearn.analysis.transitions import count_core_transitions, last_core
 from cvlearn.units import kt_kjmol
 
 BURN_IN_FRACTION = 0.1  # of each walker, dropped from reweighting (the OPES bias is still building)
+# The share of a reference half's probability its halves' comparison may leave out (bins the other half never
+# visited): a chosen bound, stated beside the value; a state the reference entered once and has not left (WLALL's
+# Leu2 αL, from 238 ns on) is far above it, sampling noise in sparse tail bins (well under 1 %) below it.
+OUTSIDE_MAX = 0.05
 
 
 def torsions(paths: list[Path], topology: Path):
@@ -211,6 +217,7 @@ def compare_fes(ref: dict, arm_runs: list[dict], s: dict, range_tics: tuple | No
         surfaces.append((f_r, f_b))
     finite = np.asarray(per_residue, dtype=float)
     return {"rms_tica_kjmol": rms_tica, "n_bins_tica": n_bins, "rms_tica_per_walker_kjmol": per_walker,
+            **walkers_against_each_other(runs, s, rng),
             "outside_tica": [mass_outside(f_arm, f_ref), mass_outside(f_ref, f_arm)],
             "outside_torsions_per_residue": outside_torsions,
             "rms_torsions_per_residue_kjmol": per_residue,
@@ -218,9 +225,38 @@ def compare_fes(ref: dict, arm_runs: list[dict], s: dict, range_tics: tuple | No
             "_fes_tica": (f_arm, xe, ye), "_fes_ref": (f_ref, xe, ye), "_torsion_surfaces": surfaces}
 
 
-def reference_halves_rms(ref: dict, s: dict) -> dict:
+def walkers_against_each_other(runs: list[dict], s: dict, range_tics: tuple) -> dict:
+    """Each walker's reweighted F against its arm's other walkers pooled (that pool as the reference in
+    :func:`fes_rms`): RMS F(TIC1, TIC2) and the mean over residues of RMS F(φ, ψ), per walker; empty lists for one
+    walker.
+
+    Why: the reference's halves bound what the reference can resolve; this bounds what the arm can. Where a walker
+    differs from the others as much as the arm from the reference, the arm's own F is not converged (measured on
+    WLALL at 6 ns per walker: 4.1-8.8 kJ/mol on TIC1-2 for the 2-D GNN arm, against its 4.0 from the reference).
+    """
+    out = {"rms_tica_walker_vs_rest_kjmol": [], "rms_torsions_walker_vs_rest_kjmol": []}
+    if len(runs) < 2:
+        return out
+    whole, cutoff = ((-np.pi, np.pi), (-np.pi, np.pi)), s["fes_cutoff_kjmol"]
+    for k, one in enumerate(runs):
+        rest = runs[:k] + runs[k + 1:]
+        weights = [r["weights"] for r in rest]
+        f_one = pooled_fes([tuple(one["tics"][one["keep"]].T)], [one["weights"]], s["tica_bins"], range_tics)[0]
+        f_rest = pooled_fes([tuple(r["tics"][r["keep"]].T) for r in rest], weights, s["tica_bins"], range_tics)[0]
+        out["rms_tica_walker_vs_rest_kjmol"].append(fes_rms(f_rest, f_one, cutoff)[0])
+        torsions = [fes_rms(pooled_fes([(r["phi"][r["keep"], i], r["psi"][r["keep"], i]) for r in rest], weights,
+                                       s["torsion_bins"], whole, True)[0],
+                            pooled_fes([(one["phi"][one["keep"], i], one["psi"][one["keep"], i])], [one["weights"]],
+                                       s["torsion_bins"], whole, True)[0], cutoff)[0]
+                    for i in range(one["phi"].shape[1])]
+        out["rms_torsions_walker_vs_rest_kjmol"].append(float(np.nanmean(torsions)) if np.isfinite(torsions).any()
+                                                        else float("nan"))
+    return out
+
+
+def reference_halves_rms(ref: dict, s: dict, range_tics: tuple | None = None) -> dict:
     """RMS F(TIC1, TIC2) and mean per-residue RMS F(φ, ψ) between the reference's first and second half, binned as
-    the arms are (the whole run's TIC range).
+    the arms are (the whole run's TIC range, or ``range_tics``).
 
     Why: an arm cannot be shown to match the reference better than two halves of the reference match each other;
     where the halves differ by more than a target, this reference cannot test that target.
@@ -228,9 +264,85 @@ def reference_halves_rms(ref: dict, s: dict) -> dict:
     half = len(ref["tics"]) // 2
     first = {k: ref[k][:half] for k in ("tics", "phi", "psi")}
     second = {**{k: ref[k][half:] for k in ("tics", "phi", "psi")}, "keep": slice(None), "weights": None}
-    c = compare_fes(first, [second], s, tic_range(ref["tics"]))
+    c = compare_fes(first, [second], s, range_tics or tic_range(ref["tics"]))
     return {k: c[k] for k in ("rms_tica_kjmol", "n_bins_tica", "rms_torsions_kjmol", "rms_torsions_per_residue_kjmol",
                               "outside_tica", "outside_torsions_per_residue")}
+
+
+def _torsion_bin(angle: np.ndarray, bins: int) -> np.ndarray:
+    """Index of each periodic angle's bin on [-π, π), as :func:`pooled_fes` bins it."""
+    wrapped = np.mod(np.asarray(angle, dtype=float) + np.pi, 2 * np.pi)
+    return np.minimum((wrapped * (bins / (2 * np.pi))).astype(int), bins - 1)
+
+
+def settled_region(ref: dict, s: dict, halves: dict) -> dict | None:
+    """Where the reference's halves agree on what exists: for every residue whose halves hold more than
+    :data:`OUTSIDE_MAX` of a half's probability in F(φ, ψ) bins the other half never visited
+    (``halves["outside_torsions_per_residue"]``, :func:`reference_halves_rms`), the (φ, ψ) bins both halves
+    visited; other residues unrestricted. None when no residue is flagged.
+
+    Why: a state the reference entered once and has not left (WLALL's Leu2 αL from 238 ns on: 19 % of the
+    reference at 294 ns) has a population the reference does not know, and its frames share F(TIC1, TIC2) bins with the rest, so
+    the RMS over shared bins compares it too. Restricted to this region, reference and arm compare what the
+    reference has sampled back and forth; the region is chosen from the reference alone, never from an arm.
+
+    Returns
+    -------
+    dict
+        ``residues`` (0-based columns of ``phi``/``psi``), ``bins`` (``{residue: [bins, bins] bool}``, φ by ψ) and
+        ``reference_fraction_left_out`` (of the reference's frames).
+    """
+    flagged = [i for i, pair in enumerate(halves.get("outside_torsions_per_residue") or [])
+               if np.nanmax(np.asarray(pair, dtype=float)) > OUTSIDE_MAX]
+    if not flagged:
+        return None
+    half, bins, whole = len(ref["phi"]) // 2, s["torsion_bins"], ((-np.pi, np.pi), (-np.pi, np.pi))
+    shared = {}
+    for i in flagged:
+        first, second = (pooled_fes([(ref["phi"][part, i], ref["psi"][part, i])], [None], bins, whole, True)[0]
+                         for part in (slice(None, half), slice(half, None)))
+        shared[i] = np.isfinite(first) & np.isfinite(second)
+    region = {"residues": flagged, "bins": shared}
+    region["reference_fraction_left_out"] = float(1.0 - in_region(ref["phi"], ref["psi"], region, bins).mean())
+    return region
+
+
+def in_region(phi: np.ndarray, psi: np.ndarray, region: dict, bins: int) -> np.ndarray:
+    """``[T]`` bool: frames (``phi``, ``psi`` ``[T, residues]`` rad) inside :func:`settled_region`'s region."""
+    inside = np.ones(len(phi), dtype=bool)
+    for i in region["residues"]:
+        inside &= region["bins"][i][_torsion_bin(phi[:, i], bins), _torsion_bin(psi[:, i], bins)]
+    return inside
+
+
+def compare_settled(ref: dict, arm_runs: list[dict], s: dict, region: dict) -> dict:
+    """:func:`compare_fes` of the reference and an arm, both restricted to ``region`` (:func:`settled_region`),
+    on the whole reference's TIC bins (its floor: :func:`settled_halves`).
+
+    Each walker keeps the OPES weights of its frames inside (not renormalised: walkers stay equally weighted, so the
+    pooled surface is the conditional one). ``arm_probability_left_out``: the arm's reweighted probability outside,
+    the counterpart of ``reference_fraction_left_out``.
+    """
+    bins, rng, keys = s["torsion_bins"], tic_range(ref["tics"]), ("tics", "phi", "psi")
+    inside = in_region(ref["phi"], ref["psi"], region, bins)
+    restricted = {k: ref[k][inside] for k in keys}
+    kept, left_out = [], []
+    for r in (r for r in arm_runs if len(r["tics"])):
+        frames = np.arange(len(r["tics"]))[r["keep"]]
+        mask = in_region(r["phi"][frames], r["psi"][frames], region, bins)
+        kept.append({**{k: r[k][frames][mask] for k in keys}, "keep": slice(None), "weights": r["weights"][mask]})
+        left_out.append(1.0 - float(r["weights"][mask].sum() / r["weights"].sum()))
+    c = compare_fes(restricted, kept, s, rng)
+    return {"rms_tica_kjmol": c["rms_tica_kjmol"], "n_bins_tica": c["n_bins_tica"],
+            "rms_torsions_kjmol": c["rms_torsions_kjmol"],
+            "arm_probability_left_out": float(np.mean(left_out)) if left_out else float("nan")}
+
+
+def settled_halves(ref: dict, s: dict, region: dict) -> dict:
+    """:func:`reference_halves_rms` of the reference restricted to ``region``, on the whole reference's TIC bins:
+    the floor the restricted arms' RMS is judged against."""
+    inside = in_region(ref["phi"], ref["psi"], region, s["torsion_bins"])
+    return reference_halves_rms({k: ref[k][inside] for k in ("tics", "phi", "psi")}, s, tic_range(ref["tics"]))
 
 
 def basin_dF(tic1: np.ndarray, weights: np.ndarray | None, cores: dict) -> float:
@@ -302,7 +414,7 @@ def plot(ref_fes, arms: dict, path_stem: Path) -> list[str]:
     return names
 
 
-__all__ = ["compare_fes", "core_intervals", "core_relaxation", "fes_rms", "mass_outside", "plot", "project",
-           "reference_model", "basin_dF", "basin_dF_over_time",
-           "plot_dF_convergence", "reference_basins", "reference_halves_rms", "tic_range", "torsions",
-           "tic1_transitions", "two_state_cores", "walker_weights"]
+__all__ = ["OUTSIDE_MAX", "compare_fes", "compare_settled", "core_intervals", "core_relaxation", "fes_rms",
+           "in_region", "mass_outside", "plot", "project", "reference_model", "basin_dF", "basin_dF_over_time",
+           "plot_dF_convergence", "reference_basins", "reference_halves_rms", "settled_halves", "settled_region",
+           "tic_range", "torsions", "tic1_transitions", "two_state_cores", "walker_weights", "walkers_against_each_other"]

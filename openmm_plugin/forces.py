@@ -176,7 +176,7 @@ def python_bias_force(cv: torch.nn.Module, bias, force_group: int | None = None,
     """A PythonForce restricted to the CV atoms whose energy is ``bias`` on ``cv``.
 
     ``compile=True`` (pass the eager CV) compiles the CV's value and Jacobian into one graph (ahead of time on the
-    CPU): the ala2 sampling CV costs 0.60 vs 2.41 ms per MD step through TorchScript (bias every step,
+    CPU): the ala2 sampling CV costs 0.29 vs 1.72 ms per MD step through TorchScript (bias every step,
     ``benchmarks/results/bias_speed_pairs.md``).
 
     Parameters

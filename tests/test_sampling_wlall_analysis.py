@@ -119,3 +119,74 @@ def test_mass_outside_weighs_a_state_only_one_run_visited():
     assert ana.mass_outside(f_w, f_ref) == pytest.approx(1500 / 5000, abs=0.01)
     assert ana.mass_outside(f_ref, f_w) == 0.0
     assert np.isnan(ana.mass_outside(np.full((2, 2), np.nan), f_ref[:2, :2]))
+
+
+def _peptide_like(rng, regular: int, entered: int) -> dict:
+    """Frames of two residues: ``regular`` with both φ < 0, then ``entered`` with residue 2 in αL (φ > 0), whose
+    F(TIC1, TIC2) overlaps the regular frames' (a state one torsion separates, which two TICs do not)."""
+    x = np.concatenate([rng.normal(0.0, 0.3, regular), rng.normal(0.5, 0.15, entered)])
+    y = np.concatenate([rng.normal(0.0, 0.3, regular), rng.normal(0.5, 0.15, entered)])
+    phi = rng.vonmises(-1.2, 10.0, (regular + entered, 2))
+    phi[regular:, 1] = rng.vonmises(1.0, 8.0, entered)
+    psi = rng.vonmises(2.5, 4.0, (regular + entered, 2))
+    return {"tics": np.stack([x, y], axis=1), "phi": phi, "psi": psi}
+
+
+def test_the_settled_region_leaves_out_a_state_the_reference_entered_once_and_compares_the_rest():
+    """A reference that enters residue 2's αL in its last eighth and stays: its halves flag residue 2 (and only it),
+    the region is residue 2's (φ, ψ) bins both halves visited, and there an arm drawn from the same regular
+    distribution matches the reference, where the RMS over all shared TIC bins does not (the αL frames share them)."""
+    rng = np.random.default_rng(5)
+    s = {"tica_bins": 20, "torsion_bins": 12, "fes_cutoff_kjmol": 20.0}
+    ref = _peptide_like(rng, 35000, 5000)
+    halves = ana.reference_halves_rms(ref, s)
+    region = ana.settled_region(ref, s, halves)
+    assert region["residues"] == [1]
+    assert region["reference_fraction_left_out"] == pytest.approx(5000 / 40000, abs=0.01)
+    inside = ana.in_region(ref["phi"], ref["psi"], region, s["torsion_bins"])
+    assert inside[:35000].mean() > 0.99 and inside[35000:].mean() < 0.05  # αL's tail reaches shared bins
+    # the bins in_region reads are the histogram's: every frame inside lies in a bin both halves populated
+    first = ana.pooled_fes([(ref["phi"][:20000, 1], ref["psi"][:20000, 1])], [None], 12,
+                           ((-np.pi, np.pi), (-np.pi, np.pi)), True)[0]
+    assert np.isfinite(first[ana._torsion_bin(ref["phi"][inside, 1], 12), ana._torsion_bin(ref["psi"][inside, 1], 12)]).all()
+
+    arm = _peptide_like(rng, 40000, 200)
+    weights = rng.uniform(0.5, 1.5, len(arm["tics"]))
+    weights /= weights.sum()
+    run = {**arm, "keep": slice(None), "weights": weights}
+    whole = ana.compare_fes(ref, [run], s)
+    settled = ana.compare_settled(ref, [run], s, region)
+    own = ana.settled_halves(ref, s, region)
+    outside = ~ana.in_region(arm["phi"], arm["psi"], region, s["torsion_bins"])
+    assert settled["arm_probability_left_out"] == pytest.approx(weights[outside].sum())
+    assert settled["arm_probability_left_out"] == pytest.approx(weights[40000:].sum(), abs=0.005)  # αL + sparse tails
+    assert settled["rms_tica_kjmol"] < whole["rms_tica_kjmol"] - 0.4  # measured: 1.1-1.2 against 1.8-1.9
+    assert settled["rms_tica_kjmol"] < own["rms_tica_kjmol"] + 0.3  # at the reference's own noise (1.2-1.3)
+    assert max(own["outside_tica"]) < ana.OUTSIDE_MAX
+    assert ana.settled_region(ref | {k: ref[k][:35000] for k in ("tics", "phi", "psi")}, s,
+                              ana.reference_halves_rms({k: ref[k][:35000] for k in ("tics", "phi", "psi")}, s)) is None
+
+
+def test_walkers_against_each_other_is_small_for_walkers_of_one_distribution_and_exposes_one_that_is_not():
+    """Three reweighted walkers drawn from one distribution agree within sampling noise; a walker stuck in one
+    basin differs from the other two by far more (the arm's own floor, beside the reference's halves)."""
+    rng = np.random.default_rng(7)
+    s = {"tica_bins": 16, "torsion_bins": 12, "fes_cutoff_kjmol": 20.0}
+
+    def walker(n, stuck=False):
+        x = rng.normal(-1.0 if stuck else 0.0, 0.3 if stuck else 1.0, n)
+        y = rng.normal(0.0, 0.5, n)
+        tor = rng.vonmises(-1.2, 4.0, (n, 2))
+        w = rng.uniform(0.5, 1.5, n)
+        return {"tics": np.stack([x, y], axis=1), "phi": tor, "psi": tor[:, ::-1].copy(), "keep": slice(n // 10, None),
+                "weights": w[n // 10:] / w[n // 10:].sum()}
+
+    rng_tics = ((-3.0, 3.0), (-1.5, 1.5))
+    same = ana.walkers_against_each_other([walker(20000) for _ in range(3)], s, rng_tics)
+    odd = ana.walkers_against_each_other([walker(20000), walker(20000), walker(20000, stuck=True)], s, rng_tics)
+    assert len(same["rms_tica_walker_vs_rest_kjmol"]) == 3 and len(same["rms_torsions_walker_vs_rest_kjmol"]) == 3
+    assert max(same["rms_tica_walker_vs_rest_kjmol"]) < 1.5
+    assert odd["rms_tica_walker_vs_rest_kjmol"][2] > 3 * max(same["rms_tica_walker_vs_rest_kjmol"])
+    assert max(same["rms_torsions_walker_vs_rest_kjmol"]) < 1.5  # the torsions are the same in every walker
+    assert ana.walkers_against_each_other([walker(1000)], s, rng_tics) == {
+        "rms_tica_walker_vs_rest_kjmol": [], "rms_torsions_walker_vs_rest_kjmol": []}

@@ -119,7 +119,8 @@ def test_the_planned_reference_holds_the_transitions_the_unbiased_rate_needs():
 def test_the_reference_is_not_passed_while_one_half_holds_a_state_the_other_never_visited():
     """The halves' RMS over shared bins can meet its bound while the second half sits in a state the first never
     entered; the outside-probability row says so."""
-    from benchmarks.sampling_wlall import OUTSIDE_MAX, targets
+    from benchmarks._sampling_wlall_analysis import OUTSIDE_MAX
+    from benchmarks.sampling_wlall import targets
 
     def rows(outside):
         ref = {"its_factor": 20.0, "slowest_its_ps": 1e4, "ns_analysed": 300.0, "transitions": 12,
@@ -133,3 +134,30 @@ def test_the_reference_is_not_passed_while_one_half_holds_a_state_the_other_neve
     assert unsampled[name]["value"] == 0.24 and unsampled[name]["met"] is False
     assert fine[name]["met"] is True and fine[name]["target"] == OUTSIDE_MAX
     assert rows(None)[name]["met"] is None
+
+
+def test_the_settled_rows_stand_beside_the_issues_rows_and_only_where_the_halves_flagged_a_residue():
+    """The restricted RMS is a row of its own: the issue's row keeps its value and verdict; a baseline arm's row
+    has no target; without a flagged residue there is no such row."""
+    from benchmarks.sampling_wlall import targets
+
+    arm = {"rms_tica_kjmol": 5.8, "rms_torsions_kjmol": 4.5, "rate_vs_reference_per_ns": 9.0,
+           "rate_vs_reference_ci95": [2.0, 30.0], "walkers_ended": 3, "blown_up": 0,
+           "settled": {"rms_tica_kjmol": 2.3, "rms_torsions_kjmol": 4.4, "arm_probability_left_out": 0.004}}
+    ref = {"its_factor": 20.0, "slowest_its_ps": 1e4, "ns_analysed": 300.0, "transitions": 12,
+           "basins": {"dF_BA_halves_kjmol": [-1.0, -1.5]}, "halves": {"rms_tica_kjmol": 1.9, "outside_tica": [0.24, 0.0]},
+           "settled": {"residues": [1], "fraction_left_out": 0.125,
+                       "halves": {"rms_tica_kjmol": 2.05, "outside_tica": [0.001, 0.0]}}}
+    rows = targets({"arms": {"gnn_2d": arm, "distances": arm}, "reference": ref})
+    by = {r["name"]: r for r in rows}
+    issue = by["RMS F(TIC1,TIC2) vs reference, gnn_2d"]
+    assert issue["value"] == 5.8 and issue["met"] is False
+    settled = [r for r in rows if r["name"].startswith("RMS F(TIC1,TIC2) vs reference where")]
+    assert [r["name"].endswith("gnn_2d") for r in settled] == [True, False]
+    assert settled[0]["value"] == 2.3 and settled[0]["met"] is True and "residue 2" in settled[0]["name"]
+    assert "12 %" in settled[0]["name"] and "0.4 %" in settled[0]["name"]
+    assert settled[1]["target"] is None and settled[1]["met"] is None  # the baseline's
+    own = [r for r in rows if r["name"].startswith("reference RMS F(TIC1,TIC2), first half vs second half, where")]
+    assert len(own) == 1 and own[0]["met"] is True
+    del ref["settled"]
+    assert not any("halves agree" in r["name"] for r in targets({"arms": {"gnn_2d": arm}, "reference": ref}))

@@ -75,7 +75,7 @@ class BiasConfig:
     method: str = "opes-metad"
     route: str = "python"
     compile: Union[bool, str] = False  # python route: compile the CV's eager twin (true: ahead of time on the CPU,
-    # torch.compile on a GPU; or 'aot' | 'inductor'; ala2 GNN CV: 0.60 vs 2.41 ms/step, bias_speed_pairs)
+    # torch.compile on a GPU; or 'aot' | 'inductor'; ala2 GNN CV: 0.29 vs 1.72 ms/step, bias_speed_pairs)
     device: str = "cpu"  # python route: where the CV runs (cpu | cuda | cuda:N), whatever the platform
     cuda_graphs: bool = False  # torch route on the CUDA platform: the TorchForce replays the CV as a CUDA graph
     components: Optional[tuple[int, ...]] = None  # CV components the bias (and walls) act on (default: all)
