@@ -217,7 +217,6 @@ def compare_fes(ref: dict, arm_runs: list[dict], s: dict, range_tics: tuple | No
         surfaces.append((f_r, f_b))
     finite = np.asarray(per_residue, dtype=float)
     return {"rms_tica_kjmol": rms_tica, "n_bins_tica": n_bins, "rms_tica_per_walker_kjmol": per_walker,
-            **walkers_against_each_other(runs, s, rng),
             "outside_tica": [mass_outside(f_arm, f_ref), mass_outside(f_ref, f_arm)],
             "outside_torsions_per_residue": outside_torsions,
             "rms_torsions_per_residue_kjmol": per_residue,

@@ -267,6 +267,9 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         rows = [w["row"] for w in walkers]
         fine = [w for w in walkers if not w["row"]["failure"]]
         compared[arm] = ana.compare_fes(ref, fine, s) if fine else {}
+        if fine:  # once per arm here, not inside compare_fes, which the halves and the settled region call too
+            compared[arm].update(ana.walkers_against_each_other([w for w in fine if len(w["tics"])], s,
+                                                                ana.tic_range(ref["tics"])))
         if fine and region is not None:
             compared[arm]["settled"] = ana.compare_settled(ref, fine, s, region)
         for w, rms in zip(fine, compared[arm].get("rms_tica_per_walker_kjmol", [])):
