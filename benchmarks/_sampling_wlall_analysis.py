@@ -12,7 +12,8 @@ of biased walkers onto it, reweighted free energies against the reference, and s
   with F_ref ≤ ``cutoff_kjmol``, after the best constant shift (F is defined up to a constant); beside it, what that
   RMS cannot see: each side's probability in bins the other never visited (:func:`mass_outside`); and the same
   RMS on the region the reference's halves agree on (:func:`settled_region`), where a state the reference has
-  entered once (and not left) is left out of both sides.
+  entered once (and not left) is left out of both sides; and these RMS from the first t ns of every walker
+  (:func:`rms_over_time`), to tell an arm still converging from one settled off the reference.
 * Transitions: the two most populated states along TIC1 (1-D 2-means on the reference), cores the outer three
   quarters of each side (a frame between the cores keeps its last core: hysteresis), a visit counted when it lasts
   the benchmark's dwell; checked against the two-state relaxation time of the core-assigned reference
@@ -344,6 +345,68 @@ def settled_halves(ref: dict, s: dict, region: dict) -> dict:
     return reference_halves_rms({k: ref[k][inside] for k in ("tics", "phi", "psi")}, s, tic_range(ref["tics"]))
 
 
+def rms_over_time(ref: dict, walkers: list[dict], s: dict, region: dict | None = None, points: int = 6) -> dict:
+    """An arm's RMS against the reference from the first t ns of every walker, at ``points`` lengths up to the
+    shortest walker's: RMS F(TIC1, TIC2) over shared bins (:func:`compare_fes`), the same where the reference's
+    halves agree (:func:`compare_settled`, when ``region``), and the mean of each walker against the others
+    (:func:`walkers_against_each_other`). Each prefix is reweighted as a whole run would be (its own burn-in).
+
+    Why: one RMS at the end cannot tell an arm that is still converging from one that has settled off the
+    reference; falling with t says more sampling closes the gap, flat says the CV (or the reference) does not.
+    ``walkers``: :func:`compare_fes`'s runs with their per-frame ``bias`` (kJ/mol) as well.
+
+    Returns
+    -------
+    dict
+        ``ns_per_walker``, ``rms_tica_kjmol``, ``rms_tica_settled_kjmol`` (NaN without ``region``),
+        ``walker_vs_rest_tica_kjmol``: lists of ``points`` floats (fewer for walkers shorter than ``points`` frames).
+    """
+    out = {"ns_per_walker": [], "rms_tica_kjmol": [], "rms_tica_settled_kjmol": [], "walker_vs_rest_tica_kjmol": []}
+    walkers = [w for w in walkers if len(w["tics"])]
+    if not walkers:
+        return out
+    shortest, rng = min(len(w["tics"]) for w in walkers), tic_range(ref["tics"])
+    for end in sorted({shortest * k // points for k in range(1, points + 1)} - {0}):
+        cut = []
+        for w in walkers:
+            keep, weights = walker_weights(w["bias"][:end])
+            cut.append({**{k: w[k][:end] for k in ("tics", "phi", "psi")}, "keep": keep, "weights": weights})
+        out["ns_per_walker"].append(end * s["frame_ps"] * 1e-3)
+        out["rms_tica_kjmol"].append(compare_fes(ref, cut, s, rng)["rms_tica_kjmol"])
+        out["rms_tica_settled_kjmol"].append(compare_settled(ref, cut, s, region)["rms_tica_kjmol"] if region
+                                             else float("nan"))
+        each = walkers_against_each_other(cut, s, rng)["rms_tica_walker_vs_rest_kjmol"]
+        out["walker_vs_rest_tica_kjmol"].append(float(np.nanmean(each)) if np.isfinite(each).any() else float("nan"))
+    return out
+
+
+def plot_rms_over_time(arms: dict, floors: dict, target_kjmol: float, path: Path) -> str:
+    """:func:`rms_over_time` of each arm (``arms``: name → its dict): against the reference (solid: shared bins,
+    dashed: where the reference's halves agree) and each walker against the others (mean); ``floors``: label →
+    the reference halves' RMS, drawn as grey lines, and the target as a black one."""
+    from cvlearn.analysis.plots import _save, plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for k, (arm, v) in enumerate(arms.items()):
+        left.plot(v["ns_per_walker"], v["rms_tica_kjmol"], "o-", color=f"C{k}", label=arm)
+        if np.isfinite(v["rms_tica_settled_kjmol"]).any():
+            left.plot(v["ns_per_walker"], v["rms_tica_settled_kjmol"], "s--", color=f"C{k}", alpha=0.7,
+                      label=f"{arm}, where the halves agree")
+        right.plot(v["ns_per_walker"], v["walker_vs_rest_tica_kjmol"], "o-", color=f"C{k}", label=arm)
+    for ax in (left, right):
+        ax.axhline(target_kjmol, color="k", lw=1, ls=":", label=f"target {target_kjmol:g}")
+        for j, (label, value) in enumerate(floors.items()):
+            if value is not None and np.isfinite(value):
+                ax.axhline(value, color="0.5", lw=1, ls=("--", "-.")[j % 2], label=label)
+        ax.set_xlabel("ns per walker (the first t ns of each)")
+    left.set(ylabel="RMS F(TIC1, TIC2) (kJ/mol)", title="arm vs the reference")
+    right.set(title="each walker vs its arm's others (mean)")
+    fig.subplots_adjust(right=0.78, bottom=0.13)
+    fig.legend(*left.get_legend_handles_labels(), loc="center right", fontsize=8)
+    _save(fig, path)
+    return path.name
+
+
 def basin_dF(tic1: np.ndarray, weights: np.ndarray | None, cores: dict) -> float:
     """F(B) − F(A) in kJ/mol at 300 K between the two TIC1 states of :func:`two_state_cores`, split at ``split``
     (the midpoint of their centres); ±inf where a state was never visited. ``weights`` (reweighting, any scale) or None (unbiased)."""
@@ -415,5 +478,6 @@ def plot(ref_fes, arms: dict, path_stem: Path) -> list[str]:
 
 __all__ = ["OUTSIDE_MAX", "compare_fes", "compare_settled", "core_intervals", "core_relaxation", "fes_rms",
            "in_region", "mass_outside", "plot", "project", "reference_model", "basin_dF", "basin_dF_over_time",
-           "plot_dF_convergence", "reference_basins", "reference_halves_rms", "settled_halves", "settled_region",
-           "tic_range", "torsions", "tic1_transitions", "two_state_cores", "walker_weights", "walkers_against_each_other"]
+           "plot_dF_convergence", "plot_rms_over_time", "reference_basins", "reference_halves_rms", "rms_over_time",
+           "settled_halves", "settled_region", "tic_range", "torsions", "tic1_transitions", "two_state_cores",
+           "walker_weights", "walkers_against_each_other"]

@@ -20,7 +20,8 @@ auto``; measured by TICA on backbone torsions, MSM ITS at lags up to 2 ns, on al
 the first chunk), or ``--reference-ns`` ns.
 
 Compared (``results/sampling_wlall[_quick].{json,md}`` and PNGs): reweighted F(TIC1, TIC2) of the reference's TICA
-model and per-residue F(φ, ψ), RMS difference to the reference (target ≤ 2.5 kJ/mol for the GNN CV); transitions
+model and per-residue F(φ, ψ), RMS difference to the reference (target ≤ 2.5 kJ/mol for the GNN CV; also from
+the first t ns of every walker, ``*_rms_convergence.png``); transitions
 between the two most populated states along TIC1 (hysteresis cores, a visit counted when it lasts
 ``transition_dwell_ps``; the counts at other dwells and the reference's two-state prediction are reported beside)
 per ns and per wall hour, biased vs unbiased (target ≥ 5x per ns for the GNN CV); blow-ups (target 0); the
@@ -68,6 +69,7 @@ from cvlearn.analysis import rate_ratio_ci  # noqa: E402
 from cvlearn.run_dir import read_record  # noqa: E402
 
 STEPS_PER_NS = 500_000  # WLALL runs 2 fs steps
+RMS_TARGET_KJMOL = 2.5  # the issue's bound on RMS F against the reference (1 kT at 300 K)
 FULL = {"train_seeds": 3, "train_ns": 2.0, "train_temperature_k": 400.0, "frame_ps": 1.0, "checkpoint_ps": 10.0,
         "mixer": "attention", "learn_lag_ps": 10.0, "learn_seeds": 3, "n_clusters": 20, "platform": "CPU",
         "segment_ns": 1.0, "reference_seed": 1000, "first_chunk_ns": 10.0, "its_factor": 20.0,
@@ -223,7 +225,8 @@ def analyse_walker(work: Path, config, ended: dict | None, ref: dict, cores: dic
     hours = n * s["frame_ps"] * 1e-3 * STEPS_PER_NS * out["ms_per_step"] / 3.6e6
     row.update({"ns": ns, "transitions": transitions, "transitions_per_ns": transitions / ns if ns else float("nan"),
                 "transitions_per_wall_hour": transitions / hours if hours > 0 else float("nan")})
-    return {"row": row, "tics": tics, "phi": phi, "psi": psi, "keep": keep, "weights": weights}
+    return {"row": row, "tics": tics, "phi": phi, "psi": psi, "keep": keep, "weights": weights,
+            "bias": colvar["bias"]}
 
 
 def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned: dict | None) -> dict:
@@ -272,6 +275,8 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
                                                                 ana.tic_range(ref["tics"])))
         if fine and region is not None:
             compared[arm]["settled"] = ana.compare_settled(ref, fine, s, region)
+        if fine:
+            compared[arm]["rms_over_time"] = ana.rms_over_time(ref, fine, s, region)
         for w, rms in zip(fine, compared[arm].get("rms_tica_per_walker_kjmol", [])):
             w["row"]["rms_tica_kjmol"] = rms
         tic1 = [w["tics"][w["keep"], 0] for w in fine]  # reweighted frames (burn-in dropped)
@@ -308,6 +313,13 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
     ref_fes = ana.pooled_fes([tuple(ref["tics"].T)], [None], s["tica_bins"], ana.tic_range(ref["tics"]))
     result["figures"] = ana.plot(ref_fes, {a: v for a, v in compared.items() if v}, stem)
     result["figures"].append(ana.plot_dF_convergence(curves, stem.with_name(f"{stem.name}_dF_convergence.png")))
+    over_time = {a: v["rms_over_time"] for a, v in compared.items() if v.get("rms_over_time", {}).get("ns_per_walker")}
+    if over_time:
+        settled = (result["reference"].get("settled") or {}).get("halves") or {}
+        floors = {"reference halves": result["reference"]["halves"]["rms_tica_kjmol"],
+                  "reference halves, where they agree": settled.get("rms_tica_kjmol")}
+        result["figures"].append(ana.plot_rms_over_time(over_time, floors, RMS_TARGET_KJMOL,
+                                                         stem.with_name(f"{stem.name}_rms_convergence.png")))
     return result
 
 
@@ -346,16 +358,16 @@ def targets(result: dict) -> list[dict]:
         for key, name in (("rms_tica_kjmol", "RMS F(TIC1,TIC2) vs reference"),
                           ("rms_torsions_kjmol", "RMS F(phi,psi) vs reference, mean over residues")):
             value = a.get(key, float("nan"))
-            out.append({"name": f"{name}, {arm}{interim}", "value": value, "target": t(2.5), "unit": "kJ/mol",
-                        "met": bool(value <= 2.5) if bound and np.isfinite(value) else None})
+            out.append({"name": f"{name}, {arm}{interim}", "value": value, "target": t(RMS_TARGET_KJMOL), "unit": "kJ/mol",
+                        "met": bool(value <= RMS_TARGET_KJMOL) if bound and np.isfinite(value) else None})
         settled = a.get("settled")
         if settled and ref and ref.get("settled"):  # beside the issue's row above, not instead of it
             value = settled["rms_tica_kjmol"]
             out.append({"name": f"RMS F(TIC1,TIC2) vs reference where the reference's halves agree "
                         f"({_region_words(ref['settled'])}; the arm's reweighted probability left out: "
                         f"{_pct(settled['arm_probability_left_out'])}), {arm}{interim}", "value": value,
-                        "target": t(2.5), "unit": "kJ/mol",
-                        "met": bool(value <= 2.5) if bound and np.isfinite(value) else None})
+                        "target": t(RMS_TARGET_KJMOL), "unit": "kJ/mol",
+                        "met": bool(value <= RMS_TARGET_KJMOL) if bound and np.isfinite(value) else None})
         r = a["rate_vs_reference_per_ns"]  # walkers still running count with the ns they hold
         ci = f" (95 % CI {_ci(a.get('rate_vs_reference_ci95'))})"
         out.append({"name": f"TIC1 transitions per ns, {arm} / unbiased{ci}{interim}", "value": r, "target": t(5.0), "unit": "x",
@@ -374,11 +386,11 @@ def targets(result: dict) -> list[dict]:
         halves = (ref.get("basins") or {}).get("dF_BA_halves_kjmol", [float("nan")] * 2)
         gap = abs(halves[0] - halves[1]) if all(np.isfinite(halves)) else float("inf")
         out.append({"name": "reference dF(B-A) along TIC1, first half vs second half (inf: a half never saw B)",
-                    "value": gap, "target": 2.5, "unit": "kJ/mol", "met": bool(gap <= 2.5)})
-        # What the 2.5 kJ/mol RMS targets can resolve: the reference against itself, half against half.
+                    "value": gap, "target": RMS_TARGET_KJMOL, "unit": "kJ/mol", "met": bool(gap <= RMS_TARGET_KJMOL)})
+        # What the RMS targets can resolve: the reference against itself, half against half.
         own = (ref.get("halves") or {}).get("rms_tica_kjmol", float("nan"))
         out.append({"name": "reference RMS F(TIC1,TIC2), first half vs second half (the arms' RMS cannot be resolved below it)",
-                    "value": own, "target": 2.5, "unit": "kJ/mol", "met": bool(own <= 2.5) if np.isfinite(own) else None})
+                    "value": own, "target": RMS_TARGET_KJMOL, "unit": "kJ/mol", "met": bool(own <= RMS_TARGET_KJMOL) if np.isfinite(own) else None})
         # That RMS sees only bins both halves visited: a state one half never entered is this, not it.
         outside = max((ref.get("halves") or {}).get("outside_tica") or [float("nan")])
         out.append({"name": "reference, the larger half's probability in F(TIC1,TIC2) bins the other half never "
@@ -387,8 +399,8 @@ def targets(result: dict) -> list[dict]:
         if ref.get("settled"):  # the floor of the restricted rows above: the halves restricted the same way
             own = ref["settled"]["halves"]
             out.append({"name": "reference RMS F(TIC1,TIC2), first half vs second half, where the halves agree "
-                        f"({_region_words(ref['settled'])})", "value": own["rms_tica_kjmol"], "target": 2.5,
-                        "unit": "kJ/mol", "met": bool(own["rms_tica_kjmol"] <= 2.5)
+                        f"({_region_words(ref['settled'])})", "value": own["rms_tica_kjmol"], "target": RMS_TARGET_KJMOL,
+                        "unit": "kJ/mol", "met": bool(own["rms_tica_kjmol"] <= RMS_TARGET_KJMOL)
                         if np.isfinite(own["rms_tica_kjmol"]) else None})
     return out
 
@@ -428,6 +440,24 @@ def _settled_lines(r: dict) -> list[str]:
             f"{_outside_sentence(own, 'the second half', 'the first')}), the arms by "
             + "; ".join(arms) + " kJ/mol. The issue's RMS is the one in the table; the gap between the two is what the "
             "frames outside this region add to it."]
+
+
+def _over_time_lines(r: dict) -> list[str]:
+    """Each arm's RMS from the first t ns of its walkers (:func:`ana.rms_over_time`): first, middle and last point."""
+    parts = []
+    for arm, a in r["arms"].items():
+        v = a.get("rms_over_time") or {}
+        if len(v.get("ns_per_walker", [])) < 2:
+            continue
+        point = lambda k: (f"{_f(v['ns_per_walker'][k], '.2g')} ns {_f(v['rms_tica_kjmol'][k])} "  # noqa: E731
+                           f"({_f(v['rms_tica_settled_kjmol'][k])}; {_f(v['walker_vs_rest_tica_kjmol'][k])})")
+        parts.append(f"{arm} {point(0)} → {point(len(v['ns_per_walker']) // 2 - 1)} → {point(-1)}")
+    if not parts:
+        return []
+    return ["", "RMS F(TIC1,TIC2) from the first t ns of every walker, kJ/mol (in brackets: where the reference's "
+            "halves agree; each walker against the others, mean), at a sixth, half and all of the shortest walker: "
+            + "; ".join(parts) + ". Falling with t: more sampling closes the gap; flat or rising: more of the same "
+            "does not (every point: the `_rms_convergence.png` figure)."]
 
 
 def _capital(sentence: str) -> str:
@@ -654,6 +684,7 @@ def markdown(r: dict) -> str:
                       for arm, a in r["arms"].items() if a.get("rms_tica_walker_vs_rest_kjmol"))
                   + ". The arm's own floor, as the halves are the reference's: where a walker differs from the others "
                   "as much as the arm from the reference, the arm's F is not converged either."]
+        lines += _over_time_lines(r)
         lines += ["", "Pearson r between the biased CV component and TIC1 on each walker's frames: " + "; ".join(
             f"{arm} {', '.join(_f(v) for v in a.get('r_cv_tic1_per_walker', []))}" for arm, a in r["arms"].items())
             + " (low: the bias moves the CV by motions other than the slowest process)."]

@@ -190,3 +190,65 @@ def test_walkers_against_each_other_is_small_for_walkers_of_one_distribution_and
     assert max(same["rms_torsions_walker_vs_rest_kjmol"]) < 1.5  # the torsions are the same in every walker
     assert ana.walkers_against_each_other([walker(1000)], s, rng_tics) == {
         "rms_tica_walker_vs_rest_kjmol": [], "rms_torsions_walker_vs_rest_kjmol": []}
+
+
+def _biased_walker(rng, n: int, stuck: bool = False) -> dict:
+    """TIC1 drawn 1.5x broader than N(0, 1) with the bias V = kT ln(p/q) that reweights it back (or stuck near -1,
+    the same bias); TIC2 and the torsions as the reference's."""
+    x = rng.normal(-1.0, 0.3, n) if stuck else rng.normal(0.0, 1.5, n)
+    tor = rng.vonmises(-1.2, 4.0, (n, 2))
+    return {"tics": np.stack([x, rng.normal(0.0, 0.5, n)], axis=1), "phi": tor, "psi": tor[:, ::-1].copy(),
+            "bias": kt_kjmol(300.0) * (x ** 2 / (2 * 1.5 ** 2) - x ** 2 / 2)}
+
+
+def test_rms_over_time_falls_for_walkers_that_converge_and_stays_for_one_that_does_not():
+    """From the first t ns of each walker, each prefix reweighted as a whole run (own burn-in): the RMS against the
+    reference and each walker against the others fall for walkers of the right distribution (measured over 6 seeds:
+    to 0.69-0.75 and 0.65-0.8 of the first point) and stay for an arm with a stuck walker (0.88-1.1); the last point
+    is the whole walkers' comparison; the lengths run to the shortest walker."""
+    rng = np.random.default_rng(0)
+    s = {"tica_bins": 16, "torsion_bins": 12, "fes_cutoff_kjmol": 20.0, "frame_ps": 1.0}
+    tor = rng.vonmises(-1.2, 4.0, (100000, 2))
+    ref = {"tics": np.stack([rng.normal(0.0, 1.0, 100000), rng.normal(0.0, 0.5, 100000)], axis=1), "phi": tor,
+           "psi": tor[:, ::-1].copy()}
+    good = [_biased_walker(rng, 6000) for _ in range(3)]
+    v = ana.rms_over_time(ref, good, s)
+    assert v["ns_per_walker"] == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert v["rms_tica_kjmol"][-1] < 0.85 * v["rms_tica_kjmol"][0]
+    assert v["walker_vs_rest_tica_kjmol"][-1] < 0.85 * v["walker_vs_rest_tica_kjmol"][0]
+    assert np.isnan(v["rms_tica_settled_kjmol"]).all()  # no region given
+    whole = [{**w, **dict(zip(("keep", "weights"), ana.walker_weights(w["bias"])))} for w in good]
+    assert v["rms_tica_kjmol"][-1] == pytest.approx(ana.compare_fes(ref, whole, s)["rms_tica_kjmol"])
+    each = ana.walkers_against_each_other(whole, s, ana.tic_range(ref["tics"]))["rms_tica_walker_vs_rest_kjmol"]
+    assert v["walker_vs_rest_tica_kjmol"][-1] == pytest.approx(np.mean(each))
+
+    stuck = ana.rms_over_time(ref, good[:2] + [_biased_walker(rng, 6000, stuck=True)], s)
+    assert stuck["walker_vs_rest_tica_kjmol"][-1] > 0.85 * stuck["walker_vs_rest_tica_kjmol"][0]
+    assert stuck["walker_vs_rest_tica_kjmol"][-1] > 1.5 * v["walker_vs_rest_tica_kjmol"][-1]
+
+    shorter = ana.rms_over_time(ref, good[:2] + [{k: x[:4800] for k, x in good[2].items()}], s)
+    assert shorter["ns_per_walker"][-1] == pytest.approx(4.8) and len(shorter["ns_per_walker"]) == 6
+    assert ana.rms_over_time(ref, [], s)["ns_per_walker"] == []
+
+
+def test_rms_over_time_restricts_each_prefix_to_the_settled_region():
+    """With the reference's settled region, the last point is :func:`compare_settled` of the whole walkers."""
+    rng = np.random.default_rng(5)
+    s = {"tica_bins": 20, "torsion_bins": 12, "fes_cutoff_kjmol": 20.0, "frame_ps": 1.0}
+    ref = _peptide_like(rng, 35000, 5000)
+    region = ana.settled_region(ref, s, ana.reference_halves_rms(ref, s))
+    walkers = [{**_peptide_like(rng, 6000, 100), "bias": rng.normal(0.0, 1.0, 6100)} for _ in range(2)]
+    v = ana.rms_over_time(ref, walkers, s, region, points=3)
+    whole = [{**w, **dict(zip(("keep", "weights"), ana.walker_weights(w["bias"])))} for w in walkers]
+    assert len(v["rms_tica_settled_kjmol"]) == 3
+    assert v["rms_tica_settled_kjmol"][-1] == pytest.approx(ana.compare_settled(ref, whole, s, region)["rms_tica_kjmol"])
+    assert v["rms_tica_settled_kjmol"][-1] != pytest.approx(v["rms_tica_kjmol"][-1])
+
+
+def test_the_rms_over_time_plot_is_written_with_the_target_and_the_floors(tmp_path):
+    over_time = {"ns_per_walker": [1.0, 2.0, 3.0], "rms_tica_kjmol": [5.0, 4.0, 3.0],
+                 "rms_tica_settled_kjmol": [4.5, 3.5, 2.8], "walker_vs_rest_tica_kjmol": [6.0, 5.0, 4.5]}
+    name = ana.plot_rms_over_time({"gnn": over_time, "distances": {**over_time, "rms_tica_settled_kjmol": [np.nan] * 3}},
+                                  {"reference halves": 2.0, "reference halves, where they agree": None}, 2.5,
+                                  tmp_path / "rms.png")
+    assert name == "rms.png" and (tmp_path / "rms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

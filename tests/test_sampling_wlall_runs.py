@@ -161,3 +161,14 @@ def test_the_settled_rows_stand_beside_the_issues_rows_and_only_where_the_halves
     assert len(own) == 1 and own[0]["met"] is True
     del ref["settled"]
     assert not any("halves agree" in r["name"] for r in targets({"arms": {"gnn_2d": arm}, "reference": ref}))
+
+
+def test_the_rms_over_time_line_names_each_arms_first_middle_and_last_point():
+    from benchmarks.sampling_wlall import _over_time_lines
+
+    v = {"ns_per_walker": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "rms_tica_kjmol": [8.0, 7.0, 6.0, 5.0, 4.0, 3.0],
+         "rms_tica_settled_kjmol": [np.nan] * 6, "walker_vs_rest_tica_kjmol": [9.0, 8.0, 7.5, 7.0, 6.5, 6.0]}
+    line = " ".join(_over_time_lines({"arms": {"gnn": {"rms_over_time": v}, "old": {}}}))
+    assert "gnn 1 ns 8.00 (n/a; 9.00) → 3 ns 6.00 (n/a; 7.50) → 6 ns 3.00 (n/a; 6.00)" in line
+    assert "old" not in line
+    assert _over_time_lines({"arms": {"old": {}}}) == []
