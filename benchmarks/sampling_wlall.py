@@ -273,9 +273,8 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         if fine:  # once per arm here, not inside compare_fes, which the halves and the settled region call too
             compared[arm].update(ana.walkers_against_each_other([w for w in fine if len(w["tics"])], s,
                                                                 ana.tic_range(ref["tics"])))
-        if fine and region is not None:
-            compared[arm]["settled"] = ana.compare_settled(ref, fine, s, region)
-        if fine:
+            if region is not None:
+                compared[arm]["settled"] = ana.compare_settled(ref, fine, s, region)
             compared[arm]["rms_over_time"] = ana.rms_over_time(ref, fine, s, region)
         for w, rms in zip(fine, compared[arm].get("rms_tica_per_walker_kjmol", [])):
             w["row"]["rms_tica_kjmol"] = rms
