@@ -269,6 +269,29 @@ def reference_halves_rms(ref: dict, s: dict, range_tics: tuple | None = None) ->
                               "outside_tica", "outside_torsions_per_residue")}
 
 
+def training_coverage(ref: dict, runs: list[dict], s: dict, dwell_frames: int) -> dict:
+    """What of the reference the CVs' training data saw: its frames on the reference's TICs and torsions, unweighted.
+
+    ``runs``: per training trajectory ``{"tics", "phi", "psi"}`` (the TICs projected by the reference's model).
+    Returns the reference's probability in F(TIC1, TIC2) bins (``reference_outside_tica``) and per residue in
+    F(φ, ψ) bins (``reference_outside_torsions_per_residue``) that no training frame visited, and the TIC1 core
+    transitions (:func:`tic1_transitions`) per training run.
+
+    Why: a CV learned by VAMP can only resolve processes its training data contains; where the reference holds
+    probability the training data never reached, a bias on that CV is not expected to drive the system there, and
+    the arms' RMS against the reference measures the data as much as the method (measured on WLALL: the 400 K
+    runs left Leu2's αL, 20 % of the reference at 298 ns, unvisited). Unweighted: the runs are at another
+    temperature, so only where they went is compared, not how often.
+    """
+    fed = [{**r, "keep": slice(None), "weights": None} for r in runs if len(r["tics"])]
+    if not fed:
+        return {}
+    c = compare_fes(ref, fed, s)
+    return {"frames": int(sum(len(r["tics"]) for r in fed)), "reference_outside_tica": c["outside_tica"][1],
+            "reference_outside_torsions_per_residue": [o[1] for o in c["outside_torsions_per_residue"]],
+            "tic1_transitions_per_run": [tic1_transitions(r["tics"][:, 0], ref["cores"], dwell_frames) for r in fed]}
+
+
 def _torsion_bin(angle: np.ndarray, bins: int) -> np.ndarray:
     """Index of each periodic angle's bin on [-π, π), as :func:`pooled_fes` bins it."""
     wrapped = np.mod(np.asarray(angle, dtype=float) + np.pi, 2 * np.pi)

@@ -27,7 +27,8 @@ between the two most populated states along TIC1 (hysteresis cores, a visit coun
 per ns and per wall hour, biased vs unbiased (target ≥ 5x per ns for the GNN CV); blow-ups (target 0); the
 reference's length against its slowest ITS; ΔF(B − A) between those two states, reweighted per arm and walker, and
 the reference's per half (RMS F over bins populated in both runs is blind to a state one run never reached: the
-halves' ΔF says whether the reference knows it).
+halves' ΔF says whether the reference knows it); and what of the reference the CVs' training data ever visited
+(``training_coverage``: a CV cannot resolve a state its training frames never reached).
 
     python benchmarks/sampling_wlall.py --quick                        # every code path (minutes), resumable too
     nice python benchmarks/sampling_wlall.py --work benchmarks/state/sampling_wlall --budget-min 50 --jobs 2
@@ -229,8 +230,9 @@ def analyse_walker(work: Path, config, ended: dict | None, ref: dict, cores: dic
             "bias": colvar["bias"]}
 
 
-def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned: dict | None) -> dict:
-    """Everything that exists, compared; the PNGs written."""
+def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned: dict | None,
+            training: list[Path] = ()) -> dict:
+    """Everything that exists, compared; the PNGs written. ``training``: the CVs' training trajectories."""
     result = {"reference": None, "arms": {}, "rows": [], "figures": []}
     if ref is None:
         return result
@@ -255,6 +257,12 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         "ms_per_step": ref["ms_per_step"], "its_factor": s["its_factor"],
         "basins": ana.reference_basins(ref["tics"][:, 0], cores, s["frame_ps"]),
         "halves": ana.reference_halves_rms(ref, s)}
+    if training:
+        result["training_coverage"] = {"ns": len(training) * s["train_ns"], "temperature_k": s["train_temperature_k"],
+                                       **ana.training_coverage(ref, [
+                                           {"tics": ana.project(ref["model"], f), "phi": phi, "psi": psi}
+                                           for f, phi, psi in ana.torsions(training, training[0].with_suffix(".pdb"))],
+                                           s, min_dwell_frames(s))}
     region = ana.settled_region(ref, s, result["reference"]["halves"])
     if region is not None:
         result["reference"]["settled"] = {"residues": region["residues"],
@@ -423,6 +431,22 @@ def _region_words(settled: dict) -> str:
             f"{_pct(settled['fraction_left_out'])} of the reference left out")
 
 
+def _coverage_lines(r: dict) -> list[str]:
+    """The training data's reach (:func:`ana.training_coverage`) in one paragraph; nothing without it."""
+    c = r.get("training_coverage")
+    if not c:
+        return []
+    torsions = c["reference_outside_torsions_per_residue"]
+    worst = int(np.nanargmax(torsions)) if np.isfinite(torsions).any() else None
+    where = (f"; per residue in F(φ,ψ) {', '.join(_pct(v) for v in torsions)} (most: residue {worst + 1})"
+             if worst is not None else "")
+    return ["", f"What the CVs could learn: their training data ({c['ns']:g} ns at {c['temperature_k']:g} K, "
+            f"{c['frames']} frames) never visited bins holding {_pct(c['reference_outside_tica'])} of the reference's "
+            f"probability in F(TIC1,TIC2){where}; TIC1 core transitions per training run: "
+            f"{', '.join(str(n) for n in c['tic1_transitions_per_run'])}. A CV learned from these frames cannot "
+            "know a state they never reached, so a bias on it is not expected to drive the walkers there."]
+
+
 def _settled_lines(r: dict) -> list[str]:
     """The RMS on the region the reference's halves agree on, reference and arms, in one paragraph."""
     ref = r["reference"]
@@ -519,7 +543,7 @@ def run(args) -> dict:
              restart_fresh=args.restart_fresh, extendable=("walker_ns",),  # a longer --walker-ns extends the walkers
              added={k: s[k] for k in ADDED}, ignore=("out", *ANALYSIS_ONLY))
     budget = runs.Budget(args.budget_min)
-    started, stopped, learned, configs, ref = time.perf_counter(), None, None, {}, None
+    started, stopped, learned, configs, ref, trajectories = time.perf_counter(), None, None, {}, None, []
     try:
         budget.check("the training data")
         trajectories = runs.training_data(work, s)
@@ -552,7 +576,7 @@ def run(args) -> dict:
         stopped = str(why)
         print(f"stopping cleanly: {why}; rerun to go on", flush=True)
     ref = load_reference(work, s)
-    result = analyse(args, work, s, configs, ref, learned)
+    result = analyse(args, work, s, configs, ref, learned, trajectories)
     complete = stopped is None and all(runs.walker_done(c) for cs in configs.values() for c in cs)
     reference_ns = result["reference"]["target_ns"] if result["reference"] and not args.quick else args.plan_reference_ns
     return {"benchmark": "sampling_wlall", "date": now_utc(), "machine": machine(), "complete": complete,
@@ -675,6 +699,7 @@ def markdown(r: dict) -> str:
         lines += ["", "What the RMS over shared bins cannot see: " + "; ".join(
             f"{arm}: {_outside_sentence(a, 'the arm (reweighted)', 'the reference')}" for arm, a in r["arms"].items()
             if a.get("outside_tica")) + "."]
+        lines += _coverage_lines(r)
         lines += _settled_lines(r)
         lines += ["", "Each walker against its arm's other walkers pooled (both reweighted; RMS F(TIC1,TIC2), in brackets "
                   "F(φ,ψ), kJ/mol): " + "; ".join(

@@ -252,3 +252,29 @@ def test_the_rms_over_time_plot_is_written_with_the_target_and_the_floors(tmp_pa
                                   {"reference halves": 2.0, "reference halves, where they agree": None}, 2.5,
                                   tmp_path / "rms.png")
     assert name == "rms.png" and (tmp_path / "rms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_coverage_names_the_state_the_training_data_never_reached():
+    """Training runs that never enter residue 2's αL leave the reference's αL share (1/8) unvisited on that residue
+    and almost nothing on the other; runs that do enter it leave almost nothing anywhere. TIC1 core transitions are
+    counted per run."""
+    rng = np.random.default_rng(11)
+    s = {"tica_bins": 20, "torsion_bins": 12, "fes_cutoff_kjmol": 20.0}
+    ref = _peptide_like(rng, 35000, 5000)
+    ref["cores"] = ana.two_state_cores(ref["tics"][:, 0])
+    regular = [_peptide_like(rng, 8000, 0) for _ in range(2)]
+    c = ana.training_coverage(ref, regular, s, dwell_frames=1)
+    assert c["frames"] == 16000
+    left_out = c["reference_outside_torsions_per_residue"]
+    assert left_out[1] == pytest.approx(5000 / 40000, abs=0.02)
+    assert left_out[0] < 0.01
+    covering = ana.training_coverage(ref, [_peptide_like(rng, 6000, 2000)], s, dwell_frames=1)
+    assert max(covering["reference_outside_torsions_per_residue"]) < 0.01
+    assert covering["reference_outside_tica"] < 0.01
+    # transitions: a run switching between the TIC1 cores k times counts k, a run inside one core none
+    lo, hi = ref["cores"]["centres"]
+    x = np.repeat(np.array([lo, hi, lo, hi]), 50)
+    hop = {"tics": np.stack([x, np.zeros_like(x)], axis=1), "phi": np.full((200, 2), -1.2), "psi": np.full((200, 2), 2.5)}
+    still = {**hop, "tics": np.stack([np.full(200, lo), np.zeros(200)], axis=1)}
+    assert ana.training_coverage(ref, [hop, still], s, dwell_frames=10)["tic1_transitions_per_run"] == [3, 0]
+    assert ana.training_coverage(ref, [], s, dwell_frames=1) == {}

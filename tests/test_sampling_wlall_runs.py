@@ -172,3 +172,14 @@ def test_the_rms_over_time_line_names_each_arms_first_middle_and_last_point():
     assert "gnn 1 ns 8.00 (n/a; 9.00) → 3 ns 6.00 (n/a; 7.50) → 6 ns 3.00 (n/a; 6.00)" in line
     assert "old" not in line
     assert _over_time_lines({"arms": {"old": {}}}) == []
+
+
+def test_the_coverage_line_names_the_residue_the_training_data_left_out_most():
+    from benchmarks.sampling_wlall import _coverage_lines
+
+    c = {"ns": 6.0, "temperature_k": 400.0, "frames": 6000, "reference_outside_tica": 0.0012,
+         "reference_outside_torsions_per_residue": [0.001, 0.205, 0.0, 0.0, 0.002], "tic1_transitions_per_run": [3, 1, 0]}
+    line = " ".join(_coverage_lines({"training_coverage": c}))
+    assert "(6 ns at 400 K, 6000 frames)" in line and "0.12 %" in line
+    assert "0.1 %, 20 %, 0 %, 0 %, 0.2 % (most: residue 2)" in line and "training run: 3, 1, 0." in line
+    assert _coverage_lines({}) == []
