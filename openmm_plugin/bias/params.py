@@ -237,13 +237,16 @@ def _grid_bounds(p: MetadParams, components, periods, spec, margin: float, cv_la
     return lower if lower is not None else lo_default, upper if upper is not None else hi_default
 
 
-def _walls(w: WallParams, components, periods, spec, margin: float, at_training_range: bool,
+def _walls(w: WallParams, components, periods, spec, margin: float, at_training_range: bool | None,
            cv_label: str) -> list:
     d = len(components)
     upper_at = None if w.upper_at is None else per_cv(w.upper_at, d, "walls.upper_at")
     lower_at = None if w.lower_at is None else per_cv(w.lower_at, d, "walls.lower_at")
     upper_kappa = [float(w.upper_kappa_kjmol or 0.0)] * d
     lower_kappa = [float(w.lower_kappa_kjmol or 0.0)] * d
+    if at_training_range is None:  # auto: a learned CV is trusted only where it was trained
+        at_training_range = (spec is not None and spec.cv_range_training is not None and upper_at is None
+                             and lower_at is None)
     if at_training_range:
         if upper_at is not None or lower_at is not None:
             raise ConfigError("expected either walls.upper_at/lower_at or walls_at_training_range, found both",
@@ -267,7 +270,7 @@ def _walls(w: WallParams, components, periods, spec, margin: float, at_training_
 
 def make_bias(method: str, n_cvs: int, *, temperature_k: float, params=None, walls: WallParams | None = None,
               components: Sequence[int] | None = None, periods=None, spec=None, range_margin_fraction: float = 0.3,
-              walls_at_training_range: bool = False, pace_divisor: int = 1, cv_label: str = "the CV"):
+              walls_at_training_range: bool | None = False, pace_divisor: int = 1, cv_label: str = "the CV"):
     """The bias of ``method`` on the ``components`` of an ``n_cvs``-dimensional CV, defaults from its contract.
 
     Parameters
@@ -289,8 +292,9 @@ def make_bias(method: str, n_cvs: int, *, temperature_k: float, params=None, wal
         The CV's contract: periods, and the training range for metadynamics bounds and walls.
     range_margin_fraction : float
         Margin added on each side of the training range, as a fraction of its width (per component).
-    walls_at_training_range : bool
-        Put upper/lower walls at the training range ± margin on the non-periodic biased components.
+    walls_at_training_range : bool or None
+        Put upper/lower walls at the training range ± margin on the non-periodic biased components; None: do so
+        when ``spec`` carries a training range and ``walls`` places no wall itself (``cvlearn bias``'s default).
     pace_divisor : int
         The MTS factor: paces are MD steps, the runner counts outer steps.
     cv_label : str

@@ -185,7 +185,7 @@ def _method_params(method: str, params, method_kwargs: dict):
 
 def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *, temperature_k: float = 300.0,
             params=None, walls: WallParams | None = None, components: Sequence[int] | None = None, periods=None,
-            range_margin_fraction: float = 0.3, walls_at_training_range: bool = False, route: str = "python",
+            range_margin_fraction: float = 0.3, walls_at_training_range: bool | None = False, route: str = "python",
             compile: bool | str = False, force_group: int = BIAS_GROUP, mts_substeps: int = 1,
             colvar: str | Path | None = None, report_interval_steps: int = 500, save_path: str | Path | None = None,
             save_every_steps: int | None = None, walkers_dir: str | Path | None = None, walker_id: int = 0,
@@ -213,8 +213,10 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
         Per biased component; default the CV contract's ``component_periods``.
     range_margin_fraction : float
         Margin around the CV's training range (fraction of its width) for default metadynamics bounds and walls.
-    walls_at_training_range : bool
-        Walls at the training range ± margin (kappa ``walls.*_kappa_kjmol``, default 100 kJ/mol per CV unit²).
+    walls_at_training_range : bool or None
+        Walls at the training range ± margin (kappa ``walls.*_kappa_kjmol``, default 100 kJ/mol per CV unit²);
+        None (``cvlearn bias``'s default; here False keeps ``bias`` the method's own object): when the CV file
+        carries a training range and ``walls`` places no wall; a learned CV is trusted only where it was trained.
     route : {"python", "torch"}
         PythonForce (live bias, one model call per step) or TorchForce (refreshed at each deposition).
     compile : bool or {"aot", "inductor"}

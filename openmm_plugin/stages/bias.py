@@ -81,7 +81,9 @@ class BiasConfig:
     components: Optional[tuple[int, ...]] = None  # CV components the bias (and walls) act on (default: all)
     periods: Optional[tuple[Optional[float], ...]] = None  # per biased component; None: the CV file's periods
     range_margin_fraction: float = 0.3  # margin around the CV's training range (default metad bounds, walls)
-    walls_at_training_range: bool = False  # walls at the training range ± margin (kappa default 100)
+    # walls at the training range ± margin (kappa default 100); None: on for a CV file that carries its training
+    # range (a learned CV: trusted only where it was trained) unless walls.upper_at/lower_at place them
+    walls_at_training_range: Optional[bool] = None
     temperature_k: float = 300.0
     n_steps: int = 500_000
     report_interval_steps: int = 500

@@ -13,7 +13,7 @@ from cvlearn.data.colvar import read_colvar
 from cvlearn.errors import ConfigError
 from cvlearn.export import export_cv, load_cv
 from openmm_plugin import bias_cv
-from openmm_plugin.bias import MetadParams, WallParams, make_bias
+from openmm_plugin.bias import MetadParams, OPESParams, WallParams, make_bias
 from openmm_plugin.bias.torsions import Torsions, export_torsion_cv
 from openmm_plugin.simulation import make_integrator
 from systems import alanine_dipeptide
@@ -161,6 +161,31 @@ def test_metad_bounds_and_walls_default_from_the_training_range(phi_psi_cv, open
     soft = make_bias("walls", 2, temperature_k=300.0, spec=spec, walls_at_training_range=True,
                      walls=WallParams(upper_kappa_kjmol=10.0, lower_kappa_kjmol=0.0))
     assert soft.label == "upper_walls" and soft.kappa_kjmol.tolist() == [10.0, 10.0]
+
+
+def test_cvlearn_bias_walls_a_learned_cv_at_its_training_range_by_default(phi_psi_cv, open_cv):
+    """``walls_at_training_range: None`` (``BiasConfig``'s default): walls where the CV file carries a training
+    range and no wall is placed by hand; none on a CV without a range, none on periodic components, none when
+    switched off."""
+    from cvlearn.export import CVSpec
+    from openmm_plugin.stages.bias import BiasConfig
+
+    assert BiasConfig(system="alanine_dipeptide").walls_at_training_range is None
+    _, spec = load_cv(open_cv)
+    auto = make_bias("opes-metad", 2, temperature_k=300.0, spec=spec, walls_at_training_range=None)
+    upper, lower = auto.leaves()[1:]
+    np.testing.assert_allclose(upper.at, [1.9, 3.9])
+    np.testing.assert_allclose(lower.at, [-2.9, -0.9])
+    off = make_bias("opes-metad", 2, temperature_k=300.0, spec=spec, walls_at_training_range=False)
+    assert len(off.leaves()) == 1
+    by_hand = make_bias("opes-metad", 2, temperature_k=300.0, spec=spec, walls_at_training_range=None,
+                        walls=WallParams(upper_at=(5.0,), upper_kappa_kjmol=50.0))
+    assert [leaf.at.tolist() for leaf in by_hand.leaves()[1:]] == [[5.0, 5.0]]
+    no_range = CVSpec(**{**spec.__dict__, "cv_range_training": None})
+    assert len(make_bias("opes-metad", 2, temperature_k=300.0, spec=no_range, walls_at_training_range=None,
+                         params=OPESParams(sigma=(0.1,))).leaves()) == 1
+    _, periodic = load_cv(phi_psi_cv)  # walls on a periodic CV mean nothing: none are added
+    assert len(make_bias("opes-metad", 2, temperature_k=300.0, spec=periodic, walls_at_training_range=None).leaves()) == 1
 
 
 def test_contract_errors(phi_psi_cv, ala2, tmp_path):
