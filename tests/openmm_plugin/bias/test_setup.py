@@ -168,11 +168,12 @@ def test_cvlearn_bias_walls_a_learned_cv_at_its_training_range_by_default(phi_ps
     range and no wall is placed by hand; none on a CV without a range, none on periodic components, none when
     switched off."""
     from cvlearn.export import CVSpec
-    from openmm_plugin.stages.bias import BiasConfig
+    from openmm_plugin.stages.bias import BiasConfig, build_bias
 
-    assert BiasConfig(system="alanine_dipeptide").walls_at_training_range is None
+    config = BiasConfig(cv=str(open_cv), system="alanine_dipeptide")  # the defaults, as `cvlearn bias` reads them
+    assert config.walls_at_training_range is None
     _, spec = load_cv(open_cv)
-    auto = make_bias("opes-metad", 2, temperature_k=300.0, spec=spec, walls_at_training_range=None)
+    auto = build_bias(config, n_cvs=2, spec=spec)
     upper, lower = auto.leaves()[1:]
     np.testing.assert_allclose(upper.at, [1.9, 3.9])
     np.testing.assert_allclose(lower.at, [-2.9, -0.9])
