@@ -34,11 +34,16 @@ SYSTEM = "pentapeptide_wlall"
 # ``gnn_2d``: the same GNN CV biased on both components: on the 400 K training frames component 0 follows TIC1 and
 # TIC2 of the 300 K reference alike (|r| 0.4-0.9 with each), so a 1-D bias on it pushes as much along TIC2 as along
 # the slowest process; component 1 carries the rest of that plane.
+# ``gnn_hot_2d`` / ``distances_hot_2d``: as ``gnn_2d`` and a 2-D distance baseline, learned from the ``train_hot``
+# runs instead: the 400 K runs never entered Leu2's αL (23 % of the reference; ``training_coverage``), 600 K runs do.
 ARMS = {"gnn": "learn/cv.pt", "distances": "learn/baseline_distances_cv.pt", "gnn_retrained": "retrain/cv.pt",
-        "gnn_2d": "learn/cv.pt"}
+        "gnn_2d": "learn/cv.pt", "gnn_hot_2d": "learn_hot/cv.pt", "distances_hot_2d": "learn_hot/baseline_distances_cv.pt"}
 RETRAINED_FROM = {"gnn_retrained": "gnn"}  # arm -> the arm whose walkers' frames it is trained on
-BASELINE_ARMS = ("distances",)  # arms that answer "does the GNN do better?": the targets are the others'
-ARM_COMPONENTS = {"gnn_2d": (0, 1)}  # arm -> its biased CV components (else the settings' ``components``)
+BASELINE_ARMS = ("distances", "distances_hot_2d")  # arms that answer "does the GNN do better?": the targets are the others'
+ARM_COMPONENTS = {"gnn_2d": (0, 1), "gnn_hot_2d": (0, 1), "distances_hot_2d": (0, 1)}  # arm -> its biased CV
+# components (else the settings' ``components``)
+# training set (its directory) -> (the settings key of its temperature, the directory of the CVs learned from it)
+TRAINING_SETS = {"train": ("train_temperature_k", "learn"), "train_hot": ("hot_train_temperature_k", "learn_hot")}
 
 
 def arm_components(s: dict, arm: str) -> tuple[int, ...]:
@@ -65,17 +70,34 @@ class Budget:
             raise OutOfTime(f"budget spent before {what}")
 
 
-def training_data(work: Path, s: dict) -> list[Path]:
-    """Unbiased high-temperature runs (``cvlearn simulate``), one per seed; returns the DCD paths."""
-    from openmm_plugin.stages.simulate import SimulateConfig, run_simulate
+def training_set_of(arm: str) -> str:
+    """The training set (:data:`TRAINING_SETS`) an arm's CV was learned from; a retrained arm's is its source's."""
+    learned_in = Path(ARMS[RETRAINED_FROM.get(arm, arm)]).parts[0]
+    return next(name for name, (_, learn_dir) in TRAINING_SETS.items() if learn_dir == learned_in)
 
-    paths = []
-    for seed in range(s["train_seeds"]):
-        result = run_simulate(SimulateConfig(system=SYSTEM, ns=s["train_ns"], temperature_k=s["train_temperature_k"],
-                                             seed=seed, out=str(work / "train"), report_interval_ps=s["frame_ps"],
-                                             platform=s["platform"], checkpoint_interval_ps=s["checkpoint_ps"]))
-        paths.append(result.trajectory_path)
-    return paths
+
+def training_config(work: Path, s: dict, name: str, seed: int):
+    """The ``cvlearn simulate`` config of one run of training set ``name`` (:data:`TRAINING_SETS`)."""
+    from openmm_plugin.stages.simulate import SimulateConfig
+
+    return SimulateConfig(system=SYSTEM, ns=s["train_ns"], temperature_k=s[TRAINING_SETS[name][0]], seed=seed,
+                          out=str(work / name), report_interval_ps=s["frame_ps"], platform=s["platform"],
+                          checkpoint_interval_ps=s["checkpoint_ps"])
+
+
+def training_done(work: Path, s: dict, name: str) -> bool:
+    """Whether every run of training set ``name`` has finished (an analysis reads it without running anything)."""
+    from openmm_plugin.stages.simulate import output_prefix
+
+    return all((read_record(Path(output_prefix(training_config(work, s, name, seed)) + ".run.json")) or {}).get(
+        "finished") for seed in range(s["train_seeds"]))
+
+
+def training_data(work: Path, s: dict, name: str = "train") -> list[Path]:
+    """Training set ``name``: unbiased high-temperature runs (``cvlearn simulate``), one per seed; the DCD paths."""
+    from openmm_plugin.stages.simulate import run_simulate
+
+    return [run_simulate(training_config(work, s, name, seed)).trajectory_path for seed in range(s["train_seeds"])]
 
 
 def _learn_config(s: dict, out: Path, topology: Path, trajectories, lagtime_ps: float, **more):
@@ -88,13 +110,23 @@ def _learn_config(s: dict, out: Path, topology: Path, trajectories, lagtime_ps: 
                        n_clusters=s["n_clusters"], **more)
 
 
-def learn(work: Path, s: dict, trajectories: list[Path], quick: bool) -> dict:
-    """``cvlearn learn`` on the training data, the distance-VAMPNet baseline exported beside ``cv.pt``."""
+def learn(work: Path, s: dict, trajectories: list[Path], quick: bool, name: str = "train") -> dict:
+    """``cvlearn learn`` on training set ``name``, the distance-VAMPNet baseline exported beside ``cv.pt``."""
     from openmm_plugin.stages.learn import run_learn
 
-    config = _learn_config(s, work / "learn", trajectories[0].with_suffix(".pdb"), trajectories, s["learn_lag_ps"],
+    config = _learn_config(s, work / TRAINING_SETS[name][1], trajectories[0].with_suffix(".pdb"), trajectories,
+                           s["learn_lag_ps"],
                            export_baselines=True)
-    metrics = run_learn(config, quick=quick, progress=False)
+    run_learn(config, quick=quick, progress=False)
+    return learned(work, name)
+
+
+def learned(work: Path, name: str) -> dict | None:
+    """What the results show of the CVs learned from training set ``name`` (None before they exist)."""
+    path = work / TRAINING_SETS[name][1] / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
     return {"vamp2_val": metrics.get("vamp2_val"), "seconds": metrics.get("seconds"),
             "n_frames": metrics.get("n_frames")}
 
@@ -407,5 +439,7 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
 
 __all__ = ["ARMS", "ARM_COMPONENTS", "BASELINE_ARMS", "Budget", "OutOfTime", "RETRAINED_FROM", "arm_components", "cv_sigma",
            "extend_reference", "finished_segments", "learn", "reduce_segment", "reference_task", "retrain",
-           "retrain_data", "retrained", "run_children", "segment_prefix", "segment_speeds", "training_data",
+           "retrain_data", "retrained", "run_children", "segment_prefix", "segment_speeds", "TRAINING_SETS",
+           "training_config", "training_data", "training_done",
+           "training_set_of", "learned",
            "walker_config", "walker_dir", "walker_done", "walker_outcome", "walker_task"]

@@ -30,6 +30,11 @@ the reference's per half (RMS F over bins populated in both runs is blind to a s
 halves' ΔF says whether the reference knows it); and what of the reference the CVs' training data ever visited
 (``training_coverage``: a CV cannot resolve a state its training frames never reached).
 
+The 400 K runs never entered Leu2's αL, 23 % of the reference, so arms ``gnn_hot_2d`` and ``distances_hot_2d``
+learn both CVs again, same settings, from a second training set, ``train_hot``: the same runs at
+``hot_train_temperature_k`` (600 K; 0.5 ns there entered αL 7 times, 0.5 ns at 500 K never), each biased on its two
+components as ``gnn_2d``. Against ``gnn_2d`` only the training data differ.
+
     python benchmarks/sampling_wlall.py --quick                        # every code path (minutes), resumable too
     nice python benchmarks/sampling_wlall.py --work benchmarks/state/sampling_wlall --budget-min 50 --jobs 2
                                                                        # the result, grown over several sessions
@@ -80,13 +85,13 @@ FULL = {"train_seeds": 3, "train_ns": 2.0, "train_temperature_k": 400.0, "frame_
         "mts": 2, "compile": True, "pace_ps": 1.0, "barrier_kjmol": 30.0, "components": [0], "wall_margin_fraction": 0.1,
         "force_guard_kjmol_nm": 1000.0,
         "sigma_rule": "learned", "tica_bins": 30, "torsion_bins": 24, "fes_cutoff_kjmol": 20.0,
-        "retrain_ns": 2.0, "retrain_lag_ps": 10.0}
+        "retrain_ns": 2.0, "retrain_lag_ps": 10.0, "hot_train_temperature_k": 600.0}
 QUICK = {**FULL, "train_ns": 0.02, "frame_ps": 0.2, "checkpoint_ps": 0.4, "learn_lag_ps": 2.0, "n_clusters": 10,
          "segment_ns": 0.01, "first_chunk_ns": 0.02, "reference_max_ns": 0.04, "equilibration_ns": 0.0,
          "tica_lag_ps": 1.0, "its_lags_ps": [0.4, 1.0, 2.0], "its_clusters": 10, "transition_dwell_ps": 2.0,
          "walker_ns": 0.002, "pace_ps": 0.2,
          "tica_bins": 10, "torsion_bins": 12, "retrain_ns": 0.002, "retrain_lag_ps": 0.2}
-ADDED = ("retrain_ns", "retrain_lag_ps")  # settings added after runs were recorded; nothing recorded before used them
+ADDED = ("retrain_ns", "retrain_lag_ps", "hot_train_temperature_k")  # settings added after runs were recorded; nothing recorded before used them
 # Settings of the analysis alone: no stored run depends on them (each invocation analyses everything anew), so a
 # rerun may change them. The reference's planned length follows some of them, and grows when they ask for more.
 ANALYSIS_ONLY = ("tica_lag_ps", "its_lags_ps", "its_clusters", "transition_dwell_ps", "min_reference_transitions",
@@ -231,8 +236,9 @@ def analyse_walker(work: Path, config, ended: dict | None, ref: dict, cores: dic
 
 
 def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned: dict | None,
-            training: list[Path] = ()) -> dict:
-    """Everything that exists, compared; the PNGs written. ``training``: the CVs' training trajectories."""
+            training: dict | None = None) -> dict:
+    """Everything that exists, compared; the PNGs written. ``training``: per training set
+    (:data:`runs.TRAINING_SETS`) the CVs' training trajectories."""
     result = {"reference": None, "arms": {}, "rows": [], "figures": []}
     if ref is None:
         return result
@@ -257,12 +263,13 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         "ms_per_step": ref["ms_per_step"], "its_factor": s["its_factor"],
         "basins": ana.reference_basins(ref["tics"][:, 0], cores, s["frame_ps"]),
         "halves": ana.reference_halves_rms(ref, s)}
-    if training:
-        result["training_coverage"] = {"ns": len(training) * s["train_ns"], "temperature_k": s["train_temperature_k"],
-                                       **ana.training_coverage(ref, [
-                                           {"tics": ana.project(ref["model"], f), "phi": phi, "psi": psi}
-                                           for f, phi, psi in ana.torsions(training, training[0].with_suffix(".pdb"))],
-                                           s, min_dwell_frames(s))}
+    result["training_coverage"] = {
+        name: {"ns": len(paths) * s["train_ns"], "temperature_k": s[runs.TRAINING_SETS[name][0]],
+               "arms": [arm for arm in runs.ARMS if arm not in runs.RETRAINED_FROM and runs.training_set_of(arm) == name],
+               **ana.training_coverage(ref, [{"tics": ana.project(ref["model"], f), "phi": phi, "psi": psi}
+                                             for f, phi, psi in ana.torsions(paths, paths[0].with_suffix(".pdb"))],
+                                       s, min_dwell_frames(s))}
+        for name, paths in (training or {}).items() if paths}
     region = ana.settled_region(ref, s, result["reference"]["halves"])
     if region is not None:
         result["reference"]["settled"] = {"residues": region["residues"],
@@ -337,8 +344,9 @@ def plan_costs(s_full: dict, result: dict, learned: dict | None, reference_ns: f
     speeds = list(runs.segment_speeds(work).values()) if work is not None else []
     ms_ref = (result.get("reference") or {}).get("ms_per_step", float(np.median(speeds)) if speeds else float("nan"))
     hours = lambda ns, ms: ns * STEPS_PER_NS * ms / 3.6e6  # noqa: E731
-    parts = {"training data (unbiased 400 K)": hours(s_full["train_seeds"] * s_full["train_ns"], ms_ref),
-             "reference (unbiased 300 K)": hours(reference_ns, ms_ref)}
+    parts = {f"training data (unbiased {s_full[key]:g} K)": hours(s_full["train_seeds"] * s_full["train_ns"], ms_ref)
+             for key, _ in runs.TRAINING_SETS.values()}
+    parts["reference (unbiased 300 K)"] = hours(reference_ns, ms_ref)
     for arm, v in result.get("arms", {}).items():
         parts[f"walkers {arm}"] = hours(s_full["seeds"] * s_full["walker_ns"], v["ms_per_step"])
     if learned and learned.get("seconds"):  # rough: per-frame costs; training also x epochs (30 vs 3) x seeds (3 vs 1)
@@ -432,19 +440,22 @@ def _region_words(settled: dict) -> str:
 
 
 def _coverage_lines(r: dict) -> list[str]:
-    """The training data's reach (:func:`ana.training_coverage`) in one paragraph; nothing without it."""
-    c = r.get("training_coverage")
-    if not c:
-        return []
-    torsions = c["reference_outside_torsions_per_residue"]
-    worst = int(np.nanargmax(torsions)) if np.isfinite(torsions).any() else None
-    where = (f"; per residue in F(φ,ψ) {', '.join(_pct(v) for v in torsions)} (most: residue {worst + 1})"
-             if worst is not None else "")
-    return ["", f"What the CVs could learn: their training data ({c['ns']:g} ns at {c['temperature_k']:g} K, "
-            f"{c['frames']} frames) never visited bins holding {_pct(c['reference_outside_tica'])} of the reference's "
-            f"probability in F(TIC1,TIC2){where}; TIC1 core transitions per training run: "
-            f"{', '.join(str(n) for n in c['tic1_transitions_per_run'])}. A CV learned from these frames cannot "
-            "know a state they never reached, so a bias on it is not expected to drive the walkers there."]
+    """The training data's reach (:func:`ana.training_coverage`), one paragraph per training set; nothing without
+    it."""
+    out = []
+    for name, c in (r.get("training_coverage") or {}).items():
+        torsions = c["reference_outside_torsions_per_residue"]
+        worst = int(np.nanargmax(torsions)) if np.isfinite(torsions).any() else None
+        where = (f"; per residue in F(φ,ψ) {', '.join(_pct(v) for v in torsions)} (most: residue {worst + 1})"
+                 if worst is not None else "")
+        out += ["", f"What the CVs of {', '.join(c.get('arms', [])) or 'no arm'} could learn: their training data "
+                f"`{name}` ({c['ns']:g} ns at {c['temperature_k']:g} K, {c['frames']} frames) never visited bins "
+                f"holding {_pct(c['reference_outside_tica'])} of the reference's probability in F(TIC1,TIC2){where}; "
+                f"TIC1 core transitions per training run: {', '.join(str(n) for n in c['tic1_transitions_per_run'])}."]
+    if out:
+        out[-1] += (" A CV learned from frames that never reached a state cannot know it, so a bias on it is not "
+                    "expected to drive the walkers there.")
+    return out
 
 
 def _settled_lines(r: dict) -> list[str]:
@@ -539,16 +550,19 @@ def run(args) -> dict:
     from cvlearn.run_dir import open_run
 
     open_run(work / "benchmark.run.json", s, outputs=[work / d for d in ("train", "learn", "reference", "bias",
-                                                                          "sigma.json", "retrain")],
+                                                                          "sigma.json", "retrain", "train_hot",
+                                                                          "learn_hot")],
              restart_fresh=args.restart_fresh, extendable=("walker_ns",),  # a longer --walker-ns extends the walkers
              added={k: s[k] for k in ADDED}, ignore=("out", *ANALYSIS_ONLY))
     budget = runs.Budget(args.budget_min)
-    started, stopped, learned, configs, ref, trajectories = time.perf_counter(), None, None, {}, None, []
+    started, stopped, learned, configs, ref, trajectories = time.perf_counter(), None, {}, {}, None, {}
     try:
-        budget.check("the training data")
-        trajectories = runs.training_data(work, s)
-        budget.check("cvlearn learn")
-        learned = runs.learn(work, s, trajectories, args.quick)
+        # the 400 K set always (the reference's first arms); another set when an arm run now is learned from it
+        for name in dict.fromkeys(["train", *[runs.training_set_of(arm) for arm in arms]]):
+            budget.check(f"the training data {name}")
+            trajectories[name] = runs.training_data(work, s, name)
+            budget.check(f"cvlearn learn on {name}")
+            learned[name] = runs.learn(work, s, trajectories[name], args.quick, name)
         runs.extend_reference(work, s, s["first_chunk_ns"], budget)
         ref = load_reference(work, s)
         arm_configs(args, work, s, arms, configs, budget)
@@ -576,7 +590,11 @@ def run(args) -> dict:
         stopped = str(why)
         print(f"stopping cleanly: {why}; rerun to go on", flush=True)
     ref = load_reference(work, s)
-    result = analyse(args, work, s, configs, ref, learned, trajectories)
+    for name in runs.TRAINING_SETS:  # a set made by an earlier invocation is analysed too
+        if name not in trajectories and runs.training_done(work, s, name):
+            trajectories[name] = runs.training_data(work, s, name)
+            learned[name] = runs.learned(work, name)
+    result = analyse(args, work, s, configs, ref, learned.get("train"), trajectories)
     complete = stopped is None and all(runs.walker_done(c) for cs in configs.values() for c in cs)
     reference_ns = result["reference"]["target_ns"] if result["reference"] and not args.quick else args.plan_reference_ns
     return {"benchmark": "sampling_wlall", "date": now_utc(), "machine": machine(), "complete": complete,
@@ -588,8 +606,9 @@ def run(args) -> dict:
                          "arm_components": {arm: list(c) for arm, c in runs.ARM_COMPONENTS.items() if arm in configs},
                          "sigma": {arm: list(cs[0].opes.sigma) if cs and cs[0].opes.sigma != "adaptive" else "adaptive"
                                    for arm, cs in configs.items()}},
-            "learn": learned, "retrain": runs.retrained(work), **result, "targets": targets(result),
-            "plan": plan_costs(FULL, result, learned if args.quick else None, reference_ns, work)}
+            "learn": learned.get("train"), "learn_other": {k: v for k, v in learned.items() if k != "train"},
+            "retrain": runs.retrained(work), **result, "targets": targets(result),
+            "plan": plan_costs(FULL, result, learned.get("train") if args.quick else None, reference_ns, work)}
 
 
 def _f(v, fmt=".2f") -> str:
@@ -696,6 +715,13 @@ def markdown(r: dict) -> str:
                       "reweighted on rescaled time t' = Σ exp(β(V − c(t))) dt (`cvlearn iterate`'s default); VAMP-2 "
                       f"{_f(rt['vamp2_val'])} on its validation frames (rescaled time: not comparable to the gnn CV's "
                       "on 400 K data)."]
+        for name, lo in (r.get("learn_other") or {}).items():
+            c = (r.get("training_coverage") or {}).get(name, {})
+            if lo:
+                lines += ["", f"Arms {', '.join(c.get('arms', [])) or name}: learned as the gnn and distances arms' CVs "
+                          f"(same settings) from training set `{name}` ({_f(c.get('ns'), 'g')} ns at "
+                          f"{_f(c.get('temperature_k'), 'g')} K); GNN CV VAMP-2 {_f(lo.get('vamp2_val'))} on its "
+                          "validation frames."]
         lines += ["", "What the RMS over shared bins cannot see: " + "; ".join(
             f"{arm}: {_outside_sentence(a, 'the arm (reweighted)', 'the reference')}" for arm, a in r["arms"].items()
             if a.get("outside_tica")) + "."]
@@ -742,8 +768,9 @@ def parse(argv=None):
                         help="learned: learned_cv_sigma (default); adaptive: OPES adaptive sigma")
     parser.add_argument("--jobs", type=int, default=1, help="walkers run at once, one process each")
     parser.add_argument("--arms", default=None, help="arms whose walkers run now, in this order (default "
-                        "gnn,distances,gnn_retrained; e.g. distances,gnn: the cheap arm first; gnn_retrained waits for "
-                        "the gnn walkers); every arm's walkers are analysed")
+                        f"{','.join(runs.ARMS)}; e.g. distances,gnn: the cheap arm first; gnn_retrained waits for "
+                        "the gnn walkers; a *_hot_* arm makes its training set and CVs first); every arm's walkers "
+                        "are analysed")
     parser.add_argument("--plan-reference-ns", type=float, default=100.0,
                         help="--quick: the reference length the cost plan assumes (default 100 ns)")
     parser.add_argument("--restart-fresh", action="store_true", help="delete every part and start over")

@@ -177,9 +177,37 @@ def test_the_rms_over_time_line_names_each_arms_first_middle_and_last_point():
 def test_the_coverage_line_names_the_residue_the_training_data_left_out_most():
     from benchmarks.sampling_wlall import _coverage_lines
 
-    c = {"ns": 6.0, "temperature_k": 400.0, "frames": 6000, "reference_outside_tica": 0.0012,
+    c = {"ns": 6.0, "temperature_k": 400.0, "frames": 6000, "reference_outside_tica": 0.0012, "arms": ["gnn", "gnn_2d"],
          "reference_outside_torsions_per_residue": [0.001, 0.205, 0.0, 0.0, 0.002], "tic1_transitions_per_run": [3, 1, 0]}
-    line = " ".join(_coverage_lines({"training_coverage": c}))
-    assert "(6 ns at 400 K, 6000 frames)" in line and "0.12 %" in line
-    assert "0.1 %, 20 %, 0 %, 0 %, 0.2 % (most: residue 2)" in line and "training run: 3, 1, 0." in line
-    assert _coverage_lines({}) == []
+    hot = {**c, "temperature_k": 600.0, "arms": ["gnn_hot_2d"], "reference_outside_torsions_per_residue": [0.0, 0.04,
+                                                                                                        0.0, 0.0, 0.0]}
+    lines = _coverage_lines({"training_coverage": {"train": c, "train_hot": hot}})
+    first, second = lines[1], lines[3]
+    assert "of gnn, gnn_2d could learn" in first and "`train` (6 ns at 400 K, 6000 frames)" in first
+    assert "0.1 %, 20 %, 0 %, 0 %, 0.2 % (most: residue 2)" in first and "training run: 3, 1, 0." in first
+    assert "of gnn_hot_2d could learn" in second and "at 600 K" in second and "4 %" in second
+    assert "cannot know it" in second and "cannot know it" not in first  # the closing sentence once, at the end
+    assert _coverage_lines({}) == [] and _coverage_lines({"training_coverage": {}}) == []
+
+
+def test_each_arm_learns_from_its_training_set_and_a_set_is_done_when_all_its_runs_finished(tmp_path):
+    from openmm_plugin.stages.simulate import output_prefix
+
+    assert {arm: runs.training_set_of(arm) for arm in runs.ARMS} == {
+        "gnn": "train", "distances": "train", "gnn_retrained": "train", "gnn_2d": "train",
+        "gnn_hot_2d": "train_hot", "distances_hot_2d": "train_hot"}  # retrained: its source arm's set
+    s = {**FULL, "train_seeds": 2}
+    hot = [runs.training_config(tmp_path, s, "train_hot", seed) for seed in range(2)]
+    assert [c.temperature_k for c in hot] == [600.0, 600.0] and hot[0].out == str(tmp_path / "train_hot")
+    assert runs.training_config(tmp_path, s, "train", 0).temperature_k == 400.0
+    assert runs.walker_config(tmp_path, s, "gnn_hot_2d", 0, [0.3, 0.4]).components == (0, 1)
+    assert runs.walker_config(tmp_path, s, "gnn_hot_2d", 0, [0.3, 0.4]).cv == str(tmp_path / "learn_hot" / "cv.pt")
+    assert not runs.training_done(tmp_path, s, "train_hot")
+    for i, config in enumerate(hot):  # the record cvlearn simulate writes, finished for the first run only
+        run = open_run(output_prefix(config) + ".run.json", config)
+        if i == 0:
+            run.mark_finished(n_frames=1)
+    assert not runs.training_done(tmp_path, s, "train_hot")
+    open_run(output_prefix(hot[1]) + ".run.json", hot[1]).mark_finished(n_frames=1)
+    assert runs.training_done(tmp_path, s, "train_hot") and not runs.training_done(tmp_path, s, "train")
+    assert runs.learned(tmp_path, "train_hot") is None

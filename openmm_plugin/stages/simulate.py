@@ -55,6 +55,11 @@ class SimulateConfig:
         check_output_dir(self.out, "out")  # before any compute, not when the trajectory is written
 
 
+def output_prefix(config: SimulateConfig) -> str:
+    """``<out>/<system>_T<K>_s<seed>``: the path of a run's files (``.dcd``, ``.pdb``, ``.run.json``) less suffix."""
+    return f"{config.out}/{config.system}_T{config.temperature_k:g}_s{config.seed}"
+
+
 def run_simulate(config: SimulateConfig, *, restart_fresh: bool = False) -> MDResult:
     """Build ``config.system``, run ``config.ns`` of Langevin MD, write a DCD frame every ``report_interval_ps``.
 
@@ -80,7 +85,7 @@ def run_simulate(config: SimulateConfig, *, restart_fresh: bool = False) -> MDRe
     build_options, dt = (module.FAST_BUILD, module.FAST_TIMESTEP_PS) if config.fast else ({}, module.TIMESTEP_PS)
     n_steps = max(1, round(config.ns * 1000.0 / dt))
     interval = max(1, min(n_steps, round(config.report_interval_ps / dt)))
-    prefix = f"{config.out}/{system}_T{config.temperature_k:g}_s{config.seed}"
+    prefix = output_prefix(config)
     molecule = module.build(**build_options)
     identity = {"system_xml": _sha256(openmm.XmlSerializer.serialize(molecule.system)),
                 "positions_nm": _sha256(np.ascontiguousarray(molecule.positions_nm, dtype=np.float64).tobytes())}
