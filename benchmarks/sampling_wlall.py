@@ -32,8 +32,9 @@ halves' ΔF says whether the reference knows it); and what of the reference the 
 
 The 400 K runs never entered Leu2's αL, 23 % of the reference, so arms ``gnn_hot_2d`` and ``distances_hot_2d``
 learn both CVs again, same settings, from a second training set, ``train_hot``: the same runs at
-``hot_train_temperature_k`` (600 K; 0.5 ns there entered αL 7 times, 0.5 ns at 500 K never), each biased on its two
-components as ``gnn_2d``. Against ``gnn_2d`` only the training data differ.
+``hot_train_temperature_k`` (600 K, chosen from one 0.5-ns trial run per temperature: at 500 K it never entered αL,
+at 600 K 7 times; ``training_coverage`` reports what the set holds), each biased on its two components as ``gnn_2d``.
+Against ``gnn_2d`` only the training data differ.
 
     python benchmarks/sampling_wlall.py --quick                        # every code path (minutes), resumable too
     nice python benchmarks/sampling_wlall.py --work benchmarks/state/sampling_wlall --budget-min 50 --jobs 2
@@ -766,7 +767,8 @@ def parse(argv=None):
     parser.add_argument("--components", default=None, help="biased CV components, comma-separated (default 0)")
     parser.add_argument("--sigma-rule", choices=("learned", "adaptive"), default=None,
                         help="learned: learned_cv_sigma (default); adaptive: OPES adaptive sigma")
-    parser.add_argument("--jobs", type=int, default=1, help="walkers run at once, one process each")
+    parser.add_argument("--jobs", type=int, default=1, help="processes at once: the reference's extension (first, while it is "
+                        "short of its target; --reference-ns at its length skips it) and the walkers, one each")
     parser.add_argument("--arms", default=None, help="arms whose walkers run now, in this order (default "
                         f"{','.join(runs.ARMS)}; e.g. distances,gnn: the cheap arm first; gnn_retrained waits for "
                         "the gnn walkers; a *_hot_* arm makes its training set and CVs first); every arm's walkers "
