@@ -37,11 +37,13 @@ SYSTEM = "pentapeptide_wlall"
 # ``gnn_hot_2d`` / ``distances_hot_2d``: as ``gnn_2d`` and a 2-D distance baseline, learned from the ``train_hot``
 # runs instead: the 400 K runs never entered Leu2's αL (23 % of the reference; ``training_coverage``), 600 K runs do.
 ARMS = {"gnn": "learn/cv.pt", "distances": "learn/baseline_distances_cv.pt", "gnn_retrained": "retrain/cv.pt",
-        "gnn_2d": "learn/cv.pt", "gnn_hot_2d": "learn_hot/cv.pt", "distances_hot_2d": "learn_hot/baseline_distances_cv.pt"}
+        "gnn_2d": "learn/cv.pt", "gnn_hot_2d": "learn_hot/cv.pt",
+        "distances_hot_2d": "learn_hot/baseline_distances_cv.pt"}
 RETRAINED_FROM = {"gnn_retrained": "gnn"}  # arm -> the arm whose walkers' frames it is trained on
-BASELINE_ARMS = ("distances", "distances_hot_2d")  # arms that answer "does the GNN do better?": the targets are the others'
-ARM_COMPONENTS = {"gnn_2d": (0, 1), "gnn_hot_2d": (0, 1), "distances_hot_2d": (0, 1)}  # arm -> its biased CV
-# components (else the settings' ``components``)
+# arms that answer "does the GNN do better?": the targets are the others'
+BASELINE_ARMS = ("distances", "distances_hot_2d")
+# arm -> its biased CV components (else the settings' ``components``)
+ARM_COMPONENTS = {"gnn_2d": (0, 1), "gnn_hot_2d": (0, 1), "distances_hot_2d": (0, 1)}
 # training set (its directory) -> (the settings key of its temperature, the directory of the CVs learned from it)
 TRAINING_SETS = {"train": ("train_temperature_k", "learn"), "train_hot": ("hot_train_temperature_k", "learn_hot")}
 

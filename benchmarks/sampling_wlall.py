@@ -92,7 +92,8 @@ QUICK = {**FULL, "train_ns": 0.02, "frame_ps": 0.2, "checkpoint_ps": 0.4, "learn
          "tica_lag_ps": 1.0, "its_lags_ps": [0.4, 1.0, 2.0], "its_clusters": 10, "transition_dwell_ps": 2.0,
          "walker_ns": 0.002, "pace_ps": 0.2,
          "tica_bins": 10, "torsion_bins": 12, "retrain_ns": 0.002, "retrain_lag_ps": 0.2}
-ADDED = ("retrain_ns", "retrain_lag_ps", "hot_train_temperature_k")  # settings added after runs were recorded; nothing recorded before used them
+# settings added after runs were recorded; nothing recorded before used them
+ADDED = ("retrain_ns", "retrain_lag_ps", "hot_train_temperature_k")
 # Settings of the analysis alone: no stored run depends on them (each invocation analyses everything anew), so a
 # rerun may change them. The reference's planned length follows some of them, and grows when they ask for more.
 ANALYSIS_ONLY = ("tica_lag_ps", "its_lags_ps", "its_clusters", "transition_dwell_ps", "min_reference_transitions",
@@ -266,7 +267,8 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         "halves": ana.reference_halves_rms(ref, s)}
     result["training_coverage"] = {
         name: {"ns": len(paths) * s["train_ns"], "temperature_k": s[runs.TRAINING_SETS[name][0]],
-               "arms": [arm for arm in runs.ARMS if arm not in runs.RETRAINED_FROM and runs.training_set_of(arm) == name],
+               "arms": [arm for arm in runs.ARMS  # a retrained arm's CV learned from its walkers, not this set
+                        if arm not in runs.RETRAINED_FROM and runs.training_set_of(arm) == name],
                **ana.training_coverage(ref, [{"tics": ana.project(ref["model"], f), "phi": phi, "psi": psi}
                                              for f, phi, psi in ana.torsions(paths, paths[0].with_suffix(".pdb"))],
                                        s, min_dwell_frames(s))}
