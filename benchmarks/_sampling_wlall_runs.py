@@ -117,15 +117,19 @@ def learn(work: Path, s: dict, trajectories: list[Path], quick: bool, name: str 
     from openmm_plugin.stages.learn import run_learn
 
     config = _learn_config(s, work / TRAINING_SETS[name][1], trajectories[0].with_suffix(".pdb"), trajectories,
-                           s["learn_lag_ps"],
-                           export_baselines=True)
+                           s["learn_lag_ps"], export_baselines=True)
     run_learn(config, quick=quick, progress=False)
     return learned(work, name)
 
 
 def learned(work: Path, name: str) -> dict | None:
     """What the results show of the CVs learned from training set ``name`` (None before they exist)."""
-    path = work / TRAINING_SETS[name][1] / "metrics.json"
+    return _learn_summary(work / TRAINING_SETS[name][1])
+
+
+def _learn_summary(out: Path) -> dict | None:
+    """VAMP-2, seconds and frames of the ``cvlearn learn`` run in ``out`` (None before it finished)."""
+    path = out / "metrics.json"
     if not path.is_file():
         return None
     metrics = json.loads(path.read_text())
@@ -184,12 +188,8 @@ def retrain(work: Path, s: dict, data: list[tuple[Path, Path]], quick: bool) -> 
 
 def retrained(work: Path) -> dict | None:
     """What the results show of the retrained CV (None before it exists)."""
-    path = work / "retrain" / "metrics.json"
-    if not path.is_file():
-        return None
-    metrics = json.loads(path.read_text())
-    return {"vamp2_val": metrics.get("vamp2_val"), "seconds": metrics.get("seconds"),
-            "n_frames": metrics.get("n_frames"), "from_walkers": sorted(p.stem for p in (work / "retrain" / "data").glob("*.dcd"))}
+    summary = _learn_summary(work / "retrain")
+    return summary and {**summary, "from_walkers": sorted(p.stem for p in (work / "retrain" / "data").glob("*.dcd"))}
 
 
 # --- the unbiased reference, in segments ----------------------------------------------------------------------------
@@ -442,6 +442,5 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
 __all__ = ["ARMS", "ARM_COMPONENTS", "BASELINE_ARMS", "Budget", "OutOfTime", "RETRAINED_FROM", "arm_components", "cv_sigma",
            "extend_reference", "finished_segments", "learn", "reduce_segment", "reference_task", "retrain",
            "retrain_data", "retrained", "run_children", "segment_prefix", "segment_speeds", "TRAINING_SETS",
-           "training_config", "training_data", "training_done",
-           "training_set_of", "learned",
+           "training_config", "training_data", "training_done", "training_set_of", "learned",
            "walker_config", "walker_dir", "walker_done", "walker_outcome", "walker_task"]
