@@ -390,8 +390,9 @@ def targets(result: dict) -> list[dict]:
         ci = f" (95 % CI {_ci(a.get('rate_vs_reference_ci95'))})"
         out.append({"name": f"TIC1 transitions per ns, {arm} / unbiased{ci}{interim}", "value": r, "target": t(5.0), "unit": "x",
                     "met": bool(r >= 5.0) if bound and np.isfinite(r) else None})
+        seen = a["walkers_ended"] + a.get("walkers_running", 0)  # none analysed yet: no blow-up is not a result
         out.append({"name": f"{arm} walkers that blew up (of {a['walkers_ended']} ended)", "value": a["blown_up"],
-                    "target": t(0), "unit": "walkers", "met": a["blown_up"] == 0 if bound else None})
+                    "target": t(0), "unit": "walkers", "met": a["blown_up"] == 0 if bound and seen else None})
     if ref is not None:
         need = ref["its_factor"] * ref["slowest_its_ps"] * 1e-3
         out.append({"name": f"reference length / ({ref['its_factor']:g} x slowest ITS)", "value": ref["ns_analysed"] / need if need else None,

@@ -211,3 +211,13 @@ def test_each_arm_learns_from_its_training_set_and_a_set_is_done_when_all_its_ru
     open_run(output_prefix(hot[1]) + ".run.json", hot[1]).mark_finished(n_frames=1)
     assert runs.training_done(tmp_path, s, "train_hot") and not runs.training_done(tmp_path, s, "train")
     assert runs.learned(tmp_path, "train_hot") is None
+
+
+def test_an_arm_with_no_walker_analysed_yet_meets_no_target():
+    from benchmarks.sampling_wlall import targets
+
+    arm = {"rate_vs_reference_per_ns": float("nan"), "blown_up": 0, "walkers_ended": 0, "walkers_running": 0}
+    rows = {r["name"]: r for r in targets({"arms": {"gnn_hot_2d": arm, "gnn": {**arm, "walkers_ended": 3}}})}
+    assert rows["gnn_hot_2d walkers that blew up (of 0 ended)"]["met"] is None
+    assert rows["gnn walkers that blew up (of 3 ended)"]["met"] is True
+    assert all(r["met"] is None for name, r in rows.items() if "gnn_hot_2d" in name)
