@@ -87,12 +87,23 @@ def training_config(work: Path, s: dict, name: str, seed: int):
                           checkpoint_interval_ps=s["checkpoint_ps"])
 
 
-def training_done(work: Path, s: dict, name: str) -> bool:
-    """Whether every run of training set ``name`` has finished (an analysis reads it without running anything)."""
+def _training_prefixes(work: Path, s: dict, name: str) -> list[str]:
     from openmm_plugin.stages.simulate import output_prefix
 
-    return all((read_record(Path(output_prefix(training_config(work, s, name, seed)) + ".run.json")) or {}).get(
-        "finished") for seed in range(s["train_seeds"]))
+    return [output_prefix(training_config(work, s, name, seed)) for seed in range(s["train_seeds"])]
+
+
+def training_done(work: Path, s: dict, name: str) -> bool:
+    """Whether every run of training set ``name`` has finished (an analysis reads it without running anything)."""
+    return all((read_record(Path(prefix + ".run.json")) or {}).get("finished")
+               for prefix in _training_prefixes(work, s, name))
+
+
+def finished_training_data(work: Path, s: dict, name: str) -> list[Path] | None:
+    """The DCD paths of training set ``name`` when every run has finished, else None: for an analysis, which must
+    not build and hash the System per run as :func:`training_data` does."""
+    return [Path(prefix + ".dcd") for prefix in _training_prefixes(work, s, name)] if training_done(work, s, name) \
+        else None
 
 
 def training_data(work: Path, s: dict, name: str = "train") -> list[Path]:
@@ -443,4 +454,5 @@ __all__ = ["ARMS", "ARM_COMPONENTS", "BASELINE_ARMS", "Budget", "OutOfTime", "RE
            "extend_reference", "finished_segments", "learn", "reduce_segment", "reference_task", "retrain",
            "retrain_data", "retrained", "run_children", "segment_prefix", "segment_speeds", "TRAINING_SETS",
            "training_config", "training_data", "training_done", "training_set_of", "learned",
+           "finished_training_data",
            "walker_config", "walker_dir", "walker_done", "walker_outcome", "walker_task"]

@@ -595,8 +595,9 @@ def run(args) -> dict:
         print(f"stopping cleanly: {why}; rerun to go on", flush=True)
     ref = load_reference(work, s)
     for name in runs.TRAINING_SETS:  # a set made by an earlier invocation is analysed too
-        if name not in trajectories and runs.training_done(work, s, name):
-            trajectories[name] = runs.training_data(work, s, name)
+        paths = None if name in trajectories else runs.finished_training_data(work, s, name)
+        if paths:
+            trajectories[name] = paths
             learned[name] = runs.learned(work, name)
     result = analyse(args, work, s, configs, ref, learned.get("train"), trajectories)
     complete = stopped is None and all(runs.walker_done(c) for cs in configs.values() for c in cs)
