@@ -176,6 +176,11 @@ def walker_weights(bias_kjmol: np.ndarray) -> tuple[slice, np.ndarray]:
     return keep, opes_weights(np.asarray(bias_kjmol)[keep], 300.0)
 
 
+def wrap_angle(angle: np.ndarray) -> np.ndarray:
+    """Angles (rad) on [-π, π): the one wrapping :func:`pooled_fes` and :func:`in_region` bin torsions by."""
+    return np.mod(np.asarray(angle, dtype=float) + np.pi, 2 * np.pi) - np.pi
+
+
 def pooled_fes(pairs, weights, bins: int, range_xy, periodic: bool = False):
     """F over (x, y) of frames pooled from several runs: ``pairs`` [(x, y)] and ``weights`` [w or None] per run."""
     x = np.concatenate([p[0] for p in pairs])
@@ -183,7 +188,7 @@ def pooled_fes(pairs, weights, bins: int, range_xy, periodic: bool = False):
     w = None if all(v is None for v in weights) else np.concatenate(
         [v if v is not None else np.full(len(p[0]), 1.0 / len(p[0])) for p, v in zip(pairs, weights)])
     if periodic:
-        x, y = (np.mod(v + np.pi, 2 * np.pi) - np.pi for v in (x, y))
+        x, y = wrap_angle(x), wrap_angle(y)
     return free_energy_surface(x, y, w, 300.0, bins=bins, range_xy=range_xy)
 
 
@@ -192,11 +197,14 @@ def tic_range(tics: np.ndarray) -> tuple:
     return tuple((float(v.min()), float(v.max())) for v in np.asarray(tics).T)
 
 
-def compare_fes(ref: dict, arm_runs: list[dict], s: dict, range_tics: tuple | None = None) -> dict:
+def compare_fes(ref: dict, arm_runs: list[dict], s: dict, range_tics: tuple | None = None,
+                torsions: bool = True) -> dict:
     """RMS of the reweighted F(TIC1, TIC2) and per-residue F(φ, ψ) of one arm (pooled walkers) and per walker;
     TIC bins over ``range_tics`` (default: the range of ``ref``). ``outside_tica`` and each residue's
     ``outside_torsions_per_residue`` entry: [the arm's probability in bins the reference never visited, the
-    reference's in bins the arm never visited] (:func:`mass_outside`), what the RMS over shared bins cannot see."""
+    reference's in bins the arm never visited] (:func:`mass_outside`), what the RMS over shared bins cannot see.
+    ``torsions=False`` skips the F(φ, ψ) part (its keys are then absent): :func:`rms_over_time` reads only TIC1-2
+    and would otherwise histogram every residue at every prefix."""
     rng = range_tics if range_tics is not None else tic_range(ref["tics"])
     f_ref, xe, ye = pooled_fes([tuple(ref["tics"].T)], [None], s["tica_bins"], rng)
     runs = [r for r in arm_runs if len(r["tics"])]
@@ -207,6 +215,11 @@ def compare_fes(ref: dict, arm_runs: list[dict], s: dict, range_tics: tuple | No
     rms_tica, n_bins = fes_rms(f_ref, f_arm, s["fes_cutoff_kjmol"])
     per_walker = [fes_rms(f_ref, pooled_fes([p], [r["weights"]], s["tica_bins"], rng)[0],
                           s["fes_cutoff_kjmol"])[0] for p, r in zip(pairs, runs)]
+    out = {"rms_tica_kjmol": rms_tica, "n_bins_tica": n_bins, "rms_tica_per_walker_kjmol": per_walker,
+           "outside_tica": [mass_outside(f_arm, f_ref), mass_outside(f_ref, f_arm)],
+           "_fes_tica": (f_arm, xe, ye), "_fes_ref": (f_ref, xe, ye)}
+    if not torsions:
+        return out
     per_residue, outside_torsions, surfaces = [], [], []
     torsion_range = ((-np.pi, np.pi), (-np.pi, np.pi))
     for i in range(ref["phi"].shape[1]):
@@ -217,18 +230,15 @@ def compare_fes(ref: dict, arm_runs: list[dict], s: dict, range_tics: tuple | No
         outside_torsions.append([mass_outside(f_b[0], f_r[0]), mass_outside(f_r[0], f_b[0])])
         surfaces.append((f_r, f_b))
     finite = np.asarray(per_residue, dtype=float)
-    return {"rms_tica_kjmol": rms_tica, "n_bins_tica": n_bins, "rms_tica_per_walker_kjmol": per_walker,
-            "outside_tica": [mass_outside(f_arm, f_ref), mass_outside(f_ref, f_arm)],
-            "outside_torsions_per_residue": outside_torsions,
-            "rms_torsions_per_residue_kjmol": per_residue,
+    return {**out, "outside_torsions_per_residue": outside_torsions, "rms_torsions_per_residue_kjmol": per_residue,
             "rms_torsions_kjmol": float(np.nanmean(finite)) if np.isfinite(finite).any() else float("nan"),
-            "_fes_tica": (f_arm, xe, ye), "_fes_ref": (f_ref, xe, ye), "_torsion_surfaces": surfaces}
+            "_torsion_surfaces": surfaces}
 
 
-def walkers_against_each_other(runs: list[dict], s: dict, range_tics: tuple) -> dict:
+def walkers_against_each_other(runs: list[dict], s: dict, range_tics: tuple, torsions: bool = True) -> dict:
     """Each walker's reweighted F against its arm's other walkers pooled (that pool as the reference in
     :func:`fes_rms`): RMS F(TIC1, TIC2) and the mean over residues of RMS F(φ, ψ), per walker; empty lists for one
-    walker.
+    walker. ``torsions=False`` leaves the F(φ, ψ) list empty (:func:`rms_over_time` reads TIC1-2 only).
 
     Why: the reference's halves bound what the reference can resolve; this bounds what the arm can. Where a walker
     differs from the others as much as the arm from the reference, the arm's own F is not converged (measured on
@@ -244,13 +254,15 @@ def walkers_against_each_other(runs: list[dict], s: dict, range_tics: tuple) -> 
         f_one = pooled_fes([tuple(one["tics"][one["keep"]].T)], [one["weights"]], s["tica_bins"], range_tics)[0]
         f_rest = pooled_fes([tuple(r["tics"][r["keep"]].T) for r in rest], weights, s["tica_bins"], range_tics)[0]
         out["rms_tica_walker_vs_rest_kjmol"].append(fes_rms(f_rest, f_one, cutoff)[0])
-        torsions = [fes_rms(pooled_fes([(r["phi"][r["keep"], i], r["psi"][r["keep"], i]) for r in rest], weights,
+        if not torsions:
+            continue
+        per_residue = [fes_rms(pooled_fes([(r["phi"][r["keep"], i], r["psi"][r["keep"], i]) for r in rest], weights,
                                        s["torsion_bins"], whole, True)[0],
                             pooled_fes([(one["phi"][one["keep"], i], one["psi"][one["keep"], i])], [one["weights"]],
                                        s["torsion_bins"], whole, True)[0], cutoff)[0]
                     for i in range(one["phi"].shape[1])]
-        out["rms_torsions_walker_vs_rest_kjmol"].append(float(np.nanmean(torsions)) if np.isfinite(torsions).any()
-                                                        else float("nan"))
+        out["rms_torsions_walker_vs_rest_kjmol"].append(
+            float(np.nanmean(per_residue)) if np.isfinite(per_residue).any() else float("nan"))
     return out
 
 
@@ -259,14 +271,16 @@ def reference_halves_rms(ref: dict, s: dict, range_tics: tuple | None = None) ->
     the arms are (the whole run's TIC range, or ``range_tics``).
 
     Why: an arm cannot be shown to match the reference better than two halves of the reference match each other;
-    where the halves differ by more than a target, this reference cannot test that target.
+    where the halves differ by more than a target, this reference cannot test that target. ``_torsion_surfaces``
+    (per residue: each half's :func:`pooled_fes`) is for :func:`settled_region`; like every ``_`` key it stays out
+    of the JSON (:func:`public`).
     """
     half = len(ref["tics"]) // 2
     first = {k: ref[k][:half] for k in ("tics", "phi", "psi")}
     second = {**{k: ref[k][half:] for k in ("tics", "phi", "psi")}, "keep": slice(None), "weights": None}
     c = compare_fes(first, [second], s, range_tics or tic_range(ref["tics"]))
     return {k: c[k] for k in ("rms_tica_kjmol", "n_bins_tica", "rms_torsions_kjmol", "rms_torsions_per_residue_kjmol",
-                              "outside_tica", "outside_torsions_per_residue")}
+                              "outside_tica", "outside_torsions_per_residue", "_torsion_surfaces")}
 
 
 def training_coverage(ref: dict, runs: list[dict], s: dict, dwell_frames: int) -> dict:
@@ -292,10 +306,9 @@ def training_coverage(ref: dict, runs: list[dict], s: dict, dwell_frames: int) -
             "tic1_transitions_per_run": [tic1_transitions(r["tics"][:, 0], ref["cores"], dwell_frames) for r in fed]}
 
 
-def _torsion_bin(angle: np.ndarray, bins: int) -> np.ndarray:
-    """Index of each periodic angle's bin on [-π, π), as :func:`pooled_fes` bins it."""
-    wrapped = np.mod(np.asarray(angle, dtype=float) + np.pi, 2 * np.pi)
-    return np.minimum((wrapped * (bins / (2 * np.pi))).astype(int), bins - 1)
+def public(d: dict) -> dict:
+    """``d`` without its ``_`` keys (surfaces and edges kept for plots and later steps, not for the JSON)."""
+    return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
 def settled_region(ref: dict, s: dict, halves: dict) -> dict | None:
@@ -309,63 +322,67 @@ def settled_region(ref: dict, s: dict, halves: dict) -> dict | None:
     the RMS over shared bins compares it too. Restricted to this region, reference and arm compare what the
     reference has sampled back and forth; the region is chosen from the reference alone, never from an arm.
 
+    The halves' surfaces are ``halves["_torsion_surfaces"]``, so the region's bins are the very ones the halves
+    were compared on.
+
     Returns
     -------
     dict
-        ``residues`` (0-based columns of ``phi``/``psi``), ``bins`` (``{residue: [bins, bins] bool}``, φ by ψ) and
-        ``reference_fraction_left_out`` (of the reference's frames).
+        ``residues`` (0-based columns of ``phi``/``psi``), ``bins`` (``{residue: [bins, bins] bool}``, φ by ψ),
+        ``edges`` (the φ and the ψ bin edges, rad) and ``reference_fraction_left_out`` (of the reference's frames).
     """
     flagged = [i for i, pair in enumerate(halves.get("outside_torsions_per_residue") or [])
                if np.nanmax(np.asarray(pair, dtype=float)) > OUTSIDE_MAX]
     if not flagged:
         return None
-    half, bins, whole = len(ref["phi"]) // 2, s["torsion_bins"], ((-np.pi, np.pi), (-np.pi, np.pi))
-    shared = {}
-    for i in flagged:
-        first, second = (pooled_fes([(ref["phi"][part, i], ref["psi"][part, i])], [None], bins, whole, True)[0]
-                         for part in (slice(None, half), slice(half, None)))
-        shared[i] = np.isfinite(first) & np.isfinite(second)
-    region = {"residues": flagged, "bins": shared}
-    region["reference_fraction_left_out"] = float(1.0 - in_region(ref["phi"], ref["psi"], region, bins).mean())
+    surfaces = halves["_torsion_surfaces"]
+    region = {"residues": flagged, "edges": surfaces[flagged[0]][0][1:],
+              "bins": {i: np.isfinite(surfaces[i][0][0]) & np.isfinite(surfaces[i][1][0]) for i in flagged}}
+    region["reference_fraction_left_out"] = float(1.0 - in_region(ref["phi"], ref["psi"], region).mean())
     return region
 
 
-def in_region(phi: np.ndarray, psi: np.ndarray, region: dict, bins: int) -> np.ndarray:
-    """``[T]`` bool: frames (``phi``, ``psi`` ``[T, residues]`` rad) inside :func:`settled_region`'s region."""
+def in_region(phi: np.ndarray, psi: np.ndarray, region: dict) -> np.ndarray:
+    """``[T]`` bool: frames (``phi``, ``psi`` ``[T, residues]`` rad) inside :func:`settled_region`'s region, each
+    angle wrapped and binned on the region's edges as :func:`pooled_fes` bins it (``np.histogram2d``: half-open
+    bins, the last closed)."""
+    phi_edges, psi_edges = region["edges"]
     inside = np.ones(len(phi), dtype=bool)
     for i in region["residues"]:
-        inside &= region["bins"][i][_torsion_bin(phi[:, i], bins), _torsion_bin(psi[:, i], bins)]
+        inside &= region["bins"][i][np.digitize(wrap_angle(phi[:, i]), phi_edges[1:-1]),
+                                    np.digitize(wrap_angle(psi[:, i]), psi_edges[1:-1])]
     return inside
 
 
-def compare_settled(ref: dict, arm_runs: list[dict], s: dict, region: dict) -> dict:
+def compare_settled(ref: dict, arm_runs: list[dict], s: dict, region: dict, torsions: bool = True) -> dict:
     """:func:`compare_fes` of the reference and an arm, both restricted to ``region`` (:func:`settled_region`),
     on the whole reference's TIC bins (its floor: :func:`settled_halves`).
 
     Each walker keeps the OPES weights of its frames inside (not renormalised: walkers stay equally weighted, so the
     pooled surface is the conditional one). ``arm_probability_left_out``: the arm's reweighted probability outside,
-    the counterpart of ``reference_fraction_left_out``.
+    the counterpart of ``reference_fraction_left_out``. ``torsions=False``: TIC1-2 only (``rms_torsions_kjmol``
+    NaN), as in :func:`compare_fes`.
     """
-    bins, rng, keys = s["torsion_bins"], tic_range(ref["tics"]), ("tics", "phi", "psi")
-    inside = in_region(ref["phi"], ref["psi"], region, bins)
+    rng, keys = tic_range(ref["tics"]), ("tics", "phi", "psi")
+    inside = in_region(ref["phi"], ref["psi"], region)
     restricted = {k: ref[k][inside] for k in keys}
     kept, left_out = [], []
     for r in (r for r in arm_runs if len(r["tics"])):
         frames = np.arange(len(r["tics"]))[r["keep"]]
-        mask = in_region(r["phi"][frames], r["psi"][frames], region, bins)
+        mask = in_region(r["phi"][frames], r["psi"][frames], region)
         kept.append({**{k: r[k][frames][mask] for k in keys}, "keep": slice(None), "weights": r["weights"][mask]})
         left_out.append(1.0 - float(r["weights"][mask].sum() / r["weights"].sum()))
-    c = compare_fes(restricted, kept, s, rng)
+    c = compare_fes(restricted, kept, s, rng, torsions)
     return {"rms_tica_kjmol": c["rms_tica_kjmol"], "n_bins_tica": c["n_bins_tica"],
-            "rms_torsions_kjmol": c["rms_torsions_kjmol"],
+            "rms_torsions_kjmol": c.get("rms_torsions_kjmol", float("nan")),
             "arm_probability_left_out": float(np.mean(left_out)) if left_out else float("nan")}
 
 
 def settled_halves(ref: dict, s: dict, region: dict) -> dict:
     """:func:`reference_halves_rms` of the reference restricted to ``region``, on the whole reference's TIC bins:
     the floor the restricted arms' RMS is judged against."""
-    inside = in_region(ref["phi"], ref["psi"], region, s["torsion_bins"])
-    return reference_halves_rms({k: ref[k][inside] for k in ("tics", "phi", "psi")}, s, tic_range(ref["tics"]))
+    inside = in_region(ref["phi"], ref["psi"], region)
+    return public(reference_halves_rms({k: ref[k][inside] for k in ("tics", "phi", "psi")}, s, tic_range(ref["tics"])))
 
 
 def rms_over_time(ref: dict, walkers: list[dict], s: dict, region: dict | None = None, points: int = 6) -> dict:
@@ -395,10 +412,10 @@ def rms_over_time(ref: dict, walkers: list[dict], s: dict, region: dict | None =
             keep, weights = walker_weights(w["bias"][:end])
             cut.append({**{k: w[k][:end] for k in ("tics", "phi", "psi")}, "keep": keep, "weights": weights})
         out["ns_per_walker"].append(end * s["frame_ps"] * 1e-3)
-        out["rms_tica_kjmol"].append(compare_fes(ref, cut, s, rng)["rms_tica_kjmol"])
-        out["rms_tica_settled_kjmol"].append(compare_settled(ref, cut, s, region)["rms_tica_kjmol"] if region
+        out["rms_tica_kjmol"].append(compare_fes(ref, cut, s, rng, torsions=False)["rms_tica_kjmol"])
+        out["rms_tica_settled_kjmol"].append(compare_settled(ref, cut, s, region, torsions=False)["rms_tica_kjmol"] if region
                                              else float("nan"))
-        each = walkers_against_each_other(cut, s, rng)["rms_tica_walker_vs_rest_kjmol"]
+        each = walkers_against_each_other(cut, s, rng, torsions=False)["rms_tica_walker_vs_rest_kjmol"]
         out["walker_vs_rest_tica_kjmol"].append(float(np.nanmean(each)) if np.isfinite(each).any() else float("nan"))
     return out
 
@@ -407,7 +424,7 @@ def plot_rms_over_time(arms: dict, floors: dict, target_kjmol: float, path: Path
     """:func:`rms_over_time` of each arm (``arms``: name → its dict): against the reference (solid: shared bins,
     dashed: where the reference's halves agree) and each walker against the others (mean); ``floors``: label →
     the reference halves' RMS, drawn as grey lines, and the target as a black one."""
-    from cvlearn.analysis.plots import _save, plt
+    from cvlearn.analysis.plots import plt, save_figure
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for k, (arm, v) in enumerate(arms.items()):
@@ -426,7 +443,7 @@ def plot_rms_over_time(arms: dict, floors: dict, target_kjmol: float, path: Path
     right.set(title="each walker vs its arm's others (mean)")
     fig.subplots_adjust(right=0.78, bottom=0.13)
     fig.legend(*left.get_legend_handles_labels(), loc="center right", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     return path.name
 
 
@@ -501,6 +518,6 @@ def plot(ref_fes, arms: dict, path_stem: Path) -> list[str]:
 
 __all__ = ["OUTSIDE_MAX", "compare_fes", "compare_settled", "core_intervals", "core_relaxation", "fes_rms",
            "in_region", "mass_outside", "plot", "project", "reference_model", "basin_dF", "basin_dF_over_time",
-           "plot_dF_convergence", "plot_rms_over_time", "reference_basins", "reference_halves_rms", "rms_over_time",
+           "plot_dF_convergence", "plot_rms_over_time", "public", "reference_basins", "reference_halves_rms", "rms_over_time",
            "settled_halves", "settled_region", "tic_range", "torsions", "tic1_transitions", "two_state_cores",
-           "walker_weights", "walkers_against_each_other"]
+           "walker_weights", "walkers_against_each_other", "wrap_angle"]

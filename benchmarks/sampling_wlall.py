@@ -183,8 +183,9 @@ def min_dwell_frames(s: dict, dwell_ps: float | None = None) -> int:
 
 
 def sensitivity_dwells_ps(s: dict) -> list[float]:
-    """Dwells the transition counts are also reported at: from one TICA lag to 100 of them."""
-    return [s["tica_lag_ps"] * k for k in (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0)]
+    """Dwells the transition counts are also reported at: from one TICA lag to 100 of them, and the targets' own
+    (``transition_dwell_ps``), so a walker's count is read from its row (:func:`analyse_walker`), not counted again."""
+    return sorted({s["tica_lag_ps"] * k for k in (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0)} | {s["transition_dwell_ps"]})
 
 
 def transitions_by_dwell(tic1: np.ndarray, cores: dict, s: dict) -> list[int]:
@@ -225,8 +226,8 @@ def analyse_walker(work: Path, config, ended: dict | None, ref: dict, cores: dic
     tics = ana.project(ref["model"], features)
     keep, weights = ana.walker_weights(colvar["bias"])
     ns = n * s["frame_ps"] * 1e-3
-    transitions = ana.tic1_transitions(tics[:, 0], cores, min_dwell_frames(s))
     row["transitions_by_dwell"] = transitions_by_dwell(tics[:, 0], cores, s)
+    transitions = row["transitions_by_dwell"][sensitivity_dwells_ps(s).index(s["transition_dwell_ps"])]
     # Does the biased component still follow the slowest process under bias? (A CV that tracks TIC1 on unbiased
     # frames can be moved by faster motions once biased: then transitions stay rare however flat the bias.)
     row["r_cv_tic1"] = float(np.corrcoef(colvar[cv_field], tics[:, 0])[0, 1]) if n > 2 else float("nan")
@@ -251,6 +252,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
     n_ref = len(ref["tics"])
     dwells = sensitivity_dwells_ps(s)
     ref_hours = n_ref * s["frame_ps"] * 1e-3 * STEPS_PER_NS * ref["ms_per_step"] / 3.6e6
+    halves = ana.reference_halves_rms(ref, s)
     result["reference"] = {
         "ns": ref["ns"], "ns_analysed": ref["ns_analysed"], "target_ns": reference_target_ns(args, s, ref),
         "segments": ref["n_segments"], "slowest_its_ps": ref["slowest_its_ps"],
@@ -264,7 +266,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         "transitions_per_wall_hour": ref_trans / ref_hours if ref_hours > 0 else float("nan"),
         "ms_per_step": ref["ms_per_step"], "its_factor": s["its_factor"],
         "basins": ana.reference_basins(ref["tics"][:, 0], cores, s["frame_ps"]),
-        "halves": ana.reference_halves_rms(ref, s)}
+        "halves": ana.public(halves)}
     result["training_coverage"] = {
         name: {"ns": len(paths) * s["train_ns"], "temperature_k": s[runs.TRAINING_SETS[name][0]],
                "arms": [arm for arm in runs.ARMS  # a retrained arm's CV learned from its walkers, not this set
@@ -273,7 +275,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
                                              for f, phi, psi in ana.torsions(paths, paths[0].with_suffix(".pdb"))],
                                        s, min_dwell_frames(s))}
         for name, paths in (training or {}).items() if paths}
-    region = ana.settled_region(ref, s, result["reference"]["halves"])
+    region = ana.settled_region(ref, s, halves)
     if region is not None:
         result["reference"]["settled"] = {"residues": region["residues"],
                                           "fraction_left_out": region["reference_fraction_left_out"],
@@ -324,7 +326,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
             "ns_counted": ns_counted,
             "ms_per_step": float(np.nanmean([r["ms_per_step"] for r in rows])) if rows else float("nan"),
             "dF_BA_kjmol": pooled_dF, "dF_BA_per_walker_kjmol": [w["row"]["dF_BA_kjmol"] for w in fine],
-            **{k: v for k, v in compared[arm].items() if not k.startswith("_")}}
+            **ana.public(compared[arm])}
         result["rows"] += [{"arm": arm, **r} for r in rows]
     stem = RESULTS / ("sampling_wlall_quick" if args.quick else "sampling_wlall")
     ref_fes = ana.pooled_fes([tuple(ref["tics"].T)], [None], s["tica_bins"], ana.tic_range(ref["tics"]))
@@ -741,7 +743,8 @@ def markdown(r: dict) -> str:
                   "as much as the arm from the reference, the arm's F is not converged either."]
         lines += _over_time_lines(r)
         lines += ["", "Pearson r between the biased CV component and TIC1 on each walker's frames: " + "; ".join(
-            f"{arm} {', '.join(_f(v) for v in a.get('r_cv_tic1_per_walker', []))}" for arm, a in r["arms"].items())
+            f"{arm} {', '.join(_f(v) for v in a['r_cv_tic1_per_walker'])}" for arm, a in r["arms"].items()
+            if a.get("r_cv_tic1_per_walker"))
             + " (low: the bias moves the CV by motions other than the slowest process)."]
     else:
         lines += ["", "The reference is shorter than its first chunk: nothing compared yet."]

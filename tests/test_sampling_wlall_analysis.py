@@ -143,21 +143,27 @@ def test_the_settled_region_leaves_out_a_state_the_reference_entered_once_and_co
     region = ana.settled_region(ref, s, halves)
     assert region["residues"] == [1]
     assert region["reference_fraction_left_out"] == pytest.approx(5000 / 40000, abs=0.01)
-    inside = ana.in_region(ref["phi"], ref["psi"], region, s["torsion_bins"])
+    inside = ana.in_region(ref["phi"], ref["psi"], region)
     assert inside[:35000].mean() > 0.99 and inside[35000:].mean() < 0.05  # αL's tail reaches shared bins
-    # the bins in_region reads are the histogram's: every frame inside lies in a bin both halves populated
-    first = ana.pooled_fes([(ref["phi"][:20000, 1], ref["psi"][:20000, 1])], [None], 12,
-                           ((-np.pi, np.pi), (-np.pi, np.pi)), True)[0]
-    assert np.isfinite(first[ana._torsion_bin(ref["phi"][inside, 1], 12), ana._torsion_bin(ref["psi"][inside, 1], 12)]).all()
+    # the bins in_region reads are the histogram's: the frames inside are the counts of the region's bins in
+    # numpy's own 2-D histogram of the wrapped angles (shifted by 2π, so wrapping is exercised too)
+    counts = np.histogram2d(ana.wrap_angle(ref["phi"][:, 1] + 2 * np.pi), ana.wrap_angle(ref["psi"][:, 1] - 2 * np.pi),
+                            bins=12, range=((-np.pi, np.pi), (-np.pi, np.pi)))[0]
+    shifted = ana.in_region(ref["phi"] + 2 * np.pi, ref["psi"] - 2 * np.pi, region)
+    assert np.array_equal(shifted, inside) and inside.sum() == counts[region["bins"][1]].sum()
+    assert "_torsion_surfaces" not in ana.public(halves) and set(ana.public(halves)) < set(halves)
 
     arm = _peptide_like(rng, 40000, 200)
     weights = rng.uniform(0.5, 1.5, len(arm["tics"]))
     weights /= weights.sum()
     run = {**arm, "keep": slice(None), "weights": weights}
     whole = ana.compare_fes(ref, [run], s)
+    tic_only = ana.compare_fes(ref, [run], s, torsions=False)  # what rms_over_time reads at every prefix
+    assert tic_only["rms_tica_kjmol"] == whole["rms_tica_kjmol"] and tic_only["outside_tica"] == whole["outside_tica"]
+    assert "rms_torsions_per_residue_kjmol" not in tic_only
     settled = ana.compare_settled(ref, [run], s, region)
     own = ana.settled_halves(ref, s, region)
-    outside = ~ana.in_region(arm["phi"], arm["psi"], region, s["torsion_bins"])
+    outside = ~ana.in_region(arm["phi"], arm["psi"], region)
     assert settled["arm_probability_left_out"] == pytest.approx(weights[outside].sum())
     assert settled["arm_probability_left_out"] == pytest.approx(weights[40000:].sum(), abs=0.005)  # αL + sparse tails
     assert settled["rms_tica_kjmol"] < whole["rms_tica_kjmol"] - 0.4  # measured: 1.1-1.2 against 1.8-1.9

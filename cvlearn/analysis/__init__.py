@@ -19,7 +19,7 @@ _SUBMODULE_OF = {
     **dict.fromkeys(["plot_ck_test", "plot_cvs_on_phi_psi", "plot_cvs_on_plane", "plot_cvs_over_observables", "plot_fes_cvs",
                      "plot_delta_f_against_time", "plot_fes_2d", "plot_fes_panels", "plot_free_energy_profiles",
                      "plot_implied_timescales", "plot_profile_with_error", "plot_time_series", "plot_training_curves",
-                     "plot_vamp_curves"], "plots"),
+                     "plot_vamp_curves", "save_figure"], "plots"),
 }
 
 __all__ = sorted(_SUBMODULE_OF)

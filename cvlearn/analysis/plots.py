@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 from cvlearn.io import atomic_path  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> None:
+def save_figure(fig, path: str | Path) -> None:
+    """Write ``fig`` to ``path`` (PNG, 120 dpi) atomically and close it: the one way every figure here is saved."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
@@ -43,7 +44,7 @@ def plot_training_curves(histories: Mapping[str, Sequence[dict]], path: str | Pa
     ax.set_xlabel("epoch")
     ax.set_ylabel("VAMP-2")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_cvs_on_phi_psi(phi: np.ndarray, psi: np.ndarray, cvs: np.ndarray, path: str | Path) -> None:
@@ -64,7 +65,7 @@ def plot_cvs_on_phi_psi(phi: np.ndarray, psi: np.ndarray, cvs: np.ndarray, path:
         sc = ax.scatter(np.degrees(phi), np.degrees(psi), c=cvs[:, k], s=2, cmap="coolwarm", rasterized=True)
         fig.colorbar(sc, ax=ax, label=f"CV {k + 1}")
         ax.set(xlabel="φ (deg)", ylabel="ψ (deg)", xlim=(-180, 180), ylim=(-180, 180), title=f"learned CV {k + 1}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_cvs_on_plane(x: np.ndarray, y: np.ndarray, cvs: np.ndarray, path: str | Path, xlabel: str, ylabel: str,
@@ -89,7 +90,7 @@ def plot_cvs_on_plane(x: np.ndarray, y: np.ndarray, cvs: np.ndarray, path: str |
         hb = ax.hexbin(x, y, C=cvs[:, k], reduce_C_function=np.mean, gridsize=40, cmap="coolwarm", mincnt=1)
         fig.colorbar(hb, ax=ax, label=f"CV {k + 1}")
         ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{title}: CV {k + 1}" if title else f"CV {k + 1}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_fes_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str | Path,
@@ -111,7 +112,7 @@ def plot_fes_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarr
         mesh = ax.pcolormesh(np.degrees(xe), np.degrees(ye), fes.T, vmin=0, vmax=vmax_kjmol, cmap="viridis")
         fig.colorbar(mesh, ax=ax, label="F (kJ/mol)")
         ax.set(xlabel="φ (deg)", ylabel="ψ (deg)", title=title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_time_series(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, ylabel: str) -> None:
@@ -131,7 +132,7 @@ def plot_time_series(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: 
         ax.plot(np.asarray(t) / 1000.0, y, lw=0.5)
         ax.set(ylabel=ylabel, title=name)
     axes[-1, 0].set_xlabel("time (ns)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_free_energy_profiles(profiles: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]], path: str | Path,
@@ -155,7 +156,7 @@ def plot_free_energy_profiles(profiles: Mapping[str, Sequence[tuple[np.ndarray, 
             ax.plot(x, f, color=f"C{k}", alpha=0.8, lw=1.2, label=name if i == 0 else None)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_vamp_curves(by_lag: dict, by_dim: dict, dt_ps: float, path: str | Path) -> None:
@@ -177,7 +178,7 @@ def plot_vamp_curves(by_lag: dict, by_dim: dict, dt_ps: float, path: str | Path)
     a.set(xlabel="lag time (ps)", ylabel="VAMP-2", xscale="log")
     b.plot(by_dim["dims"], by_dim["vamp2"], "o-")
     b.set(xlabel="number of CVs", ylabel="VAMP-2")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_implied_timescales(its: dict, path: str | Path) -> None:
@@ -199,7 +200,7 @@ def plot_implied_timescales(its: dict, path: str | Path) -> None:
     ax.fill_between(lags, lags.min() * 0.5, lags, color="0.8")
     ax.set(xlabel="lag time (ps)", ylabel="implied timescale (ps)", yscale="log")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_ck_test(test, path: str | Path) -> None:
@@ -222,7 +223,7 @@ def plot_ck_test(test, path: str | Path) -> None:
             axes[i, j].set_title(f"{i + 1} → {j + 1}", fontsize=8)
             axes[i, j].set_ylim(-0.05, 1.05)
     axes[0, 0].legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_cvs_over_observables(cvs: np.ndarray, observables: Mapping[str, np.ndarray], path: str | Path,
@@ -247,7 +248,7 @@ def plot_cvs_over_observables(cvs: np.ndarray, observables: Mapping[str, np.ndar
         for j, name in enumerate(names):
             axes[k, j].scatter(observables[name], cvs[:, k], s=1, alpha=0.4, rasterized=True)
             axes[k, j].set(xlabel=name, ylabel=f"CV {k + 1}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_fes_cvs(cv1: np.ndarray, cv2: np.ndarray, weights, temperature_k: float, path: str | Path,
@@ -277,7 +278,7 @@ def plot_fes_cvs(cv1: np.ndarray, cv2: np.ndarray, weights, temperature_k: float
     mesh = ax.pcolormesh(xe, ye, fes.T, cmap="viridis")
     fig.colorbar(mesh, ax=ax, label="F (kJ/mol)")
     ax.set(xlabel="CV 1", ylabel="CV 2", title=title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_profile_with_error(x: np.ndarray, fes: np.ndarray, err: np.ndarray, path: str | Path, xlabel: str) -> None:
@@ -297,7 +298,7 @@ def plot_profile_with_error(x: np.ndarray, fes: np.ndarray, err: np.ndarray, pat
     ax.fill_between(x, fes - err, fes + err, color="C0", alpha=0.3, label="± block standard error")
     ax.set(xlabel=xlabel, ylabel="F (kJ/mol)")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_fes_2d(fes: np.ndarray, x_edges: np.ndarray, y_edges: np.ndarray, path: str | Path, xlabel: str,
@@ -319,7 +320,7 @@ def plot_fes_2d(fes: np.ndarray, x_edges: np.ndarray, y_edges: np.ndarray, path:
     mesh = ax.pcolormesh(x_edges, y_edges, fes.T, cmap="viridis")
     fig.colorbar(mesh, ax=ax, label="F (kJ/mol)")
     ax.set(xlabel=xlabel, ylabel=ylabel)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_delta_f_against_time(times_ps: np.ndarray, series: Mapping[str, np.ndarray], path: str | Path) -> None:
@@ -339,4 +340,4 @@ def plot_delta_f_against_time(times_ps: np.ndarray, series: Mapping[str, np.ndar
         ax.plot(times_ps, values, "o-", label=pair)
     ax.set(xlabel="time (ps)", ylabel="ΔF (kJ/mol)")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
