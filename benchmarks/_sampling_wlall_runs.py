@@ -95,15 +95,16 @@ def _training_prefixes(work: Path, s: dict, name: str) -> list[str]:
 
 def training_done(work: Path, s: dict, name: str) -> bool:
     """Whether every run of training set ``name`` has finished (an analysis reads it without running anything)."""
-    return all((read_record(Path(prefix + ".run.json")) or {}).get("finished")
-               for prefix in _training_prefixes(work, s, name))
+    return finished_training_data(work, s, name) is not None
 
 
 def finished_training_data(work: Path, s: dict, name: str) -> list[Path] | None:
     """The DCD paths of training set ``name`` when every run has finished, else None: for an analysis, which must
     not build and hash the System per run as :func:`training_data` does."""
-    return [Path(prefix + ".dcd") for prefix in _training_prefixes(work, s, name)] if training_done(work, s, name) \
-        else None
+    prefixes = _training_prefixes(work, s, name)
+    if not all((read_record(Path(prefix + ".run.json")) or {}).get("finished") for prefix in prefixes):
+        return None
+    return [Path(prefix + ".dcd") for prefix in prefixes]
 
 
 def training_data(work: Path, s: dict, name: str = "train") -> list[Path]:
