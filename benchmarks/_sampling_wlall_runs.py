@@ -36,14 +36,20 @@ SYSTEM = "pentapeptide_wlall"
 # the slowest process; component 1 carries the rest of that plane.
 # ``gnn_hot_2d`` / ``distances_hot_2d``: as ``gnn_2d`` and a 2-D distance baseline, learned from the ``train_hot``
 # runs instead: the 400 K runs never entered Leu2's αL (23 % of the reference; ``training_coverage``), 600 K runs do.
+# ``torsions_2d``: no learned CV, a control: OPES on Trp ψ and Leu2 φ, the two torsions that carry the reference's
+# slow motions (Trp's β ↔ helix, TIC1; Leu2's αL, entered once at 238 ns), on the native route (OpenMM's
+# CustomTorsionForces and a tabulated bias, near unbiased speed). Chosen from the reference, so it shows what a CV that
+# knows the slow torsions reaches against this reference, not what a user could pick blind.
 ARMS = {"gnn": "learn/cv.pt", "distances": "learn/baseline_distances_cv.pt", "gnn_retrained": "retrain/cv.pt",
         "gnn_2d": "learn/cv.pt", "gnn_hot_2d": "learn_hot/cv.pt",
-        "distances_hot_2d": "learn_hot/baseline_distances_cv.pt"}
+        "distances_hot_2d": "learn_hot/baseline_distances_cv.pt", "torsions_2d": "torsions/torsions_cv.pt"}
 RETRAINED_FROM = {"gnn_retrained": "gnn"}  # arm -> the arm whose walkers' frames it is trained on
+# arm -> (residue index among the five, "phi" | "psi") of each torsion of its CV (exported by :func:`torsion_cv`)
+NATIVE_ARMS = {"torsions_2d": ((0, "psi"), (1, "phi"))}
 # arms that answer "does the GNN do better?": the targets are the others'
-BASELINE_ARMS = ("distances", "distances_hot_2d")
+BASELINE_ARMS = ("distances", "distances_hot_2d", "torsions_2d")
 # arm -> its biased CV components (else the settings' ``components``)
-ARM_COMPONENTS = {"gnn_2d": (0, 1), "gnn_hot_2d": (0, 1), "distances_hot_2d": (0, 1)}
+ARM_COMPONENTS = {"gnn_2d": (0, 1), "gnn_hot_2d": (0, 1), "distances_hot_2d": (0, 1), "torsions_2d": (0, 1)}
 # training set (its directory) -> (the settings key of its temperature, the directory of the CVs learned from it)
 TRAINING_SETS = {"train": ("train_temperature_k", "learn"), "train_hot": ("hot_train_temperature_k", "learn_hot")}
 
@@ -72,10 +78,40 @@ class Budget:
             raise OutOfTime(f"budget spent before {what}")
 
 
-def training_set_of(arm: str) -> str:
-    """The training set (:data:`TRAINING_SETS`) an arm's CV was learned from; a retrained arm's is its source's."""
+def training_set_of(arm: str) -> str | None:
+    """The training set (:data:`TRAINING_SETS`) an arm's CV was learned from; a retrained arm's is its source's; None
+    for an arm of native torsions (:data:`NATIVE_ARMS`), which learns nothing."""
+    if arm in NATIVE_ARMS:
+        return None
     learned_in = Path(ARMS[RETRAINED_FROM.get(arm, arm)]).parts[0]
     return next(name for name, (_, learn_dir) in TRAINING_SETS.items() if learn_dir == learned_in)
+
+
+def torsion_cv(work: Path, arm: str) -> Path:
+    """The CV file of native arm ``arm``: its torsions (:data:`NATIVE_ARMS`) of the five residues, in the order the
+    analysis reads them (``_sampling_wlall_analysis.torsions``: mdtraj's φ/ψ keyed by each residue's CA), exported
+    once by :func:`openmm_plugin.bias.torsions.export_torsion_cv`, which runs on ``cvlearn bias``'s native route."""
+    import mdtraj
+
+    from openmm_plugin.bias.torsions import export_torsion_cv
+    from systems import pentapeptide_wlall as wl
+
+    path = work / ARMS[arm]
+    if not path.is_file():
+        molecule = wl.build(minimize=False)
+        top = mdtraj.Topology.from_openmm(molecule.topology)
+        frame = mdtraj.Trajectory(molecule.positions_nm[None].astype(np.float32), top)
+        found = {"phi": mdtraj.compute_phi(frame)[0], "psi": mdtraj.compute_psi(frame)[0]}
+        key = {"phi": 2, "psi": 1}  # the CA's place in each quadruple
+        residues = sorted(set(found["phi"][:, 2]) & set(found["psi"][:, 1]))  # the CAs of the five residues
+        quads, names = [], []
+        for residue, kind in NATIVE_ARMS[arm]:
+            ca = residues[residue]
+            quads.append([int(a) for a in found[kind][list(found[kind][:, key[kind]]).index(ca)]])
+            names.append(f"{kind}_{wl.SEQUENCE[residue]}{residue + 1}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_torsion_cv(path, quads, molecule.topology, names=names)
+    return path
 
 
 def training_config(work: Path, s: dict, name: str, seed: int):
@@ -333,14 +369,16 @@ def walker_config(work: Path, s: dict, arm: str, seed: int, sigma):
     step = lambda ps: int(round(ps / 0.002)) // s["mts"] * s["mts"]  # noqa: E731  (WLALL steps are 2 fs)
     opes = OPESParams(sigma="adaptive" if sigma == "adaptive" else tuple(sigma), barrier_kjmol=s["barrier_kjmol"],
                       pace_steps=step(s["pace_ps"]))
+    native = arm in NATIVE_ARMS  # the native route: no PythonForce, so no compile and no force guard
     return BiasConfig(cv=str(work / ARMS[arm]), system=SYSTEM, out=str(walker_dir(work, arm, seed)),
-                      method="opes-metad", route="python", compile=s["compile"],
+                      method="opes-metad", route="native" if native else "python",
+                      compile=False if native else s["compile"],
                       components=arm_components(s, arm),
                       range_margin_fraction=s["wall_margin_fraction"], walls_at_training_range=True, temperature_k=300.0,
                       n_steps=step(s["walker_ns"] * 1e3), report_interval_steps=step(s["frame_ps"]),
                       save_every_steps=step(s["checkpoint_ps"]), seed=seed, mts_substeps=s["mts"], torch_threads=1,
                       platform=s["platform"], trajectory=True, opes=opes,
-                      force_guard_kjmol_nm=s.get("force_guard_kjmol_nm"))
+                      force_guard_kjmol_nm=None if native else s.get("force_guard_kjmol_nm"))
 
 
 def _outcome_path(config) -> Path:

@@ -36,6 +36,11 @@ learn both CVs again, same settings, from a second training set, ``train_hot``: 
 at 600 K 7 times; ``training_coverage`` reports what the set holds), each biased on its two components as ``gnn_2d``.
 Against ``gnn_2d`` only the training data differ.
 
+Arm ``torsions_2d`` is a control with no learned CV: OPES on Trp ψ and Leu2 φ (``runs.NATIVE_ARMS``), the torsions
+that carry the reference's slow motions, biased the same way (σ rule, barrier, pace, MTS) on ``cvlearn bias``'s native
+route (CustomTorsionForces and a tabulated bias, so no PythonForce, no force guard; periodic, so no walls). It is
+chosen from the reference, so it shows what a CV that knows the slow torsions reaches against this reference.
+
     python benchmarks/sampling_wlall.py --quick                        # every code path (minutes), resumable too
     nice python benchmarks/sampling_wlall.py --work benchmarks/state/sampling_wlall --budget-min 50 --jobs 2
                                                                        # the result, grown over several sessions
@@ -522,7 +527,7 @@ def arm_configs(args, work: Path, s: dict, arms: list[str], configs: dict, budge
     for arm, cv_file in runs.ARMS.items():
         if arm in configs:
             continue
-        cv_path = work / cv_file
+        cv_path = runs.torsion_cv(work, arm) if arm in runs.NATIVE_ARMS and arm in arms else work / cv_file
         source = runs.RETRAINED_FROM.get(arm)
         if source and arm in arms and not cv_path.is_file():
             data = runs.retrain_data(work, s, configs.get(source, []))
@@ -557,14 +562,14 @@ def run(args) -> dict:
 
     open_run(work / "benchmark.run.json", s, outputs=[work / d for d in ("train", "learn", "reference", "bias",
                                                                           "sigma.json", "retrain", "train_hot",
-                                                                          "learn_hot")],
+                                                                          "learn_hot", "torsions")],
              restart_fresh=args.restart_fresh, extendable=("walker_ns",),  # a longer --walker-ns extends the walkers
              added={k: s[k] for k in ADDED}, ignore=("out", *ANALYSIS_ONLY))
     budget = runs.Budget(args.budget_min)
     started, stopped, learned, configs, ref, trajectories = time.perf_counter(), None, {}, {}, None, {}
     try:
         # the 400 K set always (the reference's first arms); another set when an arm run now is learned from it
-        for name in dict.fromkeys(["train", *[runs.training_set_of(arm) for arm in arms]]):
+        for name in dict.fromkeys(["train", *filter(None, map(runs.training_set_of, arms))]):
             budget.check(f"the training data {name}")
             trajectories[name] = runs.training_data(work, s, name)
             budget.check(f"cvlearn learn on {name}")
@@ -640,6 +645,14 @@ def _own_components(st: dict) -> str:
     return "".join(f" (arm {arm}: {', '.join(map(str, c))})" for arm, c in own.items())
 
 
+def _native_sentence(r: dict) -> str:
+    """The arms of native torsions (``runs.NATIVE_ARMS``) in the results, for the header: their route differs."""
+    native = [arm for arm in runs.NATIVE_ARMS if arm in r["arms"]]
+    return "".join(f" Arm {arm}: OPES on the torsions {', '.join(f'{kind} of residue {i + 1}' for i, kind in runs.NATIVE_ARMS[arm])} "
+                   "(no learned CV; chosen from the reference: a control), on the native route (CustomTorsionForces, "
+                   "tabulated bias), so no bias-force guard and no walls." for arm in native)
+
+
 def _dwell_lines(r: dict) -> list[str]:
     """How the transition counts, and each arm's ratio to the reference, depend on the dwell a visit must last; and
     the count the reference's two-state relaxation predicts."""
@@ -672,7 +685,7 @@ def markdown(r: dict) -> str:
              f"σ rule {st['sigma_rule']}: {st['sigma']}, walls {st['wall_margin_fraction']:.0%} outside the training "
              f"range, MTS {st['mts']}, bias-force guard {st.get('force_guard_kjmol_nm')} kJ/mol/nm) on CV components "
              f"{st['components']}{_own_components(st)}, {st['seeds']} walkers × {st['walker_ns']} ns "
-             f"per arm, {st['platform']} platform, 1 thread."]
+             f"per arm, {st['platform']} platform, 1 thread." + _native_sentence(r)]
     if r["stopped"]:
         lines += ["", f"Stopped: {r['stopped']} (rerun to go on)."]
     if ref:

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import _sampling_wlall_runs as runs
 from benchmarks.sampling_wlall import FULL, extended_walker_ns, interim_walker, reference_target_ns
@@ -105,6 +106,28 @@ def test_the_2d_arm_biases_both_components_of_the_gnn_cv_and_the_others_the_sett
     assert runs.walker_dir(tmp_path, "gnn_2d", 0) != runs.walker_dir(tmp_path, "gnn", 0)
 
 
+def test_the_torsion_arm_biases_trp_psi_and_leu2_phi_on_the_native_route(tmp_path):
+    """Its CV file holds the torsions the analysis calls Trp ψ and Leu2 φ (same atoms, same angles as mdtraj on the
+    start frame), and its walkers run natively: no PythonForce, so no compile and no force guard."""
+    import mdtraj
+
+    from cvlearn.export import load_cv
+    from systems import pentapeptide_wlall as wl
+
+    path = runs.torsion_cv(tmp_path, "torsions_2d")
+    cv, spec = load_cv(path)
+    assert spec.extra["cv_names"] == ["psi_W1", "phi_L2"] and list(spec.component_periods) == [2 * np.pi] * 2
+    molecule = wl.build(minimize=False)
+    frame = mdtraj.Trajectory(molecule.positions_nm[None], mdtraj.Topology.from_openmm(molecule.topology))
+    (_, psi), (_, phi) = mdtraj.compute_psi(frame), mdtraj.compute_phi(frame)  # W L A L L: ψ_W is psi[0], φ_L2 phi[1]
+    want = [psi[0, 0], phi[0, 1]]
+    np.testing.assert_allclose(cv(torch.as_tensor(molecule.positions_nm)).detach().numpy(), want, atol=1e-5)
+    config = runs.walker_config(tmp_path, {**FULL, "components": [0]}, "torsions_2d", 0, [0.3, 0.3])
+    assert (config.route, config.compile, config.force_guard_kjmol_nm, config.components) == ("native", False, None,
+                                                                                              (0, 1))
+    assert runs.torsion_cv(tmp_path, "torsions_2d") == path  # exported once: the walkers' run records hash it
+
+
 def test_the_planned_reference_holds_the_transitions_the_unbiased_rate_needs():
     """20 x ITS, or longer where the rate so far gives fewer than min_reference_transitions; capped; the user's."""
     auto = argparse.Namespace(reference_ns="auto")
@@ -195,7 +218,8 @@ def test_each_arm_learns_from_its_training_set_and_a_set_is_done_when_all_its_ru
 
     assert {arm: runs.training_set_of(arm) for arm in runs.ARMS} == {
         "gnn": "train", "distances": "train", "gnn_retrained": "train", "gnn_2d": "train",
-        "gnn_hot_2d": "train_hot", "distances_hot_2d": "train_hot"}  # retrained: its source arm's set
+        "gnn_hot_2d": "train_hot", "distances_hot_2d": "train_hot",  # retrained: its source arm's set
+        "torsions_2d": None}  # native torsions: nothing learned
     s = {**FULL, "train_seeds": 2}
     hot = [runs.training_config(tmp_path, s, "train_hot", seed) for seed in range(2)]
     assert [c.temperature_k for c in hot] == [600.0, 600.0] and hot[0].out == str(tmp_path / "train_hot")

@@ -2,7 +2,7 @@
 
 It does what ``cvlearn bias`` does (the stage is built on it): read the CV's contract, check it against the
 System, build the bias with defaults from the contract (:func:`openmm_plugin.bias.params.make_bias`), add the
-bias force (PythonForce or TorchForce route), and return a :class:`BiasedCV` that attaches the COLVAR reporter and
+bias force (PythonForce, TorchForce or native route), and return a :class:`BiasedCV` that attaches the COLVAR reporter and
 checkpoint to the user's Simulation and runs the deposition loop.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,6 +21,7 @@ from cvlearn.distributed import check_device
 from cvlearn.errors import ConfigError
 from cvlearn.export import load_cv, load_eager_cv
 from openmm_plugin.bias.params import WallParams, make_bias, params_class
+from openmm_plugin.bias.native import native_bias_force
 from openmm_plugin.bias.reporter import BiasReporter, TrajectoryReporter
 from openmm_plugin.bias.runner import BiasRunner
 from openmm_plugin.forces import python_bias_force
@@ -28,7 +30,10 @@ from openmm_plugin.torch_force import TorchBiasForce
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BiasedCV", "bias_cv", "check_cv_matches_system"]
+__all__ = ["BiasedCV", "NATIVE_GRID_BINS", "ROUTES", "bias_cv", "check_cv_matches_system", "native_cv_forces"]
+
+ROUTES = ("python", "torch", "native")
+NATIVE_GRID_BINS = 128  # points per 2π: spacing 0.049 rad, under a fifth of OPES's default σ floor on a torsion
 
 
 @dataclasses.dataclass
@@ -39,8 +44,9 @@ class BiasedCV:
     ----------
     bias : openmm_plugin.bias.Bias
         The bias on the CV (numpy state; ``bias.leaves()`` for each term).
-    force : openmm.PythonForce or openmm_plugin.torch_force.TorchBiasForce
-        The force added to the System (TorchForce route: the wrapper that refreshes it at each deposition).
+    force : openmm.PythonForce, openmm_plugin.torch_force.TorchBiasForce or openmm_plugin.bias.native.NativeBiasForce
+        The force added to the System (TorchForce and native routes: the wrapper that refreshes it at each
+        deposition).
     runner : BiasRunner
         Deposition, checkpoint and walker bookkeeping.
     cv : torch.nn.Module
@@ -142,6 +148,31 @@ class BiasedCV:
             self.runner.save(simulation)
 
 
+def native_cv_forces(spec, system: openmm.System, cv_label: str = "the CV") -> list[openmm.Force]:
+    """One ``CustomTorsionForce("theta")`` per component of a CV file of native torsions (``spec.extra["native"]``,
+    written by :func:`openmm_plugin.bias.torsions.export_torsion_cv`), System atom indices; minimum-image bond
+    vectors when the System is periodic, so a molecule that crosses the box keeps its angles.
+
+    Why a CV file and not a list of atoms: the COLVAR names, periods, particle count and ranges then come from the
+    same contract as on the other routes, and the same file runs on the python route (its TorchScript twin)."""
+    torsions = (spec.extra.get("native") or {}).get("torsions")
+    if not torsions:
+        raise ConfigError(f"{cv_label}: route 'native' expected a CV file of OpenMM-native torsions "
+                          "(openmm_plugin.bias.torsions.export_torsion_cv), found a CV without them (a learned CV "
+                          "runs on route 'python' or 'torch')", key="route")
+    if len(torsions) != int(spec.n_cvs) or not 1 <= len(torsions) <= 3:
+        raise ConfigError(f"{cv_label}: route 'native' expected 1 to 3 torsions, one per CV component "
+                          f"(OpenMM tables have at most 3 axes), found {len(torsions)} for {spec.n_cvs} components",
+                          key="route")
+    forces = []
+    for quad in torsions:
+        force = openmm.CustomTorsionForce("theta")
+        force.addTorsion(*[int(a) for a in quad], [])
+        force.setUsesPeriodicBoundaryConditions(system.usesPeriodicBoundaryConditions())
+        forces.append(force)
+    return forces
+
+
 def colvar_cv_names(spec) -> list[str]:
     """The COLVAR field of each CV component: the CV file's ``cv_names``, else ``cv0``, ``cv1``, ..."""
     return list(spec.extra.get("cv_names") or [f"cv{i}" for i in range(int(spec.n_cvs))])
@@ -190,7 +221,8 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
             colvar: str | Path | None = None, report_interval_steps: int = 500, save_path: str | Path | None = None,
             save_every_steps: int | None = None, walkers_dir: str | Path | None = None, walker_id: int = 0,
             system_label: str = "the System", trajectory: str | Path | None = None, timestep_ps: float | None = None,
-            guard=None, device="cpu", cuda_graphs: bool = False, **method_kwargs) -> BiasedCV:
+            guard=None, device="cpu", cuda_graphs: bool = False, native_grid_bins: int = NATIVE_GRID_BINS,
+            **method_kwargs) -> BiasedCV:
     """Bias the exported CV in ``cv`` in ``system``: check the CV's contract, build the bias, add its force.
 
     Parameters
@@ -217,8 +249,11 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
         Walls at the training range ± margin (kappa ``walls.*_kappa_kjmol``, default 100 kJ/mol per CV unit²);
         None (``cvlearn bias``'s default; here False keeps ``bias`` the method's own object): when the CV file
         carries a training range and ``walls`` places no wall; a learned CV is trusted only where it was trained.
-    route : {"python", "torch"}
-        PythonForce (live bias, one model call per step) or TorchForce (refreshed at each deposition).
+    route : {"python", "torch", "native"}
+        PythonForce (live bias, one model call per step), TorchForce (refreshed at each deposition), or ``native``
+        for a CV file of OpenMM-native CVs (:func:`openmm_plugin.bias.torsions.export_torsion_cv`): OpenMM computes
+        the CVs and the bias is a table in a ``CustomCVForce`` (:mod:`openmm_plugin.bias.native`), at near the cost
+        of unbiased MD.
     compile : bool or {"aot", "inductor"}
         Python route: compile the CV's eager twin (:class:`openmm_plugin.cv_evaluation.CVEvaluator`).
     force_group : int
@@ -250,6 +285,9 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
         CUDA context), so it takes ``cpu`` here.
     cuda_graphs : bool
         Torch route: the TorchForce's ``useCUDAGraphs`` property (the CUDA platform replays the CV as a CUDA graph).
+    native_grid_bins : int
+        Native route: table points per CV period (spacing 2π/bins for torsions); keep OPES's smallest σ at two
+        spacings or more (:mod:`openmm_plugin.bias.native`: cubic-spline error ~0.04 (Δ/σ)⁴ of the summed height).
     **method_kwargs
         Fields of the method's parameter class, e.g. ``sigma=0.1, barrier_kjmol=30, pace_steps=500`` for OPES.
 
@@ -278,20 +316,21 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
     >>> biased.bias.periods.tolist()  # the torsion CV's contract made the kernels periodic
     [6.283185307179586, 6.283185307179586]
     """
-    if route not in ("python", "torch"):
-        raise ConfigError(f"expected 'python' or 'torch', found {route!r}", key="route")
+    if route not in ROUTES:
+        raise ConfigError(f"expected one of {list(ROUTES)}, found {route!r}", key="route")
     if compile and route != "python":
         raise ConfigError("compile: true needs route 'python' (a TorchForce runs TorchScript)", key="compile")
     check_device(device)  # "device: expected 'cpu', 'cuda' or 'cuda:N', found ..." before anything is built
     if str(device) != "cpu" and route != "python":
-        raise ConfigError(f"expected 'cpu' with route 'torch' (a TorchForce runs on the OpenMM platform's device; "
-                          f"the CUDA platform runs it on its GPU), found {str(device)!r}", key="device")
+        raise ConfigError(f"expected 'cpu' with route {route!r} (a TorchForce or a native CV runs on the OpenMM "
+                          f"platform's device: the CUDA platform runs it on its GPU), found {str(device)!r}",
+                          key="device")
     if cuda_graphs and route != "torch":
         raise ConfigError("expected false with route 'python' (useCUDAGraphs is a TorchForce property), found true",
                           key="cuda_graphs")
     if guard is not None and route != "python":
-        raise ConfigError("a bias-force guard needs route 'python' (a TorchForce's forces never reach Python)",
-                          key="force_guard_kjmol_nm")
+        raise ConfigError(f"a bias-force guard needs route 'python' (route {route!r}: the bias forces never reach "
+                          "Python)", key="force_guard_kjmol_nm")
     k = int(mts_substeps)
     for name, value in (("report_interval_steps", report_interval_steps), ("save_every_steps", save_every_steps)):
         if value is not None and int(value) % k:
@@ -303,8 +342,13 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
     bias = make_bias(method, spec.n_cvs, temperature_k=temperature_k, params=params, walls=walls,
                      components=components, periods=periods, spec=spec, range_margin_fraction=range_margin_fraction,
                      walls_at_training_range=walls_at_training_range, pace_divisor=k, cv_label=cv_label)
-    callback, on_update = None, None
-    if route == "python":
+    callback, on_update, native = None, None, None
+    if route == "native":
+        native = native_bias_force(native_cv_forces(spec, system, cv_label), bias, native_grid_bins, -math.pi,
+                                   math.pi, True, force_group=force_group, cv_names=colvar_cv_names(spec),
+                                   system=system)
+        force = native
+    elif route == "python":
         module = load_eager_cv(cv) if compile else module
         force = python_bias_force(module, bias, force_group=force_group, compile=compile, system=system,
                                   device=device)
@@ -313,7 +357,8 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
     else:
         force = TorchBiasForce(system, module, bias, force_group=force_group, cuda_graphs=cuda_graphs)
         on_update = force.refresh if bias.adaptive else None
-    runner = BiasRunner(bias, cv=module if callback is None else None, callback=callback, save_path=save_path,
+    runner = BiasRunner(bias, cv=module if callback is None and native is None else None, callback=callback,
+                        native=native, save_path=save_path,
                         save_every_steps=None if save_every_steps is None else int(save_every_steps) // k,
                         walkers_dir=walkers_dir, walker_id=walker_id, on_update=on_update, guard=guard)
     return BiasedCV(bias=bias, force=force, runner=runner, cv=module, spec=spec, system=system,

@@ -43,8 +43,12 @@ class Torsions(torch.nn.Module):
 
 
 def export_torsion_cv(path: str | Path, torsions: Sequence[Sequence[int]], topology,
-                      dtype: torch.dtype = torch.float64) -> torch.jit.ScriptModule:
+                      dtype: torch.dtype = torch.float64, names: Sequence[str] | None = None) -> torch.jit.ScriptModule:
     """Export torsions as a CV file; component i = torsion i, in radians on [-π, π), periodic (2π).
+
+    The file also records the torsions' System atoms (``spec.extra["native"]``), so ``cvlearn bias`` can run it on
+    route ``native`` (OpenMM's ``CustomTorsionForce`` and a tabulated bias, near unbiased speed) as well as through
+    the TorchScript module on the python route.
 
     Parameters
     ----------
@@ -56,6 +60,8 @@ def export_torsion_cv(path: str | Path, torsions: Sequence[Sequence[int]], topol
         The System's topology (particle count, elements and residues of the torsion atoms).
     dtype : torch.dtype
         Dtype of the module.
+    names : sequence of str, optional
+        COLVAR names of the components (default ``torsion0``, ``torsion1``, ...).
 
     Returns
     -------
@@ -69,4 +75,6 @@ def export_torsion_cv(path: str | Path, torsions: Sequence[Sequence[int]], topol
     return export_cv(Torsions(quadruples), path, atom_indices=atoms, n_particles=n_particles, topology=topology,
                      dtype=dtype, cv_range=[(-math.pi, math.pi)] * len(quadruples),
                      component_periods=[2 * math.pi] * len(quadruples),
-                     extra={"cv_names": [f"torsion{i}" for i in range(len(quadruples))]})
+                     extra={"cv_names": [f"torsion{i}" for i in range(len(quadruples))] if names is None
+                            else [str(n) for n in names],
+                            "native": {"torsions": [[int(a) for a in q] for q in torsions]}})

@@ -5,8 +5,9 @@ The System comes from exactly one source: ``system`` (a built-in, e.g. alanine d
 see :mod:`openmm_plugin.user_system`). Methods: ``metad``, ``opes-metad``, ``opes-explore``, ``restraint``
 (umbrella window) and ``walls`` (walls only); walls from ``walls`` are added to any method. Periods and metadynamics
 bounds left out come from the CV file's contract (:func:`openmm_plugin.bias.params.make_bias`). Routes: ``python``
-(PythonForce, adaptive, one model call per step) or ``torch`` (TorchForce; adaptive biases are refreshed at each
-deposition). Devices: the OpenMM ``platform`` (by name) runs the MD; the python route runs the CV on ``device``
+(PythonForce, adaptive, one model call per step), ``torch`` (TorchForce; adaptive biases are refreshed at each
+deposition) or ``native`` (a CV file of torsions, :func:`openmm_plugin.bias.torsions.export_torsion_cv`: OpenMM
+computes them and the bias is a table refreshed at each deposition, near the cost of unbiased MD). Devices: the OpenMM ``platform`` (by name) runs the MD; the python route runs the CV on ``device``
 (``cuda`` with platform ``CPU`` is allowed: CV on the GPU, MD on the CPU); the torch route runs it inside the
 Context, on the CUDA platform in its CUDA context (``cuda_graphs`` replays it as a CUDA graph). ``mts_substeps``
 k > 1 evaluates the bias force every k-th step (MTSLangevinIntegrator); step counts
@@ -42,7 +43,7 @@ from cvlearn.run_dir import open_run
 from openmm_plugin.bias.params import (METHODS, MetadParams, OPESParams, RestraintParams, WallParams, check_positive,
                                        make_bias)
 from openmm_plugin.bias.guard import ForceGuard
-from openmm_plugin.bias.setup import bias_cv
+from openmm_plugin.bias.setup import NATIVE_GRID_BINS, ROUTES, bias_cv
 from openmm_plugin.cv_evaluation import COMPILE_CHOICES
 from openmm_plugin.simulation import BIAS_GROUP, make_integrator, make_simulation, platform_by_name
 from openmm_plugin.user_system import check_system_source, load_system
@@ -73,7 +74,8 @@ class BiasConfig:
     friction_per_ps: Optional[float] = None  # default: the built-in system's, else 1.0
     out: str = "runs/bias"
     method: str = "opes-metad"
-    route: str = "python"
+    route: str = "python"  # python | torch | native (a CV file of native torsions: export_torsion_cv)
+    native_grid_bins: int = NATIVE_GRID_BINS  # native route: table points per 2π
     compile: Union[bool, str] = False  # python route: compile the CV's eager twin (true: ahead of time on the CPU,
     # torch.compile on a GPU; or 'aot' | 'inductor'; ala2 GNN CV: 0.29 vs 1.72 ms/step, bias_speed_pairs)
     device: str = "cpu"  # python route: where the CV runs (cpu | cuda | cuda:N), whatever the platform
@@ -107,8 +109,8 @@ class BiasConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method: expected one of {METHODS}, found {self.method!r}")
-        if self.route not in ("python", "torch"):
-            raise ValueError(f"route: expected 'python' or 'torch', found {self.route!r}")
+        if self.route not in ROUTES:
+            raise ValueError(f"route: expected one of {list(ROUTES)}, found {self.route!r}")
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"compile: expected true, false, 'aot' or 'inductor', found {self.compile!r}")
         if self.compile and self.route != "python":
@@ -119,8 +121,8 @@ class BiasConfig:
         except ConfigError as err:  # as ValueError "device: ...", so load_config prefixes the file
             raise ValueError(str(err)) from None
         if self.device != "cpu" and self.route != "python":
-            raise ValueError(f"device: expected 'cpu' with route 'torch' (a TorchForce runs on the platform's device: "
-                             f"set platform: CUDA), found {self.device!r}")
+            raise ValueError(f"device: expected 'cpu' with route {self.route!r} (a TorchForce or a native CV runs on "
+                             f"the platform's device: set platform: CUDA), found {self.device!r}")
         if self.cuda_graphs and (self.route != "torch" or self.platform != "CUDA"):
             raise ValueError(f"cuda_graphs: true needs route 'torch' and platform 'CUDA', found route {self.route!r} "
                              f"and platform {self.platform!r}")
@@ -129,7 +131,10 @@ class BiasConfig:
             raise ValueError(f"mts_substeps: expected >= 1, found {self.mts_substeps}")
         check_positive(self, "temperature_k", "n_steps", "report_interval_steps", "save_every_steps", "torch_threads",
                        "timestep_ps", "friction_per_ps", "nonbonded_cutoff_nm", "hydrogen_mass_amu",
-                       "force_guard_kjmol_nm", "force_guard_max_temperature_k")
+                       "force_guard_kjmol_nm", "force_guard_max_temperature_k", "native_grid_bins")
+        if self.route == "native" and (isinstance(self.native_grid_bins, bool) or
+                                       not isinstance(self.native_grid_bins, int) or self.native_grid_bins < 4):
+            raise ValueError(f"native_grid_bins: expected an integer >= 4, found {self.native_grid_bins!r}")
         if self.force_guard_mode not in ("cap", "stop"):
             raise ValueError(f"force_guard_mode: expected 'cap' or 'stop', found {self.force_guard_mode!r}")
         for key in ("force_guard_kjmol_nm", "force_guard_max_temperature_k"):
@@ -258,8 +263,8 @@ def run_bias(config: BiasConfig, *, restart_fresh: bool = False) -> dict:
                      save_every_steps=config.save_every_steps, walkers_dir=config.walkers_dir,
                      walker_id=config.walker_id, system_label=loaded.source,
                      trajectory=out / "trajectory.dcd" if config.trajectory else None, timestep_ps=loaded.timestep_ps,
-                     guard=_guard(config),
-                     device=config.device, cuda_graphs=config.cuda_graphs)
+                     guard=_guard(config), device=config.device, cuda_graphs=config.cuda_graphs,
+                     native_grid_bins=config.native_grid_bins)
     # every value is checked before the run is recorded
     run = open_run(out / "run.json", config, {"cv": config.cv, **loaded.input_files}, restart_fresh=restart_fresh,
                    outputs=[out / name for name in ("COLVAR", "trajectory.dcd", "bias_state.npz", "bias_state.stopped.npz",

@@ -250,3 +250,48 @@ def test_adaptive_opes_sigma_is_floored_at_a_fraction_of_the_training_range(open
     assert make_bias("opes-metad", 2, temperature_k=300.0, params=OPESParams(sigma="adaptive")).sigma_min is None
     with pytest.raises(ValueError, match="sigma_min_fraction: expected a value > 0"):
         OPESParams(sigma="adaptive", sigma_min_fraction=0.0)
+
+
+def test_native_route_matches_the_python_route_on_the_same_torsion_cv(phi_psi_cv, ala2, tmp_path):
+    """``route="native"`` on a torsion CV file: OpenMM's torsions equal the TorchScript CV's, the tabulated bias
+    energy equals the Bias object's, and its force equals −Σ dV/ds_i ∂s_i/∂x through the TorchScript module (the
+    python route's force), to the table's cubic-spline error (module doc of ``openmm_plugin.bias.native``)."""
+    system = _fresh_system(ala2)
+    biased = bias_cv(system, phi_psi_cv, method="opes-metad", temperature_k=300, sigma=0.3, barrier_kjmol=30,
+                     pace_steps=10, route="native", force_group=1, colvar=tmp_path / "COLVAR",
+                     report_interval_steps=10, save_path=tmp_path / "state.npz", save_every_steps=50)
+    assert type(biased.force).__name__ == "NativeBiasForce" and biased.runner.native is biased.force
+    simulation = app.Simulation(ala2.topology, system, make_integrator(300.0, 1.0, 0.002, seed=3, bias_group=1),
+                                openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions(ala2.positions_nm)
+    assert biased.attach(simulation) is False
+    biased.run(simulation, 200)
+    biased.close(simulation)
+    assert len(biased.bias.records) == 20 and biased.force.refreshes >= 20  # the table follows every deposition
+    colvar = read_colvar(tmp_path / "COLVAR")
+    assert list(colvar)[:3] == ["time", "torsion0", "torsion1"] and len(colvar["time"]) == 20
+
+    state = simulation.context.getState(getPositions=True, getEnergy=True, getForces=True, groups={1})
+    x = torch.tensor(np.asarray(state.getPositions(asNumpy=True)._value), dtype=torch.float64, requires_grad=True)
+    module, _ = load_cv(phi_psi_cv)
+    s = module(x)
+    s_native = biased.force.values_from_context(simulation.context)
+    np.testing.assert_allclose(s_native, s.detach().numpy(), atol=1e-6)
+    v, dv_ds = biased.bias.energy_and_gradient(s.detach().numpy())
+    assert np.linalg.norm(dv_ds) > 1.0  # 20 kernels: a bias that pushes (kJ/mol per rad)
+    assert abs(state.getPotentialEnergy()._value - v) < 1e-3  # measured 2e-6: σ 0.3 is 6 table spacings
+    want = -torch.autograd.grad(s, x, grad_outputs=torch.as_tensor(dv_ds, dtype=torch.float64))[0].numpy()
+    got = state.getForces(asNumpy=True)._value
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-3  # measured 1e-6
+
+
+def test_native_route_refuses_a_learned_cv_and_a_force_guard(exported_cv64, phi_psi_cv, ala2):
+    from openmm_plugin.bias.guard import ForceGuard
+
+    _, learned = exported_cv64
+    with pytest.raises(ConfigError, match=r"^route: .*: route 'native' expected a CV file of OpenMM-native torsions "
+                                          r"\(openmm_plugin\.bias\.torsions\.export_torsion_cv\), found a CV without "
+                                          r"them"):
+        bias_cv(_fresh_system(ala2), learned, route="native", sigma=0.1)
+    with pytest.raises(ConfigError, match=r"^force_guard_kjmol_nm: .*needs route 'python' \(route 'native'"):
+        bias_cv(_fresh_system(ala2), phi_psi_cv, route="native", sigma=0.3, guard=ForceGuard(1000.0))

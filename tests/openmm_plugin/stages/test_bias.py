@@ -248,3 +248,23 @@ def test_a_resumed_run_warms_the_cv_up_before_the_clock_starts(ala2_files, tmp_p
     summary = run_bias(config)  # resumed from the checkpoint: no setVelocitiesToTemperature
     assert summary["warm_up_seconds"] >= 3.0 > summary["seconds"]
     assert summary["ms_per_step"] == pytest.approx(summary["seconds"] * 1e3 / summary["md_steps_run"])
+
+
+def test_native_route_runs_resumes_and_skips(ala2_files, tmp_path, monkeypatch):
+    """``route: native`` through ``cvlearn bias``'s stage: a torsion CV file, killed at a checkpoint and resumed, with
+    the same COLVAR and records as the python route; a learned CV on it is refused in one line."""
+    xml, pdb, cv = ala2_files
+    config = _bias_config(cv, tmp_path / "run", system_xml=str(xml), pdb=str(pdb), route="native",
+                          native_grid_bins=96)
+    _killed_at_second_save(config, monkeypatch)
+    summary = run_bias(config)
+    assert summary["md_steps_run"] == 100 and summary["config"]["route"] == "native"
+    assert summary["model_calls"] >= 4  # CV reads from the Context: depositions and COLVAR rows, never per step
+    colvar = read_colvar(tmp_path / "run" / "COLVAR")
+    np.testing.assert_allclose(colvar["time"], [0.1, 0.2, 0.3, 0.4])
+    assert "torsion0" in colvar and summary["bias"]["opes"]["nker"] >= 1
+    assert run_bias(config) == json.loads(json.dumps(summary))  # finished: skipped
+    with pytest.raises(ValueError, match=r"native_grid_bins: expected an integer >= 4, found 2"):
+        _bias_config(cv, tmp_path / "other", system="alanine_dipeptide", route="native", native_grid_bins=2)
+    with pytest.raises(ValueError, match=r"force_guard_kjmol_nm: needs route 'python'"):
+        _bias_config(cv, tmp_path / "other", system="alanine_dipeptide", route="native", force_guard_kjmol_nm=1e3)
