@@ -48,11 +48,17 @@ def torsions(paths: list[Path], topology: Path):
     for traj in load_trajectories([str(p) for p in paths], str(topology), selection="backbone"):
         phi_idx, phi = mdtraj.compute_phi(traj)
         psi_idx, psi = mdtraj.compute_psi(traj)
-        common = sorted(set(phi_idx[:, 2]) & set(psi_idx[:, 1]))  # residues with both (keyed by their CA)
-        phi = phi[:, [list(phi_idx[:, 2]).index(a) for a in common]]
-        psi = psi[:, [list(psi_idx[:, 1]).index(a) for a in common]]
-        out.append((backbone_torsion_features(traj), phi, psi))
+        phi_cols, psi_cols = residue_torsion_columns(phi_idx, psi_idx)
+        out.append((backbone_torsion_features(traj), phi[:, phi_cols], psi[:, psi_cols]))
     return out
+
+
+def residue_torsion_columns(phi_idx: np.ndarray, psi_idx: np.ndarray) -> tuple[list[int], list[int]]:
+    """Columns of mdtraj's φ and ψ (atom quadruples ``[n, 4]`` each) of the residues that have both, in residue
+    order, keyed by their CA (φ's third atom, ψ's second): column k of each is residue k of :func:`torsions`."""
+    phi_ca, psi_ca = list(phi_idx[:, 2]), list(psi_idx[:, 1])
+    common = sorted(set(phi_ca) & set(psi_ca))
+    return [phi_ca.index(a) for a in common], [psi_ca.index(a) for a in common]
 
 
 def reference_model(features: np.ndarray, frame_ps: float, lag_ps: float, its_lags_ps, n_clusters: int,

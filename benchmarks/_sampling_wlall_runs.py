@@ -88,27 +88,24 @@ def training_set_of(arm: str) -> str | None:
 
 
 def torsion_cv(work: Path, arm: str) -> Path:
-    """The CV file of native arm ``arm``: its torsions (:data:`NATIVE_ARMS`) of the five residues, in the order the
-    analysis reads them (``_sampling_wlall_analysis.torsions``: mdtraj's φ/ψ keyed by each residue's CA), exported
-    once by :func:`openmm_plugin.bias.torsions.export_torsion_cv`, which runs on ``cvlearn bias``'s native route."""
+    """The CV file of native arm ``arm``: its torsions (:data:`NATIVE_ARMS`) of the five residues, numbered as the
+    analysis numbers them (:func:`benchmarks._sampling_wlall_analysis.residue_torsion_columns`), exported once by
+    :func:`openmm_plugin.bias.torsions.export_torsion_cv`, which runs on ``cvlearn bias``'s native route."""
     import mdtraj
 
+    from benchmarks._sampling_wlall_analysis import residue_torsion_columns
     from openmm_plugin.bias.torsions import export_torsion_cv
     from systems import pentapeptide_wlall as wl
 
     path = work / ARMS[arm]
     if not path.is_file():
         molecule = wl.build(minimize=False)
-        top = mdtraj.Topology.from_openmm(molecule.topology)
-        frame = mdtraj.Trajectory(molecule.positions_nm[None].astype(np.float32), top)
+        frame = mdtraj.Trajectory(molecule.positions_nm[None].astype(np.float32),
+                                  mdtraj.Topology.from_openmm(molecule.topology))
         found = {"phi": mdtraj.compute_phi(frame)[0], "psi": mdtraj.compute_psi(frame)[0]}
-        key = {"phi": 2, "psi": 1}  # the CA's place in each quadruple
-        residues = sorted(set(found["phi"][:, 2]) & set(found["psi"][:, 1]))  # the CAs of the five residues
-        quads, names = [], []
-        for residue, kind in NATIVE_ARMS[arm]:
-            ca = residues[residue]
-            quads.append([int(a) for a in found[kind][list(found[kind][:, key[kind]]).index(ca)]])
-            names.append(f"{kind}_{wl.SEQUENCE[residue]}{residue + 1}")
+        columns = dict(zip(("phi", "psi"), residue_torsion_columns(found["phi"], found["psi"])))
+        quads = [[int(a) for a in found[kind][columns[kind][residue]]] for residue, kind in NATIVE_ARMS[arm]]
+        names = [f"{kind}_{wl.SEQUENCE[residue]}{residue + 1}" for residue, kind in NATIVE_ARMS[arm]]
         path.parent.mkdir(parents=True, exist_ok=True)
         export_torsion_cv(path, quads, molecule.topology, names=names)
     return path
