@@ -31,6 +31,7 @@ import openmm
 import openmm.unit as unit
 
 _TABLE = "cvlearn_bias_table"
+MIN_GRID_BINS = 4  # fewest points per table axis: the one bound, checked here and by a bias config
 _CLASSES = {1: openmm.Continuous1DFunction, 2: openmm.Continuous2DFunction, 3: openmm.Continuous3DFunction}
 
 
@@ -75,8 +76,8 @@ class NativeBiasForce:
         bins = np.broadcast_to(np.asarray(grid_bins), (n,))
         if np.any(self.upper <= self.lower) or not np.all(np.isfinite(np.r_[self.lower, self.upper])):
             raise ValueError(f"lower, upper: expected finite bounds with upper > lower, found {self.lower}, {self.upper}")
-        if np.any(bins != np.round(bins)) or np.any(bins < 4):
-            raise ValueError(f"grid_bins: expected integers >= 4, found {np.asarray(grid_bins).tolist()}")
+        if np.any(bins != np.round(bins)) or np.any(bins < MIN_GRID_BINS):
+            raise ValueError(f"grid_bins: expected integers >= {MIN_GRID_BINS}, found {np.asarray(grid_bins).tolist()}")
         self.bins = bins.astype(int)
         self.periodic = bool(periodic)
         self._check_periods(bias)

@@ -326,7 +326,8 @@ def bias_cv(system: openmm.System, cv: str | Path, method: str = "opes-metad", *
                           f"platform's device: the CUDA platform runs it on its GPU), found {str(device)!r}",
                           key="device")
     if cuda_graphs and route != "torch":
-        raise ConfigError("expected false with route 'python' (useCUDAGraphs is a TorchForce property), found true",
+        raise ConfigError(f"expected false with route {route!r} (useCUDAGraphs is a TorchForce property, route "
+                          "'torch'), found true",
                           key="cuda_graphs")
     if guard is not None and route != "python":
         raise ConfigError(f"a bias-force guard needs route 'python' (route {route!r}: the bias forces never reach "

@@ -43,6 +43,7 @@ from cvlearn.run_dir import open_run
 from openmm_plugin.bias.params import (METHODS, MetadParams, OPESParams, RestraintParams, WallParams, check_positive,
                                        make_bias)
 from openmm_plugin.bias.guard import ForceGuard
+from openmm_plugin.bias.native import MIN_GRID_BINS
 from openmm_plugin.bias.setup import NATIVE_GRID_BINS, ROUTES, bias_cv
 from openmm_plugin.cv_evaluation import COMPILE_CHOICES
 from openmm_plugin.simulation import BIAS_GROUP, make_integrator, make_simulation, platform_by_name
@@ -133,8 +134,10 @@ class BiasConfig:
                        "timestep_ps", "friction_per_ps", "nonbonded_cutoff_nm", "hydrogen_mass_amu",
                        "force_guard_kjmol_nm", "force_guard_max_temperature_k", "native_grid_bins")
         if self.route == "native" and (isinstance(self.native_grid_bins, bool) or
-                                       not isinstance(self.native_grid_bins, int) or self.native_grid_bins < 4):
-            raise ValueError(f"native_grid_bins: expected an integer >= 4, found {self.native_grid_bins!r}")
+                                       not isinstance(self.native_grid_bins, int) or
+                                       self.native_grid_bins < MIN_GRID_BINS):
+            raise ValueError(f"native_grid_bins: expected an integer >= {MIN_GRID_BINS}, found "
+                             f"{self.native_grid_bins!r}")
         if self.force_guard_mode not in ("cap", "stop"):
             raise ValueError(f"force_guard_mode: expected 'cap' or 'stop', found {self.force_guard_mode!r}")
         for key in ("force_guard_kjmol_nm", "force_guard_max_temperature_k"):

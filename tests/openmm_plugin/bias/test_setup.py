@@ -285,7 +285,7 @@ def test_native_route_matches_the_python_route_on_the_same_torsion_cv(phi_psi_cv
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-3  # measured 1e-6
 
 
-def test_native_route_refuses_a_learned_cv_and_a_force_guard(exported_cv64, phi_psi_cv, ala2):
+def test_native_route_refuses_a_learned_cv_a_force_guard_and_cuda_graphs(exported_cv64, phi_psi_cv, ala2):
     from openmm_plugin.bias.guard import ForceGuard
 
     _, learned = exported_cv64
@@ -295,3 +295,5 @@ def test_native_route_refuses_a_learned_cv_and_a_force_guard(exported_cv64, phi_
         bias_cv(_fresh_system(ala2), learned, route="native", sigma=0.1)
     with pytest.raises(ConfigError, match=r"^force_guard_kjmol_nm: .*needs route 'python' \(route 'native'"):
         bias_cv(_fresh_system(ala2), phi_psi_cv, route="native", sigma=0.3, guard=ForceGuard(1000.0))
+    with pytest.raises(ConfigError, match=r"^cuda_graphs: expected false with route 'native' "):
+        bias_cv(_fresh_system(ala2), phi_psi_cv, route="native", sigma=0.3, cuda_graphs=True)
