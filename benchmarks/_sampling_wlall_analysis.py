@@ -125,6 +125,45 @@ def tic1_transitions(tic1: np.ndarray, cores: dict, dwell_frames: int) -> int:
     return count_core_transitions(tic1, *core_intervals(cores), min_dwell_frames=dwell_frames)
 
 
+# φ cores (rad) of a residue's αL (φ ≈ +1) and of the φ < 0 states (β, PPII, αR): a visit counts when it lasts the
+# dwell, as along TIC1; the population is of φ > 0 (no gap), so the two add up to one with what lies between.
+ALPHA_L_CORE_RAD = (0.5, 1.8)
+PHI_NEGATIVE_CORE_RAD = (-np.pi, -0.5)
+
+
+def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
+    """Each residue's αL: its population (φ > 0) and the αL ↔ φ < 0 transitions, per run.
+
+    ``runs``: ``{"phi" [n_frames, n_residues] rad}`` with ``keep`` and ``weights`` for biased walkers (reweighted
+    population over the kept frames, :func:`walker_weights`), without them for unbiased runs (every frame alike).
+    Transitions are counted on every frame, in the run's own (biased) time.
+
+    Why: RMS F(TIC1, TIC2) over shared bins weighs a state by its population in each run, and a rare state's
+    population rests on the visits a run made: the pentapeptide reference put 23 % in Leu2's αL from one visit
+    (310 ns), and the walkers biased on Leu2 φ itself gave 72 %, 0.02 % and 0.45 % (2, 0 and 2 visits of 200 ps);
+    side by side, they say whether anyone has measured it.
+
+    Returns
+    -------
+    dict
+        ``population_per_run`` and ``transitions_per_run``: ``[n_runs][n_residues]``; ``population``: their mean
+        over runs (each run weighs alike, as the pooled F).
+    """
+    pops, trans = [], []
+    for r in runs:
+        phi = np.asarray(r["phi"], dtype=float)
+        if not len(phi):
+            continue
+        keep, weights = r.get("keep", slice(None)), r.get("weights")
+        kept = wrap_angle(phi[keep]) > 0
+        w = np.full(len(kept), 1.0 / len(kept)) if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
+        pops.append([float(w @ kept[:, k]) for k in range(phi.shape[1])])
+        trans.append([count_core_transitions(wrap_angle(phi[:, k]), PHI_NEGATIVE_CORE_RAD, ALPHA_L_CORE_RAD,
+                                             min_dwell_frames=dwell_frames) for k in range(phi.shape[1])])
+    return {"population_per_run": pops, "transitions_per_run": trans,
+            "population": np.mean(pops, axis=0).tolist() if pops else []}
+
+
 def core_relaxation(tic1: np.ndarray, cores: dict, lags_ps, frame_ps: float) -> dict:
     """The relaxation time of the core-assigned (two-state) reference at each lag, and the transitions a two-state
     Markov model with the largest resolved one predicts over the run: 2 p_A p_B T / τ.
@@ -522,7 +561,7 @@ def plot(ref_fes, arms: dict, path_stem: Path) -> list[str]:
     return names
 
 
-__all__ = ["OUTSIDE_MAX", "compare_fes", "compare_settled", "core_intervals", "core_relaxation", "fes_rms",
+__all__ = ["ALPHA_L_CORE_RAD", "OUTSIDE_MAX", "PHI_NEGATIVE_CORE_RAD", "alpha_l_states", "compare_fes", "compare_settled", "core_intervals", "core_relaxation", "fes_rms",
            "in_region", "mass_outside", "plot", "project", "reference_model", "basin_dF", "basin_dF_over_time",
            "plot_dF_convergence", "plot_rms_over_time", "public", "reference_basins", "reference_halves_rms", "rms_over_time",
            "settled_halves", "settled_region", "tic_range", "torsions", "tic1_transitions", "two_state_cores",

@@ -40,23 +40,31 @@ SYSTEM = "pentapeptide_wlall"
 # slow motions (Trp's β ↔ helix, TIC1; Leu2's αL, entered once at 238 ns), on the native route (OpenMM's
 # CustomTorsionForces and a tabulated bias, near unbiased speed). Chosen from the reference, so it shows what a CV that
 # knows the slow torsions reaches against this reference, not what a user could pick blind.
+# ``gnn_torsions_2d``: the GNN CV learned (as ``gnn_retrained``) from the ``torsions_2d`` walkers' biased 300 K frames,
+# which enter Leu2's αL (6-55 % of each walker's first 2 ns has Leu2 φ > 0), biased on both components: the
+# practitioners' protocol (explore with a first CV, learn from the reweighted frames, bias the learned CV) with the
+# control's torsions as the first CV, so it asks whether a GNN CV learned from frames that hold Leu2's αL drives it.
 ARMS = {"gnn": "learn/cv.pt", "distances": "learn/baseline_distances_cv.pt", "gnn_retrained": "retrain/cv.pt",
         "gnn_2d": "learn/cv.pt", "gnn_hot_2d": "learn_hot/cv.pt",
-        "distances_hot_2d": "learn_hot/baseline_distances_cv.pt", "torsions_2d": "torsions/torsions_cv.pt"}
-RETRAINED_FROM = {"gnn_retrained": "gnn"}  # arm -> the arm whose walkers' frames it is trained on
+        "distances_hot_2d": "learn_hot/baseline_distances_cv.pt", "torsions_2d": "torsions/torsions_cv.pt",
+        "gnn_torsions_2d": "retrain_torsions_2d/cv.pt"}
+# arm -> the arm whose walkers' frames it is trained on (in the directory of its CV file)
+RETRAINED_FROM = {"gnn_retrained": "gnn", "gnn_torsions_2d": "torsions_2d"}
 # arm -> (residue index among the five, "phi" | "psi") of each torsion of its CV (exported by :func:`torsion_cv`)
 NATIVE_ARMS = {"torsions_2d": ((0, "psi"), (1, "phi"))}
 # arms that answer "does the GNN do better?": the targets are the others'
 BASELINE_ARMS = ("distances", "distances_hot_2d", "torsions_2d")
 # arm -> its biased CV components (else the settings' ``components``)
-ARM_COMPONENTS = {"gnn_2d": (0, 1), "gnn_hot_2d": (0, 1), "distances_hot_2d": (0, 1), "torsions_2d": (0, 1)}
+ARM_COMPONENTS = {"gnn_2d": (0, 1), "gnn_hot_2d": (0, 1), "distances_hot_2d": (0, 1), "torsions_2d": (0, 1),
+                  "gnn_torsions_2d": (0, 1)}
 # training set (its directory) -> (the settings key of its temperature, the directory of the CVs learned from it)
 TRAINING_SETS = {"train": ("train_temperature_k", "learn"), "train_hot": ("hot_train_temperature_k", "learn_hot")}
 
 
-def arm_components(s: dict, arm: str) -> tuple[int, ...]:
-    """The CV components an arm biases: its own (:data:`ARM_COMPONENTS`) or the settings' ``components``."""
-    return tuple(ARM_COMPONENTS.get(arm, s["components"]))
+def arm_components(s: dict, arm: str, n_cvs: int | None = None) -> tuple[int, ...]:
+    """The CV components an arm biases: its own (:data:`ARM_COMPONENTS`) or the settings' ``components``, of those
+    its CV has (``n_cvs``; a VAMP projection drops outputs it cannot tell from noise, as a --quick retrain does)."""
+    return tuple(c for c in ARM_COMPONENTS.get(arm, s["components"]) if n_cvs is None or c < n_cvs)
 
 
 class OutOfTime(Exception):
@@ -80,10 +88,11 @@ class Budget:
 
 def training_set_of(arm: str) -> str | None:
     """The training set (:data:`TRAINING_SETS`) an arm's CV was learned from; a retrained arm's is its source's; None
-    for an arm of native torsions (:data:`NATIVE_ARMS`), which learns nothing."""
-    if arm in NATIVE_ARMS:
+    for an arm of native torsions (:data:`NATIVE_ARMS`), which learns nothing, and for one retrained from it."""
+    source = RETRAINED_FROM.get(arm, arm)
+    if source in NATIVE_ARMS:
         return None
-    learned_in = Path(ARMS[RETRAINED_FROM.get(arm, arm)]).parts[0]
+    learned_in = Path(ARMS[source]).parts[0]
     return next(name for name, (_, learn_dir) in TRAINING_SETS.items() if learn_dir == learned_in)
 
 
@@ -182,10 +191,15 @@ def _learn_summary(out: Path) -> dict | None:
             "n_frames": metrics.get("n_frames")}
 
 
-def retrain_data(work: Path, s: dict, configs: list) -> list[tuple[Path, Path]] | None:
-    """The first ``retrain_ns`` of every walker in ``configs`` that did not blow up, as (trajectory, COLVAR) pairs
-    in ``<work>/retrain/data`` (written once, atomically; COLVAR row k = frame k), or None while any of them has
-    not ended once (a walker runs in a child: its files are read only after it stopped).
+def retrain_dir(work: Path, arm: str) -> Path:
+    """Where retrained arm ``arm``'s CV is learned (:data:`ARMS`: the directory of its CV file)."""
+    return work / Path(ARMS[arm]).parent
+
+
+def retrain_data(work: Path, s: dict, configs: list, arm: str) -> list[tuple[Path, Path]] | None:
+    """The first ``retrain_ns`` of every walker in ``configs`` (the source arm's) that did not blow up, as
+    (trajectory, COLVAR) pairs in ``<retrain_dir>/data`` (written once, atomically; COLVAR row k = frame k), or None
+    while any of them has not ended once (a walker runs in a child: its files are read only after it stopped).
 
     A fixed prefix, not the whole walker: the retrained CV must not change when ``--walker-ns`` extends the
     walkers it learned from."""
@@ -201,7 +215,7 @@ def retrain_data(work: Path, s: dict, configs: list) -> list[tuple[Path, Path]] 
         if outcome["failure"]:
             continue
         name, source = Path(config.out).name, Path(config.out)
-        dcd, colvar = work / "retrain" / "data" / f"{name}.dcd", work / "retrain" / "data" / f"{name}.colvar"
+        dcd, colvar = (retrain_dir(work, arm) / "data" / f"{name}{suffix}" for suffix in (".dcd", ".colvar"))
         if not (dcd.is_file() and colvar.is_file()):
             lines = (source / "COLVAR").read_text().splitlines()
             header = [line for line in lines if line.startswith("#")]
@@ -218,23 +232,24 @@ def retrain_data(work: Path, s: dict, configs: list) -> list[tuple[Path, Path]] 
     return pairs or None
 
 
-def retrain(work: Path, s: dict, data: list[tuple[Path, Path]], quick: bool) -> None:
-    """``cvlearn learn`` as for the ``gnn`` arm, on biased 300 K frames (:func:`retrain_data`), reweighted on
-    rescaled time t' = Σ exp(β(V − c(t))) dt (``cvlearn iterate``'s default, as in Deep-TICA): V the COLVAR's total
-    bias (walls included), c(t) OPES's ``opes.rct``."""
+def retrain(work: Path, s: dict, data: list[tuple[Path, Path]], quick: bool, arm: str) -> None:
+    """``cvlearn learn`` for retrained arm ``arm`` as for the ``gnn`` arm, on biased 300 K frames
+    (:func:`retrain_data`), reweighted on rescaled time t' = Σ exp(β(V − c(t))) dt (``cvlearn iterate``'s default, as
+    in Deep-TICA): V the COLVAR's total bias (walls included), c(t) OPES's ``opes.rct``."""
     from openmm_plugin.stages.learn import BiasedSpec, run_learn
 
-    config = _learn_config(s, work / "retrain", Path(f"{segment_prefix(work, 0)}.pdb"), [d for d, _ in data],
+    config = _learn_config(s, retrain_dir(work, arm), Path(f"{segment_prefix(work, 0)}.pdb"), [d for d, _ in data],
                            s["retrain_lag_ps"], frame_interval_ps=s["frame_ps"],
                            biased=BiasedSpec(colvars=tuple(str(c) for _, c in data), temperature_k=300.0,
                                              method="rescaled_time", bias_column="bias", rct_column="opes.rct"))
     run_learn(config, quick=quick, progress=False)
 
 
-def retrained(work: Path) -> dict | None:
-    """What the results show of the retrained CV (None before it exists)."""
-    summary = _learn_summary(work / "retrain")
-    return summary and {**summary, "from_walkers": sorted(p.stem for p in (work / "retrain" / "data").glob("*.dcd"))}
+def retrained(work: Path, arm: str) -> dict | None:
+    """What the results show of retrained arm ``arm``'s CV (None before it exists)."""
+    summary = _learn_summary(retrain_dir(work, arm))
+    return summary and {**summary, "from_arm": RETRAINED_FROM[arm],
+                        "from_walkers": sorted(p.stem for p in (retrain_dir(work, arm) / "data").glob("*.dcd"))}
 
 
 # --- the unbiased reference, in segments ----------------------------------------------------------------------------
@@ -358,8 +373,9 @@ def walker_dir(work: Path, arm: str, seed: int) -> Path:
     return work / "bias" / f"{arm}_s{seed}"
 
 
-def walker_config(work: Path, s: dict, arm: str, seed: int, sigma):
-    """The ``cvlearn bias`` config of one walker: every arm alike but for the CV file and its σ."""
+def walker_config(work: Path, s: dict, arm: str, seed: int, sigma, n_cvs: int | None = None):
+    """The ``cvlearn bias`` config of one walker: every arm alike but for the CV file and its σ (``n_cvs``: the
+    CV's components, :func:`arm_components`)."""
     from openmm_plugin.bias.params import OPESParams
     from openmm_plugin.stages.bias import BiasConfig
 
@@ -370,7 +386,7 @@ def walker_config(work: Path, s: dict, arm: str, seed: int, sigma):
     return BiasConfig(cv=str(work / ARMS[arm]), system=SYSTEM, out=str(walker_dir(work, arm, seed)),
                       method="opes-metad", route="native" if native else "python",
                       compile=False if native else s["compile"],
-                      components=arm_components(s, arm),
+                      components=arm_components(s, arm, n_cvs),
                       range_margin_fraction=s["wall_margin_fraction"], walls_at_training_range=True, temperature_k=300.0,
                       n_steps=step(s["walker_ns"] * 1e3), report_interval_steps=step(s["frame_ps"]),
                       save_every_steps=step(s["checkpoint_ps"]), seed=seed, mts_substeps=s["mts"], torch_threads=1,
@@ -488,7 +504,7 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
 
 __all__ = ["ARMS", "ARM_COMPONENTS", "BASELINE_ARMS", "Budget", "OutOfTime", "RETRAINED_FROM", "arm_components", "cv_sigma",
            "extend_reference", "finished_segments", "learn", "reduce_segment", "reference_task", "retrain",
-           "retrain_data", "retrained", "run_children", "segment_prefix", "segment_speeds", "TRAINING_SETS",
+           "retrain_data", "retrain_dir", "retrained", "run_children", "segment_prefix", "segment_speeds", "TRAINING_SETS",
            "training_config", "training_data", "training_done", "training_set_of", "learned",
            "finished_training_data",
            "walker_config", "walker_dir", "walker_done", "walker_outcome", "walker_task"]

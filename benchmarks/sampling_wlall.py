@@ -41,6 +41,11 @@ that carry the reference's slow motions, biased the same way (σ rule, barrier, 
 route (CustomTorsionForces and a tabulated bias, so no PythonForce, no force guard; periodic, so no walls). It is
 chosen from the reference, so it shows what a CV that knows the slow torsions reaches against this reference.
 
+Arm ``gnn_torsions_2d`` follows the protocol of ``gnn_retrained`` with ``torsions_2d`` as the first CV: the GNN CV
+learned, same settings, from the first ``retrain_ns`` of the ``torsions_2d`` walkers (which enter Leu2's αL),
+reweighted on rescaled time, then biased on both its components as ``gnn_2d``. It asks whether a GNN CV whose
+training frames hold the slow state drives it; its exploration leaned on the control's choice of torsions.
+
     python benchmarks/sampling_wlall.py --quick                        # every code path (minutes), resumable too
     nice python benchmarks/sampling_wlall.py --work benchmarks/state/sampling_wlall --budget-min 50 --jobs 2
                                                                        # the result, grown over several sessions
@@ -271,7 +276,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         "transitions_per_wall_hour": ref_trans / ref_hours if ref_hours > 0 else float("nan"),
         "ms_per_step": ref["ms_per_step"], "its_factor": s["its_factor"],
         "basins": ana.reference_basins(ref["tics"][:, 0], cores, s["frame_ps"]),
-        "halves": ana.public(halves)}
+        "halves": ana.public(halves), "alpha_l": ana.alpha_l_states([{"phi": ref["phi"]}], min_dwell_frames(s))}
     result["training_coverage"] = {
         name: {"ns": len(paths) * s["train_ns"], "temperature_k": s[runs.TRAINING_SETS[name][0]],
                "arms": [arm for arm in runs.ARMS  # a retrained arm's CV learned from its walkers, not this set
@@ -301,6 +306,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
             if region is not None:
                 compared[arm]["settled"] = ana.compare_settled(ref, fine, s, region)
             compared[arm]["rms_over_time"] = ana.rms_over_time(ref, fine, s, region)
+            compared[arm]["alpha_l"] = ana.alpha_l_states(fine, min_dwell_frames(s))
         for w, rms in zip(fine, compared[arm].get("rms_tica_per_walker_kjmol", [])):
             w["row"]["rms_tica_kjmol"] = rms
         tic1 = [w["tics"][w["keep"], 0] for w in fine]  # reweighted frames (burn-in dropped)
@@ -469,6 +475,31 @@ def _coverage_lines(r: dict) -> list[str]:
     return out
 
 
+def _alpha_l_lines(r: dict) -> list[str]:
+    """Each residue's αL population and its visits, reference and arms (:func:`ana.alpha_l_states`), as a table."""
+    ref = (r.get("reference") or {}).get("alpha_l")
+    if not ref or not ref["population"]:
+        return []
+    n = len(ref["population"])
+
+    def cells(a: dict) -> list[str]:
+        pops, trans = np.asarray(a["population_per_run"]), np.asarray(a["transitions_per_run"])
+        each = [f" ({', '.join(_pct(v) for v in pops[:, k])})" if len(pops) > 1 else "" for k in range(n)]
+        return [f"{_pct(a['population'][k])}{each[k]}; {', '.join(str(int(v)) for v in trans[:, k])}" for k in range(n)]
+
+    rows = [("reference (unbiased)", ref), *[(arm, a["alpha_l"]) for arm, a in r["arms"].items()
+                                              if (a.get("alpha_l") or {}).get("population")]]
+    dwell = r["reference"]["transition_dwell_ps"]
+    return ["", f"αL (φ > 0) of each residue: population (arms reweighted: pooled, then per walker); transitions between "
+            f"the αL core (φ in {ana.ALPHA_L_CORE_RAD[0]:g} to {ana.ALPHA_L_CORE_RAD[1]:g} rad) and φ < "
+            f"{ana.PHI_NEGATIVE_CORE_RAD[1]:g} rad, a visit counted when it lasts {dwell:g} ps (arms: per walker, in "
+            "biased time). A population resting on one or two visits is not known to better than a factor of a few, in "
+            "the reference as in a walker: where the walkers of an arm disagree by as much, neither side measures it, "
+            "and F over the bins of that state cannot judge an arm.", "",
+            "| run | " + " | ".join(f"residue {k + 1}" for k in range(n)) + " |", "|---" * (n + 1) + "|",
+            *[f"| {name} | " + " | ".join(cells(a)) + " |" for name, a in rows]]
+
+
 def _settled_lines(r: dict) -> list[str]:
     """The RMS on the region the reference's halves agree on, reference and arms, in one paragraph."""
     ref = r["reference"]
@@ -524,22 +555,27 @@ def arms_to_run(args) -> list[str]:
 def arm_configs(args, work: Path, s: dict, arms: list[str], configs: dict, budget) -> None:
     """Fill ``configs`` (arm -> walker configs) for every arm whose CV exists, retraining a CV first when it is run
     now (``arms``) and its source arm's walkers have ended once."""
+    from cvlearn.export import load_cv
+
     for arm, cv_file in runs.ARMS.items():
         if arm in configs:
             continue
         cv_path = runs.torsion_cv(work, arm) if arm in runs.NATIVE_ARMS and arm in arms else work / cv_file
         source = runs.RETRAINED_FROM.get(arm)
         if source and arm in arms and not cv_path.is_file():
-            data = runs.retrain_data(work, s, configs.get(source, []))
+            data = runs.retrain_data(work, s, configs.get(source, []), arm)
             if data is None:
                 continue
-            budget.check(f"retraining the {source} CV for {arm}", 300.0)
-            runs.retrain(work, s, data, args.quick)
+            budget.check(f"retraining on the {source} walkers for {arm}", 300.0)
+            runs.retrain(work, s, data, args.quick, arm)
         if not cv_path.is_file():
             continue
-        sigma = "adaptive" if s["sigma_rule"] == "adaptive" else runs.cv_sigma(work, arm, cv_path,
-                                                                                 runs.arm_components(s, arm))
-        configs[arm] = [runs.walker_config(work, s, arm, seed, sigma) for seed in range(s["seeds"])]
+        n_cvs = int(load_cv(cv_path)[1].n_cvs)
+        components = runs.arm_components(s, arm, n_cvs)
+        if components != runs.arm_components(s, arm):
+            print(f"{arm}: its CV has {n_cvs} component(s): biasing {list(components)}", flush=True)
+        sigma = "adaptive" if s["sigma_rule"] == "adaptive" else runs.cv_sigma(work, arm, cv_path, components)
+        configs[arm] = [runs.walker_config(work, s, arm, seed, sigma, n_cvs) for seed in range(s["seeds"])]
 
 
 def extended_walker_ns(args, work: Path, s: dict) -> dict:
@@ -561,8 +597,10 @@ def run(args) -> dict:
     from cvlearn.run_dir import open_run
 
     open_run(work / "benchmark.run.json", s, outputs=[work / d for d in ("train", "learn", "reference", "bias",
-                                                                          "sigma.json", "retrain", "train_hot",
-                                                                          "learn_hot", "torsions")],
+                                                                          "sigma.json", "train_hot", "learn_hot",
+                                                                          "torsions",
+                                                                          *(runs.retrain_dir(work, a).name
+                                                                            for a in runs.RETRAINED_FROM))],
              restart_fresh=args.restart_fresh, extendable=("walker_ns",),  # a longer --walker-ns extends the walkers
              added={k: s[k] for k in ADDED}, ignore=("out", *ANALYSIS_ONLY))
     budget = runs.Budget(args.budget_min)
@@ -615,11 +653,13 @@ def run(args) -> dict:
                          "route": ("python (PythonForce + torch.compile of the CV)" if s["compile"] else
                                    "python (PythonForce + TorchScript CV)") + ", cvlearn bias", "method": "opes-metad",
                          "reference_ns_option": args.reference_ns,
-                         "arm_components": {arm: list(c) for arm, c in runs.ARM_COMPONENTS.items() if arm in configs},
+                         "arm_components": {arm: list(cs[0].components) for arm, cs in configs.items()
+                                            if cs and arm in runs.ARM_COMPONENTS},
                          "sigma": {arm: list(cs[0].opes.sigma) if cs and cs[0].opes.sigma != "adaptive" else "adaptive"
                                    for arm, cs in configs.items()}},
             "learn": learned.get("train"), "learn_other": {k: v for k, v in learned.items() if k != "train"},
-            "retrain": runs.retrained(work), **result, "targets": targets(result),
+            "retrain": {arm: v for arm in runs.RETRAINED_FROM if (v := runs.retrained(work, arm))},
+            **result, "targets": targets(result),
             "plan": plan_costs(FULL, result, learned.get("train") if args.quick else None, reference_ns, work)}
 
 
@@ -728,11 +768,11 @@ def markdown(r: dict) -> str:
                          f"{_f(a.get('rms_tica_kjmol'))} | {_f(a.get('rms_torsions_kjmol'))} | "
                          f"{_dF(a.get('dF_BA_kjmol'))} ({', '.join(_dF(v) for v in a.get('dF_BA_per_walker_kjmol', []))}) | "
                          f"{_f(a['ms_per_step'], '.2f')} |")
-        if r.get("retrain"):
-            rt = r["retrain"]
-            lines += ["", f"Arm gnn_retrained: the GNN CV retrained (same settings, lag {st['retrain_lag_ps']:g} ps) on the "
-                      f"first {st['retrain_ns']:g} ns of the gnn walkers {', '.join(rt['from_walkers'])} (biased, 300 K), "
-                      "reweighted on rescaled time t' = Σ exp(β(V − c(t))) dt (`cvlearn iterate`'s default); VAMP-2 "
+        for arm, rt in (r.get("retrain") or {}).items():
+            lines += ["", f"Arm {arm}: the GNN CV learned again (same settings, lag {st['retrain_lag_ps']:g} ps) from the "
+                      f"first {st['retrain_ns']:g} ns of the {rt.get('from_arm', 'gnn')} walkers "
+                      f"{', '.join(rt['from_walkers'])} (biased, 300 K), reweighted on rescaled time "
+                      "t' = Σ exp(β(V − c(t))) dt (`cvlearn iterate`'s default); VAMP-2 "
                       f"{_f(rt['vamp2_val'])} on its validation frames (rescaled time: not comparable to the gnn CV's "
                       "on 400 K data)."]
         for name, lo in (r.get("learn_other") or {}).items():
@@ -746,6 +786,7 @@ def markdown(r: dict) -> str:
             f"{arm}: {_outside_sentence(a, 'the arm (reweighted)', 'the reference')}" for arm, a in r["arms"].items()
             if a.get("outside_tica")) + "."]
         lines += _coverage_lines(r)
+        lines += _alpha_l_lines(r)
         lines += _settled_lines(r)
         lines += ["", "Each walker against its arm's other walkers pooled (both reweighted; RMS F(TIC1,TIC2), in brackets "
                   "F(φ,ψ), kJ/mol): " + "; ".join(

@@ -284,3 +284,21 @@ def test_training_coverage_names_the_state_the_training_data_never_reached():
     still = {**hop, "tics": np.stack([np.full(200, lo), np.zeros(200)], axis=1)}
     assert ana.training_coverage(ref, [hop, still], s, dwell_frames=10)["tic1_transitions_per_run"] == [3, 0]
     assert ana.training_coverage(ref, [], s, dwell_frames=1) == {}
+
+
+def test_alpha_l_states_weighs_biased_frames_and_counts_only_visits_that_last():
+    # residue 0: 100 frames at φ = -1.5, then 20 in αL (φ = 1.0); residue 1: flickers into αL for 1 frame every 10
+    phi = np.full((120, 2), -1.5)
+    phi[100:, 0] = 1.0
+    phi[5::10, 1] = 1.0 + 2 * np.pi  # unwrapped angles are wrapped first
+    unbiased = ana.alpha_l_states([{"phi": phi}], dwell_frames=5)
+    assert unbiased["population"] == pytest.approx([20 / 120, 12 / 120])
+    assert unbiased["transitions_per_run"] == [[1, 0]]  # the 1-frame flickers never last the dwell
+    # a biased walker: αL frames carry a tenth of the weight of the others, the first 20 frames dropped as burn-in
+    weights = np.where(phi[20:, 0] > 0, 0.1, 1.0)
+    biased = ana.alpha_l_states([{"phi": phi, "keep": slice(20, None), "weights": weights}], dwell_frames=5)
+    assert biased["population_per_run"][0][0] == pytest.approx(2.0 / (80 + 2.0))
+    two = ana.alpha_l_states([{"phi": phi}, {"phi": np.full((50, 2), -1.5)}], dwell_frames=5)
+    assert two["population"] == pytest.approx([10 / 120, 6 / 120])  # runs weigh alike
+    assert ana.alpha_l_states([{"phi": np.zeros((0, 2))}], 5) == {"population_per_run": [], "transitions_per_run": [],
+                                                                 "population": []}

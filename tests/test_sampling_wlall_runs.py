@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,10 +74,11 @@ def test_retrain_data_is_the_first_retrain_ns_of_each_walker_that_ran_through(tm
     s = {"retrain_ns": 0.005, "frame_ps": 1.0}  # 5 frames
     good = _walker_files(tmp_path / "bias" / "gnn_s0", 12)
     running = _walker_files(tmp_path / "bias" / "gnn_s1", 12, ended=False)
-    assert runs.retrain_data(tmp_path, s, [good, running]) is None  # read only after every walker ended once
+    assert runs.retrain_data(tmp_path, s, [good, running], "gnn_retrained") is None  # read only after every walker ended once
     (tmp_path / "bias" / "gnn_s1" / "outcome.json").write_text(json.dumps({"failure": "blew up", "ms_per_step": 1.0}))
-    (dcd, colvar), = runs.retrain_data(tmp_path, s, [good, running])  # the blown-up walker is left out
+    (dcd, colvar), = runs.retrain_data(tmp_path, s, [good, running], "gnn_retrained")  # the blown-up one is left out
     assert (dcd.name, colvar.name) == ("gnn_s0.dcd", "gnn_s0.colvar")
+    assert dcd.parent == tmp_path / "retrain" / "data"  # where the CV file of the arm lives (state of older runs)
     columns = read_colvar(colvar)
     assert list(columns["bias"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
     short, = load_trajectories([dcd], tmp_path / "bias" / "gnn_s0" / "final.pdb")
@@ -84,7 +86,12 @@ def test_retrain_data_is_the_first_retrain_ns_of_each_walker_that_ran_through(tm
     np.testing.assert_allclose(short.xyz, whole.xyz[:5], atol=1e-6)
     too_short = _walker_files(tmp_path / "bias" / "gnn_s2", 3)
     with pytest.raises(RuntimeError, match=r"gnn_s2: 3 frames, retraining needs the first 5"):
-        runs.retrain_data(tmp_path, s, [too_short])
+        runs.retrain_data(tmp_path, s, [too_short], "gnn_retrained")
+    # an arm retrained from the native torsions' walkers learns in its own directory, from their COLVAR as written
+    torsion_walker = _walker_files(tmp_path / "bias" / "torsions_2d_s0", 12)
+    (dcd, _), = runs.retrain_data(tmp_path, s, [torsion_walker], "gnn_torsions_2d")
+    assert dcd == tmp_path / "retrain_torsions_2d" / "data" / "torsions_2d_s0.dcd"
+    assert runs.retrain_dir(tmp_path, "gnn_torsions_2d") / "cv.pt" == tmp_path / runs.ARMS["gnn_torsions_2d"]
 
 
 def test_a_stopped_walker_is_analysed_as_it_stands_once_it_holds_half_its_length(tmp_path):
@@ -219,7 +226,8 @@ def test_each_arm_learns_from_its_training_set_and_a_set_is_done_when_all_its_ru
     assert {arm: runs.training_set_of(arm) for arm in runs.ARMS} == {
         "gnn": "train", "distances": "train", "gnn_retrained": "train", "gnn_2d": "train",
         "gnn_hot_2d": "train_hot", "distances_hot_2d": "train_hot",  # retrained: its source arm's set
-        "torsions_2d": None}  # native torsions: nothing learned
+        "torsions_2d": None, "gnn_torsions_2d": None}  # native torsions: nothing learned; retrained from them: none
+    assert runs.walker_config(tmp_path, FULL, "gnn_torsions_2d", 0, [0.3, 0.4]).route == "python"  # a learned CV
     s = {**FULL, "train_seeds": 2}
     hot = [runs.training_config(tmp_path, s, "train_hot", seed) for seed in range(2)]
     assert [c.temperature_k for c in hot] == [600.0, 600.0] and hot[0].out == str(tmp_path / "train_hot")
@@ -245,3 +253,26 @@ def test_an_arm_with_no_walker_analysed_yet_meets_no_target():
     assert rows["gnn_hot_2d walkers that blew up (of 0 ended)"]["met"] is None
     assert rows["gnn walkers that blew up (of 3 ended)"]["met"] is True
     assert all(r["met"] is None for name, r in rows.items() if "gnn_hot_2d" in name)
+
+
+def test_the_alpha_l_table_has_a_row_for_the_reference_and_each_analysed_arm():
+    from benchmarks.sampling_wlall import _alpha_l_lines
+
+    ref = {"population_per_run": [[0.01, 0.23]], "transitions_per_run": [[4, 1]], "population": [0.01, 0.23]}
+    arm = {"population_per_run": [[0.0, 0.72], [0.0, 0.0002]], "transitions_per_run": [[0, 2], [0, 0]],
+           "population": [0.0, 0.3601]}
+    lines = _alpha_l_lines({"reference": {"alpha_l": ref, "transition_dwell_ps": 200.0},
+                            "arms": {"torsions_2d": {"alpha_l": arm}, "gnn": {}}})  # gnn: no walker analysed yet
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[0] == "| run | residue 1 | residue 2 |"
+    assert table[1] == "| reference (unbiased) | 1 %; 4 | 23 %; 1 |"
+    assert table[2] == "| torsions_2d | 0 % (0 %, 0 %); 0, 0 | 36 % (72 %, 0.02 %); 2, 0 |"
+    assert len(table) == 3 and "200 ps" in lines[1]
+    assert _alpha_l_lines({"reference": None, "arms": {}}) == []
+
+
+def test_an_arm_biases_only_the_components_its_cv_has():
+    # a VAMP projection may export fewer outputs than asked (a --quick retrain kept 1 of 2)
+    assert runs.arm_components(FULL, "gnn_torsions_2d") == (0, 1)
+    assert runs.arm_components(FULL, "gnn_torsions_2d", n_cvs=1) == (0,)
+    assert runs.walker_config(Path("w"), FULL, "gnn_torsions_2d", 0, [0.3], n_cvs=1).components == (0,)
