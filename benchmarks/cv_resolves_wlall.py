@@ -48,14 +48,22 @@ def _auc(inside: np.ndarray, outside: np.ndarray, fold: bool = True) -> float:
     return max(auc, 1.0 - auc) if fold else auc
 
 
+def _fisher_direction(a: np.ndarray, b: np.ndarray, ridge: float = 0.0) -> np.ndarray:
+    """Fisher's discriminant direction between frames ``a`` and ``b`` ``[n, d]``: the pooled within-class covariance
+    (plus ``ridge`` × its mean variance on the diagonal) solved against the difference of the means."""
+    within = np.atleast_2d(np.cov(a.T) * len(a) + np.cov(b.T) * len(b)) / (len(a) + len(b))
+    if ridge:
+        within += ridge * np.trace(within) / len(within) * np.eye(len(within))
+    return np.linalg.lstsq(within, a.mean(0) - b.mean(0), rcond=None)[0]
+
+
 def separation_auc(values: np.ndarray, inside: np.ndarray) -> float:
     """ROC AUC of Fisher's linear discriminant of ``values [n, d]`` between frames ``inside`` and the rest (nan when
     either side is empty). Why Fisher: a CV of several components may hold a state in a combination of them."""
     a, b = values[inside], values[~inside]
     if len(a) < 2 or len(b) < 2:
         return float("nan")
-    within = np.atleast_2d(np.cov(a.T) * len(a) + np.cov(b.T) * len(b)) / len(values)
-    direction = np.linalg.lstsq(within, a.mean(0) - b.mean(0), rcond=None)[0]
+    direction = _fisher_direction(a, b)
     return _auc(a @ direction, b @ direction)
 
 
@@ -68,10 +76,7 @@ def probe_auc(features: np.ndarray, inside: np.ndarray) -> float:
     a, b = features[fit & inside], features[fit & ~inside]
     if min(len(a), len(b), int(np.sum(~fit & inside)), int(np.sum(~fit & ~inside))) < 2:
         return float("nan")
-    within = np.atleast_2d(np.cov(a.T) * len(a) + np.cov(b.T) * len(b)) / (len(a) + len(b))
-    within += PROBE_RIDGE * np.trace(within) / len(within) * np.eye(len(within))
-    direction = np.linalg.solve(within, a.mean(0) - b.mean(0))
-    scores = features[~fit] @ direction
+    scores = features[~fit] @ _fisher_direction(a, b, PROBE_RIDGE)
     return _auc(scores[inside[~fit]], scores[~inside[~fit]], fold=False)
 
 
