@@ -16,12 +16,25 @@ def now_utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (None elsewhere): cost ratios differ between CPUs, so a
+    result says which one gave it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine() -> dict:
     import openmm
     import torch
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "torch": str(torch.__version__), "openmm": openmm.__version__}
 
 
