@@ -39,18 +39,22 @@ OUTSIDE_MAX = 0.05
 
 def torsions(paths: list[Path], topology: Path):
     """Per file: (features [T, 4 n] sin/cos of φ/ψ, φ [T, n] rad, ψ [T, n] rad), φ_i and ψ_i of the same residue."""
+    from cvlearn.data.trajectories import load_trajectories
+
+    return [torsions_of(traj) for traj in load_trajectories([str(p) for p in paths], str(topology),
+                                                             selection="backbone")]
+
+
+def torsions_of(traj):
+    """:func:`torsions` of one loaded mdtraj trajectory (any atom selection that holds the backbone)."""
     import mdtraj
 
-    from cvlearn.data.trajectories import load_trajectories
     from cvlearn.estimators.baselines import backbone_torsion_features
 
-    out = []
-    for traj in load_trajectories([str(p) for p in paths], str(topology), selection="backbone"):
-        phi_idx, phi = mdtraj.compute_phi(traj)
-        psi_idx, psi = mdtraj.compute_psi(traj)
-        phi_cols, psi_cols = residue_torsion_columns(phi_idx, psi_idx)
-        out.append((backbone_torsion_features(traj), phi[:, phi_cols], psi[:, psi_cols]))
-    return out
+    phi_idx, phi = mdtraj.compute_phi(traj)
+    psi_idx, psi = mdtraj.compute_psi(traj)
+    phi_cols, psi_cols = residue_torsion_columns(phi_idx, psi_idx)
+    return backbone_torsion_features(traj), phi[:, phi_cols], psi[:, psi_cols]
 
 
 def residue_torsion_columns(phi_idx: np.ndarray, psi_idx: np.ndarray) -> tuple[list[int], list[int]]:
@@ -143,13 +147,24 @@ def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
     (310 ns), and the walkers biased on Leu2 φ itself gave 72 %, 0.02 % and 0.45 % (2, 0 and 2 visits of 200 ps);
     side by side, they say whether anyone has measured it.
 
+    A run that ends in αL (its last core visit, :func:`cvlearn.analysis.last_core`) has a last visit still open: its
+    population counts that visit's length so far, which says nothing of when it would have left (the reference
+    entered Leu2's αL at 237 ns and was still there at its end, 309 ns).
+
+    Two residues in αL at once are a state of their own: the walker that gave Leu2 72 % held it almost all with
+    Leu3 in αL too (a state the reference never entered), so ``pair_population_per_run`` says which state a
+    population is.
+
     Returns
     -------
     dict
-        ``population_per_run`` and ``transitions_per_run``: ``[n_runs][n_residues]``; ``population``: their mean
-        over runs (each run weighs alike, as the pooled F).
+        ``population_per_run``, ``transitions_per_run`` and ``ends_in_alpha_l_per_run`` (bool):
+        ``[n_runs][n_residues]``; ``population``: the mean over runs (each run weighs alike, as the pooled F);
+        ``pairs``: ``[(j, k)]`` residue pairs j < k, ``pair_population_per_run``: ``[n_runs][n_pairs]`` the
+        population with both in αL.
     """
-    pops, trans = [], []
+    pops, trans, ends, both = [], [], [], []
+    pairs = []
     for r in runs:
         phi = np.asarray(r["phi"], dtype=float)
         if not len(phi):
@@ -158,10 +173,15 @@ def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
         kept = wrap_angle(phi[keep]) > 0
         w = np.full(len(kept), 1.0 / len(kept)) if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
         pops.append([float(w @ kept[:, k]) for k in range(phi.shape[1])])
+        pairs = [(j, k) for j in range(phi.shape[1]) for k in range(j + 1, phi.shape[1])]
+        both.append([float(w @ (kept[:, j] & kept[:, k])) for j, k in pairs])
         trans.append([count_core_transitions(wrap_angle(phi[:, k]), PHI_NEGATIVE_CORE_RAD, ALPHA_L_CORE_RAD,
                                              min_dwell_frames=dwell_frames) for k in range(phi.shape[1])])
-    return {"population_per_run": pops, "transitions_per_run": trans,
-            "population": np.mean(pops, axis=0).tolist() if pops else []}
+        ends.append([bool(last_core(wrap_angle(phi[:, k]), PHI_NEGATIVE_CORE_RAD, ALPHA_L_CORE_RAD)[-1] == 1)
+                     for k in range(phi.shape[1])])
+    return {"population_per_run": pops, "transitions_per_run": trans, "ends_in_alpha_l_per_run": ends,
+            "population": np.mean(pops, axis=0).tolist() if pops else [], "pairs": pairs,
+            "pair_population_per_run": both}
 
 
 def core_relaxation(tic1: np.ndarray, cores: dict, lags_ps, frame_ps: float) -> dict:

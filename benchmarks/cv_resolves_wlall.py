@@ -113,10 +113,10 @@ def held_out_frames(work: Path, s: dict, stride: int):
         if not (d / "trajectory.dcd").is_file():
             continue
         traj = mdtraj.load(str(d / "trajectory.dcd"), top=str(d / "final.pdb"))[first::stride]
-        (features, phi, _), = ana.torsions([d / "trajectory.dcd"], d / "final.pdb")
+        features, phi, _ = ana.torsions_of(traj)
         trajs.append(traj)
-        phis.append(phi[first::stride])
-        feats.append(features[first::stride])
+        phis.append(phi)
+        feats.append(features)
     if not trajs:
         raise SystemExit(f"cv_resolves_wlall: no {SOURCE_ARM} walkers in {work / 'bias'} (run sampling_wlall first)")
     return mdtraj.join(trajs), np.concatenate(phis), np.concatenate(feats)

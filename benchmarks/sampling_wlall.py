@@ -69,6 +69,7 @@ import os
 os.environ.setdefault("OPENMM_CPU_THREADS", "1")  # before openmm is imported: one core per CPU-platform Context
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -187,6 +188,19 @@ def capped_atom_evaluations(colvar: Path) -> int:
     return int(np.clip(np.diff(c, prepend=0.0), 0.0, None).sum())
 
 
+@functools.lru_cache(maxsize=None)
+def _cv_spec_at(path: str, mtime_ns: int):
+    from cvlearn.export import load_cv
+
+    return load_cv(path)[1]
+
+
+def cv_spec(path: Path):
+    """The contract (:class:`cvlearn.export.CVSpec`) of a CV file, loaded once per file version: planning the walkers
+    and analysing them both read it (a retrained CV file is a new version)."""
+    return _cv_spec_at(str(path), Path(path).stat().st_mtime_ns)
+
+
 def min_dwell_frames(s: dict, dwell_ps: float | None = None) -> int:
     """Frames a core visit must last to count as a transition (``transition_dwell_ps``, or ``dwell_ps``)."""
     return max(1, int(round((s["transition_dwell_ps"] if dwell_ps is None else dwell_ps) / s["frame_ps"])))
@@ -255,7 +269,6 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
     result = {"reference": None, "arms": {}, "rows": [], "figures": []}
     if ref is None:
         return result
-    from cvlearn.export import load_cv
     from openmm_plugin.bias.setup import colvar_cv_names
 
     cores, ref_trans = ref["cores"], ref["transitions"]
@@ -295,7 +308,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         outcomes = [(c, runs.walker_outcome(c)) for c in arm_configs]
         analysed = [(c, o) for c, o in outcomes if o is not None or interim_walker(c, s)]
         # one CV file per arm: its COLVAR field names are read once, not per walker
-        cv_field = colvar_cv_names(load_cv(analysed[0][0].cv)[1])[runs.arm_components(s, arm)[0]] if analysed else None
+        cv_field = colvar_cv_names(cv_spec(analysed[0][0].cv))[runs.arm_components(s, arm)[0]] if analysed else None
         walkers = [analyse_walker(work, c, o, ref, cores, s, cv_field) for c, o in analysed]
         rows = [w["row"] for w in walkers]
         fine = [w for w in walkers if not w["row"]["failure"]]
@@ -484,8 +497,10 @@ def _alpha_l_lines(r: dict) -> list[str]:
 
     def cells(a: dict) -> list[str]:
         pops, trans = np.asarray(a["population_per_run"]), np.asarray(a["transitions_per_run"])
+        ends = np.asarray(a.get("ends_in_alpha_l_per_run") or np.zeros(trans.shape, dtype=bool))
         each = [f" ({', '.join(_pct(v) for v in pops[:, k])})" if len(pops) > 1 else "" for k in range(n)]
-        return [f"{_pct(a['population'][k])}{each[k]}; {', '.join(str(int(v)) for v in trans[:, k])}" for k in range(n)]
+        visits = [", ".join(f"{int(v)}{'+' if end else ''}" for v, end in zip(trans[:, k], ends[:, k])) for k in range(n)]
+        return [f"{_pct(a['population'][k])}{each[k]}; {visits[k]}" for k in range(n)]
 
     rows = [("reference (unbiased)", ref), *[(arm, a["alpha_l"]) for arm, a in r["arms"].items()
                                               if (a.get("alpha_l") or {}).get("population")]]
@@ -493,11 +508,32 @@ def _alpha_l_lines(r: dict) -> list[str]:
     return ["", f"αL (φ > 0) of each residue: population (arms reweighted: pooled, then per walker); transitions between "
             f"the αL core (φ in {ana.ALPHA_L_CORE_RAD[0]:g} to {ana.ALPHA_L_CORE_RAD[1]:g} rad) and φ < "
             f"{ana.PHI_NEGATIVE_CORE_RAD[1]:g} rad, a visit counted when it lasts {dwell:g} ps (arms: per walker, in "
-            "biased time). A population resting on one or two visits is not known to better than a factor of a few, in "
+            "biased time; + where the run ends in αL, its last visit still open). A population resting on one or two visits is not known to better than a factor of a few, in "
             "the reference as in a walker: where the walkers of an arm disagree by as much, neither side measures it, "
             "and F over the bins of that state cannot judge an arm.", "",
             "| run | " + " | ".join(f"residue {k + 1}" for k in range(n)) + " |", "|---" * (n + 1) + "|",
-            *[f"| {name} | " + " | ".join(cells(a)) + " |" for name, a in rows]]
+            *[f"| {name} | " + " | ".join(cells(a)) + " |" for name, a in rows], *_alpha_l_pair_lines(rows)]
+
+
+def _alpha_l_pair_lines(rows: list[tuple[str, dict]], shown: float = 0.01) -> list[str]:
+    """Residue pairs in αL at once that some run holds ≥ ``shown`` of its probability in, one sentence each:
+    which state a residue's αL population is (:func:`ana.alpha_l_states`); nothing for results without pairs."""
+    with_pairs = [(name, a) for name, a in rows if a.get("pair_population_per_run")]
+    if not with_pairs:
+        return []
+    pairs = [tuple(p) for p in with_pairs[0][1]["pairs"]]
+    lines = []
+    for i, (j, k) in enumerate(pairs):
+        per_run = {name: [float(run[i]) for run in a["pair_population_per_run"]] for name, a in with_pairs}
+        if max(max(v) for v in per_run.values()) < shown:
+            continue
+        words = [f"{name} {_pct(float(np.mean(v)))}" + (f" ({', '.join(_pct(x) for x in v)})" if len(v) > 1 else "")
+                 for name, v in per_run.items()]
+        lines.append(f"- residues {j + 1} and {k + 1}: " + "; ".join(words))
+    if not lines:
+        return []
+    return ["", f"Two residues in αL at once, where a run holds at least {_pct(shown)} of its probability (pooled, then "
+            "per walker): a residue's αL population above may be mostly one of these states.", "", *lines]
 
 
 def _settled_lines(r: dict) -> list[str]:
@@ -555,8 +591,6 @@ def arms_to_run(args) -> list[str]:
 def arm_configs(args, work: Path, s: dict, arms: list[str], configs: dict, budget) -> None:
     """Fill ``configs`` (arm -> walker configs) for every arm whose CV exists, retraining a CV first when it is run
     now (``arms``) and its source arm's walkers have ended once."""
-    from cvlearn.export import load_cv
-
     for arm, cv_file in runs.ARMS.items():
         if arm in configs:
             continue
@@ -570,7 +604,7 @@ def arm_configs(args, work: Path, s: dict, arms: list[str], configs: dict, budge
             runs.retrain(work, s, data, args.quick, arm)
         if not cv_path.is_file():
             continue
-        n_cvs = int(load_cv(cv_path)[1].n_cvs)
+        n_cvs = int(cv_spec(cv_path).n_cvs)
         components = runs.arm_components(s, arm, n_cvs)
         if components != runs.arm_components(s, arm):
             print(f"{arm}: its CV has {n_cvs} component(s): biasing {list(components)}", flush=True)

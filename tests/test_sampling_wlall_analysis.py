@@ -294,6 +294,10 @@ def test_alpha_l_states_weighs_biased_frames_and_counts_only_visits_that_last():
     unbiased = ana.alpha_l_states([{"phi": phi}], dwell_frames=5)
     assert unbiased["population"] == pytest.approx([20 / 120, 12 / 120])
     assert unbiased["transitions_per_run"] == [[1, 0]]  # the 1-frame flickers never last the dwell
+    # residue 0 ends in its αL visit; residue 1's last frame is in φ < 0 though its flickers touched αL
+    assert unbiased["ends_in_alpha_l_per_run"] == [[True, False]]
+    # both in αL at once: residue 1's flickers at frames 105 and 115, inside residue 0's visit
+    assert unbiased["pairs"] == [(0, 1)] and unbiased["pair_population_per_run"] == [[pytest.approx(2 / 120)]]
     # a biased walker: αL frames carry a tenth of the weight of the others, the first 20 frames dropped as burn-in
     weights = np.where(phi[20:, 0] > 0, 0.1, 1.0)
     biased = ana.alpha_l_states([{"phi": phi, "keep": slice(20, None), "weights": weights}], dwell_frames=5)
@@ -301,4 +305,5 @@ def test_alpha_l_states_weighs_biased_frames_and_counts_only_visits_that_last():
     two = ana.alpha_l_states([{"phi": phi}, {"phi": np.full((50, 2), -1.5)}], dwell_frames=5)
     assert two["population"] == pytest.approx([10 / 120, 6 / 120])  # runs weigh alike
     assert ana.alpha_l_states([{"phi": np.zeros((0, 2))}], 5) == {"population_per_run": [], "transitions_per_run": [],
-                                                                 "population": []}
+                                                                 "ends_in_alpha_l_per_run": [], "population": [],
+                                                                 "pairs": [], "pair_population_per_run": []}

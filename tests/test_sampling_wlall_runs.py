@@ -258,16 +258,26 @@ def test_an_arm_with_no_walker_analysed_yet_meets_no_target():
 def test_the_alpha_l_table_has_a_row_for_the_reference_and_each_analysed_arm():
     from benchmarks.sampling_wlall import _alpha_l_lines
 
-    ref = {"population_per_run": [[0.01, 0.23]], "transitions_per_run": [[4, 1]], "population": [0.01, 0.23]}
+    ref = {"population_per_run": [[0.01, 0.23]], "transitions_per_run": [[4, 1]], "population": [0.01, 0.23],
+           "ends_in_alpha_l_per_run": [[False, True]]}  # arm: a result written before the flag, read without it
     arm = {"population_per_run": [[0.0, 0.72], [0.0, 0.0002]], "transitions_per_run": [[0, 2], [0, 0]],
            "population": [0.0, 0.3601]}
     lines = _alpha_l_lines({"reference": {"alpha_l": ref, "transition_dwell_ps": 200.0},
                             "arms": {"torsions_2d": {"alpha_l": arm}, "gnn": {}}})  # gnn: no walker analysed yet
     table = [line for line in lines if line.startswith("| ")]
     assert table[0] == "| run | residue 1 | residue 2 |"
-    assert table[1] == "| reference (unbiased) | 1 %; 4 | 23 %; 1 |"
+    assert table[1] == "| reference (unbiased) | 1 %; 4 | 23 %; 1+ |"
     assert table[2] == "| torsions_2d | 0 % (0 %, 0 %); 0, 0 | 36 % (72 %, 0.02 %); 2, 0 |"
     assert len(table) == 3 and "200 ps" in lines[1]
+    assert not any("at once" in line for line in lines)  # results written before the pairs: no pair lines
+    ref["pairs"], ref["pair_population_per_run"] = [(0, 1)], [[0.002]]
+    arm["pairs"], arm["pair_population_per_run"] = [(0, 1)], [[0.70], [0.0]]
+    lines = _alpha_l_lines({"reference": {"alpha_l": ref, "transition_dwell_ps": 200.0},
+                            "arms": {"torsions_2d": {"alpha_l": arm}}})
+    assert lines[-1] == "- residues 1 and 2: reference (unbiased) 0.2 %; torsions_2d 35 % (70 %, 0 %)"
+    arm["pair_population_per_run"] = [[0.005], [0.0]]  # no run reaches 1 %: the pair is not shown
+    assert not any("at once" in line for line in _alpha_l_lines({"reference": {"alpha_l": ref, "transition_dwell_ps": 200.0},
+                                                                "arms": {"torsions_2d": {"alpha_l": arm}}}))
     assert _alpha_l_lines({"reference": None, "arms": {}}) == []
 
 
