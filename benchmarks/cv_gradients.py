@@ -16,6 +16,13 @@ third of its training range, the middle third being where a transition runs; ``-
 
     python benchmarks/cv_gradients.py --basins thirds --tag wlall --trajectory W/train/<run>.dcd \
         --cvs W/learn/cv.pt W/learn/baseline_distances_cv.pt   # W = benchmarks/state/sampling_wlall
+
+On a walker's own (biased) frames, where its bias acts (``--topology``: a walker directory holds ``final.pdb``):
+
+    python benchmarks/cv_gradients.py --quick --basins thirds --tag wlall_hot \
+        --trajectory W/bias/gnn_hot_2d_s1/trajectory.dcd --topology W/bias/gnn_hot_2d_s1/final.pdb \
+        --temperature "300 K, gnn_hot_2d walker 1 (biased)" \
+        --cvs W/learn/cv.pt W/learn_hot/cv.pt W/learn/baseline_distances_cv.pt W/learn_hot/baseline_distances_cv.pt
 """
 
 from __future__ import annotations
@@ -83,7 +90,10 @@ def run(args) -> dict:
     dcd = Path(args.trajectory)
     if not dcd.is_file():
         raise SystemExit(f"--trajectory: expected {dcd} (make it with the commands in benchmarks/sampling.py), found none")
-    traj = mdtraj.load(str(dcd), top=str(dcd.with_suffix(".pdb")))
+    top = Path(args.topology) if args.topology else dcd.with_suffix(".pdb")
+    if not top.is_file():
+        raise SystemExit(f"--topology: expected the PDB of {dcd} at {top}, found none")
+    traj = mdtraj.load(str(dcd), top=str(top))
     stride = 10 if args.quick else 1
     traj = traj[::stride]
     masses = [atom.element.mass for atom in traj.topology.atoms]
@@ -95,6 +105,7 @@ def run(args) -> dict:
         rows = [cv_stats(Path(p), traj.xyz, masses, thirds(Path(p), traj.xyz), hessian_frames) for p in args.cvs]
     return {"benchmark": "cv_gradients", "date": now_utc(), "machine": machine(),
             "settings": {"quick": args.quick, "trajectory": str(dcd.relative_to(ROOT) if dcd.is_absolute() else dcd),
+                         "topology": str(top),
                          "stride": stride, "frames": traj.n_frames, "hessian_frames_per_basin": hessian_frames,
                          "component": 0, "dtype": "float64", "basins": args.basins, "temperature": args.temperature},
             "rows": rows, "targets": []}
@@ -140,6 +151,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cvs", nargs="+", default=[str(p) for p in CVS])
     parser.add_argument("--trajectory", default=str(ROOT / "runs" / "ala2_600k" / "alanine_dipeptide_T600_s3.dcd"),
                         help="one trajectory of the training data (its .pdb beside it; default ala2 at 600 K)")
+    parser.add_argument("--topology", default=None, help="the trajectory's PDB (default: its .pdb beside it; a "
+                        "walker directory's is final.pdb)")
     parser.add_argument("--temperature", default="600 K", help="of --trajectory, for the table's caption")
     parser.add_argument("--basins", choices=("phi", "thirds"), default="phi",
                         help="phi: ala2's C7eq/C7ax; thirds: the CV's own lower/middle/upper third of its range")
