@@ -69,7 +69,6 @@ import os
 os.environ.setdefault("OPENMM_CPU_THREADS", "1")  # before openmm is imported: one core per CPU-platform Context
 
 import argparse  # noqa: E402
-import functools  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -188,19 +187,6 @@ def capped_atom_evaluations(colvar: Path) -> int:
     return int(np.clip(np.diff(c, prepend=0.0), 0.0, None).sum())
 
 
-@functools.lru_cache(maxsize=None)
-def _cv_spec_at(path: str, mtime_ns: int):
-    from cvlearn.export import load_cv
-
-    return load_cv(path)[1]
-
-
-def cv_spec(path: Path):
-    """The contract (:class:`cvlearn.export.CVSpec`) of a CV file, loaded once per file version: planning the walkers
-    and analysing them both read it (a retrained CV file is a new version)."""
-    return _cv_spec_at(str(path), Path(path).stat().st_mtime_ns)
-
-
 def min_dwell_frames(s: dict, dwell_ps: float | None = None) -> int:
     """Frames a core visit must last to count as a transition (``transition_dwell_ps``, or ``dwell_ps``)."""
     return max(1, int(round((s["transition_dwell_ps"] if dwell_ps is None else dwell_ps) / s["frame_ps"])))
@@ -269,6 +255,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
     result = {"reference": None, "arms": {}, "rows": [], "figures": []}
     if ref is None:
         return result
+    from cvlearn.export import load_cv
     from openmm_plugin.bias.setup import colvar_cv_names
 
     cores, ref_trans = ref["cores"], ref["transitions"]
@@ -308,7 +295,7 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         outcomes = [(c, runs.walker_outcome(c)) for c in arm_configs]
         analysed = [(c, o) for c, o in outcomes if o is not None or interim_walker(c, s)]
         # one CV file per arm: its COLVAR field names are read once, not per walker
-        cv_field = colvar_cv_names(cv_spec(analysed[0][0].cv))[runs.arm_components(s, arm)[0]] if analysed else None
+        cv_field = colvar_cv_names(load_cv(analysed[0][0].cv)[1])[runs.arm_components(s, arm)[0]] if analysed else None
         walkers = [analyse_walker(work, c, o, ref, cores, s, cv_field) for c, o in analysed]
         rows = [w["row"] for w in walkers]
         fine = [w for w in walkers if not w["row"]["failure"]]
@@ -591,6 +578,8 @@ def arms_to_run(args) -> list[str]:
 def arm_configs(args, work: Path, s: dict, arms: list[str], configs: dict, budget) -> None:
     """Fill ``configs`` (arm -> walker configs) for every arm whose CV exists, retraining a CV first when it is run
     now (``arms``) and its source arm's walkers have ended once."""
+    from cvlearn.export import load_cv
+
     for arm, cv_file in runs.ARMS.items():
         if arm in configs:
             continue
@@ -604,7 +593,7 @@ def arm_configs(args, work: Path, s: dict, arms: list[str], configs: dict, budge
             runs.retrain(work, s, data, args.quick, arm)
         if not cv_path.is_file():
             continue
-        n_cvs = int(cv_spec(cv_path).n_cvs)
+        n_cvs = int(load_cv(cv_path)[1].n_cvs)
         components = runs.arm_components(s, arm, n_cvs)
         if components != runs.arm_components(s, arm):
             print(f"{arm}: its CV has {n_cvs} component(s): biasing {list(components)}", flush=True)
