@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cvlearn.analysis.reweighting import free_energy_surface, opes_weights
-from cvlearn.analysis.transitions import count_core_transitions, last_core
+from cvlearn.analysis.transitions import committed_cores, count_core_transitions, last_core
 from cvlearn.units import kt_kjmol
 
 BURN_IN_FRACTION = 0.1  # of each walker, dropped from reweighting (the OPES bias is still building)
@@ -147,9 +147,11 @@ def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
     (310 ns), and the walkers biased on Leu2 φ itself gave 72 %, 0.02 % and 0.45 % (2, 0 and 2 visits of 200 ps);
     side by side, they say whether anyone has measured it.
 
-    A run that ends in αL (its last core visit, :func:`cvlearn.analysis.last_core`) has a last visit still open: its
-    population counts that visit's length so far, which says nothing of when it would have left (the reference
-    entered Leu2's αL at 237 ns and was still there at its end, 309 ns).
+    A run that ends in αL (the last core it committed to, by the same dwell as its transitions:
+    :func:`cvlearn.analysis.transitions.committed_cores`) has a last visit still open: its population counts that
+    visit's length so far, which says nothing of when it would have left (the reference entered Leu2's αL at 237 ns
+    and was still there at its end, 309 ns). A visit at the very end shorter than the dwell does not count, so the
+    flag never marks a run whose counted visits are all closed.
 
     Two residues in αL at once are a state of their own: the walker that gave Leu2 72 % held it almost all with
     Leu3 in αL too (a state the reference never entered), so ``pair_population_per_run`` says which state a
@@ -175,10 +177,10 @@ def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
         pops.append([float(w @ kept[:, k]) for k in range(phi.shape[1])])
         pairs = [(j, k) for j in range(phi.shape[1]) for k in range(j + 1, phi.shape[1])]
         both.append([float(w @ (kept[:, j] & kept[:, k])) for j, k in pairs])
-        trans.append([count_core_transitions(wrap_angle(phi[:, k]), PHI_NEGATIVE_CORE_RAD, ALPHA_L_CORE_RAD,
-                                             min_dwell_frames=dwell_frames) for k in range(phi.shape[1])])
-        ends.append([bool(last_core(wrap_angle(phi[:, k]), PHI_NEGATIVE_CORE_RAD, ALPHA_L_CORE_RAD)[-1] == 1)
-                     for k in range(phi.shape[1])])
+        cores = [committed_cores(wrap_angle(phi[:, k]), PHI_NEGATIVE_CORE_RAD, ALPHA_L_CORE_RAD,
+                                 min_dwell_frames=dwell_frames) for k in range(phi.shape[1])]
+        trans.append([max(0, len(c) - 1) for c in cores])
+        ends.append([bool(c) and c[-1] == 1 for c in cores])
     return {"population_per_run": pops, "transitions_per_run": trans, "ends_in_alpha_l_per_run": ends,
             "population": np.mean(pops, axis=0).tolist() if pops else [], "pairs": pairs,
             "pair_population_per_run": both}

@@ -296,6 +296,11 @@ def test_alpha_l_states_weighs_biased_frames_and_counts_only_visits_that_last():
     assert unbiased["transitions_per_run"] == [[1, 0]]  # the 1-frame flickers never last the dwell
     # residue 0 ends in its αL visit; residue 1's last frame is in φ < 0 though its flickers touched αL
     assert unbiased["ends_in_alpha_l_per_run"] == [[True, False]]
+    # an entry into αL at the very end, shorter than the dwell, is neither a transition nor an open visit
+    late = phi.copy()
+    late[-3:, 1] = 1.0
+    assert ana.alpha_l_states([{"phi": late}], dwell_frames=5)["ends_in_alpha_l_per_run"] == [[True, False]]
+    assert ana.alpha_l_states([{"phi": late}], dwell_frames=3)["ends_in_alpha_l_per_run"] == [[True, True]]
     # both in αL at once: residue 1's flickers at frames 105 and 115, inside residue 0's visit
     assert unbiased["pairs"] == [(0, 1)] and unbiased["pair_population_per_run"] == [[pytest.approx(2 / 120)]]
     # a biased walker: αL frames carry a tenth of the weight of the others, the first 20 frames dropped as burn-in

@@ -78,11 +78,11 @@ def last_core(values, a, b) -> np.ndarray:
     return np.where(np.arange(len(state)) >= seen[0], state[filled], -1).astype(np.int8)
 
 
-def count_core_transitions(values, a, b, *, min_dwell_frames: int = 1) -> int:
-    """Entries into one core after last visiting the other, each kept only if it lasts ``min_dwell_frames``.
+def committed_cores(values, a, b, *, min_dwell_frames: int = 1) -> list[int]:
+    """The cores a run committed to, in order: 0 for ``a``, 1 for ``b``, consecutive entries alternate.
 
-    A visit shorter than the dwell does not count as having left the previous core (the first core visit counts
-    however short: it only sets where the run starts). Why the dwell: a projection such as a TIC can reach the
+    A visit shorter than ``min_dwell_frames`` does not count as having left the previous core (the first core visit
+    counts however short: it only sets where the run starts). Why the dwell: a projection such as a TIC can reach the
     other core for a moment and return without the molecule committing to the other state; counted, those
     excursions read as transitions (the pentapeptide reference: 25 transitions along TIC1 at a 20-ps dwell, 7 from
     200 ps to 2 ns, and a two-state model of its 8-ns relaxation predicts about 9).
@@ -98,21 +98,34 @@ def count_core_transitions(values, a, b, *, min_dwell_frames: int = 1) -> int:
 
     Returns
     -------
-    int
+    list[int]
+        Empty if no core was visited; the last entry is the core the run ended in, as far as the dwell tells (a
+        visit to the other core at the very end that is shorter than the dwell does not change it).
     """
     if int(min_dwell_frames) < 1:
         raise ValueError(f"min_dwell_frames: expected >= 1, found {min_dwell_frames!r}")
     state = last_core(values, a, b)
     visited = state[state >= 0]
     if visited.size == 0:
-        return 0
+        return []
     starts = np.flatnonzero(np.r_[True, visited[1:] != visited[:-1]])
     lengths = np.diff(np.r_[starts, visited.size])
     kept = [int(visited[starts[0]])]
     for label, length in zip(visited[starts[1:]], lengths[1:]):
         if length >= min_dwell_frames and label != kept[-1]:
             kept.append(int(label))
-    return len(kept) - 1
+    return kept
+
+
+def count_core_transitions(values, a, b, *, min_dwell_frames: int = 1) -> int:
+    """Entries into one core after last visiting the other, each kept only if it lasts ``min_dwell_frames``
+    (:func:`committed_cores`, whose arguments it takes).
+
+    Returns
+    -------
+    int
+    """
+    return max(0, len(committed_cores(values, a, b, min_dwell_frames=min_dwell_frames)) - 1)
 
 
 def _count_one(phi_rad, eq: tuple[float, float], ax: tuple[float, float]) -> int:

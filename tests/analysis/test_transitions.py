@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from cvlearn.analysis.transitions import (AX_BASIN_DEG, AX_CORE_DEG, count_core_transitions, count_phi_transitions,
-                                          last_core, phi_basins)
+from cvlearn.analysis.transitions import (AX_BASIN_DEG, AX_CORE_DEG, committed_cores, count_core_transitions,
+                                          count_phi_transitions, last_core, phi_basins)
 
 
 def rad(*deg):
@@ -97,6 +97,10 @@ def test_core_transitions_ignore_visits_shorter_than_the_dwell():
     x = np.concatenate([b(2), np.full(10, 1.0), a(100), b(25)])
     assert count_core_transitions(x, core_a, core_b, min_dwell_frames=20) == 2  # B -> A -> B
     assert count_core_transitions(np.ones(5), core_a, core_b) == 0  # never in a core
+    # the committed sequence: its last entry is where the run ended, a short final visit left out
+    assert committed_cores(x, core_a, core_b, min_dwell_frames=20) == [1, 0, 1]
+    assert committed_cores(x, core_a, core_b, min_dwell_frames=30) == [1, 0]
+    assert committed_cores(np.ones(5), core_a, core_b) == []
     with pytest.raises(ValueError, match="min_dwell_frames"):
         count_core_transitions(x, core_a, core_b, min_dwell_frames=0)
     with pytest.raises(ValueError, match="b: expected"):
