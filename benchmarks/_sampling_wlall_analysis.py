@@ -148,7 +148,7 @@ def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
     side by side, they say whether anyone has measured it.
 
     A run that ends in αL (the last core it committed to, by the same dwell as its transitions:
-    :func:`cvlearn.analysis.transitions.committed_cores`) has a last visit still open: its population counts that
+    :func:`cvlearn.analysis.committed_cores`) has a last visit still open: its population counts that
     visit's length so far, which says nothing of when it would have left (the reference entered Leu2's αL at 237 ns
     and was still there at its end, 309 ns). A visit at the very end shorter than the dwell does not count, so the
     flag never marks a run whose counted visits are all closed.

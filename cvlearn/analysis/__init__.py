@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 
 _SUBMODULE_OF = {
-    **dict.fromkeys(["AX_BASIN_DEG", "AX_CORE_DEG", "EQ_BASIN_DEG", "EQ_CORE_DEG", "count_core_transitions",
-                     "count_phi_transitions", "last_core", "phi_basins", "rate_ratio_ci"], "transitions"),
+    **dict.fromkeys(["AX_BASIN_DEG", "AX_CORE_DEG", "EQ_BASIN_DEG", "EQ_CORE_DEG", "committed_cores",
+                     "count_core_transitions", "count_phi_transitions", "last_core", "phi_basins", "rate_ratio_ci"],
+                    "transitions"),
     **dict.fromkeys(["ck_test", "correlations", "discretize", "implied_timescales", "kinetic_report",
                      "protein_observables", "vamp2_vs_dim", "vamp2_vs_lag"], "kinetics"),
     **dict.fromkeys(["delta_f_kjmol", "free_energy_profile", "free_energy_surface", "log_weights_from_bias",
