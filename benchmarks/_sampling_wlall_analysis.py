@@ -143,18 +143,18 @@ def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
     Transitions are counted on every frame, in the run's own (biased) time.
 
     Why: RMS F(TIC1, TIC2) over shared bins weighs a state by its population in each run, and a rare state's
-    population rests on the visits a run made: the pentapeptide reference put 23 % in Leu2's αL from one visit
-    (310 ns), and the walkers biased on Leu2 φ itself gave 72 %, 0.02 % and 0.45 % (2, 0 and 2 visits of 200 ps);
+    population rests on the visits a run made: the pentapeptide reference put 24 % in Leu2's αL from one 81-ns visit
+    (332 ns), and the walkers biased on Leu2 φ itself gave 72 %, 0.02 % and 0.45 % (2, 0 and 2 visits of 200 ps);
     side by side, they say whether anyone has measured it.
 
     A run that ends in αL (the last core it committed to, by the same dwell as its transitions:
     :func:`cvlearn.analysis.committed_cores`) has a last visit still open: its population counts that
-    visit's length so far, which says nothing of when it would have left (the reference entered Leu2's αL at 237 ns
-    and was still there at its end, 309 ns). A visit at the very end shorter than the dwell does not count, so the
+    visit's length so far, which says nothing of when it would have left (the reference entered Leu2's αL at 237 ns,
+    was still there at its end at 309 ns, and left at 318 ns). A visit at the very end shorter than the dwell does not count, so the
     flag never marks a run whose counted visits are all closed.
 
     Two residues in αL at once are a state of their own: the walker that gave Leu2 72 % held it almost all with
-    Leu3 in αL too (a state the reference never entered), so ``pair_population_per_run`` says which state a
+    Ala3 in αL too (a state the reference never entered), so ``pair_population_per_run`` says which state a
     population is.
 
     Returns
