@@ -148,10 +148,10 @@ def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
     side by side, they say whether anyone has measured it.
 
     A run that ends in αL (the last core it committed to, by the same dwell as its transitions:
-    :func:`cvlearn.analysis.committed_cores`) has a last visit still open: its population counts that
-    visit's length so far, which says nothing of when it would have left (the reference entered Leu2's αL at 237 ns,
-    was still there at its end at 309 ns, and left at 318 ns). A visit at the very end shorter than the dwell does not count, so the
-    flag never marks a run whose counted visits are all closed.
+    :func:`cvlearn.analysis.committed_cores`) has a last visit still open: its population counts that visit's length
+    so far, which says nothing of when it would have left (the reference entered Leu2's αL at 237 ns and was still
+    there when it ended at 309 ns; extended, it left at 318 ns). A visit at the very end shorter than the dwell does
+    not count, so the flag never marks a run whose counted visits are all closed.
 
     Two residues in αL at once are a state of their own: the walker that gave Leu2 72 % held it almost all with
     Ala3 in αL too (a state the reference never entered), so ``pair_population_per_run`` says which state a
