@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -426,9 +427,22 @@ def _die_with_parent() -> None:
         pass
 
 
+def _child(target, core: int | None, args: tuple) -> None:
+    """Child process of :func:`run_children`: dies with its parent, runs on ``core`` alone, then ``target(*args)``.
+
+    Why one core: with ``Threads=1`` OpenMM's CPU platform still hands every force computation to one worker thread
+    and waits for it, ~26 times a step. Where the two threads may run on different cores, each hand-off is a
+    cross-core wake-up: on this 2-core VM a WLALL step cost 1.30 ms with both cores allowed and 0.54 ms on one
+    (``benchmarks/results/cpu_affinity.md``). Child k of ``jobs`` takes core k, so children do not share one either.
+    """
+    _die_with_parent()
+    if core is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})  # before any Context exists: its worker thread inherits the mask
+    target(*args)
+
+
 def _walker_main(config) -> None:
     """Child process: run (or resume) one walker; a blow-up is an outcome, a changed setting exits 2."""
-    _die_with_parent()
     import openmm
 
     from cvlearn.errors import RunError
@@ -450,7 +464,6 @@ def _walker_main(config) -> None:
 
 def _reference_main(work: Path, s: dict, target_ns: float) -> None:
     """Child process: extend the reference to ``target_ns`` (the parent stops it at the end of the budget)."""
-    _die_with_parent()
     extend_reference(work, s, target_ns, Budget(None))
 
 
@@ -471,20 +484,23 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
     left. A walker whose settings changed exits 2 (refused). Returns the names of the tasks left unfinished."""
     pending = [task for task in tasks if not task[3]()]
     context = multiprocessing.get_context("spawn")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     running: list = []
     try:
         while pending or running:
             while pending and len(running) < jobs and budget.left_s() > min_start_s:
                 name, target, args, ended = pending.pop(0)
-                process = context.Process(target=target, args=args, name=name)
+                taken = {item[3] for item in running}
+                core = next((c for c in cores if c not in taken), None)  # more jobs than cores: the OS places it
+                process = context.Process(target=_child, args=(target, core, args), name=name)
                 process.start()
-                running.append((process, name, ended))
-                print(f"{name}: started (pid {process.pid})", flush=True)
+                running.append((process, name, ended, core))
+                print(f"{name}: started (pid {process.pid}{'' if core is None else f', core {core}'})", flush=True)
             if budget.left_s() <= 0 or (not running and pending):
                 break
             time.sleep(1.0)
             for item in list(running):
-                process, name, ended = item
+                process, name, ended, _ = item
                 if process.exitcode is None:
                     continue
                 running.remove(item)
@@ -495,7 +511,7 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
                     raise RuntimeError(f"{name}: exited with code {process.exitcode} before its end")
                 print(f"{name}: ended", flush=True)
     finally:
-        for process, name, _ in running:  # out of time (or interrupted): stop; the checkpoint holds the progress
+        for process, name, _, _ in running:  # out of time (or interrupted): stop; the checkpoint holds the progress
             process.terminate()
             process.join(30)
             print(f"{name}: stopped at the end of the budget; resumes next time", flush=True)
