@@ -436,7 +436,7 @@ def _child(target, core: int | None, args: tuple) -> None:
     (``benchmarks/results/cpu_affinity.md``). Child k of ``jobs`` takes core k, so children do not share one either.
     """
     _die_with_parent()
-    if core is not None and hasattr(os, "sched_setaffinity"):
+    if core is not None:  # run_children gives a core only where os.sched_getaffinity exists (Linux)
         os.sched_setaffinity(0, {core})  # before any Context exists: its worker thread inherits the mask
     target(*args)
 

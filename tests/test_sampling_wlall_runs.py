@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -288,12 +289,10 @@ def test_an_arm_biases_only_the_components_its_cv_has():
     assert runs.walker_config(Path("w"), FULL, "gnn_torsions_2d", 0, [0.3], n_cvs=1).components == (0,)
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="needs Linux CPU affinity")
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
 def test_each_child_runs_on_one_core_of_its_own(tmp_path):
     """OpenMM's CPU platform hands each force to a worker thread: a child pinned to one core keeps that hand-off on
     the core (2.4x cheaper per WLALL step on a 2-core VM), and two children do not share a core."""
-    import os
-
     cores = sorted(os.sched_getaffinity(0))
     code = ("import os, pathlib, time; time.sleep(1.5); "
             "pathlib.Path({path!r}).write_text(','.join(map(str, sorted(os.sched_getaffinity(0)))))")
