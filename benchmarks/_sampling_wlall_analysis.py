@@ -2,8 +2,10 @@
 of biased walkers onto it, reweighted free energies against the reference, and slow transitions along TICA 1.
 
 * TICA (deeptime) on sin/cos of backbone φ/ψ (:func:`cvlearn.estimators.baselines.backbone_torsion_features`) of the
-  unbiased reference, one continuous trajectory (its segments continue one another), the first
-  ``equilibration_ns`` dropped (it starts from an extended chain).
+  unbiased reference: one or more independent chains, each one continuous trajectory (its segments continue one
+  another), each chain's first ``equilibration_ns`` dropped (chain 0 starts from an extended peptide). Lagged pairs,
+  transitions and halves are taken within each chain (:func:`split_chains`, :func:`second_half_mask`); histograms
+  pool the chains frame by frame.
 * Slowest implied timescale: MSM ITS (:func:`cvlearn.analysis.kinetics.implied_timescales`) on k-means states of the
   first two TICs at a few lags; the plan uses the largest ITS_1 over those lags (ITS converge from below).
 * Free energies: F(TIC1, TIC2) and per-residue F(φ, ψ), biased frames weighted exp(βV) (OPES,
@@ -65,9 +67,12 @@ def residue_torsion_columns(phi_idx: np.ndarray, psi_idx: np.ndarray) -> tuple[l
     return [phi_ca.index(a) for a in common], [psi_ca.index(a) for a in common]
 
 
-def reference_model(features: np.ndarray, frame_ps: float, lag_ps: float, its_lags_ps, n_clusters: int,
-                    dim: int = 2) -> dict:
+def reference_model(features: np.ndarray | list[np.ndarray], frame_ps: float, lag_ps: float, its_lags_ps,
+                    n_clusters: int, dim: int = 2) -> dict:
     """TICA of the reference and the implied timescales of its slowest processes.
+
+    ``features``: ``[T, n]``, or one such array per independent chain (TICA and the MSM count lagged pairs within
+    each chain, never across two); ``tics`` is returned pooled, chain after chain.
 
     ``slowest_its_ps`` is the largest *resolved* estimate: TICA's own (at ``lag_ps``) and the MSM's on TIC1-2 (at
     each of ``its_lags_ps``), each kept only where it is at least its lag. Both are variational lower bounds of the
@@ -78,14 +83,17 @@ def reference_model(features: np.ndarray, frame_ps: float, lag_ps: float, its_la
 
     from cvlearn.analysis.kinetics import discretize, implied_timescales
 
+    chains = [features] if isinstance(features, np.ndarray) else list(features)
     lag = max(1, int(round(lag_ps / frame_ps)))
-    model = TICA(lagtime=lag, dim=dim).fit([features]).fetch_model()
-    tics = model.transform(features)[:, :dim]
+    model = TICA(lagtime=lag, dim=dim).fit([c for c in chains if len(c) > lag]).fetch_model()
+    per_chain = [model.transform(c)[:, :dim] for c in chains]
+    tics = np.concatenate(per_chain)
     eig = np.asarray(model.singular_values[:dim], dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         tica_its_ps = (-lag * frame_ps / np.log(np.abs(eig))).tolist()
-    lags = sorted({max(1, int(round(t / frame_ps))) for t in its_lags_ps if t / frame_ps < len(features) / 4})
-    dtrajs = discretize([tics], min(n_clusters, len(tics) // 4), seed=0)
+    longest = max(len(c) for c in chains)
+    lags = sorted({max(1, int(round(t / frame_ps))) for t in its_lags_ps if t / frame_ps < longest / 4})
+    dtrajs = discretize(per_chain, min(n_clusters, len(tics) // 4), seed=0)
     its = implied_timescales(dtrajs, lags, n_its=2, dt_ps=frame_ps)
     candidates = [("TICA", lag * frame_ps, tica_its_ps[0])] + [
         ("MSM", lag_k, row[0]) for lag_k, row in zip(its["lags_ps"], its["timescales_ps"])]
@@ -124,9 +132,26 @@ def core_intervals(cores: dict) -> tuple[tuple[float, float], tuple[float, float
     return (-np.inf, cores["below"]), (cores["above"], np.inf)
 
 
-def tic1_transitions(tic1: np.ndarray, cores: dict, dwell_frames: int) -> int:
-    """Transitions between the TIC1 cores, a visit counted when it lasts ``dwell_frames``."""
-    return count_core_transitions(tic1, *core_intervals(cores), min_dwell_frames=dwell_frames)
+def tic1_transitions(tic1: np.ndarray, cores: dict, dwell_frames: int, lengths=None) -> int:
+    """Transitions between the TIC1 cores, a visit counted when it lasts ``dwell_frames``; ``lengths``: frames per
+    independent chain of ``tic1`` (pooled, chain after chain), counted chain by chain (None: one run)."""
+    return sum(count_core_transitions(x, *core_intervals(cores), min_dwell_frames=dwell_frames)
+               for x in split_chains(tic1, lengths))
+
+
+def split_chains(values: np.ndarray, lengths=None) -> list[np.ndarray]:
+    """``values`` pooled chain after chain, as one array per chain (``lengths``: frames per chain; None: one)."""
+    return [values] if lengths is None else np.split(values, np.cumsum(lengths)[:-1])
+
+
+def second_half_mask(lengths) -> np.ndarray:
+    """``[sum(lengths)]`` bool: the frames in the second half of their own chain (the first ``n // 2`` of a chain
+    of ``n`` frames are its first half).
+
+    Why per chain: the halves compare the reference with itself later in time. Pooling each chain's first half
+    against the chains' second halves keeps that meaning with several chains, where chain 0 against chain 1 would
+    compare a long chain with a young one that shares its start frame (``runs.chain_start_segment``)."""
+    return np.concatenate([np.arange(n) >= n // 2 for n in lengths]) if len(lengths) else np.zeros(0, dtype=bool)
 
 
 # φ cores (rad) of a residue's αL (φ ≈ +1) and of the φ < 0 states (β, PPII, αR): a visit counts when it lasts the
@@ -135,7 +160,7 @@ ALPHA_L_CORE_RAD = (0.5, 1.8)
 PHI_NEGATIVE_CORE_RAD = (-np.pi, -0.5)
 
 
-def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
+def alpha_l_states(runs: list[dict], dwell_frames: int, weigh_frames: bool = False) -> dict:
     """Each residue's αL: its population (φ > 0) and the αL ↔ φ < 0 transitions, per run.
 
     ``runs``: ``{"phi" [n_frames, n_residues] rad}`` with ``keep`` and ``weights`` for biased walkers (reweighted
@@ -161,11 +186,12 @@ def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
     -------
     dict
         ``population_per_run``, ``transitions_per_run`` and ``ends_in_alpha_l_per_run`` (bool):
-        ``[n_runs][n_residues]``; ``population``: the mean over runs (each run weighs alike, as the pooled F);
+        ``[n_runs][n_residues]``; ``population``: the mean over runs (each run weighs alike, as the pooled F;
+        ``weigh_frames``: each frame alike, for the chains of one unbiased reference);
         ``pairs``: ``[(j, k)]`` residue pairs j < k, ``pair_population_per_run``: ``[n_runs][n_pairs]`` the
         population with both in αL.
     """
-    pops, trans, ends, both = [], [], [], []
+    pops, trans, ends, both, frames = [], [], [], [], []
     pairs = []
     for r in runs:
         phi = np.asarray(r["phi"], dtype=float)
@@ -173,6 +199,7 @@ def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
             continue
         keep, weights = r.get("keep", slice(None)), r.get("weights")
         kept = wrap_angle(phi[keep]) > 0
+        frames.append(len(kept))
         w = np.full(len(kept), 1.0 / len(kept)) if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
         pops.append([float(w @ kept[:, k]) for k in range(phi.shape[1])])
         pairs = [(j, k) for j in range(phi.shape[1]) for k in range(j + 1, phi.shape[1])]
@@ -182,31 +209,34 @@ def alpha_l_states(runs: list[dict], dwell_frames: int) -> dict:
         trans.append([max(0, len(c) - 1) for c in cores])
         ends.append([bool(c) and c[-1] == 1 for c in cores])
     return {"population_per_run": pops, "transitions_per_run": trans, "ends_in_alpha_l_per_run": ends,
-            "population": np.mean(pops, axis=0).tolist() if pops else [], "pairs": pairs,
+            "population": np.average(pops, axis=0, weights=frames if weigh_frames else None).tolist() if pops else [],
+            "pairs": pairs,
             "pair_population_per_run": both}
 
 
-def core_relaxation(tic1: np.ndarray, cores: dict, lags_ps, frame_ps: float) -> dict:
+def core_relaxation(tic1: np.ndarray, cores: dict, lags_ps, frame_ps: float, lengths=None) -> dict:
     """The relaxation time of the core-assigned (two-state) reference at each lag, and the transitions a two-state
     Markov model with the largest resolved one predicts over the run: 2 p_A p_B T / τ.
 
     Why: an independent check of the counted transitions and their dwell rule. A dwell shorter than the time TIC1
     needs to commit counts excursions that return, and the count then exceeds what the relaxation allows (the
     pentapeptide reference at 188 ns: 25 counted at a 20-ps dwell, τ 8.1 ns at lags 1-2 ns, 9 predicted, 7 counted
-    at 200 ps to 2 ns). nan where no lag resolves τ (τ below its lag) or a state was never visited.
+    at 200 ps to 2 ns). nan where no lag resolves τ (τ below its lag) or a state was never visited. ``lengths``:
+    frames per independent chain (:func:`tic1_transitions`).
     """
     from cvlearn.analysis.kinetics import implied_timescales
 
-    state = last_core(tic1, *core_intervals(cores))
-    state = state[state >= 0]
-    n_frames = len(state)
-    lags = sorted({max(1, int(round(l / frame_ps))) for l in lags_ps if 0 < l / frame_ps < n_frames / 4})
-    p_b = float(np.mean(state == 1)) if n_frames else float("nan")
+    states = [s[s >= 0] for s in (last_core(x, *core_intervals(cores)) for x in split_chains(tic1, lengths))]
+    states = [s for s in states if len(s)]
+    n_frames = sum(len(s) for s in states)
+    longest = max((len(s) for s in states), default=0)
+    lags = sorted({max(1, int(round(l / frame_ps))) for l in lags_ps if 0 < l / frame_ps < longest / 4})
+    p_b = float(np.mean(np.concatenate(states) == 1)) if n_frames else float("nan")
     out = {"lags_ps": [], "tau_ps": [], "population_B": p_b, "tau_ps_resolved": float("nan"),
            "predicted_transitions": float("nan")}
     if not lags or not 0 < p_b < 1:
         return out
-    its = implied_timescales([state.astype(np.int32)], lags, n_its=1, dt_ps=frame_ps)
+    its = implied_timescales([s.astype(np.int32) for s in states], lags, n_its=1, dt_ps=frame_ps)
     taus = [float(row[0]) for row in its["timescales_ps"]]
     resolved = [tau for lag, tau in zip(its["lags_ps"], taus) if np.isfinite(tau) and tau >= lag]
     tau = max(resolved) if resolved else float("nan")
@@ -340,11 +370,12 @@ def reference_halves_rms(ref: dict, s: dict, range_tics: tuple | None = None) ->
     Why: an arm cannot be shown to match the reference better than two halves of the reference match each other;
     where the halves differ by more than a target, this reference cannot test that target. ``_torsion_surfaces``
     (per residue: each half's :func:`pooled_fes`) is for :func:`settled_region`; like every ``_`` key it stays out
-    of the JSON (:func:`public`).
+    of the JSON (:func:`public`). With several chains (``ref["second_half"]``, :func:`second_half_mask`), each
+    chain's first half pooled against their second halves.
     """
-    half = len(ref["tics"]) // 2
-    first = {k: ref[k][:half] for k in ("tics", "phi", "psi")}
-    second = {**{k: ref[k][half:] for k in ("tics", "phi", "psi")}, "keep": slice(None), "weights": None}
+    late = ref["second_half"] if "second_half" in ref else second_half_mask([len(ref["tics"])])
+    first = {k: ref[k][~late] for k in ("tics", "phi", "psi")}
+    second = {**{k: ref[k][late] for k in ("tics", "phi", "psi")}, "keep": slice(None), "weights": None}
     c = compare_fes(first, [second], s, range_tics or tic_range(ref["tics"]))
     return {k: c[k] for k in ("rms_tica_kjmol", "n_bins_tica", "rms_torsions_kjmol", "rms_torsions_per_residue_kjmol",
                               "outside_tica", "outside_torsions_per_residue", "_torsion_surfaces")}
@@ -449,7 +480,8 @@ def settled_halves(ref: dict, s: dict, region: dict) -> dict:
     """:func:`reference_halves_rms` of the reference restricted to ``region``, on the whole reference's TIC bins:
     the floor the restricted arms' RMS is judged against."""
     inside = in_region(ref["phi"], ref["psi"], region)
-    return public(reference_halves_rms({k: ref[k][inside] for k in ("tics", "phi", "psi")}, s, tic_range(ref["tics"])))
+    return public(reference_halves_rms({k: ref[k][inside] for k in ("tics", "phi", "psi", "second_half") if k in ref},
+                                       s, tic_range(ref["tics"])))
 
 
 def rms_over_time(ref: dict, walkers: list[dict], s: dict, region: dict | None = None, points: int = 6) -> dict:
@@ -534,20 +566,22 @@ def basin_dF_over_time(tic1: np.ndarray, weights: np.ndarray | None, cores: dict
     return np.array(ends) * frame_ps * 1e-3, np.where(np.isfinite(df), df, np.nan)
 
 
-def reference_basins(tic1: np.ndarray, cores: dict, frame_ps: float) -> dict:
-    """How well the reference knows its slowest process: ΔF(B − A) over the whole run and over each half, and when
-    each state was first entered (ns from the analysed start).
+def reference_basins(tic1: np.ndarray, cores: dict, frame_ps: float, lengths=None) -> dict:
+    """How well the reference knows its slowest process: ΔF(B − A) over the whole run and over each half
+    (:func:`second_half_mask`), and when each state was first entered (ns from the analysed start of chain 0;
+    ``first_entry_ns_per_chain``: of each chain). ``lengths``: frames per chain (None: one).
 
     Why: the RMS of F over bins populated in both runs cannot see a state one run never visited, so two halves of a
     run that stayed in A for most of its length agree on F while knowing nothing of B; ΔF per half shows it.
     """
     x = np.asarray(tic1, dtype=float)
-    half = len(x) // 2
-    first = {k: (float(np.argmax(hit)) * frame_ps * 1e-3 if hit.any() else None)
-             for k, hit in (("A", x < cores["split"]), ("B", x >= cores["split"]))}
-    return {"dF_BA_kjmol": basin_dF(x, None, cores), "dF_BA_halves_kjmol": [basin_dF(x[:half], None, cores),
-                                                                        basin_dF(x[half:], None, cores)],
-            "first_entry_ns": first}
+    lengths = [len(x)] if lengths is None else list(lengths)
+    late = second_half_mask(lengths)
+    firsts = [{k: (float(np.argmax(hit)) * frame_ps * 1e-3 if hit.any() else None)
+               for k, hit in (("A", c < cores["split"]), ("B", c >= cores["split"]))} for c in split_chains(x, lengths)]
+    return {"dF_BA_kjmol": basin_dF(x, None, cores), "dF_BA_halves_kjmol": [basin_dF(x[~late], None, cores),
+                                                                        basin_dF(x[late], None, cores)],
+            "first_entry_ns": firsts[0], "first_entry_ns_per_chain": firsts}
 
 
 def plot_dF_convergence(curves: dict, path: Path) -> str:
@@ -584,7 +618,7 @@ def plot(ref_fes, arms: dict, path_stem: Path) -> list[str]:
 
 
 __all__ = ["ALPHA_L_CORE_RAD", "OUTSIDE_MAX", "PHI_NEGATIVE_CORE_RAD", "alpha_l_states", "compare_fes", "compare_settled", "core_intervals", "core_relaxation", "fes_rms",
-           "in_region", "mass_outside", "plot", "project", "reference_model", "basin_dF", "basin_dF_over_time",
+           "in_region", "mass_outside", "second_half_mask", "split_chains", "plot", "project", "reference_model", "basin_dF", "basin_dF_over_time",
            "plot_dF_convergence", "plot_rms_over_time", "public", "reference_basins", "reference_halves_rms", "rms_over_time",
            "settled_halves", "settled_region", "tic_range", "torsions", "tic1_transitions", "two_state_cores",
            "walker_weights", "walkers_against_each_other", "wrap_angle"]

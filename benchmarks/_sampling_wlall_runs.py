@@ -6,9 +6,11 @@ Every part resumes after a kill and refuses changed settings through the stage i
 * CVs: :func:`openmm_plugin.stages.learn.run_learn` with ``export_baselines`` (``cv.pt`` and
   ``baseline_distances_cv.pt`` from the same data);
 * reference: fixed-length segments of :func:`openmm_plugin.simulation.run_md` (each checkpoints and resumes; a
-  finished one is skipped and reduced to ``seg_k.reduced.npz``, :func:`reduce_segment`, after which its DCD may go). Segment k starts from the last frame of segment k − 1 with velocities drawn afresh at
-  300 K (a Maxwell-Boltzmann draw keeps the canonical ensemble; velocity memory is ~1 ps at friction 1/ps), so the
-  reference can grow to any length, one segment at a time, across sessions;
+  finished one is skipped and reduced to ``seg_k.reduced.npz``, :func:`reduce_segment`, after which its DCD may go).
+  Segment k starts from the last frame of segment k − 1 with velocities drawn afresh at 300 K (a Maxwell-Boltzmann
+  draw keeps the canonical ensemble; velocity memory is ~1 ps at friction 1/ps), so the reference can grow to any
+  length, one segment at a time, across sessions, in ``reference_chains`` independent chains side by side
+  (:func:`extend_reference`);
 * walkers: :func:`openmm_plugin.stages.bias.run_bias` (PythonForce + TorchScript CV, COLVAR + trajectory.dcd, bias
   checkpoints).
 
@@ -253,27 +255,43 @@ def retrained(work: Path, arm: str) -> dict | None:
                         "from_walkers": sorted(p.stem for p in (retrain_dir(work, arm) / "data").glob("*.dcd"))}
 
 
-# --- the unbiased reference, in segments ----------------------------------------------------------------------------
-def segment_prefix(work: Path, k: int) -> Path:
-    return work / "reference" / f"seg_{k:04d}"
+# --- the unbiased reference, in segments, in one or more chains -----------------------------------------------------
+# A further chain's velocity seeds: reference_seed + CHAIN_SEED_STRIDE × chain + segment (chain 0: + segment).
+CHAIN_SEED_STRIDE = 100_000
 
 
-def finished_segments(work: Path) -> int:
-    """How many segments in a row are complete: ``.pdb`` written at the real end, and the trajectory or its reduced
-    state (:func:`reduce_segment`; the ``.dcd`` may then be deleted, so a long reference can be committed)."""
+def chain_dir(work: Path, chain: int = 0) -> Path:
+    """Where chain ``chain`` of the reference keeps its segments (chain 0: ``reference/``, as before chains)."""
+    return work / "reference" if chain == 0 else work / "reference" / f"chain{chain}"
+
+
+def segment_prefix(work: Path, k: int, chain: int = 0) -> Path:
+    return chain_dir(work, chain) / f"seg_{k:04d}"
+
+
+def finished_segments(work: Path, chain: int = 0) -> int:
+    """How many segments of chain ``chain`` in a row are complete: ``.pdb`` written at the real end, and the
+    trajectory or its reduced state (:func:`reduce_segment`; the ``.dcd`` may then be deleted, so a long reference
+    can be committed)."""
     k = 0
-    while Path(f"{segment_prefix(work, k)}.pdb").is_file() and (
-            Path(f"{segment_prefix(work, k)}.dcd").is_file() or _reduced_path(work, k).is_file()):
+    while Path(f"{segment_prefix(work, k, chain)}.pdb").is_file() and (
+            Path(f"{segment_prefix(work, k, chain)}.dcd").is_file() or _reduced_path(work, k, chain).is_file()):
         k += 1
     return k
 
 
-def _reduced_path(work: Path, k: int) -> Path:
-    return Path(f"{segment_prefix(work, k)}.reduced.npz")
+def reference_ns(work: Path, s: dict) -> float:
+    """The reference's length: its ``reference_chains`` chains' finished segments together (ns)."""
+    return sum(finished_segments(work, c) for c in range(s.get("reference_chains", 1))) * s["segment_ns"]
 
 
-def reduce_segment(work: Path, k: int) -> dict:
-    """What the benchmark needs of finished segment ``k``, written once beside it (atomically) and read from there.
+def _reduced_path(work: Path, k: int, chain: int = 0) -> Path:
+    return Path(f"{segment_prefix(work, k, chain)}.reduced.npz")
+
+
+def reduce_segment(work: Path, k: int, chain: int = 0) -> dict:
+    """What the benchmark needs of finished segment ``k`` of chain ``chain``, written once beside it (atomically)
+    and read from there.
 
     ``features`` (sin/cos of backbone φ/ψ, float32, the TICA input), ``phi``/``psi`` (rad) and ``last_frame_nm`` (the
     next segment's start): ~0.12 MB per ns against ~1.2 MB per ns of DCD, so the reference's state can be committed
@@ -283,9 +301,9 @@ def reduce_segment(work: Path, k: int) -> dict:
     from cvlearn.data.trajectories import load_trajectories
     from cvlearn.io import atomic_path
 
-    path = _reduced_path(work, k)
+    path = _reduced_path(work, k, chain)
     if not path.is_file():
-        prefix = segment_prefix(work, k)
+        prefix = segment_prefix(work, k, chain)
         (features, phi, psi), = torsions([Path(f"{prefix}.dcd")], Path(f"{prefix}.pdb"))
         last = load_trajectories([f"{prefix}.dcd"], f"{prefix}.pdb")[0].xyz[-1]
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as handle:
@@ -295,53 +313,73 @@ def reduce_segment(work: Path, k: int) -> dict:
         return {key: data[key] for key in data.files}
 
 
-def _segment_log(work: Path) -> Path:
-    return work / "reference" / "segments.json"
+def _segment_log(work: Path, chain: int = 0) -> Path:
+    return chain_dir(work, chain) / "segments.json"
 
 
-def segment_speeds(work: Path) -> dict:
-    """``{segment index: ms per MD step}`` as recorded when each segment finished."""
-    path = _segment_log(work)
+def segment_speeds(work: Path, chain: int = 0) -> dict:
+    """``{segment index: ms per MD step}`` of chain ``chain``, as recorded when each segment finished."""
+    path = _segment_log(work, chain)
     return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
 
 
-def extend_reference(work: Path, s: dict, target_ns: float, budget: Budget, molecule=None) -> int:
-    """Run segments until the reference holds ``target_ns`` (or the budget ends); returns the segments done.
+def chain_start_segment(s: dict) -> int:
+    """The segment of chain 0 whose last frame starts every further chain: the end of the first chunk.
 
-    A segment is started only when its measured duration fits the budget left; a kill loses at most
-    ``checkpoint_ps`` (the segment resumes from its checkpoint).
+    Why there: any frame of chain 0 after its equilibration is a sample of the 300 K ensemble, and this one exists
+    before any walker runs, so a chain added later starts from the same frame as one added at once. With its own
+    velocity seeds a chain forgets the shared start within the slowest implied timescale; until then the two are
+    correlated, which the pooled statistics tolerate (the same frames' ensemble) but the chain-vs-chain spread
+    overstates agreement, so the halves (:func:`benchmarks._sampling_wlall_analysis.reference_halves_rms`) split
+    each chain in time, not the chains against each other.
+    """
+    return int(np.ceil(s["first_chunk_ns"] / s["segment_ns"] - 1e-9)) - 1
+
+
+def extend_reference(work: Path, s: dict, target_ns: float, budget: Budget, molecule=None, chain: int = 0) -> int:
+    """Run segments of chain ``chain`` until the whole reference (:func:`reference_ns`, every chain) holds
+    ``target_ns`` (or the budget ends); returns the chain's segments done.
+
+    Why chains: one chain grows on one core (~14 ns/h for WLALL, ``benchmarks/results/cpu_affinity.md``); the slowest
+    process needs ~1.4 μs, so independent chains, one per core, side by side (:func:`reference_tasks`), are the only
+    way to grow it faster. Chain 0 is the reference as it was before chains; chain c > 0 starts from chain 0's frame
+    at :func:`chain_start_segment` with its own seeds. A segment is started only when its measured duration fits the
+    budget left; a kill loses at most ``checkpoint_ps`` (the segment resumes from its checkpoint).
     """
     from openmm_plugin.simulation import make_integrator, run_md
     from systems import pentapeptide_wlall as wl
 
-    n_target = int(np.ceil(target_ns / s["segment_ns"] - 1e-9))
     dt = wl.TIMESTEP_PS
     steps = int(round(s["segment_ns"] * 1e3 / dt))
     interval = int(round(s["frame_ps"] / dt))
-    done = finished_segments(work)
-    while done < n_target:
-        speeds = segment_speeds(work)
+    done = finished_segments(work, chain)
+    while reference_ns(work, s) < target_ns - 1e-9:
+        speeds = segment_speeds(work, chain) or segment_speeds(work, 0)
         needs = steps * np.median(list(speeds.values())) * 1e-3 * 1.2 if speeds else 0.0
-        budget.check(f"reference segment {done}", needs)
+        budget.check(f"reference chain {chain} segment {done}" if chain else f"reference segment {done}", needs)
         molecule = molecule or wl.build()
-        prefix = segment_prefix(work, done)
-        if done == 0:
+        prefix = segment_prefix(work, done, chain)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        if done == 0 and chain == 0:
             start = molecule.positions_nm
+        elif done == 0:
+            start = reduce_segment(work, chain_start_segment(s), 0)["last_frame_nm"].astype(np.float64)
         else:  # the last frame of the previous segment (positions only: velocities are drawn afresh)
-            start = reduce_segment(work, done - 1)["last_frame_nm"].astype(np.float64)
-        seed = s["reference_seed"] + done
+            start = reduce_segment(work, done - 1, chain)["last_frame_nm"].astype(np.float64)
+        seed = s["reference_seed"] + CHAIN_SEED_STRIDE * chain + done
         result = run_md(molecule.topology, molecule.system, start,
                         make_integrator(300.0, wl.FRICTION_PER_PS, dt, seed=seed), out_prefix=prefix, n_steps=steps,
                         report_interval_steps=interval, platform=s["platform"], seed=seed, temperature_k=300.0,
-                        progress=False, desc=f"reference segment {done}",
+                        progress=False, desc=f"reference chain {chain} segment {done}",
                         checkpoint_every_steps=int(round(s["checkpoint_ps"] / dt)))
         if not result.skipped:
+            speeds = segment_speeds(work, chain)
             speeds[done] = result.ms_per_step
-            write_json_atomic(_segment_log(work), {str(k): v for k, v in sorted(speeds.items())})
-        reduce_segment(work, done)
+            write_json_atomic(_segment_log(work, chain), {str(k): v for k, v in sorted(speeds.items())})
+        reduce_segment(work, done, chain)
         done += 1
-        print(f"reference: segment {done - 1} done ({done * s['segment_ns']:g} of {n_target * s['segment_ns']:g} ns, "
-              f"{result.ms_per_step:.3f} ms/step)", flush=True)
+        print(f"reference{f' chain {chain}' if chain else ''}: segment {done - 1} done ({reference_ns(work, s):g} of "
+              f"{target_ns:g} ns in all chains, {result.ms_per_step:.3f} ms/step)", flush=True)
     return done
 
 
@@ -462,9 +500,10 @@ def _walker_main(config) -> None:
           else f"{outcome['ms_per_step']:.2f} ms/step"), flush=True)
 
 
-def _reference_main(work: Path, s: dict, target_ns: float) -> None:
-    """Child process: extend the reference to ``target_ns`` (the parent stops it at the end of the budget)."""
-    extend_reference(work, s, target_ns, Budget(None))
+def _reference_main(work: Path, s: dict, target_ns: float, chain: int = 0) -> None:
+    """Child process: extend chain ``chain`` until the reference holds ``target_ns`` (the parent stops it at the end
+    of the budget)."""
+    extend_reference(work, s, target_ns, Budget(None), chain=chain)
 
 
 def walker_task(config) -> tuple:
@@ -472,10 +511,13 @@ def walker_task(config) -> tuple:
     return Path(config.out).name, _walker_main, (config,), lambda: walker_done(config)
 
 
-def reference_task(work: Path, s: dict, target_ns: float) -> tuple:
-    """The reference's extension to ``target_ns`` as a task of :func:`run_children` (beside the walkers)."""
-    done = lambda: finished_segments(work) * s["segment_ns"] >= target_ns - 1e-9  # noqa: E731
-    return "reference", _reference_main, (work, s, target_ns), done
+def reference_tasks(work: Path, s: dict, target_ns: float) -> list[tuple]:
+    """The reference's extension to ``target_ns`` as tasks of :func:`run_children` (beside the walkers), one per
+    chain, the shortest chain first: with fewer jobs than chains it is the one that grows."""
+    done = lambda: reference_ns(work, s) >= target_ns - 1e-9  # noqa: E731
+    chains = sorted(range(s.get("reference_chains", 1)), key=lambda c: (finished_segments(work, c), c))
+    return [(f"reference chain {c}" if c else "reference", _reference_main, (work, s, target_ns, c), done)
+            for c in chains]
 
 
 def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60.0) -> list[str]:
@@ -519,7 +561,8 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
 
 
 __all__ = ["ARMS", "ARM_COMPONENTS", "BASELINE_ARMS", "Budget", "OutOfTime", "RETRAINED_FROM", "arm_components", "cv_sigma",
-           "extend_reference", "finished_segments", "learn", "reduce_segment", "reference_task", "retrain",
+           "chain_dir", "chain_start_segment", "extend_reference", "finished_segments", "learn", "reduce_segment",
+           "reference_ns", "reference_tasks", "retrain",
            "retrain_data", "retrain_dir", "retrained", "run_children", "segment_prefix", "segment_speeds", "TRAINING_SETS",
            "training_config", "training_data", "training_done", "training_set_of", "learned",
            "finished_training_data",

@@ -14,8 +14,9 @@ double it; on ala2's continuous CV MTS 2 and 1 gave the same ΔF within errors),
 (``force_guard_kjmol_nm`` 1000, capped atom-forces counted and reported), ≥ 3 walkers with independent seeds, each a
 ``cvlearn bias`` run (:func:`openmm_plugin.stages.bias.run_bias`: PythonForce + ``torch.compile`` of the CV, the
 route the README recommends; --quick measured 12.7 ms/step for the GNN CV against 30.7 through TorchScript; COLVAR +
-trajectory.dcd, checkpoints). The unbiased 300 K reference grows in segments until it is ``its_factor`` (20) ×
-its slowest implied timescale long and holds ``min_reference_transitions`` (10) at its rate so far (``--reference-ns
+trajectory.dcd, checkpoints). The unbiased 300 K reference grows in segments, in ``reference_chains`` (2)
+independent chains side by side (one per core; chain 1 starts from chain 0's frame at 10 ns with its own seeds),
+until all of them together are ``its_factor`` (20) × its slowest implied timescale long and holds ``min_reference_transitions`` (10) at its rate so far (``--reference-ns
 auto``; measured by TICA on backbone torsions, MSM ITS at lags up to 2 ns, on all the reference so far once it holds
 the first chunk), or ``--reference-ns`` ns.
 
@@ -89,7 +90,7 @@ STEPS_PER_NS = 500_000  # WLALL runs 2 fs steps
 RMS_TARGET_KJMOL = 2.5  # the issue's bound on RMS F against the reference (1 kT at 300 K)
 FULL = {"train_seeds": 3, "train_ns": 2.0, "train_temperature_k": 400.0, "frame_ps": 1.0, "checkpoint_ps": 10.0,
         "mixer": "attention", "learn_lag_ps": 10.0, "learn_seeds": 3, "n_clusters": 20, "platform": "CPU",
-        "segment_ns": 1.0, "reference_seed": 1000, "first_chunk_ns": 10.0, "its_factor": 20.0,
+        "segment_ns": 1.0, "reference_seed": 1000, "reference_chains": 2, "first_chunk_ns": 10.0, "its_factor": 20.0,
         "reference_max_ns": 500.0, "equilibration_ns": 1.0, "tica_lag_ps": 20.0,
         "its_lags_ps": [2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0], "its_clusters": 50,
         "transition_dwell_ps": 200.0, "min_reference_transitions": 10, "seeds": 3, "walker_ns": 2.0,
@@ -103,7 +104,9 @@ QUICK = {**FULL, "train_ns": 0.02, "frame_ps": 0.2, "checkpoint_ps": 0.4, "learn
          "walker_ns": 0.002, "pace_ps": 0.2,
          "tica_bins": 10, "torsion_bins": 12, "retrain_ns": 0.002, "retrain_lag_ps": 0.2}
 # settings added after runs were recorded; nothing recorded before used them
-ADDED = ("retrain_ns", "retrain_lag_ps", "hot_train_temperature_k")
+ADDED = ("retrain_ns", "retrain_lag_ps", "hot_train_temperature_k", "reference_chains")
+# reference_chains 2: one chain per core of a 2-core machine (``runs.extend_reference``); more may be added later
+# (extendable: a new chain starts from chain 0's first chunk, the chains there are kept).
 # Settings of the analysis alone: no stored run depends on them (each invocation analyses everything anew), so a
 # rerun may change them. The reference's planned length follows some of them, and grows when they ask for more.
 ANALYSIS_ONLY = ("tica_lag_ps", "its_lags_ps", "its_clusters", "transition_dwell_ps", "min_reference_transitions",
@@ -154,21 +157,33 @@ def reference_target_ns(args, s: dict, model: dict | None) -> float:
 
 
 def load_reference(work: Path, s: dict) -> dict | None:
-    """The reference so far (segments in order, equilibration dropped): torsions, TICA model, ITS; None until it
-    holds its first chunk."""
-    n = runs.finished_segments(work)
-    if n * s["segment_ns"] < s["first_chunk_ns"] - 1e-9:
+    """The reference so far: each chain's segments in order, its first ``equilibration_ns`` dropped, the chains
+    pooled chain after chain (``lengths``: frames per chain; ``second_half``: the frames in their chain's second
+    half): torsions, TICA model, ITS; None until chain 0 holds the first chunk. A chain whose analysed part is
+    shorter than its first segment's worth of frames is left out until it is not."""
+    n0 = runs.finished_segments(work, 0)
+    if n0 * s["segment_ns"] < s["first_chunk_ns"] - 1e-9:
         return None
-    parts = [runs.reduce_segment(work, k) for k in range(n)]
     skip = int(round(s["equilibration_ns"] * 1e3 / s["frame_ps"]))
-    features, phi, psi = (np.concatenate([p[key] for p in parts]).astype(np.float64)[skip:]
-                          for key in ("features", "phi", "psi"))
+    chains, segments, speeds = [], [], []
+    for chain in range(s.get("reference_chains", 1)):
+        n = runs.finished_segments(work, chain)
+        parts = [runs.reduce_segment(work, k, chain) for k in range(n)]
+        arrays = [np.concatenate([p[key] for p in parts]).astype(np.float64)[skip:] if parts else np.zeros((0, 1))
+                  for key in ("features", "phi", "psi")]
+        if len(arrays[0]) * s["frame_ps"] * 1e-3 >= s["segment_ns"] - 1e-9:
+            chains.append(arrays)
+            segments.append(n)
+            speeds += list(runs.segment_speeds(work, chain).values())
+    features, phi, psi = ([c[i] for c in chains] for i in range(3))
+    lengths = [len(f) for f in features]
     model = ana.reference_model(features, s["frame_ps"], s["tica_lag_ps"], s["its_lags_ps"], s["its_clusters"])
     cores = ana.two_state_cores(model["tics"][:, 0])
-    speeds = list(runs.segment_speeds(work).values())
-    return {**model, "phi": phi, "psi": psi, "n_segments": n, "ns": n * s["segment_ns"], "cores": cores,
-            "transitions": ana.tic1_transitions(model["tics"][:, 0], cores, min_dwell_frames(s)),
-            "ns_analysed": len(features) * s["frame_ps"] * 1e-3, "ms_per_step": float(np.median(speeds)) if speeds
+    return {**model, "phi": np.concatenate(phi), "psi": np.concatenate(psi), "lengths": lengths,
+            "second_half": ana.second_half_mask(lengths), "n_segments": sum(segments),
+            "chain_segments": segments, "ns": sum(segments) * s["segment_ns"], "cores": cores,
+            "transitions": ana.tic1_transitions(model["tics"][:, 0], cores, min_dwell_frames(s), lengths),
+            "ns_analysed": sum(lengths) * s["frame_ps"] * 1e-3, "ms_per_step": float(np.median(speeds)) if speeds
             else float("nan")}
 
 
@@ -198,9 +213,10 @@ def sensitivity_dwells_ps(s: dict) -> list[float]:
     return sorted({s["tica_lag_ps"] * k for k in (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0)} | {s["transition_dwell_ps"]})
 
 
-def transitions_by_dwell(tic1: np.ndarray, cores: dict, s: dict) -> list[int]:
-    """TIC1 transitions at each of :func:`sensitivity_dwells_ps`: how much a count rests on the dwell rule."""
-    return [ana.tic1_transitions(tic1, cores, min_dwell_frames(s, d)) for d in sensitivity_dwells_ps(s)]
+def transitions_by_dwell(tic1: np.ndarray, cores: dict, s: dict, lengths=None) -> list[int]:
+    """TIC1 transitions at each of :func:`sensitivity_dwells_ps`: how much a count rests on the dwell rule
+    (``lengths``: frames per independent chain, :func:`benchmarks._sampling_wlall_analysis.tic1_transitions`)."""
+    return [ana.tic1_transitions(tic1, cores, min_dwell_frames(s, d), lengths) for d in sensitivity_dwells_ps(s)]
 
 
 def interim_walker(config, s: dict) -> bool:
@@ -265,18 +281,21 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
     halves = ana.reference_halves_rms(ref, s)
     result["reference"] = {
         "ns": ref["ns"], "ns_analysed": ref["ns_analysed"], "target_ns": reference_target_ns(args, s, ref),
-        "segments": ref["n_segments"], "slowest_its_ps": ref["slowest_its_ps"],
+        "segments": ref["n_segments"], "chains_ns": [n * s["segment_ns"] for n in ref["chain_segments"]],
+        "slowest_its_ps": ref["slowest_its_ps"],
         "slowest_its_from": ref["slowest_its_from"], "its_resolved": ref["its_resolved"], "tica_lag_ps": ref["lag_ps"],
         "tica_its_ps": ref["tica_its_ps"], "its": ref["its"], "cores_tic1": cores, "transitions": ref_trans,
         "transition_dwell_ps": s["transition_dwell_ps"], "sensitivity_dwells_ps": dwells,
-        "transitions_by_dwell": transitions_by_dwell(ref["tics"][:, 0], cores, s),
+        "transitions_by_dwell": transitions_by_dwell(ref["tics"][:, 0], cores, s, ref["lengths"]),
         "core_relaxation": ana.core_relaxation(ref["tics"][:, 0], cores, [
-            lag for lag in s["its_lags_ps"] if lag >= s["transition_dwell_ps"]], s["frame_ps"]),
+            lag for lag in s["its_lags_ps"] if lag >= s["transition_dwell_ps"]], s["frame_ps"], ref["lengths"]),
         "transitions_per_ns": ref_trans / ref["ns_analysed"] if ref["ns_analysed"] else float("nan"),
         "transitions_per_wall_hour": ref_trans / ref_hours if ref_hours > 0 else float("nan"),
         "ms_per_step": ref["ms_per_step"], "its_factor": s["its_factor"],
-        "basins": ana.reference_basins(ref["tics"][:, 0], cores, s["frame_ps"]),
-        "halves": ana.public(halves), "alpha_l": ana.alpha_l_states([{"phi": ref["phi"]}], min_dwell_frames(s))}
+        "basins": ana.reference_basins(ref["tics"][:, 0], cores, s["frame_ps"], ref["lengths"]),
+        "halves": ana.public(halves),
+        "alpha_l": ana.alpha_l_states([{"phi": phi} for phi in ana.split_chains(ref["phi"], ref["lengths"])],
+                                      min_dwell_frames(s), weigh_frames=True)}
     result["training_coverage"] = {
         name: {"ns": len(paths) * s["train_ns"], "temperature_k": s[runs.TRAINING_SETS[name][0]],
                "arms": [arm for arm in runs.ARMS  # a retrained arm's CV learned from its walkers, not this set
@@ -290,7 +309,8 @@ def analyse(args, work: Path, s: dict, configs: dict, ref: dict | None, learned:
         result["reference"]["settled"] = {"residues": region["residues"],
                                           "fraction_left_out": region["reference_fraction_left_out"],
                                           "halves": ana.settled_halves(ref, s, region)}
-    compared, curves = {}, {"reference": [ana.basin_dF_over_time(ref["tics"][:, 0], None, cores, s["frame_ps"])]}
+    compared, curves = {}, {"reference": [ana.basin_dF_over_time(x, None, cores, s["frame_ps"])  # one per chain
+                                          for x in ana.split_chains(ref["tics"][:, 0], ref["lengths"])]}
     for arm, arm_configs in configs.items():
         outcomes = [(c, runs.walker_outcome(c)) for c in arm_configs]
         analysed = [(c, o) for c, o in outcomes if o is not None or interim_walker(c, s)]
@@ -357,7 +377,8 @@ def plan_costs(s_full: dict, result: dict, learned: dict | None, reference_ns: f
                work: Path | None = None) -> dict:
     """CPU hours of the full plan from the measured ms/step (one core per run; wall on 2 cores = half); before the
     reference can be analysed, its finished segments' recorded speed (nan where nothing was measured)."""
-    speeds = list(runs.segment_speeds(work).values()) if work is not None else []
+    speeds = [v for c in range(s_full.get("reference_chains", 1)) for v in runs.segment_speeds(work, c).values()
+              ] if work is not None else []
     ms_ref = (result.get("reference") or {}).get("ms_per_step", float(np.median(speeds)) if speeds else float("nan"))
     hours = lambda ns, ms: ns * STEPS_PER_NS * ms / 3.6e6  # noqa: E731
     parts = {f"training data (unbiased {s_full[key]:g} K)": hours(s_full["train_seeds"] * s_full["train_ns"], ms_ref)
@@ -492,7 +513,8 @@ def _alpha_l_lines(r: dict) -> list[str]:
     rows = [("reference (unbiased)", ref), *[(arm, a["alpha_l"]) for arm, a in r["arms"].items()
                                               if (a.get("alpha_l") or {}).get("population")]]
     dwell = r["reference"]["transition_dwell_ps"]
-    return ["", f"αL (φ > 0) of each residue: population (arms reweighted: pooled, then per walker); transitions between "
+    return ["", f"αL (φ > 0) of each residue: population (arms reweighted: pooled, then per walker; the reference: its "
+            "chains pooled, then per chain); transitions between "
             f"the αL core (φ in {ana.ALPHA_L_CORE_RAD[0]:g} to {ana.ALPHA_L_CORE_RAD[1]:g} rad) and φ < "
             f"{ana.PHI_NEGATIVE_CORE_RAD[1]:g} rad, a visit counted when it lasts {dwell:g} ps (arms: per walker, in "
             "biased time; + where the run ends in αL, its last visit still open). A population resting on one or two visits is not known to better than a factor of a few, in "
@@ -624,7 +646,7 @@ def run(args) -> dict:
                                                                           "torsions",
                                                                           *(runs.retrain_dir(work, a).name
                                                                             for a in runs.RETRAINED_FROM))],
-             restart_fresh=args.restart_fresh, extendable=("walker_ns",),  # a longer --walker-ns extends the walkers
+             restart_fresh=args.restart_fresh, extendable=("walker_ns", "reference_chains"),  # a longer --walker-ns extends the walkers
              added={k: s[k] for k in ADDED}, ignore=("out", *ANALYSIS_ONLY))
     budget = runs.Budget(args.budget_min)
     started, stopped, learned, configs, ref, trajectories = time.perf_counter(), None, {}, {}, None, {}
@@ -639,7 +661,7 @@ def run(args) -> dict:
         ref = load_reference(work, s)
         arm_configs(args, work, s, arms, configs, budget)
         while True:  # a retrained arm's CV needs its source arm's walkers: a second round runs its walkers
-            tasks = [runs.reference_task(work, s, reference_target_ns(args, s, ref)),  # beside the walkers (--jobs)
+            tasks = [*runs.reference_tasks(work, s, reference_target_ns(args, s, ref)),  # beside the walkers (--jobs)
                      *[runs.walker_task(c) for arm in arms if arm in configs for c in configs[arm]]]
             left = runs.run_children(tasks, budget, args.jobs, min_start_s=5.0 if args.quick else 60.0)
             if left:
@@ -654,8 +676,11 @@ def run(args) -> dict:
                                      " (--arms " + ",".join(dict.fromkeys([*sources, *waiting])) + ")")
         ref = load_reference(work, s)
         target = reference_target_ns(args, s, ref)
-        while runs.finished_segments(work) * s["segment_ns"] < target - 1e-9:  # the target follows the ITS as it grows
-            runs.extend_reference(work, s, target, budget)
+        while runs.reference_ns(work, s) < target - 1e-9:  # the target follows the ITS as it grows
+            left = runs.run_children(runs.reference_tasks(work, s, target), budget, args.jobs,
+                                     min_start_s=5.0 if args.quick else 60.0)
+            if left:
+                raise runs.OutOfTime(f"{left} unfinished")
             ref = load_reference(work, s)
             target = reference_target_ns(args, s, ref)
     except runs.OutOfTime as why:
@@ -757,7 +782,12 @@ def markdown(r: dict) -> str:
         own = ref.get("halves") or {}
         its = ", ".join(f"{lag:g} ps: {_f(row[0], '.0f')}" for lag, row in zip(ref["its"]["lags_ps"],
                                                                               ref["its"]["timescales_ps"]))
-        lines += ["", f"Reference: {ref['ns']:g} ns in {ref['segments']} segments ({ref['ns_analysed']:.3g} ns analysed), "
+        chains = ref.get("chains_ns") or [ref["ns"]]
+        whose = "chain 0's" if len(chains) > 1 else "its"
+        in_chains = (f" in {len(chains)} independent chains ({' + '.join(f'{c:g}' for c in chains)} ns; each chain's "
+                     "first half against the second halves below)") if len(chains) > 1 else ""
+        lines += ["", f"Reference: {ref['ns']:g} ns in {ref['segments']} segments{in_chains} "
+                  f"({ref['ns_analysed']:.3g} ns analysed), "
                   f"target {ref['target_ns']:.3g} ns; slowest ITS {_f(ref['slowest_its_ps'], '.0f')} ps "
                   f"({ref.get('slowest_its_from', '')}: the largest estimate at least its lag; MSM on TIC1-2 at lag "
                   f"{its}; TICA's own at {ref['tica_lag_ps']:g} ps: {_f(ref['tica_its_ps'][0], '.0f')} ps); "
@@ -766,7 +796,8 @@ def markdown(r: dict) -> str:
                   f"{_f(ref['transitions_per_ns'])}/ns, "
                   f"{_f(ref['transitions_per_wall_hour'], '.1f')}/wall h), {_f(ref['ms_per_step'], '.3f')} ms/step.",
                   "", f"Slowest process, TIC1 states A (TIC1 < {_f(ref['cores_tic1']['split'])}) and B: the reference first entered A at "
-                  f"{_f(first.get('A'), '.1f')} ns and B at {_f(first.get('B'), '.1f')} ns of its analysed run; "
+                  f"{_f(first.get('A'), '.1f')} ns and B at {_f(first.get('B'), '.1f')} ns of "
+                  f"{whose} analysed run; "
                   f"ΔF(B − A) = {_dF(basins.get('dF_BA_kjmol'))} kJ/mol (first half {_dF(halves[0])}, second half "
                   f"{_dF(halves[1])}; no A / no B: a state never visited). While the halves disagree, the reference does not know "
                   "this ΔF, and RMS F over bins populated in both runs cannot show it. "

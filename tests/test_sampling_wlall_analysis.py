@@ -312,3 +312,50 @@ def test_alpha_l_states_weighs_biased_frames_and_counts_only_visits_that_last():
     assert ana.alpha_l_states([{"phi": np.zeros((0, 2))}], 5) == {"population_per_run": [], "transitions_per_run": [],
                                                                  "ends_in_alpha_l_per_run": [], "population": [],
                                                                  "pairs": [], "pair_population_per_run": []}
+
+
+def _telegraph(states, dwell: int, rng) -> np.ndarray:
+    """[n, 4] features of a two-state run: a slow ±1 coordinate (``states``, each held ``dwell`` frames) and noise."""
+    x = np.repeat(np.asarray(states, dtype=float), dwell)
+    noise = rng.normal(0.0, 0.1, (len(x), 4))
+    return np.column_stack([x, np.zeros_like(x), np.zeros_like(x), np.zeros_like(x)]) + noise
+
+
+def test_transitions_are_counted_within_each_chain_never_across_the_join():
+    """Chain 0 ends in B, chain 1 starts in A: pooled as one run the join would count as a transition."""
+    x = np.concatenate([np.repeat([0.0, 2.0], 100), np.repeat([0.0, 2.0], 50)])
+    cores = ana.two_state_cores(x)
+    assert ana.tic1_transitions(x, cores, 10) == 3  # one run: A->B, the join B->A, A->B
+    assert ana.tic1_transitions(x, cores, 10, lengths=[200, 100]) == 2
+    assert [len(c) for c in ana.split_chains(x, [200, 100])] == [200, 100]
+    late = ana.second_half_mask([200, 100])
+    assert late.sum() == 150 and not late[:100].any() and late[100:200].all() and late[250:].all()
+    basins = ana.reference_basins(x, cores, frame_ps=1.0, lengths=[200, 100])
+    assert basins["dF_BA_halves_kjmol"] == [np.inf, -np.inf]  # every first half in A, every second in B
+    assert basins["first_entry_ns_per_chain"] == [{"A": 0.0, "B": 0.1}, {"A": 0.0, "B": 0.05}]
+    relaxation = ana.core_relaxation(x, cores, [1.0, 2.0], 1.0, lengths=[200, 100])
+    assert relaxation["population_B"] == pytest.approx(0.5)
+
+
+def test_one_chain_given_as_a_list_is_the_reference_as_before():
+    rng = np.random.default_rng(1)
+    features = _telegraph(rng.integers(0, 2, 40) * 2 - 1, 50, rng)
+    alone = ana.reference_model(features, 1.0, 5.0, [2.0, 10.0], 10)
+    listed = ana.reference_model([features], 1.0, 5.0, [2.0, 10.0], 10)
+    assert np.allclose(alone["tics"], listed["tics"]) and alone["slowest_its_ps"] == listed["slowest_its_ps"]
+    s = {"tica_bins": 10, "torsion_bins": 6, "fes_cutoff_kjmol": 20.0}
+    ref = {"tics": alone["tics"], "phi": rng.uniform(-3, 3, (2000, 2)), "psi": rng.uniform(-3, 3, (2000, 2))}
+    assert ana.public(ana.reference_halves_rms(ref, s)) == ana.public(
+        ana.reference_halves_rms({**ref, "second_half": ana.second_half_mask([2000])}, s))
+
+
+def test_two_chains_make_one_tica_model_and_their_phi_populations_weigh_by_frames():
+    rng = np.random.default_rng(2)
+    long, short = _telegraph(rng.integers(0, 2, 40) * 2 - 1, 50, rng), _telegraph([1, -1, 1, -1], 50, rng)
+    model = ana.reference_model([long, short], 1.0, 5.0, [2.0, 10.0], 10)
+    assert model["tics"].shape == (2200, 2)
+    assert abs(np.corrcoef(model["tics"][:, 0], np.concatenate([long, short])[:, 0])[0, 1]) > 0.99
+    phi = [np.full((2000, 1), 1.0), np.full((200, 1), -1.0)]  # chain 0 all αL, chain 1 none
+    pooled = ana.alpha_l_states([{"phi": p} for p in phi], 10, weigh_frames=True)
+    assert pooled["population"] == pytest.approx([2000 / 2200]) and np.allclose(pooled["population_per_run"], [[1], [0]])
+    assert ana.alpha_l_states([{"phi": p} for p in phi], 10)["population"] == pytest.approx([0.5])

@@ -302,3 +302,75 @@ def test_each_child_runs_on_one_core_of_its_own(tmp_path):
     masks = [path.read_text().split(",") for path in paths]
     assert all(len(mask) == 1 for mask in masks)
     assert {int(mask[0]) for mask in masks} == set(cores[:2])
+
+
+def _chain_settings(**more) -> dict:
+    """A reference of 2-ps segments (1000 steps of WLALL on the Reference platform), 2 segments to the first chunk."""
+    return {"segment_ns": 0.002, "frame_ps": 0.2, "checkpoint_ps": 1.0, "platform": "Reference",
+            "reference_seed": 7, "first_chunk_ns": 0.004, "reference_chains": 2, **more}
+
+
+def test_further_chains_start_from_chain_0s_first_chunk_and_the_chains_grow_the_reference_together(tmp_path):
+    """Chain 1 starts where chain 0's first chunk ended, with its own seeds; each chain stops once all chains
+    together hold the target."""
+    import mdtraj as md
+
+    s = _chain_settings()
+    assert runs.extend_reference(tmp_path, s, s["first_chunk_ns"], runs.Budget(None), chain=0) == 2
+    assert runs.reference_ns(tmp_path, s) == pytest.approx(0.004)
+    assert runs.extend_reference(tmp_path, s, 0.008, runs.Budget(None), chain=1) == 2  # 2 of chain 0 + 2 of chain 1
+    assert (runs.finished_segments(tmp_path, 0), runs.finished_segments(tmp_path, 1)) == (2, 2)
+    assert runs.segment_prefix(tmp_path, 1, chain=1).parent == tmp_path / "reference" / "chain1"
+    assert set(runs.segment_speeds(tmp_path, 1)) == {0, 1}
+    assert runs.extend_reference(tmp_path, s, 0.008, runs.Budget(None), chain=0) == 2  # the target is held: no MD
+    start = runs.reduce_segment(tmp_path, runs.chain_start_segment(s), 0)["last_frame_nm"]
+    first, other = (md.load_frame(f"{runs.segment_prefix(tmp_path, 0, c)}.dcd", 0,
+                                  top=f"{runs.segment_prefix(tmp_path, 0, c)}.pdb") for c in (1, 0))
+    heavy = [a.index for a in first.topology.atoms if a.element.symbol != "H"]
+    rmsd = lambda xyz: np.sqrt(np.mean(np.sum((xyz[0, heavy] - start[heavy]) ** 2, axis=1)))  # noqa: E731
+    assert rmsd(first.xyz) < 0.5 * rmsd(other.xyz)  # 0.2 ps after chain 1 started from chain 0's frame: 0.05 vs 0.27 nm
+
+
+def test_the_shortest_chain_grows_first_when_there_are_fewer_jobs_than_chains(tmp_path):
+    s = _chain_settings(reference_chains=3)
+    for chain, n in ((0, 3), (1, 1), (2, 2)):
+        for k in range(n):
+            prefix = runs.segment_prefix(tmp_path, k, chain)
+            prefix.parent.mkdir(parents=True, exist_ok=True)
+            Path(f"{prefix}.pdb").write_text("")
+            Path(f"{prefix}.dcd").write_text("")
+    assert runs.reference_ns(tmp_path, s) == pytest.approx(6 * 0.002)
+    tasks = runs.reference_tasks(tmp_path, s, 0.02)
+    assert [task[2][3] for task in tasks] == [1, 2, 0] and tasks[0][0] == "reference chain 1"
+    assert not tasks[0][3]() and runs.reference_tasks(tmp_path, s, 0.012)[0][3]()  # done once all chains hold it
+
+
+def test_the_reference_pools_its_chains_and_counts_their_transitions_chain_by_chain(tmp_path):
+    """Two chains of reduced segments (no MD): one TICA model over both, transitions and halves per chain; a chain
+    with less than a segment analysed is left out."""
+    from benchmarks.sampling_wlall import QUICK, load_reference
+
+    s = {**QUICK, "reference_chains": 3}
+    per_segment = int(round(s["segment_ns"] * 1e3 / s["frame_ps"]))  # 50 frames
+    rng = np.random.default_rng(0)
+
+    def write_chain(chain: int, states: list[int]) -> None:
+        for k, state in enumerate(states):
+            prefix = runs.segment_prefix(tmp_path, k, chain)
+            prefix.parent.mkdir(parents=True, exist_ok=True)
+            Path(f"{prefix}.pdb").write_text("")
+            phi = np.full((per_segment, 3), -1.2) + rng.normal(0, 0.05, (per_segment, 3))
+            phi[:, 1] += 2.4 * state  # the slow state: residue 2's φ
+            psi = rng.normal(2.0, 0.05, (per_segment, 3))
+            features = np.column_stack([np.sin(phi), np.cos(phi), np.sin(psi), np.cos(psi)])
+            np.savez(f"{prefix}.reduced.npz", features=features.astype(np.float32), phi=phi, psi=psi,
+                     last_frame_nm=np.zeros((3, 3)))
+
+    write_chain(0, [0, 1, 0, 1])  # 3 transitions
+    write_chain(1, [0, 1])  # starts in the other state than chain 0 ends in: 1 transition, not 2
+    assert load_reference(tmp_path, s)["lengths"] == [4 * per_segment, 2 * per_segment]
+    ref = load_reference(tmp_path, s)
+    assert ref["chain_segments"] == [4, 2] and ref["ns"] == pytest.approx(6 * s["segment_ns"])
+    assert ref["transitions"] == 4
+    assert ref["second_half"].sum() == 3 * per_segment and len(ref["phi"]) == 6 * per_segment
+    assert not ref["second_half"][:2 * per_segment].any() and ref["second_half"][-per_segment:].all()
