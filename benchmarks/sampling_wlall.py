@@ -15,10 +15,11 @@ double it; on ala2's continuous CV MTS 2 and 1 gave the same ΔF within errors),
 ``cvlearn bias`` run (:func:`openmm_plugin.stages.bias.run_bias`: PythonForce + ``torch.compile`` of the CV, the
 route the README recommends; --quick measured 12.7 ms/step for the GNN CV against 30.7 through TorchScript; COLVAR +
 trajectory.dcd, checkpoints). The unbiased 300 K reference grows in segments, in ``reference_chains`` (2)
-independent chains side by side (one per core; chain 1 starts from chain 0's frame at 10 ns with its own seeds),
-until all of them together are ``its_factor`` (20) × its slowest implied timescale long and holds ``min_reference_transitions`` (10) at its rate so far (``--reference-ns
-auto``; measured by TICA on backbone torsions, MSM ITS at lags up to 2 ns, on all the reference so far once it holds
-the first chunk), or ``--reference-ns`` ns.
+independent chains side by side (one per core with ``--jobs 2``; chain 1 starts from chain 0's frame at 10 ns with
+its own seeds), until the chains together are ``its_factor`` (20) × its slowest implied timescale long and hold
+``min_reference_transitions`` (10) at its rate so far (``--reference-ns auto``; measured by TICA on backbone
+torsions, MSM ITS at lags up to 2 ns, on all the reference so far once it holds the first chunk), or
+``--reference-ns`` ns.
 
 Compared (``results/sampling_wlall[_quick].{json,md}`` and PNGs): reweighted F(TIC1, TIC2) of the reference's TICA
 model and per-residue F(φ, ψ), RMS difference to the reference (target ≤ 2.5 kJ/mol for the GNN CV; also from
@@ -159,8 +160,8 @@ def reference_target_ns(args, s: dict, model: dict | None) -> float:
 def load_reference(work: Path, s: dict) -> dict | None:
     """The reference so far: each chain's segments in order, its first ``equilibration_ns`` dropped, the chains
     pooled chain after chain (``lengths``: frames per chain; ``second_half``: the frames in their chain's second
-    half): torsions, TICA model, ITS; None until chain 0 holds the first chunk. A chain whose analysed part is
-    shorter than its first segment's worth of frames is left out until it is not."""
+    half): torsions, TICA model, ITS; None until chain 0 holds the first chunk. A chain with less than one segment
+    left after its equilibration is left out until it has more."""
     n0 = runs.finished_segments(work, 0)
     if n0 * s["segment_ns"] < s["first_chunk_ns"] - 1e-9:
         return None
