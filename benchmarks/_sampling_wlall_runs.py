@@ -323,6 +323,14 @@ def segment_speeds(work: Path, chain: int = 0) -> dict:
     return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
 
 
+def reference_ms_per_step(work: Path, chains: int) -> float:
+    """Median ms per MD step over every finished segment of the reference's first ``chains`` chains (nan before
+    any segment finished): the one unbiased speed that costs and rates are priced at. The median, because a
+    segment run beside a busy neighbour is an outlier of that hour, not of the engine."""
+    speeds = [v for c in range(chains) for v in segment_speeds(work, c).values()]
+    return float(np.median(speeds)) if speeds else float("nan")
+
+
 def chain_start_segment(s: dict) -> int:
     """The segment of chain 0 whose last frame starts every further chain: the end of the first chunk.
 
@@ -563,7 +571,7 @@ def run_children(tasks: list, budget: Budget, jobs: int, min_start_s: float = 60
 __all__ = ["ARMS", "ARM_COMPONENTS", "BASELINE_ARMS", "Budget", "OutOfTime", "RETRAINED_FROM", "arm_components", "cv_sigma",
            "chain_dir", "chain_start_segment", "extend_reference", "finished_segments", "learn", "reduce_segment",
            "reference_ns", "reference_tasks", "retrain",
-           "retrain_data", "retrain_dir", "retrained", "run_children", "segment_prefix", "segment_speeds", "TRAINING_SETS",
+           "retrain_data", "retrain_dir", "retrained", "run_children", "reference_ms_per_step", "segment_prefix", "segment_speeds", "TRAINING_SETS",
            "training_config", "training_data", "training_done", "training_set_of", "learned",
            "finished_training_data",
            "walker_config", "walker_dir", "walker_done", "walker_outcome", "walker_task"]

@@ -166,7 +166,7 @@ def load_reference(work: Path, s: dict) -> dict | None:
     if n0 * s["segment_ns"] < s["first_chunk_ns"] - 1e-9:
         return None
     skip = int(round(s["equilibration_ns"] * 1e3 / s["frame_ps"]))
-    chains, segments, speeds = [], [], []
+    chains, segments = [], []
     for chain in range(s.get("reference_chains", 1)):
         n = runs.finished_segments(work, chain)
         parts = [runs.reduce_segment(work, k, chain) for k in range(n)]
@@ -175,7 +175,6 @@ def load_reference(work: Path, s: dict) -> dict | None:
         if len(arrays[0]) * s["frame_ps"] * 1e-3 >= s["segment_ns"] - 1e-9:
             chains.append(arrays)
             segments.append(n)
-            speeds += list(runs.segment_speeds(work, chain).values())
     features, phi, psi = ([c[i] for c in chains] for i in range(3))
     lengths = [len(f) for f in features]
     model = ana.reference_model(features, s["frame_ps"], s["tica_lag_ps"], s["its_lags_ps"], s["its_clusters"])
@@ -184,8 +183,8 @@ def load_reference(work: Path, s: dict) -> dict | None:
             "second_half": ana.second_half_mask(lengths), "n_segments": sum(segments),
             "chain_segments": segments, "ns": sum(segments) * s["segment_ns"], "cores": cores,
             "transitions": ana.tic1_transitions(model["tics"][:, 0], cores, min_dwell_frames(s), lengths),
-            "ns_analysed": sum(lengths) * s["frame_ps"] * 1e-3, "ms_per_step": float(np.median(speeds)) if speeds
-            else float("nan")}
+            "ns_analysed": sum(lengths) * s["frame_ps"] * 1e-3,
+            "ms_per_step": runs.reference_ms_per_step(work, s.get("reference_chains", 1))}
 
 
 def capped_atom_evaluations(colvar: Path) -> int:
@@ -378,9 +377,9 @@ def plan_costs(s_full: dict, result: dict, learned: dict | None, reference_ns: f
                work: Path | None = None) -> dict:
     """CPU hours of the full plan from the measured ms/step (one core per run; wall on 2 cores = half); before the
     reference can be analysed, its finished segments' recorded speed (nan where nothing was measured)."""
-    speeds = [v for c in range(s_full.get("reference_chains", 1)) for v in runs.segment_speeds(work, c).values()
-              ] if work is not None else []
-    ms_ref = (result.get("reference") or {}).get("ms_per_step", float(np.median(speeds)) if speeds else float("nan"))
+    recorded = (runs.reference_ms_per_step(work, s_full.get("reference_chains", 1)) if work is not None
+                else float("nan"))
+    ms_ref = (result.get("reference") or {}).get("ms_per_step", recorded)
     hours = lambda ns, ms: ns * STEPS_PER_NS * ms / 3.6e6  # noqa: E731
     parts = {f"training data (unbiased {s_full[key]:g} K)": hours(s_full["train_seeds"] * s_full["train_ns"], ms_ref)
              for key, _ in runs.TRAINING_SETS.values()}

@@ -374,3 +374,18 @@ def test_the_reference_pools_its_chains_and_counts_their_transitions_chain_by_ch
     assert ref["transitions"] == 4
     assert ref["second_half"].sum() == 3 * per_segment and len(ref["phi"]) == 6 * per_segment
     assert not ref["second_half"][:2 * per_segment].any() and ref["second_half"][-per_segment:].all()
+
+
+def test_the_reference_speed_is_the_median_over_every_chains_finished_segments(tmp_path):
+    """One speed prices the reference in the analysis and in the plan: the median over all chains' segments."""
+    from benchmarks.sampling_wlall import plan_costs
+
+    s = _chain_settings(reference_chains=2)
+    assert np.isnan(runs.reference_ms_per_step(tmp_path, 2))
+    for chain, speeds in ((0, {0: 0.4, 1: 0.5, 2: 0.9}), (1, {0: 0.6})):
+        path = runs.segment_prefix(tmp_path, 0, chain).parent / "segments.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({str(k): v for k, v in speeds.items()}))
+    assert runs.reference_ms_per_step(tmp_path, 2) == pytest.approx(0.55)
+    assert runs.reference_ms_per_step(tmp_path, 1) == pytest.approx(0.5)
+    assert plan_costs({**FULL, **s}, {}, None, 10.0, tmp_path)["ms_per_step_unbiased"] == pytest.approx(0.55)
